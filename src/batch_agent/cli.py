@@ -1,0 +1,118 @@
+"""Command line: argv -> Config, logging, signals, exit codes (DESIGN §1, a contract).
+
+Holds the agent's single catch-all: an unexpected error is logged loudly and exits non-zero,
+and systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from batch_agent import __version__
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+log = logging.getLogger("batch_agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batch-agent", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the agent (a daemon, or one cycle with --once)")
+    run.add_argument("--once", action="store_true", help="run the tasks received to their end")
+    run.add_argument("--endpoint", help="Batch API root (env BATCH_AGENT_ENDPOINT)")
+    run.add_argument("--state-dir", type=Path, help="durable state (env BATCH_AGENT_STATE_DIR)")
+    run.add_argument("--config", type=Path, help="a JSON file of settings")
+    run.add_argument("--log-format", choices=["text", "json"])
+    commands.add_parser("emulator", help="the local control plane", add_help=False)
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["emulator"]:
+        from batch_agent.emulator.cli import main as emulator_main
+
+        return emulator_main(args_list[1:])
+    try:
+        args = _parser().parse_args(args_list)
+    except SystemExit as exit_:
+        return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
+    if args.command == "version":
+        print(f"batch-agent {__version__}")
+        return EXIT_OK
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from batch_agent.agent import Agent, Unreachable
+    from batch_agent.config import ConfigError, load_config
+
+    try:
+        config = load_config(
+            args.config,
+            endpoint=args.endpoint,
+            state_dir=args.state_dir,
+            log_format=args.log_format,
+        )
+    except ConfigError as error:
+        print(f"batch-agent: configuration: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(config.log_format)
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signo in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signo, stop.set)
+        try:
+            outcome = await Agent(config, stop=stop).run(once=args.once)
+        except Unreachable as error:
+            log.error("control plane unreachable: %s", error)
+            return EXIT_UNREACHABLE
+        if args.once and outcome.failed:
+            return EXIT_TASK_FAILED
+        return EXIT_OK
+
+    try:
+        return asyncio.run(go())
+    except Exception:
+        log.critical("the agent crashed", exc_info=True)
+        return 70  # EX_SOFTWARE: systemd restarts us
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "severity": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("googleapiclient", "google", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

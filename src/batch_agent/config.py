@@ -1,0 +1,93 @@
+"""Agent settings: the only reader of os.environ and of the config file.
+
+Precedence: command-line flags > environment (`BATCH_AGENT_*`) > config file (JSON) > defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
+
+
+def _seconds(value: object) -> object:
+    """Durations in env and files: `2`, `2.5` (seconds) or `"2.5s"`."""
+    if isinstance(value, str):
+        text = value.strip().removesuffix("s")
+        try:
+            return timedelta(seconds=float(text))
+        except ValueError:
+            return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return value
+
+
+Seconds = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the CLI exits 2."""
+
+
+class Config(BaseSettings):
+    """Everything the agent needs to know before it starts."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCH_AGENT_", extra="forbid", populate_by_name=True
+    )
+
+    endpoint: str = DEFAULT_ENDPOINT
+    state_dir: Path = Path("/var/lib/batch-agent")
+    # host:port of the GCE metadata server; google-auth reads the same variable.
+    metadata_host: str = Field(
+        default="metadata.google.internal",
+        validation_alias=AliasChoices("metadata_host", "GCE_METADATA_HOST"),
+    )
+    # A service-account key file (Application Default Credentials); else the VM's account.
+    credentials_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("credentials_file", "GOOGLE_APPLICATION_CREDENTIALS"),
+    )
+    log_format: str = "text"
+    # Used until the server says otherwise (our choice, DESIGN §2).
+    default_report_interval: Seconds = timedelta(seconds=10)
+    min_report_interval: Seconds = timedelta(seconds=1)
+    # How long to keep trying an unreachable control plane in `run --once` before exit 3.
+    unreachable_timeout: Seconds = timedelta(seconds=60)
+    # SIGTERM -> SIGKILL grace when the agent stops a runnable.
+    kill_grace: Seconds = timedelta(seconds=10)
+    request_timeout: Seconds = timedelta(seconds=30)
+    # Set by the VM startup script: when it started (RFC 3339).
+    script_startup_time: datetime | None = None
+    # Where /proc/stat is read for bootTime (tests point it elsewhere to simulate a reboot).
+    proc_stat: Path = Path("/proc/stat")
+    os_release: Path = Path("/etc/os-release")
+
+
+def load_config(file: Path | None = None, **overrides: Any) -> Config:
+    """Build the Config; raises ConfigError with a readable reason."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            values = json.loads(file.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{file}: {error}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{file}: expected a JSON object")
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        config = Config(**values)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: {config.log_format!r} is not one of text, json")
+    if not config.endpoint.endswith("/"):
+        config = config.model_copy(update={"endpoint": config.endpoint + "/"})
+    return config

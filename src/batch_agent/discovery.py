@@ -1,0 +1,144 @@
+"""The Batch v1 discovery document and a strict checker of JSON values against its schemas.
+
+The document is the one shipped inside google-api-python-client, read once from the installed
+package (no network). `validate` only reports: it never coerces, fills defaults or raises on a bad
+value. It is stricter than Google's servers on purpose (unknown fields, JSON null and int64 as
+numbers are errors) so that what we send is what the API documents. This module must not know
+about agents, tasks or HTTP.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+_DOCUMENT = "discovery_cache/documents/batch.v1.json"
+
+_INT64 = re.compile(r"-?[0-9]+")
+_UINT64 = re.compile(r"[0-9]+")
+_DURATION = re.compile(r"-?[0-9]+(\.[0-9]{1,9})?s")
+_DATETIME = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})T(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"(?:\.(?P<frac>[0-9]{1,9}))?(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_RANGES = {
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """The parsed batch.v1 discovery document; loaded on first call, then shared (do not mutate)."""
+    text = importlib.resources.files("googleapiclient").joinpath(_DOCUMENT).read_text("utf-8")
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+def validate(schema: str, value: object) -> list[str]:
+    """Check `value` (parsed JSON) against the named schema; return errors, empty when valid.
+
+    Each error starts with the JSON path of the offending value (`agentInfo.tasks[0].runnable`,
+    `<root>` for the value itself). Raises KeyError if `schema` is not in the document.
+    """
+    if schema not in document()["schemas"]:
+        raise KeyError(f"no schema {schema!r} in the Batch v1 discovery document")
+    errors: list[str] = []
+    _check({"$ref": schema}, value, "", errors)
+    return errors
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check(node: dict[str, Any], value: object, path: str, errors: list[str]) -> None:
+    if "$ref" in node:
+        node = document()["schemas"][node["$ref"]]
+    where = path or "<root>"
+    kind = node.get("type")
+    if kind == "any":
+        return
+    if value is None:
+        errors.append(f"{where}: null is not allowed (omit the field instead)")
+    elif kind == "object":
+        _check_object(node, value, path, errors)
+    elif kind == "array":
+        if not isinstance(value, list):
+            errors.append(f"{where}: {_show(value)} is not an array")
+            return
+        for i, item in enumerate(value):
+            _check(node["items"], item, f"{path}[{i}]", errors)
+    elif kind == "string":
+        _check_string(node, value, where, errors)
+    elif kind == "boolean":
+        if not isinstance(value, bool):
+            errors.append(f"{where}: {_show(value)} is not a boolean")
+    elif kind == "integer":
+        low, high = _RANGES.get(node.get("format", "int64"), _RANGES["int64"])
+        if not isinstance(value, int) or isinstance(value, bool):
+            errors.append(f"{where}: {_show(value)} is not an integer")
+        elif not low <= value <= high:
+            errors.append(f"{where}: {value} is out of range for {node.get('format')}")
+    elif kind == "number":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            errors.append(f"{where}: {_show(value)} is not a number")
+    else:
+        raise ValueError(f"discovery schema at {where} has unsupported type {kind!r}")
+
+
+def _check_object(node: dict[str, Any], value: object, path: str, errors: list[str]) -> None:
+    if not isinstance(value, dict):
+        errors.append(f"{path or '<root>'}: {_show(value)} is not an object")
+        return
+    properties: dict[str, Any] = node.get("properties", {})
+    extra: dict[str, Any] | None = node.get("additionalProperties")
+    for key, item in value.items():
+        if key in properties:
+            _check(properties[key], item, f"{path}.{key}" if path else key, errors)
+        elif extra is not None:
+            _check(extra, item, f"{path}[{json.dumps(key)}]", errors)
+        else:
+            errors.append(f"{path}.{key}: unknown field" if path else f"{key}: unknown field")
+
+
+def _check_string(node: dict[str, Any], value: object, where: str, errors: list[str]) -> None:
+    if not isinstance(value, str):
+        fmt = node.get("format")
+        wanted = f"an {fmt} string" if fmt in ("int64", "uint64") else "a string"
+        errors.append(f"{where}: {_show(value)} is not {wanted}")
+        return
+    enum: list[str] | None = node.get("enum")
+    if enum is not None and value not in enum:
+        errors.append(f"{where}: {_show(value)} is not one of {', '.join(enum)}")
+    fmt = node.get("format")
+    if fmt in ("int64", "uint64"):
+        pattern = _INT64 if fmt == "int64" else _UINT64
+        low, high = _RANGES[fmt]
+        if not pattern.fullmatch(value) or not low <= int(value) <= high:
+            errors.append(f"{where}: {_show(value)} is not an {fmt} string")
+    elif fmt == "google-duration":
+        if not _DURATION.fullmatch(value):
+            errors.append(f'{where}: {_show(value)} is not a duration such as "1.5s"')
+    elif fmt == "google-datetime" and not _is_timestamp(value):
+        errors.append(f"{where}: {_show(value)} is not an RFC 3339 timestamp")
+
+
+def _is_timestamp(text: str) -> bool:
+    """True for RFC 3339 `2026-11-26T07:06:23.123456Z` / `...+00:00` naming a real instant."""
+    match = _DATETIME.fullmatch(text)
+    if match is None:
+        return False
+    zone = "+00:00" if match["zone"] == "Z" else match["zone"]
+    try:
+        datetime.fromisoformat(f"{match['date']}T{match['time']}{zone}")
+    except ValueError:
+        return False
+    return True

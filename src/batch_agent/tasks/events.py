@@ -1,0 +1,68 @@
+"""All wording of task status events: an interface users grep for, so it lives only here.
+
+The sentences follow Batch's own (`Task state is updated from RUNNING to FAILED on
+zones/<zone>/instances/<id> with exit code 3.`); where Batch says nothing, ours name the cause.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from batch_agent.wire import TaskState
+
+STATUS_CHANGED = "STATUS_CHANGED"
+
+
+class ExitCode(IntEnum):
+    """Batch's reserved exit codes (troubleshooting docs)."""
+
+    AGENT_FAILURE = 50000  # no runnable code: bad spec, image pull, secret fetch...
+    PREEMPTED = 50001
+    NO_REPORTS = 50002
+    VM_REBOOTED = 50003
+    NOT_CANCELLABLE = 50004
+    TIMED_OUT = 50005
+    VM_RECREATED = 50006
+
+
+def state_changed(
+    old: TaskState,
+    new: TaskState,
+    *,
+    where: str,
+    exit_code: int | None = None,
+    cause: str | None = None,
+) -> str:
+    """`Task state is updated from A to B on <where>[ due to <cause>][ with exit code N].`"""
+    text = f"Task state is updated from {old} to {new} on {where}"
+    if cause:
+        text += f" due to {cause}"
+    if exit_code is not None:
+        text += f" with exit code {exit_code}"
+    return text + "."
+
+
+def invalid_spec(problems: list[str]) -> str:
+    return "invalid task spec (" + "; ".join(problems) + ")"
+
+
+def timed_out(limit: str) -> str:
+    """`limit` says which fired: Google's event does not, ours does."""
+    return f"task runs over the maximum runtime ({limit})"
+
+
+def runnable_timeout(index: int, timeout: str) -> str:
+    return f"runnables[{index - 1}].timeout {timeout} exceeded"
+
+
+def max_run_duration(duration: str) -> str:
+    return f"maxRunDuration {duration} exceeded"
+
+
+CANCELLED = "task was cancelled"
+NOT_CANCELLABLE = "task was cancelled but could not be stopped"
+CANCELLED_BEFORE_START = "task was cancelled before it started"
+
+
+def cannot_start(index: int, reason: str) -> str:
+    return f"runnables[{index - 1}] could not start: {reason}"

@@ -1,0 +1,198 @@
+"""AgentTask (spec and/or agentTaskSpec) -> one validated, normalised TaskPlan.
+
+Pure: no processes, no I/O. Every problem is collected with the JSON path of the field, so a bad
+task fails with an event that says what is wrong and where, and nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from batch_agent.wire import (
+    AgentTask,
+    AgentTaskRunnable,
+    AgentTaskSpec,
+    Runnable,
+    TaskSpec,
+    format_duration,
+)
+
+_TASK_INDEX = re.compile(r"/tasks/(\d+)(?:/|$)")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class RunnablePlan:
+    index: int  # 1-based, as AgentTaskInfo.runnable counts
+    script_text: str | None = None
+    script_path: str | None = None
+    image_uri: str | None = None
+    barrier: str | None = None  # the barrier's name ("" if unnamed) when this is a barrier
+    display_name: str | None = None
+    ignore_exit_status: bool = False
+    background: bool = False
+    always_run: bool = False
+    timeout: timedelta | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_barrier(self) -> bool:
+        return self.barrier is not None
+
+    @property
+    def label(self) -> str:
+        """How logs and events name it: `runnables[0]` or its displayName."""
+        return self.display_name or f"runnables[{self.index - 1}]"
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    task_id: str
+    runnables: tuple[RunnablePlan, ...]
+    variables: dict[str, str] = field(default_factory=dict)
+    max_run_duration: timedelta | None = None
+    user: tuple[int, int] | None = None
+    task_index: int | None = None
+    retry_attempt: int = 0
+
+
+class PlanError(Exception):
+    """The task cannot run; `problems` are `path: what is wrong` strings."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def make_plan(task: AgentTask) -> TaskPlan:
+    """Normalise and validate; raises PlanError listing every problem found."""
+    problems: list[str] = []
+    spec, agent_spec = task.spec, task.agent_task_spec
+    # `spec` carries barriers and display names; `agentTaskSpec` the user account. When both
+    # carry runnables they describe the same work, and `spec` is the richer one.
+    raw: list[Runnable | AgentTaskRunnable] = []
+    if spec is not None and spec.runnables:
+        raw = list(spec.runnables)
+    elif agent_spec is not None:
+        raw = list(agent_spec.runnables)
+    if not raw:
+        problems.append("runnables: a task needs at least one runnable")
+    runnables = tuple(_runnable(i, r, problems) for i, r in enumerate(raw))
+    plan = TaskPlan(
+        task_id=task.task,
+        runnables=runnables,
+        variables=_task_variables(spec, agent_spec, problems),
+        max_run_duration=_max_run_duration(spec, agent_spec, problems),
+        user=_user(agent_spec, problems),
+        task_index=task_index(task.task),
+    )
+    if problems:
+        raise PlanError(problems)
+    return plan
+
+
+def task_index(name: str) -> int | None:
+    """`.../tasks/3` -> 3, the value of BATCH_TASK_INDEX."""
+    match = _TASK_INDEX.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> RunnablePlan:
+    where = f"runnables[{i}]"
+    barrier = r.barrier if isinstance(r, Runnable) else None
+    kinds = [
+        k
+        for k, v in (("script", r.script), ("container", r.container), ("barrier", barrier))
+        if v is not None
+    ]
+    if not kinds:
+        problems.append(f"{where}: needs one of script, container or barrier")
+    elif len(kinds) > 1:
+        problems.append(f"{where}: has both {kinds[0]} and {kinds[1]}; give only one")
+    text = path = image = None
+    if r.script is not None:
+        text, path = r.script.text, r.script.path
+        if not text and not path:
+            problems.append(f'{where}.script: needs "text" or "path"')
+        elif text and path:
+            problems.append(f'{where}.script: has both "text" and "path"; give only one')
+    if r.container is not None:
+        image = r.container.image_uri
+        if not image:
+            problems.append(f'{where}.container: needs "imageUri"')
+    if r.timeout is not None and r.timeout <= timedelta(0):
+        problems.append(f"{where}.timeout: {format_duration(r.timeout)} is not positive")
+    variables = _variables(r.environment.variables if r.environment else {}, where, problems)
+    _unsupported_secrets(r.environment, where, problems)
+    return RunnablePlan(
+        index=i + 1,
+        script_text=text,
+        script_path=path,
+        image_uri=image,
+        barrier=(barrier.name or "") if barrier is not None else None,
+        display_name=r.display_name if isinstance(r, Runnable) else None,
+        ignore_exit_status=r.ignore_exit_status,
+        background=r.background,
+        always_run=r.always_run,
+        timeout=r.timeout,
+        variables=variables,
+    )
+
+
+def _task_variables(
+    spec: TaskSpec | None, agent_spec: AgentTaskSpec | None, problems: list[str]
+) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    if spec is not None:
+        merged |= _variables(spec.environments, "environments", problems)
+        if spec.environment is not None:
+            merged |= _variables(spec.environment.variables, "environment.variables", problems)
+            _unsupported_secrets(spec.environment, "", problems)
+    if agent_spec is not None and agent_spec.environment is not None and not merged:
+        merged = _variables(agent_spec.environment.variables, "environment.variables", problems)
+        _unsupported_secrets(agent_spec.environment, "", problems)
+    return merged
+
+
+def _variables(values: dict[str, str], where: str, problems: list[str]) -> dict[str, str]:
+    for name, value in values.items():
+        if not _ENV_NAME.match(name):
+            problems.append(f'{where}.variables: "{name}" is not a valid variable name')
+        elif "\0" in value:
+            problems.append(f"{where}.variables.{name}: contains a NUL byte")
+    return dict(values)
+
+
+def _unsupported_secrets(environment: object, where: str, problems: list[str]) -> None:
+    """Secret Manager and Cloud KMS variables come with a later release; say so, don't ignore."""
+    prefix = f"{where}.environment" if where else "environment"
+    if getattr(environment, "secret_variables", None):
+        problems.append(f"{prefix}.secretVariables: not supported by this agent yet")
+    if getattr(environment, "encrypted_variables", None) is not None:
+        problems.append(f"{prefix}.encryptedVariables: not supported by this agent yet")
+
+
+def _max_run_duration(
+    spec: TaskSpec | None, agent_spec: AgentTaskSpec | None, problems: list[str]
+) -> timedelta | None:
+    value = spec.max_run_duration if spec is not None else None
+    if value is None and agent_spec is not None:
+        value = agent_spec.max_run_duration
+    if value is not None and value <= timedelta(0):
+        problems.append(f"maxRunDuration: {format_duration(value)} is not positive")
+    return value
+
+
+def _user(agent_spec: AgentTaskSpec | None, problems: list[str]) -> tuple[int, int] | None:
+    account = agent_spec.user_account if agent_spec is not None else None
+    if account is None:
+        return None
+    if account.uid is None or account.gid is None:
+        problems.append("userAccount: needs both uid and gid")
+        return None
+    if account.uid < 0 or account.gid < 0:
+        problems.append("userAccount: uid and gid must not be negative")
+        return None
+    return account.uid, account.gid

@@ -1,0 +1,103 @@
+"""What the agent knows about one task: the durable record the store keeps and reports show.
+
+A TaskRecord is plain data with a JSON form; it changes state only through
+`TaskRecord.transition`, which also appends the StatusEvent, so a state and its event never
+disagree. Persisting and reporting are the caller's (runner.TaskRun) business.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from batch_agent.tasks import events
+from batch_agent.wire import (
+    AgentTaskInfo,
+    StatusEvent,
+    TaskExecution,
+    TaskState,
+    TaskStatus,
+    format_time,
+)
+
+
+@dataclass
+class RunnableRecord:
+    """One started runnable: enough to find it again after an agent restart."""
+
+    pid: int | None = None
+    start_time: int | None = None  # /proc/PID/stat field 22, tells a live pid from a recycled one
+    exit_code: int | None = None
+    stdout_offset: int = 0
+    stderr_offset: int = 0
+
+
+@dataclass
+class TaskRecord:
+    task_id: str
+    raw: dict[str, Any]  # the AgentTask as received, to rebuild the plan after a restart
+    state: TaskState = TaskState.ASSIGNED
+    events: list[dict[str, Any]] = field(default_factory=list)  # StatusEvent wire JSON
+    runnable: int = 0  # highest 1-based index started (AgentTaskInfo.runnable)
+    exit_code: int | None = None
+    started_at: str | None = None  # RFC 3339; maxRunDuration counts from here
+    runnables: dict[int, RunnableRecord] = field(default_factory=dict)
+
+    def transition(
+        self,
+        new: TaskState,
+        *,
+        at: datetime,
+        where: str,
+        exit_code: int | None = None,
+        cause: str | None = None,
+    ) -> None:
+        """Move to `new` and append its STATUS_CHANGED event; the only way state changes."""
+        if self.state.is_terminal:
+            raise ValueError(f"task {self.task_id} is {self.state}; it cannot become {new}")
+        description = events.state_changed(
+            self.state, new, where=where, exit_code=exit_code, cause=cause
+        )
+        event = StatusEvent(
+            type=events.STATUS_CHANGED,
+            description=description,
+            event_time=at,
+            task_state=new,
+            task_execution=TaskExecution(exit_code=exit_code) if exit_code is not None else None,
+        )
+        self.events.append(event.to_wire())
+        self.state = new
+        if new.is_terminal:
+            self.exit_code = exit_code
+        if new is TaskState.RUNNING and self.started_at is None:
+            self.started_at = format_time(at)
+
+    def add_event(self, description: str, *, at: datetime) -> None:
+        """An informational event (displayName, custom): the state does not change."""
+        event = StatusEvent(type=events.STATUS_CHANGED, description=description, event_time=at)
+        self.events.append(event.to_wire())
+
+    def info(self) -> AgentTaskInfo:
+        """The full status as a report carries it."""
+        return AgentTaskInfo(
+            task_id=self.task_id,
+            runnable=self.runnable or None,
+            task_status=TaskStatus(
+                state=self.state,
+                status_events=[StatusEvent.model_validate(e) for e in self.events],
+            ),
+        )
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["runnables"] = {str(k): v for k, v in data["runnables"].items()}
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskRecord:
+        data = json.loads(text)
+        data["state"] = TaskState(data["state"])
+        data["runnables"] = {int(k): RunnableRecord(**v) for k, v in data["runnables"].items()}
+        return cls(**data)

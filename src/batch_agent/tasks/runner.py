@@ -1,0 +1,413 @@
+"""TaskRun: drives one task's plan from ASSIGNED to SUCCEEDED or FAILED.
+
+Order, alwaysRun, ignoreExitStatus, background, barriers, timeouts, cancellation; every state
+change goes through `_transition`, which appends the event, persists, then asks for a report.
+It knows nothing of HTTP or the store's form: persistence and reporting are callbacks. After an
+agent restart the same code resumes from the record: finished runnables are not run again,
+started ones are reattached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pwd
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from batch_agent.tasks import events
+from batch_agent.tasks.env import runnable_environment
+from batch_agent.tasks.events import ExitCode
+from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
+from batch_agent.tasks.output import OutputShipper
+from batch_agent.tasks.plan import RunnablePlan, TaskPlan
+from batch_agent.tasks.record import RunnableRecord, TaskRecord
+from batch_agent.tasks.script import ScriptExecution, read_status, start_script, write_script
+from batch_agent.wire import TaskState, format_duration
+
+log = logging.getLogger(__name__)
+output_log = logging.getLogger("batch_agent.output")
+
+SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
+STOP_SLACK = timedelta(seconds=10)  # after SIGKILL, how long until we call a task unstoppable
+
+
+@dataclass
+class RunContext:
+    """What every task run of this agent shares."""
+
+    workdir: Path  # per-agent; each task gets a folder below it
+    where: str  # `zones/<zone>/instances/<id>`, for event wording
+    base_env: Mapping[str, str]
+    persist: Callable[[TaskRecord], Awaitable[None]]
+    notify: Callable[[], None]  # a state change happened: report early
+    kill_grace: timedelta = timedelta(seconds=10)
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+def next_runnable(
+    runnables: tuple[RunnablePlan, ...], after: int, *, failed: bool, expired: bool
+) -> RunnablePlan | None:
+    """The next runnable to start after 1-based index `after`, or None when the task is done.
+
+    After a failure only alwaysRun runnables start; once maxRunDuration expired nothing does.
+    """
+    if expired:
+        return None
+    for runnable in runnables[after:]:
+        if failed and not runnable.always_run:
+            continue
+        return runnable
+    return None
+
+
+class TaskRun:
+    def __init__(self, record: TaskRecord, plan: TaskPlan, context: RunContext) -> None:
+        self.record = record
+        self.plan = plan
+        self._context = context
+        self._dir = context.workdir / _safe_name(record.task_id)
+        self._cancelled = asyncio.Event()
+        self._barrier_moved = asyncio.Event()
+        self._reached_barrier = 0
+        self._shippers: dict[tuple[int, str], OutputShipper] = {}
+
+    # -- commands from the agent --------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """The server said CANCELLED: stop everything of the task, then report FAILED."""
+        self._cancelled.set()
+
+    def update_barrier(self, reached: int) -> None:
+        if reached > self._reached_barrier:
+            self._reached_barrier = reached
+            self._barrier_moved.set()
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive the task to a terminal state. Cancelling this coroutine (agent stop) leaves
+        processes running and the record as persisted, for the next agent to resume."""
+        if self.record.state.is_terminal:
+            return
+        self._dir.mkdir(parents=True, exist_ok=True)
+        if self._cancelled.is_set():
+            # ASSIGNED -> FAILED: cancelled before anything started
+            await self._transition(
+                TaskState.FAILED,
+                exit_code=ExitCode.AGENT_FAILURE,
+                cause=events.CANCELLED_BEFORE_START,
+            )
+            return
+        if self.record.state is TaskState.ASSIGNED:
+            await self._transition(TaskState.RUNNING)  # ASSIGNED -> RUNNING
+        shipping = asyncio.create_task(self._ship_continuously())
+        try:
+            exit_code, cause = await self._run_sequence()
+        finally:
+            shipping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shipping
+        await asyncio.to_thread(self._ship_all, True)
+        if exit_code == 0:
+            await self._transition(TaskState.SUCCEEDED, exit_code=0)  # RUNNING -> SUCCEEDED
+        else:
+            await self._transition(TaskState.FAILED, exit_code=exit_code, cause=cause)
+
+    async def _run_sequence(self) -> tuple[int, str | None]:
+        """Run runnables in order; returns the task's exit code and, for reserved codes, why."""
+        failure: tuple[int, str | None] | None = None
+        background: list[Execution] = []
+        position = 0
+        while True:
+            expired = self._remaining() == timedelta(0)
+            if expired and failure is None:
+                failure = (ExitCode.TIMED_OUT, self._max_run_cause())
+            runnable = next_runnable(
+                self.plan.runnables, position, failed=failure is not None, expired=expired
+            )
+            if runnable is None or self._cancelled.is_set():
+                break
+            position = runnable.index
+            if runnable.is_barrier:
+                await self._wait_barrier(runnable.index)
+                continue
+            started = await self._start(runnable)
+            if isinstance(started, ExitResult):
+                failure = failure or (ExitCode.AGENT_FAILURE, started.reason)
+                continue
+            if runnable.background:
+                background.append(started)
+                continue
+            outcome = await self._wait(runnable, started)
+            if outcome is not None and failure is None:
+                failure = outcome
+        stopped = await self._stop_all(background)
+        if self._cancelled.is_set():
+            if not stopped:
+                return ExitCode.NOT_CANCELLABLE, events.NOT_CANCELLABLE
+            code = failure[0] if failure else ExitCode.AGENT_FAILURE
+            return code, events.CANCELLED
+        return failure or (0, None)
+
+    async def _wait(
+        self, runnable: RunnablePlan, execution: Execution
+    ) -> tuple[int, str | None] | None:
+        """Wait for a foreground runnable, enforcing its timeout, maxRunDuration and cancel.
+        Returns the failure it caused, if any."""
+        limit, cause = self._limit(runnable)
+        waiting = asyncio.ensure_future(execution.wait())
+        cancelled = asyncio.ensure_future(self._cancelled.wait())
+        timeout = limit.total_seconds() if limit is not None else None
+        try:
+            await asyncio.wait({waiting, cancelled}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            cancelled.cancel()
+        if not waiting.done():
+            stopped = await self._stop(execution)
+            if not stopped:
+                waiting.cancel()
+                return ExitCode.NOT_CANCELLABLE, events.NOT_CANCELLABLE
+            result = await waiting
+            await self._finished(runnable, result)
+            if self._cancelled.is_set():
+                return result.exit_code, events.CANCELLED
+            log.info("task %s: %s timed out (%s)", self.record.task_id, runnable.label, cause)
+            return ExitCode.TIMED_OUT, cause
+        result = waiting.result()
+        await self._finished(runnable, result)
+        if result.ok or runnable.ignore_exit_status:
+            return None
+        return result.exit_code, None
+
+    async def _start(self, runnable: RunnablePlan) -> Execution | ExitResult:
+        """Start (or, after an agent restart, find again) one script runnable."""
+        k = runnable.index
+        known = self.record.runnables.get(k)
+        if known is not None:
+            return await self._resume(runnable, known)
+        program = self._program(runnable)
+        if isinstance(program, ExitResult):
+            return program
+        user = self.plan.user
+        env = runnable_environment(
+            self._context.base_env,
+            self.plan.variables,
+            runnable.variables,
+            self._batch_vars(),
+            home=_home_of(user[0]) if user is not None else "/root",
+        )
+        # Persist the intent first: a crash after the spawn must never lead to a second spawn.
+        self.record.runnables[k] = RunnableRecord()
+        self.record.runnable = max(self.record.runnable, k)
+        await self._context.persist(self.record)
+        started = await start_script(
+            program,
+            env=env,
+            cwd=self._dir,
+            stdout_path=self._output(k, "stdout"),
+            stderr_path=self._output(k, "stderr"),
+            status_path=self._status(k),
+            user=user,
+        )
+        if isinstance(started, ExitResult):
+            self.record.runnables[k].exit_code = started.exit_code
+            await self._context.persist(self.record)
+            reason = started.reason or f"exit code {started.exit_code}"
+            return ExitResult(started.exit_code, reason=events.cannot_start(k, reason))
+        self.record.runnables[k] = RunnableRecord(pid=started.pid, start_time=started.start_time)
+        await self._context.persist(self.record)
+        self._context.notify()
+        log.info("task %s: started %s (pid %s)", self.record.task_id, runnable.label, started.pid)
+        return started
+
+    async def _resume(
+        self, runnable: RunnablePlan, known: RunnableRecord
+    ) -> Execution | ExitResult:
+        """A runnable started by an earlier agent: its recorded result, or the live process."""
+        status = self._status(runnable.index)
+        found: ScriptExecution | ExitResult | None
+        if known.exit_code is not None:
+            found = ExitResult(known.exit_code)
+        elif known.pid is None or known.start_time is None:
+            found = read_status(status)  # crashed between recording the intent and the pid
+        else:
+            log.info(
+                "task %s: reattaching to %s (pid %s)",
+                self.record.task_id,
+                runnable.label,
+                known.pid,
+            )
+            found = ScriptExecution.reattach(known.pid, known.start_time, status)
+        if isinstance(found, ScriptExecution):
+            return found
+        if found is None or found.exit_code == EXIT_CODE_UNKNOWN:
+            reason = f"{runnable.label}: its exit status was lost while the agent was down"
+            return ExitResult(ExitCode.AGENT_FAILURE, reason=reason)
+        return _Finished(found)
+
+    def _program(self, runnable: RunnablePlan) -> Path | ExitResult:
+        k = runnable.index
+        if runnable.script_text is not None:
+            return write_script(runnable.script_text, self._dir)
+        path = Path(runnable.script_path or "")
+        if not path.is_file():
+            problem = f'runnables[{k - 1}].script.path: "{path}" does not exist'
+            return ExitResult(ExitCode.AGENT_FAILURE, reason=events.invalid_spec([problem]))
+        return path
+
+    async def _finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
+        record = self.record.runnables.setdefault(runnable.index, RunnableRecord())
+        record.exit_code = result.exit_code
+        await asyncio.to_thread(self._ship_runnable, runnable.index, True)
+        await self._context.persist(self.record)
+        log.info(
+            "task %s: %s exited %d%s",
+            self.record.task_id,
+            runnable.label,
+            result.exit_code,
+            f" ({result.reason})" if result.reason else "",
+        )
+
+    async def _wait_barrier(self, k: int) -> None:
+        self.record.runnable = max(self.record.runnable, k)
+        await self._context.persist(self.record)
+        self._context.notify()
+        while self._reached_barrier < k and not self._cancelled.is_set():
+            self._barrier_moved.clear()
+            waits = [
+                asyncio.ensure_future(self._barrier_moved.wait()),
+                asyncio.ensure_future(self._cancelled.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    async def _stop(self, execution: Execution) -> bool:
+        """Stop one execution; False if it outlived SIGKILL by STOP_SLACK."""
+        grace = self._context.kill_grace
+        try:
+            await asyncio.wait_for(execution.stop(grace), (grace + STOP_SLACK).total_seconds())
+        except TimeoutError:
+            return False
+        return True
+
+    async def _stop_all(self, executions: list[Execution]) -> bool:
+        results = await asyncio.gather(*(self._stop(e) for e in executions))
+        return all(results)
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def _remaining(self) -> timedelta | None:
+        """Time left of maxRunDuration, counted from the persisted start (restarts don't reset)."""
+        if self.plan.max_run_duration is None or self.record.started_at is None:
+            return None
+        started = datetime.fromisoformat(self.record.started_at.replace("Z", "+00:00"))
+        left = started + self.plan.max_run_duration - self._context.now()
+        return max(left, timedelta(0))
+
+    def _max_run_cause(self) -> str:
+        assert self.plan.max_run_duration is not None
+        return events.timed_out(
+            events.max_run_duration(format_duration(self.plan.max_run_duration))
+        )
+
+    def _limit(self, runnable: RunnablePlan) -> tuple[timedelta | None, str | None]:
+        remaining = self._remaining()
+        if runnable.timeout is not None and (remaining is None or runnable.timeout < remaining):
+            limit = runnable.timeout
+            return limit, events.timed_out(
+                events.runnable_timeout(runnable.index, format_duration(limit))
+            )
+        if remaining is not None:
+            return remaining, self._max_run_cause()
+        return None, None
+
+    # -- output -------------------------------------------------------------------------------
+
+    async def _ship_continuously(self) -> None:
+        while True:
+            await asyncio.sleep(SHIP_EVERY)
+            await asyncio.to_thread(self._ship_all, False)
+
+    def _ship_all(self, final: bool) -> None:
+        for k in list(self.record.runnables):
+            self._ship_runnable(k, final)
+
+    def _ship_runnable(self, k: int, final: bool) -> None:
+        record = self.record.runnables[k]
+        for stream in ("stdout", "stderr"):
+            shipper = self._shipper(k, stream, record)
+            offset = shipper.ship(final=final)
+            setattr(record, f"{stream}_offset", offset)
+
+    def _shipper(self, k: int, stream: str, record: RunnableRecord) -> OutputShipper:
+        key = (k, stream)
+        if key not in self._shippers:
+            prefix = f"[task {self.plan.task_index} r{k} {stream}] "
+            level = logging.INFO if stream == "stdout" else logging.WARNING
+            self._shippers[key] = OutputShipper(
+                self._output(k, stream),
+                emit=lambda line: output_log.log(level, "%s%s", prefix, line),
+                offset=getattr(record, f"{stream}_offset"),
+            )
+        return self._shippers[key]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _transition(
+        self, new: TaskState, *, exit_code: int | None = None, cause: str | None = None
+    ) -> None:
+        """The one way a run changes task state: event, persist, then ask for a report."""
+        self.record.transition(
+            new, at=self._context.now(), where=self._context.where, exit_code=exit_code, cause=cause
+        )
+        await self._context.persist(self.record)
+        log.info("task %s: %s", self.record.task_id, self.record.events[-1]["description"])
+        self._context.notify()
+
+    def _batch_vars(self) -> dict[str, str]:
+        values = {"BATCH_TASK_RETRY_ATTEMPT": str(self.plan.retry_attempt)}
+        if self.plan.task_index is not None:
+            values["BATCH_TASK_INDEX"] = str(self.plan.task_index)
+        return values
+
+    def _output(self, k: int, stream: str) -> Path:
+        return self._dir / f"runnable-{k}.{stream}"
+
+    def _status(self, k: int) -> Path:
+        return self._dir / f"runnable-{k}.status"
+
+
+class _Finished:
+    """An execution that ended before this agent saw it: its result is already known."""
+
+    def __init__(self, result: ExitResult) -> None:
+        self._result = result
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def wait(self) -> ExitResult:
+        return self._result
+
+    async def stop(self, grace: timedelta) -> None:
+        return None
+
+
+def _safe_name(task_id: str) -> str:
+    """A task name as one directory name."""
+    return task_id.strip("/").replace("/", "_") or "task"
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"

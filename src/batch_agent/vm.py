@@ -1,0 +1,250 @@
+"""Facts about this VM for the report: metadata server reads, identity, boot time, os-release.
+
+Metadata reads use only the standard library (urllib.request): httplib2 and the Google
+client libraries belong to control.py. This module does not read the environment (the
+caller passes the metadata host, as GCE_METADATA_HOST gives it) and does not retry; every
+metadata call BLOCKS and belongs in a worker thread when called from the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from pathlib import Path
+
+from batch_agent.wire import AgentMetadata
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METADATA_HOST = "metadata.google.internal"
+
+
+class MetadataError(Exception):
+    """The metadata server could not be asked, gave an unusable answer, or lacks a required key."""
+
+
+class MetadataServer:
+    """A GCE metadata server at `host` (host[:port]); plain HTTP, `Metadata-Flavor: Google`.
+
+    Stateless apart from its settings: safe to use from several threads at once.
+    """
+
+    def __init__(
+        self, host: str = DEFAULT_METADATA_HOST, timeout: timedelta = timedelta(seconds=5)
+    ) -> None:
+        self.host = host
+        self.timeout = timeout
+        # No proxies: the metadata server is link-local and an http_proxy in the environment
+        # (for the user's tasks) must not capture our requests.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get(self, key: str) -> str | None:
+        """The value of `key` (e.g. "instance/zone"), or None when the server has no such key.
+
+        BLOCKS up to `timeout`. Raises MetadataError when the server cannot be reached or
+        answers anything but 200/404.
+        """
+        return self._get(key, {}, self.timeout)
+
+    def wait_for_change(self, key: str, timeout: timedelta) -> str | None:
+        """The value of `key` once it changes, or its current value after `timeout`.
+
+        BLOCKS up to `timeout` plus the usual request timeout; the server rounds `timeout` to
+        whole seconds (at least 1). None when the key does not exist; raises MetadataError
+        like `get`. Meant for `instance/preempted`.
+        """
+        seconds = max(1, round(timeout.total_seconds()))
+        query = {"wait_for_change": "true", "timeout_sec": str(seconds)}
+        return self._get(key, query, timedelta(seconds=seconds) + self.timeout)
+
+    def _get(self, key: str, query: dict[str, str], timeout: timedelta) -> str | None:
+        url = f"http://{self.host}/computeMetadata/v1/{key.lstrip('/')}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        request = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
+        try:
+            with self._opener.open(request, timeout=timeout.total_seconds()) as response:
+                flavor = response.headers.get("Metadata-Flavor")
+                body: bytes = response.read()
+        except urllib.error.HTTPError as error:
+            error.close()
+            if error.code == HTTPStatus.NOT_FOUND:
+                return None
+            raise MetadataError(f"metadata server answered {error.code} for {key}") from None
+        except (OSError, ValueError) as error:  # URLError, timeouts, refused; bad host
+            raise MetadataError(f"cannot read {key} from the metadata server: {error}") from error
+        # The header proves we reached a metadata server, not a proxy or a captive portal.
+        if flavor != "Google":
+            raise MetadataError(f"{url} answered without Metadata-Flavor: Google")
+        try:
+            return body.decode()
+        except UnicodeDecodeError as error:
+            raise MetadataError(f"metadata value of {key} is not UTF-8: {error}") from None
+
+
+def _last_segment(path: str) -> str:
+    """ "projects/123/zones/us-central1-a" -> "us-central1-a"."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def region_of(zone: str) -> str:
+    """ "us-central1-a" -> "us-central1"; raises ValueError for something that is not a zone."""
+    region, dash, suffix = zone.rpartition("-")
+    if not dash or not region or not suffix:
+        raise ValueError(f'"{zone}" is not a zone')
+    return region
+
+
+@dataclass(frozen=True)
+class VmIdentity:
+    """Who this VM is, as the Batch API names it."""
+
+    project_number: str
+    zone: str  # short form, "us-central1-a"
+    instance: str  # instance name
+    instance_id: str  # numeric, as a decimal string (uint64)
+
+    @property
+    def region(self) -> str:
+        return region_of(self.zone)
+
+    @property
+    def parent(self) -> str:
+        """The `parent` of `state:report`: `projects/{number}/locations/{region}`."""
+        return f"projects/{self.project_number}/locations/{self.region}"
+
+
+def read_identity(server: MetadataServer) -> VmIdentity:
+    """Read the VM's identity. BLOCKS (four metadata reads).
+
+    Raises MetadataError when the server cannot be reached or a key is missing or malformed.
+    """
+
+    def required(key: str) -> str:
+        value = server.get(key)
+        if value is None or not value.strip():
+            raise MetadataError(f"metadata server has no {key}")
+        return value.strip()
+
+    project_number = required("project/numeric-project-id")
+    zone = _last_segment(required("instance/zone"))
+    instance = required("instance/name")
+    instance_id = required("instance/id")
+    if not project_number.isdigit() or not instance_id.isdigit():
+        raise MetadataError(
+            f"metadata server gave a non-numeric project number {project_number!r} "
+            f"or instance id {instance_id!r}"
+        )
+    try:
+        region_of(zone)
+    except ValueError as error:
+        raise MetadataError(f"instance/zone: {error}") from None
+    return VmIdentity(
+        project_number=project_number, zone=zone, instance=instance, instance_id=instance_id
+    )
+
+
+def collect_metadata(
+    server: MetadataServer, *, version: str, os_release: dict[str, str]
+) -> AgentMetadata:
+    """The report's `metadata`. BLOCKS (several metadata reads).
+
+    A key the server lacks is left out of the result, never an error; raises MetadataError
+    only when the server cannot be reached or answers with an error status.
+    """
+
+    def optional(key: str) -> str | None:
+        value = server.get(key)
+        return value.strip() if value is not None and value.strip() else None
+
+    zone = optional("instance/zone")
+    machine_type = optional("instance/machine-type")
+    instance_id = optional("instance/id")
+    preempted = optional("instance/preempted")
+    if instance_id is not None and not instance_id.isdigit():
+        log.warning("vm: ignoring non-numeric instance/id %r", instance_id)
+        instance_id = None
+    return AgentMetadata(
+        instance=optional("instance/name"),
+        instance_id=int(instance_id) if instance_id is not None else None,
+        # Short zone name ("us-central1-a"), as the region in `parent` is short too; the
+        # metadata server gives "projects/{number}/zones/{zone}".
+        zone=_last_segment(zone) if zone is not None else None,
+        machine_type=_last_segment(machine_type) if machine_type is not None else None,
+        # The full value: "projects/{number}/zones/{zone}/instanceGroupManagers/{name}".
+        creator=optional("instance/attributes/created-by"),
+        # The full image path (it names the image, whose name carries the version).
+        image_version=optional("instance/image"),
+        # creationTime is deprecated in batch.v1.json ("use agent_startup_time instead") and
+        # the metadata server has no creation time: left out.
+        instance_preemption_notice_received=(
+            preempted.upper() == "TRUE" if preempted is not None else None
+        ),
+        os_release=os_release,
+        version=version,
+    )
+
+
+def read_boot_time(proc_stat: Path = Path("/proc/stat")) -> datetime:
+    """When the kernel booted (the `btime` line), as an aware UTC datetime.
+
+    Raises OSError if the file cannot be read and ValueError if it has no valid btime line.
+    """
+    for line in proc_stat.read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == "btime":
+            return datetime.fromtimestamp(int(value.strip()), tz=UTC)
+    raise ValueError(f"{proc_stat} has no btime line")
+
+
+def read_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:
+    """`/etc/os-release` as a map (`ID`, `VERSION_ID`, `VERSION_CODENAME`, ...), quotes removed.
+
+    Every assignment is kept: the server decides what it wants. A missing or unreadable file
+    gives {}; a line that is not `KEY=value` is skipped. Never raises.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        log.info("vm: no os-release at %s: %s", path, error)
+        return {}
+    release: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, equals, raw = line.partition("=")
+        if not equals or not key.isidentifier():
+            continue
+        release[key] = _unquote(raw)
+    return release
+
+
+def _unquote(raw: str) -> str:
+    """Undo os-release's shell quoting: '...' literal, "..." with backslash escapes of
+    $ " \\ ` (os-release(5)), bare words with backslash escapes. The raw text if unbalanced.
+    """
+    out: list[str] = []
+    quote = ""  # "", "'" or '"': the quote we are inside
+    chars = iter(raw)
+    for char in chars:
+        if quote == "'":
+            if char == "'":
+                quote = ""
+            else:
+                out.append(char)
+        elif char == "\\":
+            following = next(chars, "")
+            if quote == '"' and following not in '$"\\`':
+                out.append(char)  # inside "...", other backslashes are literal
+            out.append(following)
+        elif char in "'\"" and (not quote or char == quote):
+            quote = "" if quote else char
+        else:
+            out.append(char)
+    return raw if quote else "".join(out)

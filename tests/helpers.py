@@ -1,0 +1,103 @@
+"""Shared test helpers: polling with a deadline and the real agent as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from batch_agent.emulator import Emulator
+
+AGENT = [sys.executable, "-m", "batch_agent.cli"]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Poll `predicate` until truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+def agent_env(emu: Emulator, state_dir: Path, vm: int = 0, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCH_AGENT_", "GOOGLE_"))}
+    env.update(
+        GCE_METADATA_HOST=emu.vms[vm].metadata_host,
+        BATCH_AGENT_ENDPOINT=emu.url,
+        BATCH_AGENT_STATE_DIR=str(state_dir),
+        BATCH_AGENT_KILL_GRACE="2",
+        BATCH_AGENT_UNREACHABLE_TIMEOUT="5",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class AgentProcess:
+    """`batch-agent run` as a real subprocess; its log goes to a file the test can read."""
+
+    def __init__(self, emu: Emulator, state_dir: Path, *args: str, vm: int = 0, **env: str):
+        self.log_path = state_dir.parent / f"{state_dir.name}-agent.log"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*AGENT, "run", *args],
+            env=agent_env(emu, state_dir, vm, **env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def terminate(self, timeout: float = 15) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def job(*runnables: dict[str, Any], task_count: int = 1, **task_spec: Any) -> dict[str, Any]:
+    """A Batch job config with one task group."""
+    return {
+        "taskGroups": [
+            {"taskCount": task_count, "taskSpec": {"runnables": list(runnables), **task_spec}}
+        ]
+    }
+
+
+def script(text: str, **fields: Any) -> dict[str, Any]:
+    return {"script": {"text": text}, **fields}
+
+
+def final_event(emu: Emulator, name: str) -> dict[str, Any]:
+    return emu.task_events(name)[-1]
+
+
+def exit_code(emu: Emulator, name: str) -> int | None:
+    execution = final_event(emu, name).get("taskExecution") or {}
+    code = execution.get("exitCode")
+    return int(code) if code is not None else None

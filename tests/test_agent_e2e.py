@@ -1,0 +1,305 @@
+"""End to end: the real `batch-agent run` subprocess against the emulator over HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import exit_code, final_event, job, script, wait_until
+
+TASK0 = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/0"
+
+
+def run_once(make_emulator, start_agent, config, timeout=60):
+    emu = make_emulator(config)
+    agent = start_agent(emu, "--once")
+    status = agent.wait(timeout)
+    return emu, agent, status
+
+
+def test_success_reports_running_then_succeeded(make_emulator, start_agent, tmp_path):
+    """Two runnables run in order and the task reports RUNNING then SUCCEEDED with events."""
+    out = tmp_path / "out"
+    emu, agent, status = run_once(
+        make_emulator,
+        start_agent,
+        job(script(f"echo one >> {out}"), script(f"echo two >> {out}")),
+    )
+    assert status == 0, agent.log()
+    assert out.read_text() == "one\ntwo\n"
+    events = emu.task_events(TASK0)
+    assert [e["taskState"] for e in events] == ["RUNNING", "SUCCEEDED"]
+    assert events[-1]["description"].startswith(
+        "Task state is updated from RUNNING to SUCCEEDED on zones/us-central1-a/instances/"
+    )
+    assert emu.task_runnable(TASK0) == 2
+    assert emu.invalid_reports == []
+
+
+def test_failure_stops_later_runnables(make_emulator, start_agent, tmp_path):
+    """The first failing runnable's exit code fails the task and later runnables never start."""
+    marker = tmp_path / "marker"
+    emu, _agent, status = run_once(
+        make_emulator, start_agent, job(script("exit 3"), script(f"touch {marker}"))
+    )
+    assert status == 1
+    assert emu.task_state(TASK0) == "FAILED"
+    assert exit_code(emu, TASK0) == 3
+    assert final_event(emu, TASK0)["description"].endswith("with exit code 3.")
+    assert not marker.exists()
+
+
+def test_ignore_exit_status(make_emulator, start_agent, tmp_path):
+    """A runnable with ignoreExitStatus may fail without failing the task."""
+    marker = tmp_path / "marker"
+    emu, _, status = run_once(
+        make_emulator,
+        start_agent,
+        job(script("exit 4", ignoreExitStatus=True), script(f"touch {marker}")),
+    )
+    assert status == 0
+    assert emu.task_state(TASK0) == "SUCCEEDED"
+    assert marker.exists()
+
+
+def test_always_run_after_failure(make_emulator, start_agent, tmp_path):
+    """After a failure only alwaysRun runnables start; the task keeps the first exit code."""
+    skipped, cleanup = tmp_path / "skipped", tmp_path / "cleanup"
+    emu, _, status = run_once(
+        make_emulator,
+        start_agent,
+        job(
+            script("exit 7"),
+            script(f"touch {skipped}"),
+            script(f"touch {cleanup}; exit 9", alwaysRun=True),
+        ),
+    )
+    assert status == 1
+    assert exit_code(emu, TASK0) == 7
+    assert cleanup.exists() and not skipped.exists()
+
+
+def test_environment_precedence_and_task_index(make_emulator, start_agent, tmp_path):
+    """Runnable variables beat task variables; BATCH_TASK_INDEX is set; agent env does not leak."""
+    out = tmp_path / "env"
+    config = job(
+        script(
+            f'echo "$WHO $TASK_ONLY $BATCH_TASK_INDEX ${{AGENT_SECRET:-unset}}" > {out}',
+            environment={"variables": {"WHO": "runnable"}},
+        ),
+        environment={"variables": {"WHO": "task", "TASK_ONLY": "t"}},
+    )
+    emu = make_emulator(config)
+    agent = start_agent(emu, "--once", AGENT_SECRET="leaked")
+    assert agent.wait(60) == 0, agent.log()
+    assert out.read_text() == "runnable t 0 unset\n"
+
+
+def test_shebang_picks_interpreter(make_emulator, start_agent, tmp_path):
+    """A script's shebang chooses its interpreter; without one /bin/sh runs it."""
+    out = tmp_path / "py"
+    code = f"#!{sys.executable}\nimport sys\nopen({str(out)!r}, 'w').write(sys.version[:2])\n"
+    _emu, _, status = run_once(make_emulator, start_agent, job(script(code)))
+    assert status == 0
+    assert out.read_text() == "3."
+
+
+def test_large_output_does_not_block(make_emulator, start_agent):
+    """600k lines of output neither block the runnable nor get lost on the way to the log."""
+    _emu, agent, status = run_once(
+        make_emulator,
+        start_agent,
+        job(script("seq 1 600000; echo done >&2")),
+        timeout=120,
+    )
+    assert status == 0
+    log = agent.log()
+    assert "[task 0 r1 stdout] 600000" in log
+    assert "[task 0 r1 stderr] done" in log
+
+
+def test_cancel_kills_the_process_group(make_emulator, start_agent, tmp_path):
+    """CANCELLED stops the runnable and its children and reports FAILED saying so."""
+    pids = tmp_path / "pids"
+    emu = make_emulator(job(script(f"sleep 300 & echo $! > {pids}; echo $$ >> {pids}; wait")))
+    agent = start_agent(emu)
+    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="pids")
+    emu.cancel_task(TASK0)
+    wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
+    assert "cancelled" in final_event(emu, TASK0)["description"]
+    for pid in map(int, pids.read_text().split()):
+        wait_until(lambda pid=pid: not _alive(pid), timeout=5, what=f"pid {pid} gone")
+    assert agent.terminate() == 0
+
+
+def test_deleted_task_is_no_longer_reported(make_emulator, start_agent, tmp_path):
+    """After DELETED the task leaves reports and the state dir."""
+    emu = make_emulator(job(script("true")))
+    agent = start_agent(emu)
+    wait_until(lambda: emu.is_deleted(TASK0), what="DELETED sent")
+    count = len(emu.reports)
+    wait_until(lambda: len(emu.reports) >= count + 2, what="two more reports")
+    last = emu.reports[-1].body["agentInfo"]
+    assert last.get("tasks", []) == []
+    assert agent.terminate() == 0
+    db = tmp_path / "state" / "state.db"
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+    conn.close()
+
+
+def test_report_cadence_honours_both_intervals(make_emulator, start_agent, tmp_path):
+    """Idle reports come every defaultReportInterval; a state change reports early but never
+    sooner than minReportInterval after the previous report."""
+    emu = make_emulator(
+        job(script("sleep 0.5"), script("sleep 0.5"), script("sleep 0.5")),
+        default_report_interval="2s",
+        min_report_interval="0.5s",
+    )
+    agent = start_agent(emu)
+    wait_until(lambda: emu.is_deleted(TASK0), what="done")
+    wait_until(lambda: len(emu.reports) >= 8, timeout=30, what="idle reports")
+    assert agent.terminate() == 0
+    times = [r.time for r in emu.reports]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.45, gaps
+    # Early reports: the 1.5 s task was seen RUNNING and SUCCEEDED within one 2 s interval.
+    states = {
+        t["taskStatus"]["state"] for r in emu.reports for t in r.body["agentInfo"].get("tasks", [])
+    }
+    assert {"RUNNING", "SUCCEEDED"} <= states
+    idle = gaps[-4:-1]  # the very last is AGENT_STOPPED, sent at once on SIGTERM
+    assert all(1.8 <= g <= 3.0 for g in idle), idle
+
+
+def test_recovers_after_503s(make_emulator, start_agent, tmp_path):
+    """Failed reports are retried with backoff and the task's status still arrives in full."""
+    emu = make_emulator(job(script("true")))
+    emu.fail_next(3, status=503)
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 0, agent.log()
+    assert emu.task_state(TASK0) == "SUCCEEDED"
+    assert "503" in agent.log()
+
+
+def test_malformed_response_is_retried(make_emulator, start_agent):
+    """A non-JSON answer is logged and retried, never a crash."""
+    emu = make_emulator(job(script("true")))
+    emu.respond_raw_next(b"<html>oops</html>")
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 0, agent.log()
+    assert emu.task_state(TASK0) == "SUCCEEDED"
+
+
+BAD_SPECS = [
+    ({"runnables": []}, "runnables: a task needs at least one runnable"),
+    ({"runnables": [{"ignoreExitStatus": True}]}, "runnables[0]: needs one of script"),
+    ({"runnables": [{"script": {}}]}, 'runnables[0].script: needs "text" or "path"'),
+    (
+        {
+            "runnables": [
+                {"script": {"text": "true"}},
+                {"script": {"text": "true"}, "timeout": "soon"},
+            ]
+        },
+        'runnables[1].timeout: "soon" is not a duration',
+    ),
+    (
+        {"runnables": [{"script": {"path": "/no/such/script.sh"}}]},
+        'runnables[0].script.path: "/no/such/script.sh" does not exist',
+    ),
+    (
+        {"runnables": [{"script": {"text": "true"}}], "maxRunDuration": 12},
+        "maxRunDuration: 12 is not a duration",
+    ),
+]
+
+
+def test_bad_specs_fail_alone(make_emulator, start_agent, tmp_path):
+    """Each malformed task fails with 50000 and an event naming the field; a good one succeeds."""
+    emu = make_emulator(job(script(f"touch {tmp_path / 'good'}")))
+    names = [emu.add_task({"intendedState": "ASSIGNED", "spec": spec}) for spec, _ in BAD_SPECS]
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 1, agent.log()
+    assert (tmp_path / "good").exists()
+    assert emu.task_state(TASK0) == "SUCCEEDED"
+    for name, (_, problem) in zip(names, BAD_SPECS, strict=True):
+        assert emu.task_state(name) == "FAILED", name
+        event = final_event(emu, name)
+        assert problem in event["description"], event
+        assert event["taskExecution"]["exitCode"] == 50000
+
+
+def test_sigterm_sends_agent_stopped(make_emulator, start_agent):
+    """SIGTERM: a last report with AGENT_STOPPED, exit 0, and the running task is left alone."""
+    emu = make_emulator(job(script("sleep 5")))
+    agent = start_agent(emu)
+    wait_until(lambda: emu.task_state(TASK0) == "RUNNING", what="RUNNING")
+    assert agent.terminate() == 0
+    states = [r.body["agentInfo"]["state"] for r in emu.reports]
+    assert states[0] == "AGENT_STARTING"
+    assert states[-1] == "AGENT_STOPPED"
+    assert "AGENT_STARTING" not in states[1:]
+
+
+def test_kill_9_then_restart_never_runs_a_task_twice(make_emulator, start_agent, tmp_path):
+    """After kill -9 mid-task, the restarted agent finds the running script, does not start it
+    again, and reports its real exit code."""
+    counter, go = tmp_path / "runs", tmp_path / "go"
+    text = f"echo run >> {counter}; while [ ! -e {go} ]; do sleep 0.05; done; exit 5"
+    emu = make_emulator(job(script(text)))
+    first = start_agent(emu)
+    wait_until(lambda: counter.exists(), what="task started")
+    first.kill()
+    second = start_agent(emu)
+    wait_until(lambda: len(emu.reports) >= 3 and "reattach" in second.log(), what="reattach")
+    go.touch()
+    wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
+    assert exit_code(emu, TASK0) == 5
+    assert counter.read_text() == "run\n"
+    assert second.terminate() == 0
+
+
+def test_once_exit_status_when_unreachable(start_agent, make_emulator, tmp_path):
+    """--once exits 3 when the control plane cannot be reached within the budget."""
+    emu = make_emulator(None)
+    agent = start_agent(emu, "--once", "--endpoint", "http://127.0.0.1:9/")
+    assert agent.wait(60) == 3
+
+
+def test_once_exit_status_on_bad_config(start_agent, make_emulator, tmp_path):
+    """--once exits 2 for an unusable configuration."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    emu = make_emulator(None)
+    agent = start_agent(emu, "--once", "--config", str(bad))
+    assert agent.wait(30) == 2
+
+
+def test_once_with_no_tasks_exits_zero(make_emulator, start_agent):
+    """With nothing to do, --once reports, sees no task, and exits 0 with AGENT_STOPPED last."""
+    emu = make_emulator(None)
+    agent = start_agent(emu, "--once")
+    assert agent.wait(30) == 0, agent.log()
+    assert emu.reports[-1].body["agentInfo"]["state"] == "AGENT_STOPPED"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split(")")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+pytestmark = pytest.mark.timeout(180)

@@ -1,0 +1,333 @@
+"""Script runnables: real processes under the /bin/sh waiter, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, ExitResult
+from batch_agent.tasks.script import ScriptExecution, start_script, write_script
+
+T = TypeVar("T")
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root"}
+PY = sys.executable
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+async def async_wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def is_dead(pid: int) -> bool:
+    """True if `pid` is gone or a zombie (pid 1 here may not reap orphans)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return True
+    return data[data.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+
+
+async def start(
+    tmp: Path, program: Path, env: dict[str, str] | None = None, **kw: Any
+) -> ScriptExecution | ExitResult:
+    return await start_script(
+        program,
+        env=ENV if env is None else env,
+        cwd=tmp,
+        stdout_path=tmp / "out",
+        stderr_path=tmp / "err",
+        status_path=tmp / "status",
+        **kw,
+    )
+
+
+async def run_script(tmp: Path, text: str, **kw: Any) -> ExitResult:
+    execution = await start(tmp, write_script(text, tmp), **kw)
+    assert isinstance(execution, ScriptExecution), execution
+    return await execution.wait()
+
+
+def test_exit_codes_are_recorded(tmp_path: Path) -> None:
+    """Exit 0 is ok, exit 3 is not, and the waiter writes the status file."""
+    assert run(run_script(tmp_path, "#!/bin/sh\nexit 0\n")) == ExitResult(0)
+    result = run(run_script(tmp_path, "#!/bin/sh\nexit 3\n"))
+    assert result == ExitResult(3) and not result.ok
+    assert (tmp_path / "status").read_text() == "3\n"
+
+
+def test_shebang_picks_the_interpreter(tmp_path: Path) -> None:
+    """A Python and a bash shebang run their interpreters, with stdout/stderr in the files."""
+    text = f"#!{PY}\nimport sys\nprint('from python')\nprint('err', file=sys.stderr)\nsys.exit(7)\n"
+    assert run(run_script(tmp_path, text)) == ExitResult(7)
+    bash = '#!/bin/bash\nif [[ -n "${BASH_VERSION}" ]]; then echo bash; fi\n'
+    assert run(run_script(tmp_path, bash)).ok
+    assert (tmp_path / "out").read_text() == "from python\nbash\n"  # appended
+    assert (tmp_path / "err").read_text() == "err\n"
+
+
+def test_file_without_shebang_runs_with_sh(tmp_path: Path) -> None:
+    """A script with no shebang (ENOEXEC) is run by /bin/sh."""
+    result = run(run_script(tmp_path, 'echo "plain $((1 + 2))"\nexit 4\n'))
+    assert result == ExitResult(4)
+    assert (tmp_path / "out").read_text() == "plain 3\n"
+
+
+def test_environment_is_exactly_the_given_one(tmp_path: Path) -> None:
+    """The program sees the env it was given (plus the shell's PWD), no waiter variables."""
+    env = {"PATH": "/usr/bin:/bin", "ONLY": "me"}
+    assert run(run_program(tmp_path, Path("/usr/bin/env"), env=env)).ok
+    seen = dict(line.split("=", 1) for line in (tmp_path / "out").read_text().splitlines())
+    assert seen == {**env, "PWD": str(tmp_path)}
+
+
+def test_missing_non_executable_and_bad_interpreter_are_results(tmp_path: Path) -> None:
+    """What cannot be executed is an ExitResult with a reason, not an exception."""
+    missing = run(start(tmp_path, tmp_path / "nope"))
+    assert missing == ExitResult(
+        127, reason=f"cannot execute {tmp_path / 'nope'}: No such file or directory"
+    )
+    plain = tmp_path / "plain"
+    plain.write_text("#!/bin/sh\n")
+    assert run(start(tmp_path, plain)) == ExitResult(
+        126, reason=f"cannot execute {plain}: Permission denied"
+    )
+    directory = run(start(tmp_path, tmp_path))
+    assert isinstance(directory, ExitResult) and directory.exit_code == 126
+    bad = write_script("#!/no/such/interp\n", tmp_path)
+    result = run(start(tmp_path, bad))
+    assert isinstance(result, ExitResult) and result.exit_code == 127
+    assert result.reason is not None and "/no/such/interp" in result.reason
+    gone_cwd = run(
+        start_script(
+            write_script("#!/bin/sh\n", tmp_path),
+            env=ENV,
+            cwd=tmp_path / "no-such-dir",
+            stdout_path=tmp_path / "out",
+            stderr_path=tmp_path / "err",
+            status_path=tmp_path / "status",
+        )
+    )
+    assert isinstance(gone_cwd, ExitResult) and gone_cwd.exit_code == 127
+    assert gone_cwd.reason is not None and "no-such-dir" in gone_cwd.reason
+
+
+def test_relative_program_is_taken_from_cwd(tmp_path: Path) -> None:
+    """A relative path is resolved against cwd, not searched in PATH."""
+    program = write_script("#!/bin/sh\nexit 9\n", tmp_path)
+    assert run(run_program(tmp_path, Path(program.name))) == ExitResult(9)
+
+
+async def run_program(tmp: Path, program: Path, **kw: Any) -> ExitResult:
+    execution = await start(tmp, program, **kw)
+    assert isinstance(execution, ScriptExecution), execution
+    return await execution.wait()
+
+
+def test_signal_death_is_128_plus_signo(tmp_path: Path) -> None:
+    """A program killed by a signal ends 128+signo, with the signal named."""
+    result = run(run_script(tmp_path, "#!/bin/sh\nkill -USR1 $$\n"))
+    assert (result.exit_code, result.signal) == (128 + signal.SIGUSR1, signal.SIGUSR1)
+
+
+def test_write_script_is_private(tmp_path: Path) -> None:
+    """The script file is mode 0700 and holds exactly the text."""
+    path = write_script("#!/bin/sh\necho é\n", tmp_path)
+    assert path.parent == tmp_path
+    assert path.stat().st_mode & 0o777 == 0o700
+    assert path.read_text() == "#!/bin/sh\necho é\n"
+
+
+def test_stop_kills_children_and_grandchildren(tmp_path: Path) -> None:
+    """stop() reaches the whole process group: a background grandchild dies too."""
+    text = f"#!/bin/sh\n{PY} -c 'import time; time.sleep(60)' &\necho $! > gc.pid\nwait\n"
+
+    async def scenario() -> tuple[ExitResult, float]:
+        execution = await start(tmp_path, write_script(text, tmp_path))
+        assert isinstance(execution, ScriptExecution)
+        await async_wait_until(
+            lambda: (
+                (tmp_path / "gc.pid").exists() and (tmp_path / "gc.pid").read_text().endswith("\n")
+            )
+        )
+        began = time.monotonic()
+        await execution.stop(timedelta(seconds=5))
+        await execution.stop(timedelta(seconds=5))  # idempotent
+        return await execution.wait(), time.monotonic() - began
+
+    result, took = run(scenario())
+    assert (result.exit_code, result.signal) == (143, signal.SIGTERM)
+    assert took < 2
+    assert is_dead(int((tmp_path / "gc.pid").read_text()))
+
+
+IGNORE_TERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    " print('ready', flush=True); time.sleep(60)"
+)
+
+
+def test_stop_escalates_to_sigkill_after_grace(tmp_path: Path) -> None:
+    """A program ignoring SIGTERM is SIGKILLed once the grace period is over."""
+
+    async def scenario() -> tuple[ExitResult, float]:
+        execution = await start(tmp_path, write_script(f"#!{PY}\n{IGNORE_TERM}\n", tmp_path))
+        assert isinstance(execution, ScriptExecution)
+        await async_wait_until(lambda: (tmp_path / "out").read_text() == "ready\n")
+        began = time.monotonic()
+        await execution.stop(timedelta(seconds=0.3))
+        return await execution.wait(), time.monotonic() - began
+
+    result, took = run(scenario())
+    assert (result.exit_code, result.signal) == (137, signal.SIGKILL)
+    assert 0.3 <= took < 3
+
+
+def test_stop_waits_for_a_grandchild_ignoring_sigterm(tmp_path: Path) -> None:
+    """When the program dies but a grandchild ignores SIGTERM, stop() still kills it after grace."""
+    text = f'#!/bin/sh\n{PY} -c "{IGNORE_TERM}" &\necho $! > gc.pid\nwait\n'
+
+    async def scenario() -> float:
+        execution = await start(tmp_path, write_script(text, tmp_path))
+        assert isinstance(execution, ScriptExecution)
+        await async_wait_until(lambda: (tmp_path / "out").read_text() == "ready\n")
+        began = time.monotonic()
+        await execution.stop(timedelta(seconds=0.3))
+        took = time.monotonic() - began
+        assert (await execution.wait()).exit_code == 143  # the sh itself died of SIGTERM
+        return took
+
+    took = run(scenario())
+    assert 0.3 <= took < 3
+    assert is_dead(int((tmp_path / "gc.pid").read_text()))
+
+
+def test_stop_after_exit_is_harmless(tmp_path: Path) -> None:
+    """stop() on a runnable that has already ended returns at once; wait() may be repeated."""
+
+    async def scenario() -> None:
+        execution = await start(tmp_path, write_script("#!/bin/sh\nexit 2\n", tmp_path))
+        assert isinstance(execution, ScriptExecution)
+        first, second = await asyncio.gather(execution.wait(), execution.wait())
+        await execution.stop(timedelta(seconds=5))
+        assert first == second == ExitResult(2) == await execution.wait()
+
+    run(scenario())
+
+
+ORPHAN = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    from pathlib import Path
+    from batch_agent.tasks.script import start_script
+
+    async def main():
+        d = Path(sys.argv[1])
+        e = await start_script(
+            d / sys.argv[2], env={"PATH": "/usr/bin:/bin"}, cwd=d, stdout_path=d / "out",
+            stderr_path=d / "err", status_path=d / "status")
+        print(json.dumps([e.pid, e.start_time]), flush=True)
+        os._exit(0)  # an agent crash: nobody waits for the waiter
+
+    asyncio.run(main())
+    """
+)
+
+
+def start_orphan(tmp: Path, text: str) -> tuple[int, int]:
+    """Start a script from another Python process that then dies; return (pid, start_time)."""
+    program = write_script(text, tmp)
+    done = subprocess.run(
+        [PY, "-c", ORPHAN, str(tmp), program.name], capture_output=True, text=True, check=True
+    )
+    pid, start_time = json.loads(done.stdout)
+    return int(pid), int(start_time)
+
+
+def test_reattach_to_a_running_orphan_and_learn_its_exit(tmp_path: Path) -> None:
+    """After the starting process died, reattach() waits for the orphan and reads its status."""
+    pid, start_time = start_orphan(
+        tmp_path, "#!/bin/sh\nwhile [ ! -e go ]; do sleep 0.01; done\nexit 5\n"
+    )
+    execution = ScriptExecution.reattach(pid, start_time, tmp_path / "status")
+    assert isinstance(execution, ScriptExecution) and execution.pid == pid
+
+    async def scenario() -> ExitResult:
+        waiting = asyncio.ensure_future(execution.wait())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        (tmp_path / "go").touch()
+        return await waiting
+
+    assert run(scenario()) == ExitResult(5)
+    # Later restarts find the recorded status without any process.
+    assert ScriptExecution.reattach(pid, start_time, tmp_path / "status") == ExitResult(5)
+
+
+def test_reattach_to_a_finished_orphan(tmp_path: Path) -> None:
+    """An orphan that ended while nobody watched left its exit code on disk."""
+    pid, start_time = start_orphan(tmp_path, "#!/bin/sh\nexit 6\n")
+    wait_until(lambda: (tmp_path / "status").read_text() != "")
+    assert ScriptExecution.reattach(pid, start_time, tmp_path / "status") == ExitResult(6)
+
+
+def test_reattach_with_a_recycled_pid_reports_the_status_lost(tmp_path: Path) -> None:
+    """A live pid with another start time is not our runnable: the status is lost."""
+    result = ScriptExecution.reattach(os.getpid(), 1, tmp_path / "status")
+    assert isinstance(result, ExitResult)
+    assert result.exit_code == EXIT_CODE_UNKNOWN and result.reason and "lost" in result.reason
+
+
+def test_stop_a_reattached_orphan_that_ignores_sigterm(tmp_path: Path) -> None:
+    """A reattached runnable can be stopped; SIGKILL kills the waiter, so 137 is inferred."""
+    pid, start_time = start_orphan(tmp_path, f"#!{PY}\n{IGNORE_TERM}\n")
+    wait_until(lambda: (tmp_path / "out").read_text() == "ready\n")
+    execution = ScriptExecution.reattach(pid, start_time, tmp_path / "status")
+    assert isinstance(execution, ScriptExecution)
+
+    async def scenario() -> ExitResult:
+        await execution.stop(timedelta(seconds=0.2))
+        return await execution.wait()
+
+    result = run(scenario())
+    assert (result.exit_code, result.signal) == (137, signal.SIGKILL)
+    assert is_dead(pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_runs_as_the_given_user() -> None:
+    """user=(uid, gid) runs the program with that uid/gid and no supplementary groups."""
+    uid = gid = 54321  # needs no passwd entry
+    with tempfile.TemporaryDirectory(dir="/tmp") as name:  # pytest's tmp dirs are 0700
+        tmp = Path(name)
+        tmp.chmod(0o755)
+        program = write_script("#!/bin/sh\nid -u; id -g; id -G\n", tmp, owner=(uid, gid))
+        assert run(run_program(tmp, program, user=(uid, gid))).ok
+        assert (tmp / "out").read_text().split() == [str(uid), str(gid), str(gid)]
+        assert (tmp / "status").stat().st_uid == uid

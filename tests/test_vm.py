@@ -1,0 +1,281 @@
+"""vm.py: metadata reads against the emulator's metadata server, boot time, os-release."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from batch_agent.emulator import Emulator
+from batch_agent.vm import (
+    MetadataError,
+    MetadataServer,
+    VmIdentity,
+    collect_metadata,
+    read_boot_time,
+    read_identity,
+    read_os_release,
+    region_of,
+)
+
+OS_RELEASE = {"ID": "debian", "VERSION_ID": "12"}
+
+# --- boot time ---------------------------------------------------------------------------
+
+
+def test_boot_time_comes_from_the_btime_line(tmp_path: Path) -> None:
+    """The btime line is seconds since the epoch, returned as an aware UTC datetime."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 42\n")
+    assert read_boot_time(stat) == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+
+
+def test_boot_time_of_this_machine_is_in_the_past() -> None:
+    """The real /proc/stat parses and the kernel booted before now."""
+    assert read_boot_time() <= datetime.now(UTC)
+
+
+def test_boot_time_without_btime_is_an_error(tmp_path: Path) -> None:
+    """A stat file without btime raises ValueError naming the file."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\n")
+    with pytest.raises(ValueError, match="btime"):
+        read_boot_time(stat)
+
+
+# --- os-release --------------------------------------------------------------------------
+
+
+def test_os_release_removes_shell_quoting(tmp_path: Path) -> None:
+    """Every assignment is kept with its shell quoting removed; comments and junk skipped."""
+    path = tmp_path / "os-release"
+    path.write_text(
+        "# comment\n"
+        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
+        "VERSION_ID='12'\n"
+        "VERSION_CODENAME=bookworm\n"
+        'NAME="Say \\"hi\\" \\$HOME"\n'
+        "EMPTY=\n"
+        'BROKEN="unterminated\n'
+        "not an assignment\n"
+        "\n"
+    )
+    assert read_os_release(path) == {
+        "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)",
+        "VERSION_ID": "12",
+        "VERSION_CODENAME": "bookworm",
+        "NAME": 'Say "hi" $HOME',
+        "EMPTY": "",
+        "BROKEN": '"unterminated',
+    }
+
+
+def test_missing_os_release_is_empty(tmp_path: Path) -> None:
+    """No /etc/os-release means an empty map, not an error."""
+    assert read_os_release(tmp_path / "absent") == {}
+
+
+def test_os_release_of_this_machine_has_an_id() -> None:
+    """The real /etc/os-release parses and names the distribution."""
+    assert read_os_release().get("ID")
+
+
+# --- identity ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("zone", "region"),
+    [("us-central1-a", "us-central1"), ("europe-west4-b", "europe-west4"), ("ai-x", "ai")],
+)
+def test_region_is_the_zone_without_its_last_part(zone: str, region: str) -> None:
+    """us-central1-a -> us-central1."""
+    assert region_of(zone) == region
+
+
+@pytest.mark.parametrize("zone", ["", "uscentral1", "us-", "-a"])
+def test_a_zone_without_a_suffix_is_rejected(zone: str) -> None:
+    """Something that is not `region-x` raises ValueError."""
+    with pytest.raises(ValueError, match="is not a zone"):
+        region_of(zone)
+
+
+def test_parent_names_project_number_and_region() -> None:
+    """`parent` is projects/{number}/locations/{region}."""
+    identity = VmIdentity(
+        project_number="123", zone="us-central1-a", instance="vm-1", instance_id="42"
+    )
+    assert identity.parent == "projects/123/locations/us-central1"
+
+
+# --- metadata server failures without an emulator ----------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> Iterator[str]:
+    """host:port of a loopback port nobody listens on (bound, never listening)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_unreachable_metadata_server_raises_metadata_error(closed_port: str) -> None:
+    """Connection refused is a MetadataError, not a None."""
+    server = MetadataServer(closed_port, timeout=timedelta(seconds=2))
+    with pytest.raises(MetadataError, match="instance/zone"):
+        server.get("instance/zone")
+
+
+# --- against the emulator's metadata server ----------------------------------------------
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    emulator = Emulator(job=None, vms=1, log=None)
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def test_identity_and_parent_from_the_emulator(emu: Emulator) -> None:
+    """read_identity names the VM and its parent as the Batch API expects."""
+    vm = emu.vms[0]
+    identity = read_identity(MetadataServer(vm.metadata_host))
+    assert identity == VmIdentity(
+        project_number="123456789012",
+        zone="us-central1-a",
+        instance=vm.name,
+        instance_id=vm.instance_id,
+    )
+    assert identity.parent == "projects/123456789012/locations/us-central1"
+
+
+def test_metadata_from_the_emulator(emu: Emulator) -> None:
+    """collect_metadata gives short zone and machine type, the creator and image as served."""
+    server = MetadataServer(emu.metadata_host)
+    metadata = collect_metadata(server, version="1.2.3", os_release=OS_RELEASE)
+    assert metadata.instance == "vm-0"
+    assert metadata.instance_id == int(emu.vms[0].instance_id)
+    assert metadata.zone == "us-central1-a"
+    assert metadata.machine_type == "e2-standard-4"
+    assert metadata.creator == server.get("instance/attributes/created-by")
+    assert metadata.creator is not None and "instanceGroupManagers" in metadata.creator
+    assert metadata.image_version == server.get("instance/image")
+    assert metadata.instance_preemption_notice_received is False
+    assert metadata.creation_time is None
+    assert metadata.os_release == OS_RELEASE
+    assert metadata.version == "1.2.3"
+    assert metadata.to_wire()["instanceId"] == emu.vms[0].instance_id  # uint64 as a string
+
+
+def test_preemption_notice_is_reported(emu: Emulator) -> None:
+    """instance/preempted == TRUE sets instancePreemptionNoticeReceived."""
+    emu.set_preempted(0)
+    metadata = collect_metadata(MetadataServer(emu.metadata_host), version="v", os_release={})
+    assert metadata.instance_preemption_notice_received is True
+
+
+def test_wait_for_change_returns_the_value(emu: Emulator) -> None:
+    """wait_for_change on instance/preempted answers with the value (here: already TRUE)."""
+    emu.set_preempted(0)
+    server = MetadataServer(emu.metadata_host)
+    assert server.wait_for_change("instance/preempted", timedelta(seconds=1)) == "TRUE"
+
+
+def test_unknown_key_is_none(emu: Emulator) -> None:
+    """A key the metadata server does not have (404) is None."""
+    assert MetadataServer(emu.metadata_host).get("instance/attributes/no-such-key") is None
+
+
+# --- against a minimal metadata server we control key by key -----------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _SparseMetadata
+
+    def do_GET(self) -> None:
+        key = self.path.removeprefix("/computeMetadata/v1/")
+        status, body = self.server.answers.get(key, (404, "not found"))
+        self.send_response(status)
+        if self.server.flavor:
+            self.send_header("Metadata-Flavor", "Google")
+        self.send_header("Content-Length", str(len(body.encode())))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _SparseMetadata(ThreadingHTTPServer):
+    """A metadata server that has only `answers` (key -> (status, body)), else 404."""
+
+    daemon_threads = True
+
+    def __init__(self, answers: dict[str, tuple[int, str]], *, flavor: bool = True) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.answers = answers
+        self.flavor = flavor
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def sparse() -> Iterator[_SparseMetadata]:
+    server = _SparseMetadata(
+        {
+            "instance/name": (200, "vm-x"),
+            "instance/id": (200, "42"),
+            "instance/zone": (200, "projects/7/zones/europe-west4-b"),
+            "project/numeric-project-id": (200, "7"),
+        }
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_missing_optional_keys_are_left_out(sparse: _SparseMetadata) -> None:
+    """Without machine type, creator, image or preempted, the metadata simply lacks them."""
+    metadata = collect_metadata(MetadataServer(sparse.host), version="v", os_release={})
+    assert metadata.to_wire() == {
+        "instance": "vm-x",
+        "instanceId": "42",
+        "zone": "europe-west4-b",
+        "osRelease": {},
+        "version": "v",
+    }
+
+
+def test_missing_required_key_is_a_metadata_error(sparse: _SparseMetadata) -> None:
+    """read_identity without the project number raises MetadataError naming the key."""
+    del sparse.answers["project/numeric-project-id"]
+    with pytest.raises(MetadataError, match="project/numeric-project-id"):
+        read_identity(MetadataServer(sparse.host))
+
+
+def test_server_error_is_a_metadata_error(sparse: _SparseMetadata) -> None:
+    """A 500 is not "no such key": it raises MetadataError."""
+    sparse.answers["instance/zone"] = (500, "oops")
+    with pytest.raises(MetadataError, match="500"):
+        MetadataServer(sparse.host).get("instance/zone")
+
+
+def test_answer_without_metadata_flavor_is_refused(sparse: _SparseMetadata) -> None:
+    """Something that is not a metadata server (no Metadata-Flavor: Google) is an error."""
+    sparse.flavor = False
+    with pytest.raises(MetadataError, match="Metadata-Flavor"):
+        MetadataServer(sparse.host).get("instance/name")
