@@ -252,7 +252,7 @@ class TaskRun:
     def _program(self, runnable: RunnablePlan) -> Path | ExitResult:
         k = runnable.index
         if runnable.script_text is not None:
-            return write_script(runnable.script_text, self._dir)
+            return write_script(runnable.script_text, self._dir, owner=self.plan.user)
         path = Path(runnable.script_path or "")
         if not path.is_file():
             problem = f'runnables[{k - 1}].script.path: "{path}" does not exist'
