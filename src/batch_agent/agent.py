@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,6 +46,7 @@ from batch_agent.wire import (
     ReportAgentStateRequest,
     ReportAgentStateResponse,
     TaskState,
+    format_time,
     parse_agent_task,
 )
 
@@ -84,6 +87,8 @@ class Agent:
         self._last_success = self._started
         self._state = AgentState.AGENT_STARTING
         self._identity: VmIdentity | None = None
+        self._urgent = asyncio.Event()  # report now, even before minReportInterval
+        self._boot_time = datetime.now(UTC)
         self._last_report = float("-inf")  # loop time of the last report sent
         self._deleted_failed = False  # a task that FAILED was since deleted (for --once's status)
         self._static: AgentMetadata | None = None
@@ -110,19 +115,37 @@ class Agent:
             lambda: collect_metadata(self._metadata, version=__version__, os_release=os_release),
             once=once,
         )
+        self._boot_time = read_boot_time(self._config.proc_stat)
+        recorded_boot = self._store.fact("boot_time")
+        rebooted = recorded_boot is not None and recorded_boot != format_time(self._boot_time)
         for record in self._store.load_all():
             self._records[record.task_id] = record
-            if not record.state.is_terminal:
+            if rebooted and not record.state.is_terminal:
+                # RUNNING -> FAILED: the VM rebooted under the task; its processes are gone
+                record.transition(
+                    TaskState.FAILED,
+                    at=datetime.now(UTC),
+                    where=self._where(),
+                    exit_code=ExitCode.VM_REBOOTED,
+                    cause=events.VM_REBOOTED,
+                )
+                await self._store.save(record)
+                log.warning("task %s: failed, the VM rebooted during it", record.task_id)
+            elif not record.state.is_terminal:
                 log.info(
                     "task %s: resuming after an agent restart (%s)", record.task_id, record.state
                 )
                 await self._launch(record)
 
+        await self._store.set_fact("boot_time", format_time(self._boot_time))
+        self._watch_preemption()
+
     async def _loop(self, *, once: bool) -> None:
         backoff = Backoff()
         while not self._stop.is_set():
-            if await self._sleep(self._until_min_interval()):
+            if not self._urgent.is_set() and await self._sleep(self._until_min_interval()):
                 break
+            self._urgent.clear()
             self._changed.clear()
             all_done_before = self._all_done()
             try:
@@ -172,7 +195,7 @@ class Agent:
                 tasks=[r.info() for r in records],
             ),
             agent_timing_info=AgentTimingInfo(
-                boot_time=read_boot_time(self._config.proc_stat),
+                boot_time=self._boot_time,
                 agent_startup_time=self._started,
                 script_startup_time=self._config.script_startup_time,
             ),
@@ -322,6 +345,37 @@ class Agent:
             for w in waits:
                 w.cancel()
         return self._stop.is_set()
+
+    def _watch_preemption(self) -> None:
+        """Long-poll `instance/preempted` in a daemon thread (it must not delay exit)."""
+        loop = asyncio.get_running_loop()
+
+        def watch() -> None:
+            while True:
+                try:
+                    value = self._metadata.wait_for_change(
+                        "instance/preempted", timeout=timedelta(seconds=60)
+                    )
+                except MetadataError as error:
+                    log.warning("preemption watch: %s", error)
+                    time.sleep(5)
+                    continue
+                if value is not None and value.strip().upper() == "TRUE":
+                    loop.call_soon_threadsafe(self._on_preempted)
+                    return
+
+        threading.Thread(target=watch, name="preemption-watch", daemon=True).start()
+
+    def _on_preempted(self) -> None:
+        log.warning("preemption notice received: this VM is going away")
+        if self._static is not None:
+            self._static = self._static.model_copy(
+                update={"instance_preemption_notice_received": True}
+            )
+        for run in self._runs.values():
+            run.preempted()
+        self._urgent.set()
+        self._changed.set()
 
     async def _shut_down(self) -> None:
         """Leave tasks running (they outlive the agent), send AGENT_STOPPED once, close."""

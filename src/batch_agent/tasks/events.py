@@ -6,6 +6,7 @@ zones/<zone>/instances/<id> with exit code 3.`); where Batch says nothing, ours 
 
 from __future__ import annotations
 
+import json
 from enum import IntEnum
 
 from batch_agent.wire import TaskState
@@ -66,3 +67,34 @@ CANCELLED_BEFORE_START = "task was cancelled before it started"
 
 def cannot_start(index: int, reason: str) -> str:
     return f"runnables[{index - 1}] could not start: {reason}"
+
+
+PREEMPTED = "the VM was preempted"
+VM_REBOOTED = "the VM rebooted during the task"
+
+
+def runnable_started(name: str) -> str:
+    return f'Runnable "{name}" started.'
+
+
+def runnable_finished(name: str, exit_code: int) -> str:
+    return f'Runnable "{name}" finished with exit code {exit_code}.'
+
+
+def barrier_reached(name: str) -> str:
+    return f'Barrier "{name}" reached.'
+
+
+CUSTOM_EVENT_KEY = "batch/custom/event"
+
+
+def custom_event(line: str) -> str | None:
+    """The description of a `{"batch/custom/event": "..."}` line a runnable printed, or None."""
+    if CUSTOM_EVENT_KEY not in line:
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    value = entry.get(CUSTOM_EVENT_KEY) if isinstance(entry, dict) else None
+    return value if isinstance(value, str) and value else None

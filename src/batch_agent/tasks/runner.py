@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pwd
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,12 +75,18 @@ class TaskRun:
         self._barrier_moved = asyncio.Event()
         self._reached_barrier = 0
         self._shippers: dict[tuple[int, str], OutputShipper] = {}
+        self._custom_events: list[str] = []  # filled by the shipping thread, drained on the loop
+        self._preempted = False
 
     # -- commands from the agent --------------------------------------------------------------
 
     def cancel(self) -> None:
         """The server said CANCELLED: stop everything of the task, then report FAILED."""
         self._cancelled.set()
+
+    def preempted(self) -> None:
+        """The VM got its preemption notice: failures from now on are the preemption's."""
+        self._preempted = True
 
     def update_barrier(self, reached: int) -> None:
         if reached > self._reached_barrier:
@@ -103,6 +110,13 @@ class TaskRun:
             )
             return
         if self.record.state is TaskState.ASSIGNED:
+            problem = self._check_user()
+            if problem is not None:
+                # ASSIGNED -> FAILED: the user account cannot run anything here
+                await self._transition(
+                    TaskState.FAILED, exit_code=ExitCode.AGENT_FAILURE, cause=problem
+                )
+                return
             await self._transition(TaskState.RUNNING)  # ASSIGNED -> RUNNING
         shipping = asyncio.create_task(self._ship_continuously())
         try:
@@ -111,7 +125,10 @@ class TaskRun:
             shipping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shipping
-        await asyncio.to_thread(self._ship_all, True)
+        await self._ship(final=True)
+        if exit_code != 0 and self._preempted:
+            # The VM is going away: the kills that follow are not the user's failure.
+            exit_code, cause = ExitCode.PREEMPTED, events.PREEMPTED
         if exit_code == 0:
             await self._transition(TaskState.SUCCEEDED, exit_code=0)  # RUNNING -> SUCCEEDED
         else:
@@ -120,7 +137,7 @@ class TaskRun:
     async def _run_sequence(self) -> tuple[int, str | None]:
         """Run runnables in order; returns the task's exit code and, for reserved codes, why."""
         failure: tuple[int, str | None] | None = None
-        background: list[Execution] = []
+        background: list[tuple[RunnablePlan, asyncio.Future[ExitResult], Execution]] = []
         position = 0
         while True:
             expired = self._remaining() == timedelta(0)
@@ -133,25 +150,37 @@ class TaskRun:
                 break
             position = runnable.index
             if runnable.is_barrier:
-                await self._wait_barrier(runnable.index)
+                await self._wait_barrier(runnable)
                 continue
             started = await self._start(runnable)
             if isinstance(started, ExitResult):
                 failure = failure or (ExitCode.AGENT_FAILURE, started.reason)
                 continue
             if runnable.background:
-                background.append(started)
+                background.append((runnable, asyncio.ensure_future(started.wait()), started))
                 continue
             outcome = await self._wait(runnable, started)
             if outcome is not None and failure is None:
                 failure = outcome
-        stopped = await self._stop_all(background)
+        # A background runnable that failed on its own, before we stop the rest, fails the task
+        # only when nothing else did (our choice; Batch does not say).
+        background_failure = next(
+            (
+                (done.result().exit_code, None)
+                for runnable, done, _ in background
+                if done.done() and not done.result().ok and not runnable.ignore_exit_status
+            ),
+            None,
+        )
+        stopped = await self._stop_all([execution for _, _, execution in background])
+        for runnable, done, _ in background:
+            await self._finished(runnable, await done)
         if self._cancelled.is_set():
             if not stopped:
                 return ExitCode.NOT_CANCELLABLE, events.NOT_CANCELLABLE
             code = failure[0] if failure else ExitCode.AGENT_FAILURE
             return code, events.CANCELLED
-        return failure or (0, None)
+        return failure or background_failure or (0, None)
 
     async def _wait(
         self, runnable: RunnablePlan, execution: Execution
@@ -219,6 +248,8 @@ class TaskRun:
             reason = started.reason or f"exit code {started.exit_code}"
             return ExitResult(started.exit_code, reason=events.cannot_start(k, reason))
         self.record.runnables[k] = RunnableRecord(pid=started.pid, start_time=started.start_time)
+        if runnable.display_name:
+            self.record.add_event(events.runnable_started(runnable.display_name), at=self._now())
         await self._context.persist(self.record)
         self._context.notify()
         log.info("task %s: started %s (pid %s)", self.record.task_id, runnable.label, started.pid)
@@ -251,6 +282,9 @@ class TaskRun:
 
     def _program(self, runnable: RunnablePlan) -> Path | ExitResult:
         k = runnable.index
+        if runnable.image_uri is not None:
+            problem = f"runnables[{k - 1}].container: not supported by this agent yet"
+            return ExitResult(ExitCode.AGENT_FAILURE, reason=events.invalid_spec([problem]))
         if runnable.script_text is not None:
             return write_script(runnable.script_text, self._dir, owner=self.plan.user)
         path = Path(runnable.script_path or "")
@@ -261,9 +295,15 @@ class TaskRun:
 
     async def _finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
         record = self.record.runnables.setdefault(runnable.index, RunnableRecord())
+        if record.exit_code is not None:
+            return  # recorded before an agent restart
         record.exit_code = result.exit_code
-        await asyncio.to_thread(self._ship_runnable, runnable.index, True)
+        await self._ship(final=True, only=runnable.index)
+        if runnable.display_name:
+            description = events.runnable_finished(runnable.display_name, result.exit_code)
+            self.record.add_event(description, at=self._now())
         await self._context.persist(self.record)
+        self._context.notify()
         log.info(
             "task %s: %s exited %d%s",
             self.record.task_id,
@@ -272,18 +312,26 @@ class TaskRun:
             f" ({result.reason})" if result.reason else "",
         )
 
-    async def _wait_barrier(self, k: int) -> None:
+    async def _wait_barrier(self, runnable: RunnablePlan) -> None:
+        """Report `runnable = k` and wait for `reachedBarrier >= k`, cancel or the deadline."""
+        k = runnable.index
         self.record.runnable = max(self.record.runnable, k)
+        if runnable.display_name:
+            self.record.add_event(events.barrier_reached(runnable.display_name), at=self._now())
         await self._context.persist(self.record)
         self._context.notify()
         while self._reached_barrier < k and not self._cancelled.is_set():
+            remaining = self._remaining()
+            if remaining == timedelta(0):
+                return
             self._barrier_moved.clear()
             waits = [
                 asyncio.ensure_future(self._barrier_moved.wait()),
                 asyncio.ensure_future(self._cancelled.wait()),
             ]
+            timeout = remaining.total_seconds() if remaining is not None else None
             try:
-                await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+                await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
             finally:
                 for w in waits:
                     w.cancel()
@@ -333,28 +381,40 @@ class TaskRun:
     async def _ship_continuously(self) -> None:
         while True:
             await asyncio.sleep(SHIP_EVERY)
-            await asyncio.to_thread(self._ship_all, False)
+            await self._ship(final=False)
 
-    def _ship_all(self, final: bool) -> None:
-        for k in list(self.record.runnables):
-            self._ship_runnable(k, final)
+    async def _ship(self, *, final: bool, only: int | None = None) -> None:
+        """Ship new output lines (in a worker thread), then record the custom events they held."""
+        runnables = [only] if only is not None else list(self.record.runnables)
+        await asyncio.to_thread(self._ship_files, runnables, final)
+        if self._custom_events:
+            drained, self._custom_events = self._custom_events, []
+            for description in drained:
+                self.record.add_event(description, at=self._now())
+            await self._context.persist(self.record)
+            self._context.notify()
 
-    def _ship_runnable(self, k: int, final: bool) -> None:
-        record = self.record.runnables[k]
-        for stream in ("stdout", "stderr"):
-            shipper = self._shipper(k, stream, record)
-            offset = shipper.ship(final=final)
-            setattr(record, f"{stream}_offset", offset)
+    def _ship_files(self, runnables: list[int], final: bool) -> None:
+        for k in runnables:
+            record = self.record.runnables[k]
+            for stream in ("stdout", "stderr"):
+                offset = self._shipper(k, stream, record).ship(final=final)
+                setattr(record, f"{stream}_offset", offset)
 
     def _shipper(self, k: int, stream: str, record: RunnableRecord) -> OutputShipper:
         key = (k, stream)
         if key not in self._shippers:
             prefix = f"[task {self.plan.task_index} r{k} {stream}] "
             level = logging.INFO if stream == "stdout" else logging.WARNING
+
+            def emit(line: str) -> None:
+                output_log.log(level, "%s%s", prefix, line)
+                description = events.custom_event(line)
+                if description is not None:
+                    self._custom_events.append(description)
+
             self._shippers[key] = OutputShipper(
-                self._output(k, stream),
-                emit=lambda line: output_log.log(level, "%s%s", prefix, line),
-                offset=getattr(record, f"{stream}_offset"),
+                self._output(k, stream), emit=emit, offset=getattr(record, f"{stream}_offset")
             )
         return self._shippers[key]
 
@@ -370,6 +430,21 @@ class TaskRun:
         await self._context.persist(self.record)
         log.info("task %s: %s", self.record.task_id, self.record.events[-1]["description"])
         self._context.notify()
+
+    def _now(self) -> datetime:
+        return self._context.now()
+
+    def _check_user(self) -> str | None:
+        """Why the task's userAccount cannot run here, or None; gives it the task folder."""
+        if self.plan.user is None:
+            return None
+        uid, gid = self.plan.user
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return f"userAccount: uid {uid} does not exist on this VM"
+        os.chown(self._dir, uid, gid)
+        return None
 
     def _batch_vars(self) -> dict[str, str]:
         values = {"BATCH_TASK_RETRY_ATTEMPT": str(self.plan.retry_attempt)}

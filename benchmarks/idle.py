@@ -1,0 +1,78 @@
+"""Idle footprint: RSS and CPU of `batch-agent run` with no task, reporting every 10 s.
+
+Starts an emulator with no job (defaultReportInterval "10s") and the real agent as a
+subprocess, lets it settle, then samples VmRSS once a second and takes utime+stime across the
+window (MB = 10**6 bytes). CPU time comes in clock ticks (usually 10 ms), so short windows
+are coarse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _common import CLOCK_TICKS, Agent, cpu_seconds, rss_bytes, stop_emulator
+
+from batch_agent.emulator import Emulator
+
+RSS_TARGET_MB = 60.0
+CPU_TARGET_PERCENT = 0.2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="sampling window")
+    parser.add_argument("--settle", type=float, default=5.0, help="wait before sampling")
+    args = parser.parse_args()
+
+    emu = Emulator(None, default_report_interval="10s", log=None)
+    emu.start()
+    agent: Agent | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
+            agent = Agent(emu, Path(tmp) / "state")
+            time.sleep(args.settle)
+            if agent.proc.poll() is not None:
+                raise SystemExit(f"agent exited early:\n{agent.log_tail()}")
+            rss, reports, wall, cpu = sample(agent.pid, emu, args.seconds)
+            agent.stop()
+    finally:
+        if agent is not None:
+            agent.stop()
+        stop_emulator(emu)
+
+    mb = [r / 1e6 for r in rss]
+    mean, peak = statistics.fmean(mb), max(mb)
+    cpu_percent = 100 * cpu / wall
+    print(
+        f"idle: rss_mean={mean:.1f}MB rss_peak={peak:.1f}MB cpu={cpu_percent:.3f}% "
+        f"over {wall:.0f}s ({reports} reports, {len(mb)} RSS samples, "
+        f"cpu {cpu:.2f}s in {1000 / CLOCK_TICKS:.0f}ms ticks)"
+    )
+    print(f"  target rss_peak <= {RSS_TARGET_MB:.0f}MB: {verdict(peak <= RSS_TARGET_MB)}")
+    print(f"  target cpu <= {CPU_TARGET_PERCENT}%: {verdict(cpu_percent <= CPU_TARGET_PERCENT)}")
+
+
+def sample(pid: int, emu: Emulator, seconds: float) -> tuple[list[int], int, float, float]:
+    """RSS once a second for `seconds`; returns (rss samples, reports seen, wall s, cpu s)."""
+    reports_before = len(emu.reports)
+    cpu_before, start = cpu_seconds(pid), time.monotonic()
+    rss = [rss_bytes(pid)]
+    tick = 1
+    while tick <= seconds:
+        time.sleep(max(0.0, start + tick - time.monotonic()))
+        rss.append(rss_bytes(pid))
+        tick += 1
+    cpu, wall = cpu_seconds(pid) - cpu_before, time.monotonic() - start
+    return rss, len(emu.reports) - reports_before, wall, cpu
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+if __name__ == "__main__":
+    main()

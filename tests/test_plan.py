@@ -1,0 +1,130 @@
+"""spec -> plan: normalisation, validation with JSON paths, and what runs next (no processes)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from batch_agent.tasks.plan import PlanError, RunnablePlan, make_plan, task_index
+from batch_agent.tasks.runner import next_runnable
+from batch_agent.wire import AgentTask
+
+NAME = "projects/1/locations/r/jobs/j/taskGroups/group0/tasks/7"
+
+
+def plan_of(**task):
+    return make_plan(AgentTask.model_validate({"task": NAME, **task}))
+
+
+def test_spec_runnables_win_and_agent_spec_gives_the_user():
+    """`spec` carries barriers and names; `agentTaskSpec` the user account."""
+    plan = plan_of(
+        spec={
+            "runnables": [
+                {"script": {"text": "a"}, "displayName": "first", "timeout": "2s"},
+                {"barrier": {"name": "b"}},
+            ],
+            "environment": {"variables": {"A": "1"}},
+            "maxRunDuration": "60s",
+        },
+        agentTaskSpec={
+            "runnables": [{"script": {"text": "ignored"}}],
+            "userAccount": {"uid": "1000", "gid": "1000"},
+        },
+    )
+    assert [r.label for r in plan.runnables] == ["first", "runnables[1]"]
+    assert plan.runnables[0].timeout == timedelta(seconds=2)
+    assert plan.runnables[1].barrier == "b"
+    assert plan.variables == {"A": "1"}
+    assert plan.max_run_duration == timedelta(seconds=60)
+    assert plan.user == (1000, 1000)
+    assert plan.task_index == 7
+
+
+def test_agent_task_spec_alone_is_enough():
+    """A task described only by agentTaskSpec runs from it."""
+    plan = plan_of(
+        agentTaskSpec={
+            "runnables": [{"script": {"path": "/bin/true"}, "alwaysRun": True}],
+            "environment": {"variables": {"B": "2"}},
+            "maxRunDuration": "5s",
+        }
+    )
+    assert plan.runnables[0].script_path == "/bin/true"
+    assert plan.runnables[0].always_run
+    assert plan.variables == {"B": "2"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({}, "runnables: a task needs at least one runnable"),
+        ({"runnables": [{}]}, "runnables[0]: needs one of script, container or barrier"),
+        (
+            {"runnables": [{"script": {"text": "a"}, "barrier": {}}]},
+            "runnables[0]: has both script and barrier; give only one",
+        ),
+        ({"runnables": [{"script": {}}]}, 'runnables[0].script: needs "text" or "path"'),
+        ({"runnables": [{"container": {}}]}, 'runnables[0].container: needs "imageUri"'),
+        (
+            {"runnables": [{"script": {"text": "a"}, "timeout": "0s"}]},
+            "runnables[0].timeout: 0s is not positive",
+        ),
+        (
+            {"runnables": [{"script": {"text": "a"}, "environment": {"variables": {"A-B": "1"}}}]},
+            'runnables[0].variables: "A-B" is not a valid variable name',
+        ),
+        (
+            {
+                "runnables": [{"script": {"text": "a"}}],
+                "environment": {"secretVariables": {"S": "p"}},
+            },
+            "environment.secretVariables: not supported by this agent yet",
+        ),
+    ],
+)
+def test_bad_specs_name_the_field(spec, problem):
+    """Every problem carries the JSON path of the field that is wrong."""
+    with pytest.raises(PlanError) as caught:
+        plan_of(spec=spec)
+    assert problem in caught.value.problems
+
+
+def test_all_problems_are_reported_at_once():
+    """A spec with two problems lists both, so the user fixes them in one go."""
+    with pytest.raises(PlanError) as caught:
+        plan_of(spec={"runnables": [{"script": {}}, {}]})
+    assert len(caught.value.problems) == 2
+
+
+def test_task_index_comes_from_the_name():
+    assert task_index(NAME) == 7
+    assert task_index("projects/1/locations/r/jobs/j/taskGroups/g/tasks/12/attempts/1") == 12
+    assert task_index("no-index") is None
+
+
+def r(index, *, always_run=False):
+    return RunnablePlan(index=index, script_text="x", always_run=always_run)
+
+
+SEQ = (r(1), r(2), r(3, always_run=True), r(4))
+
+
+@pytest.mark.parametrize(
+    ("after", "failed", "expired", "expected"),
+    [
+        (0, False, False, 1),
+        (1, False, False, 2),
+        (3, False, False, 4),
+        (4, False, False, None),
+        (1, True, False, 3),  # after a failure only alwaysRun runs
+        (3, True, False, None),
+        (0, False, True, None),  # maxRunDuration expired: nothing, not even alwaysRun
+        (1, True, True, None),
+    ],
+)
+def test_next_runnable(after, failed, expired, expected):
+    """What runs next is a pure function of position, failure and the deadline."""
+    chosen = next_runnable(SEQ, after, failed=failed, expired=expired)
+    assert (chosen.index if chosen else None) == expected

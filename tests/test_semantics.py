@@ -1,0 +1,274 @@
+"""Runnable semantics Batch documents, end to end: the real agent, real processes, the emulator."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import exit_code, final_event, job, script, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+TASK = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/{}"
+TASK0 = TASK.format(0)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def event_time(event: dict) -> float:
+    return datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")).timestamp()
+
+
+def test_background_is_stopped_after_the_foreground(make_emulator, start_agent, tmp_path):
+    """A background runnable still alive when the foreground ends is stopped; not a failure."""
+    pid_file = tmp_path / "pid"
+    emu = make_emulator(
+        job(script(f"echo $$ > {pid_file}; exec sleep 300", background=True), script("sleep 0.5"))
+    )
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 0, agent.log()
+    assert emu.task_state(TASK0) == "SUCCEEDED"
+    assert not alive(int(pid_file.read_text()))
+
+
+def test_a_failed_background_fails_the_task_only_if_nothing_else_did(make_emulator, start_agent):
+    """A background exiting non-zero on its own fails an otherwise good task with its code."""
+    emu = make_emulator(job(script("exit 6", background=True), script("sleep 1")))
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 1, agent.log()
+    assert exit_code(emu, TASK0) == 6
+
+
+def test_runnable_timeout_fails_with_50005_and_always_run_still_runs(
+    make_emulator, start_agent, tmp_path
+):
+    """A runnable over its timeout is killed; 50005 says which limit fired; alwaysRun runs."""
+    cleanup = tmp_path / "cleanup"
+    emu = make_emulator(
+        job(script("sleep 60", timeout="1s"), script(f"touch {cleanup}", alwaysRun=True))
+    )
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 1, agent.log()
+    event = final_event(emu, TASK0)
+    assert event["taskExecution"]["exitCode"] == 50005
+    assert "due to task runs over the maximum runtime" in event["description"]
+    assert "runnables[0].timeout 1s exceeded" in event["description"]
+    assert cleanup.exists()
+
+
+def test_max_run_duration_skips_always_run(make_emulator, start_agent, tmp_path):
+    """Once maxRunDuration expired nothing starts, not even alwaysRun runnables."""
+    cleanup = tmp_path / "cleanup"
+    emu = make_emulator(
+        job(
+            script("sleep 60"),
+            script(f"touch {cleanup}", alwaysRun=True),
+            maxRunDuration="1.5s",
+        )
+    )
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 1, agent.log()
+    event = final_event(emu, TASK0)
+    assert event["taskExecution"]["exitCode"] == 50005
+    assert "maxRunDuration 1.5s exceeded" in event["description"]
+    assert not cleanup.exists()
+
+
+def test_max_run_duration_survives_an_agent_restart(make_emulator, start_agent, tmp_path):
+    """maxRunDuration counts from the persisted start: a restart does not give more time."""
+    started = tmp_path / "started"
+    emu = make_emulator(job(script(f"touch {started}; sleep 60"), maxRunDuration="4s"))
+    first = start_agent(emu)
+    wait_until(started.exists, what="task started")
+    time.sleep(1)  # let some of the budget pass before the crash
+    first.kill()
+    time.sleep(1.5)  # the agent is down for a while; the budget keeps running
+    second = start_agent(emu)
+    wait_until(lambda: emu.task_state(TASK0) == "FAILED", timeout=30, what="FAILED")
+    events = emu.task_events(TASK0)
+    assert events[-1]["taskExecution"]["exitCode"] == 50005
+    elapsed = event_time(events[-1]) - event_time(events[0])
+    assert elapsed < 6.0, f"the restart reset the budget: {elapsed:.1f}s"
+    assert second.terminate() == 0
+
+
+def test_cancel_escalates_to_sigkill(make_emulator, start_agent, tmp_path):
+    """A runnable that ignores SIGTERM is killed after the grace period when cancelled."""
+    pid_file = tmp_path / "pid"
+    emu = make_emulator(
+        job(script(f"trap '' TERM; echo $$ > {pid_file}; while :; do sleep 1; done"))
+    )
+    agent = start_agent(emu)
+    wait_until(pid_file.exists, what="started")
+    emu.cancel_task(TASK0)
+    wait_until(lambda: emu.task_state(TASK0) == "FAILED", timeout=30, what="FAILED")
+    assert "task was cancelled" in final_event(emu, TASK0)["description"]
+    assert not alive(int(pid_file.read_text()))
+    assert agent.terminate() == 0
+
+
+@pytest.fixture(scope="module")
+def batch_user():
+    """A real non-root user for userAccount tests."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user")
+    name = "batchtest"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", name], check=True)
+        entry = pwd.getpwnam(name)
+    return entry
+
+
+def test_user_account_runs_scripts_as_that_user(make_emulator, start_agent, tmp_path, batch_user):
+    """userAccount: the script runs with that uid/gid and HOME, and can read its own script."""
+    out = tmp_path / "out"
+    # pytest's temp dirs are 0700 (root's); the VM's state dir is 0755. Let the user through.
+    for folder in (tmp_path, *tmp_path.parents[:2]):
+        folder.chmod(folder.stat().st_mode | 0o711)
+    tmp_path.chmod(0o777)
+    emu = make_emulator(None)
+    emu.add_task(
+        {
+            "intendedState": "ASSIGNED",
+            "agentTaskSpec": {
+                "runnables": [{"script": {"text": f'echo "$(id -u) $(id -g) $HOME" > {out}'}}],
+                "userAccount": {"uid": str(batch_user.pw_uid), "gid": str(batch_user.pw_gid)},
+            },
+        }
+    )
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 0, agent.log()
+    assert out.read_text().split() == [
+        str(batch_user.pw_uid),
+        str(batch_user.pw_gid),
+        batch_user.pw_dir,
+    ]
+
+
+def test_unknown_uid_fails_clearly(make_emulator, start_agent):
+    """A uid that does not exist on the VM fails the task with an event saying so."""
+    emu = make_emulator(None)
+    name = emu.add_task(
+        {
+            "intendedState": "ASSIGNED",
+            "agentTaskSpec": {
+                "runnables": [{"script": {"text": "true"}}],
+                "userAccount": {"uid": "4242424", "gid": "4242424"},
+            },
+        }
+    )
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 1, agent.log()
+    event = final_event(emu, name)
+    assert "userAccount: uid 4242424 does not exist on this VM" in event["description"]
+    assert event["taskExecution"]["exitCode"] == 50000
+
+
+def test_display_name_and_custom_events(make_emulator, start_agent):
+    """displayName adds start/finish events; a `batch/custom/event` JSON line adds its own."""
+    emu = make_emulator(
+        job(
+            script(
+                'echo \'{"batch/custom/event": "halfway there"}\'; exit 0', displayName="prepare"
+            ),
+            script("exit 2", displayName="compute"),
+        )
+    )
+    agent = start_agent(emu, "--once")
+    assert agent.wait(60) == 1, agent.log()
+    descriptions = [e["description"] for e in emu.task_events(TASK0)]
+    for expected in (
+        'Runnable "prepare" started.',
+        "halfway there",
+        'Runnable "prepare" finished with exit code 0.',
+        'Runnable "compute" started.',
+        'Runnable "compute" finished with exit code 2.',
+    ):
+        assert expected in descriptions, descriptions
+    assert descriptions.index("halfway there") < descriptions.index('Runnable "compute" started.')
+
+
+def test_kill_9_ten_times_never_restarts_the_task(make_emulator, start_agent, tmp_path):
+    """Ten kill -9s of the agent while a task runs: the same pid lives on, nothing starts twice,
+    and the final exit code is the script's own."""
+    runs, pid_file, go = tmp_path / "runs", tmp_path / "pid", tmp_path / "go"
+    text = (
+        f"echo run >> {runs}; echo $$ > {pid_file}; "
+        f"while [ ! -e {go} ]; do echo tick; sleep 0.1; done; exit 9"
+    )
+    emu = make_emulator(job(script(text)))
+    agent = start_agent(emu, state="state")
+    wait_until(pid_file.exists, what="started")
+    pid = int(pid_file.read_text())
+    for _ in range(10):
+        agent.kill()
+        assert alive(pid)
+        count = len(emu.reports)
+        agent = start_agent(emu, state="state")
+        wait_until(lambda count=count: len(emu.reports) > count, what="a report after restart")
+    go.touch()
+    wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
+    assert exit_code(emu, TASK0) == 9
+    assert runs.read_text() == "run\n"
+    assert agent.terminate() == 0
+
+
+def test_reboot_fails_unfinished_tasks_with_50003(make_emulator, start_agent, tmp_path):
+    """A new bootTime with an unfinished task means the VM rebooted: the task fails with 50003."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu 1 2 3\nbtime 1700000000\n")
+    started = tmp_path / "started"
+    emu = make_emulator(job(script(f"touch {started}; sleep 60")))
+    agent = start_agent(emu, BATCH_AGENT_PROC_STAT=str(stat))
+    wait_until(started.exists, what="started")
+    agent.kill()
+    stat.write_text("cpu 1 2 3\nbtime 1700000500\n")
+    agent = start_agent(emu, BATCH_AGENT_PROC_STAT=str(stat))
+    wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
+    event = final_event(emu, TASK0)
+    assert event["taskExecution"]["exitCode"] == 50003
+    assert "rebooted" in event["description"]
+    assert agent.terminate() == 0
+
+
+def test_preemption_notice_is_reported_at_once(make_emulator, start_agent, tmp_path):
+    """instance/preempted TRUE is reported within a second, not at the next interval, and the
+    kill that follows is reported as preemption (50001), not as the user's failure."""
+    pid_file = tmp_path / "pid"
+    emu = make_emulator(
+        job(script(f"echo $$ > {pid_file}; exec sleep 60")),
+        default_report_interval="10s",
+        min_report_interval="1s",
+    )
+    agent = start_agent(emu)
+    wait_until(lambda: emu.task_state(TASK0) == "RUNNING", what="RUNNING")
+    time.sleep(0.5)  # the preemption watch is in place once the first reports went through
+    changed = time.monotonic()
+    emu.set_preempted(0, True)
+    report = wait_until(
+        lambda: next(
+            (r for r in emu.reports if r.body["metadata"].get("instancePreemptionNoticeReceived")),
+            None,
+        ),
+        timeout=5,
+        what="preemption reported",
+    )
+    assert report.time - changed < 1.0
+    os.kill(int(pid_file.read_text()), 9)  # what the VM's shutdown would do
+    wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
+    assert exit_code(emu, TASK0) == 50001
+    assert agent.terminate() == 0
