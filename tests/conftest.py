@@ -34,8 +34,10 @@ def make_emulator() -> Iterator[Callable[..., Emulator]]:
 def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     agents: list[AgentProcess] = []
 
-    def start(emu: Emulator, *args: str, state: str = "state", **env: str) -> AgentProcess:
-        agent = AgentProcess(emu, tmp_path / state, *args, **env)
+    def start(
+        emu: Emulator, *args: str, state: str = "state", vm: int = 0, **env: str
+    ) -> AgentProcess:
+        agent = AgentProcess(emu, tmp_path / state, *args, vm=vm, **env)
         agents.append(agent)
         return agent
 

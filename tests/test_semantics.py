@@ -272,3 +272,37 @@ def test_preemption_notice_is_reported_at_once(make_emulator, start_agent, tmp_p
     wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
     assert exit_code(emu, TASK0) == 50001
     assert agent.terminate() == 0
+
+
+def test_two_agents_pass_two_barriers_together(make_emulator, start_agent, tmp_path):
+    """MPI-style: two VMs, one task each; nobody passes a barrier before both reached it, even
+    when one side is slow."""
+    log = tmp_path / "log"
+    step = 'echo "$BATCH_TASK_INDEX {} $(date +%s.%N)" >> ' + str(log)
+    slow = 'if [ "$BATCH_TASK_INDEX" = 1 ]; then sleep 1.5; fi; '
+    config = {
+        "taskGroups": [
+            {
+                "taskCount": 2,
+                "taskCountPerNode": 1,
+                "taskSpec": {
+                    "runnables": [
+                        script(slow + step.format("a")),
+                        {"barrier": {"name": "first"}},
+                        script(slow + step.format("b")),
+                        {"barrier": {"name": "second"}},
+                        script(step.format("c")),
+                    ]
+                },
+            }
+        ]
+    }
+    emu = make_emulator(config, vms=2, min_report_interval="0.1s", default_report_interval="0.5s")
+    agents = [start_agent(emu, "--once", state=f"vm{i}", vm=i) for i in range(2)]
+    for agent in agents:
+        assert agent.wait(60) == 0, agent.log()
+    entries = [line.split() for line in log.read_text().splitlines()]
+    when = {(task, phase): float(t) for task, phase, t in entries}
+    assert max(when["0", "a"], when["1", "a"]) < min(when["0", "b"], when["1", "b"])
+    assert max(when["0", "b"], when["1", "b"]) < min(when["0", "c"], when["1", "c"])
+    assert emu.task_runnable(TASK.format(0)) == 5
