@@ -6,13 +6,10 @@ that a benchmark is a plain script: `.venv/bin/python benchmarks/NAME.py`.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,22 +70,6 @@ class Agent:
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
-
-
-def stop_emulator(emu: Emulator) -> None:
-    """emu.stop(), without the traceback of a broken pipe from the agent's long poll.
-
-    stop() releases the agent's pending `preempted?wait_for_change` request, whose answer then
-    meets the socket the stopped agent closed; socketserver prints that BrokenPipeError to
-    stderr. It says nothing about the figures, so it is dropped; anything else is passed on.
-    """
-    captured = io.StringIO()
-    with contextlib.redirect_stderr(captured):
-        emu.stop()
-        time.sleep(0.1)  # the released request threads are daemons; stop() does not join them
-    text = captured.getvalue()
-    if text and not any(e in text for e in ("BrokenPipeError", "ConnectionResetError")):
-        sys.stderr.write(text)
 
 
 def rss_bytes(pid: int) -> int:

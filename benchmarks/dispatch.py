@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import Agent, fmt_ms, script_task, stop_emulator
+from _common import Agent, fmt_ms, script_task
 
 from batch_agent.emulator import Emulator
 
@@ -96,7 +96,7 @@ def main() -> None:
         finally:
             if agent is not None:
                 agent.stop()
-            stop_emulator(emu)
+            emu.stop()
             clock.close()
 
     print(f"dispatch: {summary(samples)} over {len(samples)} tasks (first: {fmt_ms(samples[0])})")

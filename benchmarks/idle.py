@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import CLOCK_TICKS, Agent, cpu_seconds, rss_bytes, stop_emulator
+from _common import CLOCK_TICKS, Agent, cpu_seconds, rss_bytes
 
 from batch_agent.emulator import Emulator
 
@@ -42,7 +42,7 @@ def main() -> None:
     finally:
         if agent is not None:
             agent.stop()
-        stop_emulator(emu)
+        emu.stop()
 
     mb = [r / 1e6 for r in rss]
     mean, peak = statistics.fmean(mb), max(mb)

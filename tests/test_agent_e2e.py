@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 from pathlib import Path
@@ -303,3 +304,16 @@ def _alive(pid: int) -> bool:
 
 
 pytestmark = pytest.mark.timeout(180)
+
+
+def test_json_log_format_carries_runnable_output(make_emulator, start_agent):
+    """--log-format json: every line of the agent's log is a JSON object, output lines tagged."""
+    emu = make_emulator(job(script("echo hello; echo oops >&2")))
+    agent = start_agent(emu, "--once", "--log-format", "json")
+    assert agent.wait(60) == 0, agent.log()
+    entries = [json.loads(line) for line in agent.log().splitlines()]
+    output = [e for e in entries if e.get("task") == "task 0 r1"]
+    assert {(e["stream"], e["message"], e["severity"]) for e in output} == {
+        ("stdout", "hello", "INFO"),
+        ("stderr", "oops", "ERROR"),
+    }

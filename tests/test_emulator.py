@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -471,3 +472,14 @@ def test_cli_refuses_a_bad_job_file(tmp_path: Path) -> None:
     with run_cli(str(config)) as proc:
         assert proc.wait(timeout=30) == 2
         assert proc.stderr is not None and "job config" in proc.stderr.read()
+
+
+def test_start_on_a_busy_port_raises_and_leaves_nothing_open() -> None:
+    """A port already in use is an OSError from start(); stop() afterwards is harmless."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        emulator = Emulator(port=busy.getsockname()[1], log=None)
+        with pytest.raises(OSError):
+            emulator.start()
+        emulator.stop()

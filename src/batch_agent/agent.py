@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from batch_agent import __version__
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlane, ControlPlaneError
+from batch_agent.outputlog import OutputLog
 from batch_agent.store import TaskStore
 from batch_agent.tasks import events
 from batch_agent.tasks.env import base_environment
@@ -77,6 +78,7 @@ class Agent:
         )
         self._metadata = MetadataServer(config.metadata_host)
         self._store = TaskStore(config.state_dir / "state.db")
+        self._output = OutputLog(config.log_format)
         self._records: dict[str, TaskRecord] = {}
         self._runs: dict[str, TaskRun] = {}
         self._run_tasks: dict[str, asyncio.Task[None]] = {}
@@ -302,6 +304,7 @@ class Agent:
             base_env=base_environment(os.environ),
             persist=self._store.save,
             notify=self._changed.set,
+            output=self._output.write,
             kill_grace=self._config.kill_grace,
         )
 

@@ -8,6 +8,7 @@ agent persist before it reports. Knows nothing of processes or HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,11 @@ from pathlib import Path
 from batch_agent.tasks.record import TaskRecord
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    raw TEXT NOT NULL,      -- the AgentTask as received: written once
+    record TEXT NOT NULL    -- state, events, runnables: rewritten on every change
+);
 CREATE TABLE IF NOT EXISTS facts (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -27,6 +32,7 @@ class TaskStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db = self._executor.submit(self._open, path).result()
+        self._stored: set[str] = set()  # task ids whose raw spec is on disk already
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
@@ -39,21 +45,29 @@ class TaskStore:
     def load_all(self) -> list[TaskRecord]:
         """Every record, oldest first. Blocks: call at start-up, before the loop runs tasks."""
         rows = self._executor.submit(
-            lambda: self._db.execute("SELECT record FROM tasks ORDER BY rowid").fetchall()
+            lambda: self._db.execute("SELECT raw, record FROM tasks ORDER BY rowid").fetchall()
         ).result()
-        return [TaskRecord.from_json(text) for (text,) in rows]
+        records = [TaskRecord.from_json(text, json.loads(raw)) for raw, text in rows]
+        self._stored = {r.task_id for r in records}
+        return records
 
     async def save(self, record: TaskRecord) -> None:
-        """Insert or replace; returns once durable."""
+        """Insert or update; returns once durable. Cheap: the spec is written only once."""
         text = record.to_json()
+        if record.task_id in self._stored:
+            await self._run("UPDATE tasks SET record = ? WHERE task_id = ?", (text, record.task_id))
+            return
+        raw = json.dumps(record.raw)
         await self._run(
-            "INSERT INTO tasks (task_id, record) VALUES (?, ?) "
-            "ON CONFLICT(task_id) DO UPDATE SET record = excluded.record",
-            (record.task_id, text),
+            "INSERT INTO tasks (task_id, raw, record) VALUES (?, ?, ?) "
+            "ON CONFLICT(task_id) DO UPDATE SET raw = excluded.raw, record = excluded.record",
+            (record.task_id, raw, text),
         )
+        self._stored.add(record.task_id)
 
     async def delete(self, task_id: str) -> None:
         await self._run("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+        self._stored.discard(task_id)
 
     def fact(self, key: str) -> str | None:
         """A small durable value (e.g. the boot time seen last). Blocks briefly."""

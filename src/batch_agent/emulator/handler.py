@@ -95,10 +95,14 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, google_error(404, message), _JSON, {})
 
     def _send(self, status: int, body: bytes, kind: str, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client went away (an agent killed mid long-poll): nothing to answer.
+            log.debug("emulator: %s left before its answer", self.address_string())

@@ -74,24 +74,30 @@ class Emulator:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind every listener (VM 0's on host:port) and serve in background threads."""
+        """Bind every listener (VM 0's on host:port) and serve in background threads.
+
+        Raises OSError if a port cannot be bound (nothing stays open then)."""
         if self._listeners:
             raise RuntimeError("emulator already started")
-        for index in range(self._vm_count):
-            listener = Listener((self._host, self._port if index == 0 else 0), self, index)
-            self._listeners.append(listener)
-            port = listener.server_address[1]
-            self.vms.append(
-                Vm(index, f"vm-{index}", metadata.instance_id(index), f"{self._host}:{port}")
-            )
-            thread = threading.Thread(
-                target=listener.serve_forever,
-                args=(_POLL_INTERVAL,),
-                name=f"emulator-vm-{index}",
-                daemon=True,
-            )
-            self._threads.append(thread)
-            thread.start()
+        try:
+            for index in range(self._vm_count):
+                listener = Listener((self._host, self._port if index == 0 else 0), self, index)
+                self._listeners.append(listener)
+                port = listener.server_address[1]
+                self.vms.append(
+                    Vm(index, f"vm-{index}", metadata.instance_id(index), f"{self._host}:{port}")
+                )
+                thread = threading.Thread(
+                    target=listener.serve_forever,
+                    args=(_POLL_INTERVAL,),
+                    name=f"emulator-vm-{index}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+        except BaseException:
+            self.stop()  # close whatever was bound before the failure
+            raise
         log.info("emulator: serving on %s", self.url)
 
     def stop(self) -> None:

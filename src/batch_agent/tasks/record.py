@@ -8,7 +8,7 @@ disagree. Persisting and reporting are the caller's (runner.TaskRun) business.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -91,13 +91,22 @@ class TaskRecord:
         )
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["runnables"] = {str(k): v for k, v in data["runnables"].items()}
-        return json.dumps(data)
+        """Everything but `raw`, which never changes and is stored once (see TaskStore)."""
+        return json.dumps(
+            {
+                "task_id": self.task_id,
+                "state": self.state.value,
+                "events": self.events,
+                "runnable": self.runnable,
+                "exit_code": self.exit_code,
+                "started_at": self.started_at,
+                "runnables": {str(k): vars(v) for k, v in self.runnables.items()},
+            }
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> TaskRecord:
+    def from_json(cls, text: str, raw: dict[str, Any]) -> TaskRecord:
         data = json.loads(text)
         data["state"] = TaskState(data["state"])
         data["runnables"] = {int(k): RunnableRecord(**v) for k, v in data["runnables"].items()}
-        return cls(**data)
+        return cls(raw=raw, **data)

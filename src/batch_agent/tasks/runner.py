@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import pwd
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,9 +30,9 @@ from batch_agent.tasks.script import ScriptExecution, read_status, start_script,
 from batch_agent.wire import TaskState, format_duration
 
 log = logging.getLogger(__name__)
-output_log = logging.getLogger("batch_agent.output")
 
 SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
+SHIP_BATCH = 256 * 1024  # bytes of output read per batch: bounds the agent's memory in a flood
 STOP_SLACK = timedelta(seconds=10)  # after SIGKILL, how long until we call a task unstoppable
 
 
@@ -45,6 +45,8 @@ class RunContext:
     base_env: Mapping[str, str]
     persist: Callable[[TaskRecord], Awaitable[None]]
     notify: Callable[[], None]  # a state change happened: report early
+    # Where runnables' output goes: (tag, "stdout" | "stderr", lines); may block briefly.
+    output: Callable[[str, str, Sequence[str]], None]
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
@@ -74,7 +76,7 @@ class TaskRun:
         self._cancelled = asyncio.Event()
         self._barrier_moved = asyncio.Event()
         self._reached_barrier = 0
-        self._shippers: dict[tuple[int, str], OutputShipper] = {}
+        self._shippers: dict[tuple[int, str], tuple[OutputShipper, list[str]]] = {}
         self._custom_events: list[str] = []  # filled by the shipping thread, drained on the loop
         self._preempted = False
 
@@ -395,28 +397,40 @@ class TaskRun:
             self._context.notify()
 
     def _ship_files(self, runnables: list[int], final: bool) -> None:
+        """Ship in bounded batches until caught up, so a flood never piles up in memory."""
         for k in runnables:
             record = self.record.runnables[k]
             for stream in ("stdout", "stderr"):
-                offset = self._shipper(k, stream, record).ship(final=final)
-                setattr(record, f"{stream}_offset", offset)
+                shipper, lines = self._shipper(k, stream, record)
+                while True:
+                    before = shipper.offset
+                    after = shipper.ship()
+                    self._deliver(k, stream, lines)
+                    if after - before < SHIP_BATCH:
+                        break
+                if final:
+                    after = shipper.ship(final=True)
+                    self._deliver(k, stream, lines)
+                setattr(record, f"{stream}_offset", after)
 
-    def _shipper(self, k: int, stream: str, record: RunnableRecord) -> OutputShipper:
-        key = (k, stream)
-        if key not in self._shippers:
-            prefix = f"[task {self.plan.task_index} r{k} {stream}] "
-            level = logging.INFO if stream == "stdout" else logging.WARNING
+    def _deliver(self, k: int, stream: str, lines: list[str]) -> None:
+        self._context.output(f"task {self.plan.task_index} r{k}", stream, lines)
+        self._custom_events.extend(d for d in map(events.custom_event, lines) if d is not None)
+        lines.clear()
 
-            def emit(line: str) -> None:
-                output_log.log(level, "%s%s", prefix, line)
-                description = events.custom_event(line)
-                if description is not None:
-                    self._custom_events.append(description)
-
-            self._shippers[key] = OutputShipper(
-                self._output(k, stream), emit=emit, offset=getattr(record, f"{stream}_offset")
+    def _shipper(
+        self, k: int, stream: str, record: RunnableRecord
+    ) -> tuple[OutputShipper, list[str]]:
+        if (k, stream) not in self._shippers:
+            lines: list[str] = []
+            shipper = OutputShipper(
+                self._output(k, stream),
+                emit=lines.append,
+                offset=getattr(record, f"{stream}_offset"),
+                read_budget=SHIP_BATCH,
             )
-        return self._shippers[key]
+            self._shippers[k, stream] = (shipper, lines)
+        return self._shippers[k, stream]
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -1,0 +1,89 @@
+"""Per-runnable overhead: 100 runnables of `true` through the agent vs 100 bare `sh -c true`.
+
+The agent's figure is the task's RUNNING -> SUCCEEDED span, taken from the eventTime of the two
+status events the agent reported (its own clock, so the report cadence does not count). The
+bare figure is 100 sequential subprocess.run(["sh", "-c", "true"]) in this process. Their
+difference over 100 is what the agent adds to each runnable: its bookkeeping, persisting,
+writing the script file and the waiter shell around each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from _common import Agent, event_time, fmt_ms
+
+from batch_agent.emulator import Emulator
+
+TARGET = 0.005  # seconds per runnable
+TIMEOUT = 300.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runnables", type=int, default=100, help="runnables in the task")
+    parser.add_argument("--repeats", type=int, default=3, help="times to run the comparison")
+    args = parser.parse_args()
+
+    per_runnable = []
+    for i in range(args.repeats):
+        agent_total = through_agent(args.runnables)
+        bare_total = bare(args.runnables)
+        extra = (agent_total - bare_total) / args.runnables
+        per_runnable.append(extra)
+        print(
+            f"overhead run {i + 1}: agent={agent_total:.3f}s bare={bare_total:.3f}s "
+            f"for {args.runnables} runnables -> {fmt_ms(extra)} per runnable"
+        )
+    median = statistics.median(per_runnable)
+    met = median <= TARGET
+    print(f"overhead: median {fmt_ms(median)} per runnable over {args.repeats} runs")
+    print(f"  target <= {fmt_ms(TARGET)} per runnable: {'met' if met else 'NOT met'}")
+
+
+def through_agent(runnables: int) -> float:
+    """Seconds from RUNNING to SUCCEEDED of one task of `runnables` x `true` (run --once)."""
+    job = {
+        "taskGroups": [
+            {"taskSpec": {"runnables": [{"script": {"text": "true"}}] * runnables}},
+        ]
+    }
+    emu = Emulator(job, default_report_interval="1s", min_report_interval="0.2s", log=None)
+    emu.start()
+    agent: Agent | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+            agent = Agent(emu, Path(tmp) / "state", "--once")
+            try:
+                status = agent.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise SystemExit(f"agent still running after {TIMEOUT}s") from None
+            if status != 0:
+                raise SystemExit(f"agent exited {status}:\n{agent.log_tail()}")
+            agent.stop()
+    finally:
+        if agent is not None:
+            agent.stop()
+        emu.stop()
+    (name,) = emu.task_names()
+    events = {e["taskState"]: event_time(e) for e in emu.task_events(name)}
+    if emu.task_state(name) != "SUCCEEDED" or "RUNNING" not in events:
+        raise SystemExit(f"task did not succeed: {emu.task_events(name)}")
+    return (events["SUCCEEDED"] - events["RUNNING"]).total_seconds()
+
+
+def bare(runnables: int) -> float:
+    """Seconds for `runnables` sequential subprocess.run(["sh", "-c", "true"])."""
+    start = time.perf_counter()
+    for _ in range(runnables):
+        subprocess.run(["sh", "-c", "true"], check=True)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
