@@ -153,6 +153,7 @@ def test_deleted_task_is_no_longer_reported(make_emulator, start_agent, tmp_path
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
     conn.close()
+    assert list((tmp_path / "state" / "tasks").iterdir()) == []
 
 
 def test_report_cadence_honours_both_intervals(make_emulator, start_agent, tmp_path):

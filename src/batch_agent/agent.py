@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.plan import PlanError, make_plan
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.runner import RunContext, TaskRun
+from batch_agent.tasks.runner import RunContext, TaskRun, task_dir
 from batch_agent.vm import (
     MetadataError,
     MetadataServer,
@@ -79,6 +80,7 @@ class Agent:
         self._metadata = MetadataServer(config.metadata_host)
         self._store = TaskStore(config.state_dir / "state.db")
         self._output = OutputLog(config.log_format)
+        self._workdir = config.state_dir / "tasks"
         self._records: dict[str, TaskRecord] = {}
         self._runs: dict[str, TaskRun] = {}
         self._run_tasks: dict[str, asyncio.Task[None]] = {}
@@ -295,11 +297,14 @@ class Agent:
         record = self._records.pop(name)
         self._deleted_failed |= record.state is TaskState.FAILED
         await self._store.delete(name)
+        # The server may assign the same name again (a retry): it starts from a clean folder.
+        folder = task_dir(self._workdir, name)
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         log.info("task %s: deleted", name)
 
     def _context(self) -> RunContext:
         return RunContext(
-            workdir=self._config.state_dir / "tasks",
+            workdir=self._workdir,
             where=self._where(),
             base_env=base_environment(os.environ),
             persist=self._store.save,

@@ -55,7 +55,6 @@ class TaskPlan:
     max_run_duration: timedelta | None = None
     user: tuple[int, int] | None = None
     task_index: int | None = None
-    retry_attempt: int = 0
 
 
 class PlanError(Exception):

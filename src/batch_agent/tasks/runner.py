@@ -72,7 +72,7 @@ class TaskRun:
         self.record = record
         self.plan = plan
         self._context = context
-        self._dir = context.workdir / _safe_name(record.task_id)
+        self._dir = task_dir(context.workdir, record.task_id)
         self._cancelled = asyncio.Event()
         self._barrier_moved = asyncio.Event()
         self._reached_barrier = 0
@@ -461,9 +461,12 @@ class TaskRun:
         return None
 
     def _batch_vars(self) -> dict[str, str]:
-        values = {"BATCH_TASK_RETRY_ATTEMPT": str(self.plan.retry_attempt)}
+        """Variables Batch always sets; what the server passes for them (task count, hosts
+        file, retry attempt) wins over the agent's own defaults."""
+        values = {"BATCH_TASK_RETRY_ATTEMPT": "0"}
         if self.plan.task_index is not None:
             values["BATCH_TASK_INDEX"] = str(self.plan.task_index)
+        values |= {k: v for k, v in self.plan.variables.items() if k.startswith("BATCH_")}
         return values
 
     def _output(self, k: int, stream: str) -> Path:
@@ -490,9 +493,9 @@ class _Finished:
         return None
 
 
-def _safe_name(task_id: str) -> str:
-    """A task name as one directory name."""
-    return task_id.strip("/").replace("/", "_") or "task"
+def task_dir(workdir: Path, task_id: str) -> Path:
+    """The folder of a task's scripts, output and exit statuses: one per task name."""
+    return workdir / (task_id.strip("/").replace("/", "_") or "task")
 
 
 def _home_of(uid: int) -> str:
