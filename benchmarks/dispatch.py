@@ -91,11 +91,11 @@ def main() -> None:
             agent = Agent(emu, Path(tmp) / "state")
             wait_for(lambda: len(emu.reports) >= 2, "the agent's first reports")
             samples = [dispatch_once(emu, clock, f"task-{i}") for i in range(args.runs)]
-            agent.stop()
+            agent.close()
             floor = [floor_once(Path(tmp), clock, f"floor-{i}") for i in range(args.runs)]
         finally:
             if agent is not None:
-                agent.stop()
+                agent.close()
             emu.stop()
             clock.close()
 

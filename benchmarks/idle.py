@@ -36,12 +36,12 @@ def main() -> None:
             agent = Agent(emu, Path(tmp) / "state")
             time.sleep(args.settle)
             if agent.proc.poll() is not None:
-                raise SystemExit(f"agent exited early:\n{agent.log_tail()}")
-            rss, reports, wall, cpu = sample(agent.pid, emu, args.seconds)
-            agent.stop()
+                raise SystemExit(f"agent exited early:\n{agent.log()[-3000:]}")
+            rss, reports, wall, cpu = sample(agent.proc.pid, emu, args.seconds)
+            agent.close()
     finally:
         if agent is not None:
-            agent.stop()
+            agent.close()
         emu.stop()
 
     mb = [r / 1e6 for r in rss]

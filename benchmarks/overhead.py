@@ -64,11 +64,11 @@ def through_agent(runnables: int) -> float:
             except subprocess.TimeoutExpired:
                 raise SystemExit(f"agent still running after {TIMEOUT}s") from None
             if status != 0:
-                raise SystemExit(f"agent exited {status}:\n{agent.log_tail()}")
-            agent.stop()
+                raise SystemExit(f"agent exited {status}:\n{agent.log()[-3000:]}")
+            agent.close()
     finally:
         if agent is not None:
-            agent.stop()
+            agent.close()
         emu.stop()
     (name,) = emu.task_names()
     events = {e["taskState"]: event_time(e) for e in emu.task_events(name)}

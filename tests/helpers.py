@@ -101,3 +101,12 @@ def exit_code(emu: Emulator, name: str) -> int | None:
     execution = final_event(emu, name).get("taskExecution") or {}
     code = execution.get("exitCode")
     return int(code) if code is not None else None
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone: nothing reaps orphans here)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

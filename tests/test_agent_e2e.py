@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import exit_code, final_event, job, script, wait_until
+from tests.helpers import alive, exit_code, final_event, job, script, wait_until
 
 TASK0 = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/0"
 
@@ -133,7 +131,7 @@ def test_cancel_kills_the_process_group(make_emulator, start_agent, tmp_path):
     wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
     assert "cancelled" in final_event(emu, TASK0)["description"]
     for pid in map(int, pids.read_text().split()):
-        wait_until(lambda pid=pid: not _alive(pid), timeout=5, what=f"pid {pid} gone")
+        wait_until(lambda pid=pid: not alive(pid), timeout=5, what=f"pid {pid} gone")
     assert agent.terminate() == 0
 
 
@@ -290,18 +288,6 @@ def test_once_with_no_tasks_exits_zero(make_emulator, start_agent):
     agent = start_agent(emu, "--once")
     assert agent.wait(30) == 0, agent.log()
     assert emu.reports[-1].body["agentInfo"]["state"] == "AGENT_STOPPED"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().split(")")[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 pytestmark = pytest.mark.timeout(180)

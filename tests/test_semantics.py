@@ -7,24 +7,15 @@ import pwd
 import subprocess
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import exit_code, final_event, job, script, wait_until
+from tests.helpers import alive, exit_code, final_event, job, script, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 TASK = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/{}"
 TASK0 = TASK.format(0)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def event_time(event: dict) -> float:
