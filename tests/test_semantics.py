@@ -297,3 +297,22 @@ def test_two_agents_pass_two_barriers_together(make_emulator, start_agent, tmp_p
     assert max(when["0", "a"], when["1", "a"]) < min(when["0", "b"], when["1", "b"])
     assert max(when["0", "b"], when["1", "b"]) < min(when["0", "c"], when["1", "c"])
     assert emu.task_runnable(TASK.format(0)) == 5
+
+
+def test_output_is_shipped_once_across_an_agent_restart(make_emulator, start_agent, tmp_path):
+    """A reattached runnable's output goes on from the recorded offset: no line twice."""
+    go = tmp_path / "go"
+    text = f"echo before; while [ ! -e {go} ]; do sleep 0.05; done; echo after"
+    emu = make_emulator(job(script(text)))
+    first = start_agent(emu)
+    wait_until(lambda: "[task 0 r1 stdout] before" in first.log(), what="first line shipped")
+    time.sleep(1.2)  # offsets are persisted with the next shipment
+    first.kill()
+    second = start_agent(emu, state="state")
+    wait_until(lambda: "reattaching" in second.log(), what="reattached")
+    go.touch()
+    wait_until(lambda: emu.task_state(TASK0) == "SUCCEEDED", what="SUCCEEDED")
+    assert second.terminate() == 0
+    log = second.log()
+    assert log.count("[task 0 r1 stdout] after") == 1
+    assert "[task 0 r1 stdout] before" not in log.split("reattaching", 1)[1]

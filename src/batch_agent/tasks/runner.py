@@ -381,9 +381,18 @@ class TaskRun:
     # -- output -------------------------------------------------------------------------------
 
     async def _ship_continuously(self) -> None:
+        """Ship output while runnables run; persist the offsets so that an agent restarted
+        after a crash goes on from there instead of shipping lines twice."""
+        shipped = self._offsets()
         while True:
             await asyncio.sleep(SHIP_EVERY)
             await self._ship(final=False)
+            if self._offsets() != shipped:
+                shipped = self._offsets()
+                await self._context.persist(self.record)
+
+    def _offsets(self) -> list[tuple[int, int]]:
+        return [(r.stdout_offset, r.stderr_offset) for r in self.record.runnables.values()]
 
     async def _ship(self, *, final: bool, only: int | None = None) -> None:
         """Ship new output lines (in a worker thread), then record the custom events they held."""
