@@ -304,3 +304,11 @@ def test_json_log_format_carries_runnable_output(make_emulator, start_agent):
         ("stdout", "hello", "INFO"),
         ("stderr", "oops", "ERROR"),
     }
+
+
+def test_sigterm_while_the_metadata_server_is_unreachable(make_emulator, start_agent):
+    """An agent still waiting for the metadata server stops at once on SIGTERM, exit 0."""
+    emu = make_emulator(None)
+    agent = start_agent(emu, GCE_METADATA_HOST="127.0.0.1:9")
+    wait_until(lambda: "metadata server" in agent.log(), what="retrying the metadata server")
+    assert agent.terminate(timeout=10) == 0

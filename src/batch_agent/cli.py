@@ -75,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             outcome = await Agent(config, stop=stop).run(once=args.once)
         except Unreachable as error:
+            if stop.is_set():  # told to stop while still looking for the servers
+                return EXIT_OK
             log.error("control plane unreachable: %s", error)
             return EXIT_UNREACHABLE
         if args.once and outcome.failed:
