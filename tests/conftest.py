@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +12,8 @@ from typing import Any
 import pytest
 
 from batch_agent.emulator import Emulator
+from tests import docker_support
+from tests.docker_support import BUSYBOX_IMAGE, Registry, Unavailable
 from tests.helpers import AgentProcess
 
 
@@ -44,3 +49,61 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for agent in agents:
         agent.close()
+
+
+@pytest.fixture(scope="session")
+def batch_user() -> pwd.struct_passwd:
+    """A real non-root user for userAccount tests."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user")
+    try:
+        return pwd.getpwnam("batchtest")
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "batchtest"], check=True)
+        return pwd.getpwnam("batchtest")
+
+
+# --- Docker: a real engine and a private registry, shared by every test that needs them ------
+
+
+def _unavailable(why: str) -> None:
+    """Skip, or fail under CI, where the engine is part of what must be tested."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"Docker engine unavailable: {why}")
+    pytest.skip(f"Docker engine unavailable: {why}")
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[str]:
+    """The DOCKER_HOST of a live engine holding local/busybox: one that already answers, or a
+    private dockerd started (and stopped) here."""
+    daemon = None
+    host = docker_support.engine_host()
+    try:
+        if host is None:
+            daemon = docker_support.DockerDaemon()
+            daemon.start()
+            host = daemon.host
+        docker_support.import_busybox(host)
+    except Unavailable as e:
+        if daemon is not None:
+            daemon.stop()
+        _unavailable(str(e))
+    assert host is not None
+    yield host
+    if daemon is not None:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(docker_engine: str) -> Iterator[Registry]:
+    """A private registry with htpasswd auth on 127.0.0.1, holding busybox (as `.image`)."""
+    reg = Registry()
+    try:
+        reg.start()
+        reg.image = reg.push(docker_engine, BUSYBOX_IMAGE, "busybox")
+    except Unavailable as e:
+        reg.stop()
+        _unavailable(str(e))
+    yield reg
+    reg.stop()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
-import subprocess
 import time
 from datetime import datetime
 
@@ -108,20 +106,6 @@ def test_cancel_escalates_to_sigkill(make_emulator, start_agent, tmp_path):
     assert "task was cancelled" in final_event(emu, TASK0)["description"]
     assert not alive(int(pid_file.read_text()))
     assert agent.terminate() == 0
-
-
-@pytest.fixture(scope="module")
-def batch_user():
-    """A real non-root user for userAccount tests."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a user")
-    name = "batchtest"
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", name], check=True)
-        entry = pwd.getpwnam(name)
-    return entry
 
 
 def test_user_account_runs_scripts_as_that_user(make_emulator, start_agent, tmp_path, batch_user):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batch_agent import __version__
 from batch_agent.config import Config
@@ -27,7 +27,7 @@ from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.plan import PlanError, make_plan
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.runner import RunContext, TaskRun, task_dir
+from batch_agent.tasks.runner import LABEL_TASK, RunContext, TaskRun, task_dir
 from batch_agent.vm import (
     MetadataError,
     MetadataServer,
@@ -51,6 +51,9 @@ from batch_agent.wire import (
     format_time,
     parse_agent_task,
 )
+
+if TYPE_CHECKING:
+    from batch_agent.tasks.container import ContainerEngine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,6 +99,7 @@ class Agent:
         self._last_report = float("-inf")  # loop time of the last report sent
         self._deleted_failed = False  # a task that FAILED was since deleted (for --once's status)
         self._static: AgentMetadata | None = None
+        self._engine: ContainerEngine | None = None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -296,11 +300,21 @@ class Agent:
             await run_task
         record = self._records.pop(name)
         self._deleted_failed |= record.state is TaskState.FAILED
+        if any(r.container for r in record.runnables.values()):
+            await self._remove_containers(name)
         await self._store.delete(name)
         # The server may assign the same name again (a retry): it starts from a clean folder.
         folder = task_dir(self._workdir, name)
         await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         log.info("task %s: deleted", name)
+
+    def _containers(self) -> ContainerEngine:
+        """The Docker engine, made (and the docker SDK loaded) only when a task needs it."""
+        if self._engine is None:
+            from batch_agent.tasks.container import ContainerEngine
+
+            self._engine = ContainerEngine(self._config.docker_host)
+        return self._engine
 
     def _context(self) -> RunContext:
         return RunContext(
@@ -309,6 +323,7 @@ class Agent:
             base_env=base_environment(os.environ),
             persist=self._store.save,
             notify=self._changed.set,
+            containers=self._containers,
             output=self._output.write,
             kill_grace=self._config.kill_grace,
         )
@@ -319,6 +334,14 @@ class Agent:
         """Seconds to wait so that no report follows the last sooner than minReportInterval."""
         elapsed = asyncio.get_running_loop().time() - self._last_report
         return max(self._min_interval.total_seconds() - elapsed, 0.0)
+
+    async def _remove_containers(self, name: str) -> None:
+        from batch_agent.tasks.container import EngineError
+
+        try:
+            await self._containers().remove_all({LABEL_TASK: name})
+        except EngineError as error:
+            log.warning("task %s: containers not removed: %s", name, error)
 
     def _all_done(self) -> bool:
         return all(r.state.is_terminal for r in self._records.values())
@@ -397,6 +420,8 @@ class Agent:
             except (ControlPlaneError, TimeoutError) as error:
                 log.warning("last report (AGENT_STOPPED) failed: %s", error)
         self._control.close()
+        if self._engine is not None:
+            self._engine.close()
         self._store.close()
 
 

@@ -55,6 +55,10 @@ class Config(BaseSettings):
         default=None,
         validation_alias=AliasChoices("credentials_file", "GOOGLE_APPLICATION_CREDENTIALS"),
     )
+    # The Docker engine for container runnables (as the docker CLI reads it).
+    docker_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("docker_host", "DOCKER_HOST")
+    )
     log_format: str = "text"
     # Used until the server says otherwise (our choice, DESIGN §2).
     default_report_interval: Seconds = timedelta(seconds=10)

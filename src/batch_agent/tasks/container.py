@@ -6,13 +6,14 @@ why the runnable could not start (50000 for agent-side failures such as a refuse
 
 Output: each container runs with the `json-file` log driver; two worker threads per container
 follow `docker logs` (one for stdout, one for stderr, so the streams stay apart) and append what
-arrives to the runnable's files as it arrives, one log frame (at most 16 KiB) at a time, so the
+arrives to the runnable's files as it arrives, one log entry (at most 16 KiB) at a time, so the
 agent's memory does not grow with the output. The end of both streams is also how we learn that
-the container stopped (then `inspect` gives the exit code): no call is left blocked in the
-engine for the life of the container. The output paths and the files' sizes at start are kept
-as container labels, so an execution found again after an agent restart (`find`) resumes the
-copy at the right byte, by replaying the container's log and skipping what the files already
-hold.
+the container stopped (then `inspect` gives the exit code, and a last read without `follow`
+picks up what the engine logged after the followers stopped), so no `docker wait` call has to
+be kept open. The output paths and the files' sizes at start are kept as container labels, so
+an execution found again after an agent restart (`find`) resumes the copy at the right byte,
+by replaying the container's log and skipping what the files already hold; within one agent,
+a broken stream resumes after the timestamp of the last entry copied.
 
 Threads: short SDK calls (inspect, create, start, remove, list) run in the loop's default
 executor (`asyncio.to_thread`); calls that last as long as a pull, a stop or a container run
@@ -36,11 +37,11 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -49,6 +50,7 @@ import docker.errors
 import requests.exceptions
 
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, ExitResult
+from batch_agent.tasks.plan import ContainerSpec
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +85,6 @@ class OptionError(ValueError):
 
 class EngineError(Exception):
     """The Docker engine refused or failed an operation; the message says what and why."""
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """The `Container` fields of a Batch runnable, named as in the API."""
-
-    image_uri: str
-    commands: tuple[str, ...] = ()
-    entrypoint: str | None = None
-    volumes: tuple[str, ...] = ()
-    options: str | None = None
-    block_external_network: bool = False
-    username: str | None = None
-    password: str | None = None
-    enable_image_streaming: bool = False
 
 
 # --- options -------------------------------------------------------------------------------
@@ -548,6 +535,14 @@ class ContainerEngine:
 
     def _new_client(self, version: str | None = None, timeout: float | None = None) -> Any:
         """A client of our engine (blocks: without `version`, asks the engine for its own)."""
+        if version is None and self.docker_host.startswith("unix://"):
+            # The SDK leaks its socket when a unix socket refuses the connection; ask first.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(_CONNECT_TIMEOUT.total_seconds())
+                try:
+                    probe.connect(self.docker_host.removeprefix("unix://"))
+                except OSError as e:
+                    raise docker.errors.DockerException(f"{e.strerror or e}") from e
         return docker.from_env(
             environment={"DOCKER_HOST": self.docker_host},  # `from_env` rules, not os.environ
             version=version,
@@ -627,7 +622,7 @@ class ContainerEngine:
                 reason = self._explain("cannot pull image", image, e)
                 if not _is_transient(e) or attempt == self._pull_attempts:
                     return ExitResult(EXIT_AGENT_FAILURE, reason=reason)
-                log.warning("%s: %s; trying again in %.0fs", what, reason, pause)
+                log.warning("%s: %s; trying again in %.1fs", what, reason, pause)
             await asyncio.sleep(pause)
             pause *= 2
         raise AssertionError("unreachable")  # the loop returns
@@ -722,15 +717,16 @@ class ContainerExecution:
             await self.wait()
 
     def follow_output(self) -> None:
-        """Start (or restart after a broken stream) copying output; on the event loop."""
+        """Start copying output (again, after a broken stream); call on the event loop."""
         if self._stream_client is None:
             self._stream_client = self._engine._stream_client()
-        self._copiers = [
-            _OutputCopier(self._stream_client, self.container_id, stream, path, position)
-            for stream, (path, position) in self._outputs.items()
-        ]
+        if not self._copiers:
+            self._copiers = [
+                _OutputCopier(self._stream_client, self.container_id, stream, path, position)
+                for stream, (path, position) in self._outputs.items()
+            ]
         for copier in self._copiers:
-            copier.start()
+            copier.start(follow=True)
 
     def detach(self) -> None:
         """Stop copying output and close our client; the container is left alone. Idempotent."""
@@ -750,7 +746,6 @@ class ContainerExecution:
                 await copier.finished()
             if self._detached:
                 return ExitResult(EXIT_CODE_UNKNOWN, reason=f"container {self.name}: detached")
-            self._outputs = {c.stream: (c.path, c.position) for c in self._copiers}
             try:
                 state: dict[str, Any] = (
                     await asyncio.to_thread(client.api.inspect_container, self.container_id)
@@ -771,11 +766,16 @@ class ContainerExecution:
             if not state.get("Running") and not state.get("Restarting"):
                 break
             # The log streams ended while the container runs: connection lost, engine
-            # restarted. Follow again; the copiers skip what the files already hold.
+            # restarted. Follow again from where the copiers stopped.
             await asyncio.sleep(_RESUME_PAUSE.total_seconds())
-            if self._detached:
-                continue
-            self.follow_output()
+            if not self._detached:
+                self.follow_output()
+        # A follower may stop before the engine has logged the last output (seen with 20.10:
+        # the final partial line): read what came after, now that the log is closed.
+        for copier in self._copiers:
+            copier.start(follow=False)
+        for copier in self._copiers:
+            await copier.finished()
         result = _result_from_state(self.name, state)
         log.info("container %s: exited %d", self.name, result.exit_code)
         self.detach()
@@ -786,9 +786,11 @@ class ContainerExecution:
 class _OutputCopier:
     """Appends one output stream of a container to a file, from a thread of its own.
 
-    `position` counts the bytes of the container's stream already in the file: the copy
-    replays the log from the start and skips that many, so it can resume after a broken
-    stream or an agent restart without repeating or losing output.
+    Each run reads the container's log with timestamps and resumes after the last entry it
+    copied: entries older than that timestamp are skipped, and of those with that very
+    timestamp the bytes already copied. With no timestamp yet (a new copier), it replays the
+    log from the start and skips `position` bytes: what the file already holds of this
+    container, after an agent restart. So output is neither repeated nor lost.
     """
 
     def __init__(
@@ -803,33 +805,44 @@ class _OutputCopier:
         self._container_id = container_id
         self.stream = stream
         self.path = path
-        self.position = position
+        self.position = position  # bytes of this stream now in the file
+        self._last_ts: bytes | None = None  # timestamp of the last entry copied
+        self._at_last_ts = 0  # bytes copied from entries with that timestamp
         self._lock = threading.Lock()
         self._response: Any = None
-        self._cancelled = False
+        self._stopped = False
         self._done: asyncio.Future[None] | None = None
 
-    def start(self) -> None:
-        """Start the thread; call on the event loop."""
-        self._done = _in_thread_future(self._copy, f"logs {self._container_id[:12]} {self.stream}")
+    def start(self, *, follow: bool) -> None:
+        """Start a run in a new thread (the previous one must have finished); on the loop.
+
+        `follow`: until the container stops; else only what the log holds now.
+        """
+        name = f"logs {self._container_id[:12]} {self.stream}"
+        self._done = _in_thread_future(lambda: self._copy(follow), name)
 
     async def finished(self) -> None:
-        """Return once the stream has ended (container stopped, connection lost, cancelled)."""
-        assert self._done is not None
-        await asyncio.shield(self._done)
+        """Return once the run has ended (container stopped, connection lost, cancelled)."""
+        if self._done is not None:
+            await asyncio.shield(self._done)
 
     def cancel(self) -> None:
-        """End the copy soon, from any thread; idempotent."""
+        """End the copy for good, soon, from any thread; idempotent."""
         with self._lock:
-            self._cancelled = True
+            self._stopped = True
+        self._close_response()
+
+    def _close_response(self) -> None:
+        with self._lock:
             response, self._response = self._response, None
         if response is not None:
             with contextlib.suppress(OSError, docker.errors.DockerException):
                 response.close()
 
-    def _copy(self) -> None:
-        """The thread: follow the stream to its end; never raises."""
-        skip = self.position
+    def _copy(self, follow: bool) -> None:
+        """The thread: copy the stream to its end; never raises."""
+        resume_ts, resume_skip = self._last_ts, self._at_last_ts
+        replay_skip = self.position if resume_ts is None else 0
         fd = None
         try:
             response = self._client.api.logs(
@@ -837,33 +850,54 @@ class _OutputCopier:
                 stdout=self.stream == "stdout",
                 stderr=self.stream == "stderr",
                 stream=True,
-                follow=True,
+                follow=follow,
+                timestamps=True,
+                since=_whole_seconds(resume_ts) if resume_ts else None,
             )
             with self._lock:
-                if self._cancelled:
-                    response.close()
-                    return
                 self._response = response
+                if self._stopped:
+                    return
             if self.path is not None:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            for chunk in response:
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
+            for frame in response:
+                ts, _, chunk = frame.partition(b" ")
+                if resume_ts is not None:
+                    if ts < resume_ts:
+                        continue
+                    if ts == resume_ts and resume_skip:
+                        dropped = min(resume_skip, len(chunk))
+                        chunk, resume_skip = chunk[dropped:], resume_skip - dropped
+                if replay_skip:
+                    dropped = min(replay_skip, len(chunk))
+                    chunk, replay_skip = chunk[dropped:], replay_skip - dropped
+                    self._note(ts, dropped)
                 if fd is not None and chunk:
                     _write_all(fd, chunk)
                 self.position += len(chunk)
+                self._note(ts, len(chunk))
         except DockerError as e:
-            if not self._cancelled:
-                log.debug(
-                    "container %s: %s stream ended: %s", self._container_id[:12], self.stream, e
-                )
+            if not self._stopped:
+                cid = self._container_id[:12]
+                log.debug("container %s: %s stream ended: %s", cid, self.stream, e)
         except OSError as e:
             log.warning("container %s: cannot write %s: %s", self._container_id[:12], self.path, e)
         finally:
             if fd is not None:
                 os.close(fd)
-            self.cancel()  # closes the response
+            self._close_response()
+
+    def _note(self, ts: bytes, copied: int) -> None:
+        if ts == self._last_ts:
+            self._at_last_ts += copied
+        elif copied:
+            self._last_ts, self._at_last_ts = ts, copied
+
+
+def _whole_seconds(ts: bytes) -> int:
+    """The whole seconds since the epoch of a log timestamp (`2024-05-01T12:00:00.123456789Z`)."""
+    moment = datetime.strptime(ts[:19].decode("ascii"), "%Y-%m-%dT%H:%M:%S")
+    return max(1, int(moment.replace(tzinfo=UTC).timestamp()))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -924,7 +958,7 @@ def _pull(client: Any, image: str, auth: dict[str, str] | None) -> None:
 
 def _is_transient(e: Exception) -> bool:
     """Whether a failed pull is worth trying again (network trouble, registry overload)."""
-    if isinstance(e, requests.exceptions.RequestException):
+    if not isinstance(e, docker.errors.APIError):  # (an APIError is a RequestException too)
         return True  # the engine itself is unreachable; it may be restarting
     message = _engine_message(e).lower()
     permanent = (

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from batch_agent.wire import (
+    AgentContainer,
     AgentTask,
     AgentTaskRunnable,
     AgentTaskSpec,
+    Container,
     Runnable,
     TaskSpec,
     format_duration,
@@ -24,11 +26,26 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
+class ContainerSpec:
+    """The `Container` fields of a runnable, named as in the API."""
+
+    image_uri: str
+    commands: tuple[str, ...] = ()
+    entrypoint: str | None = None
+    volumes: tuple[str, ...] = ()
+    options: str | None = None
+    block_external_network: bool = False
+    username: str | None = None
+    password: str | None = None
+    enable_image_streaming: bool = False
+
+
+@dataclass(frozen=True)
 class RunnablePlan:
     index: int  # 1-based, as AgentTaskInfo.runnable counts
     script_text: str | None = None
     script_path: str | None = None
-    image_uri: str | None = None
+    container: ContainerSpec | None = None
     barrier: str | None = None  # the barrier's name ("" if unnamed) when this is a barrier
     display_name: str | None = None
     ignore_exit_status: bool = False
@@ -55,6 +72,8 @@ class TaskPlan:
     max_run_duration: timedelta | None = None
     user: tuple[int, int] | None = None
     task_index: int | None = None
+    # Task volumes as `docker run --volume` mounts, for containers that name none.
+    volumes: tuple[str, ...] = ()
 
 
 class PlanError(Exception):
@@ -86,6 +105,7 @@ def make_plan(task: AgentTask) -> TaskPlan:
         max_run_duration=_max_run_duration(spec, agent_spec, problems),
         user=_user(agent_spec, problems),
         task_index=task_index(task.task),
+        volumes=_volumes(spec),
     )
     if problems:
         raise PlanError(problems)
@@ -110,7 +130,8 @@ def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> R
         problems.append(f"{where}: needs one of script, container or barrier")
     elif len(kinds) > 1:
         problems.append(f"{where}: has both {kinds[0]} and {kinds[1]}; give only one")
-    text = path = image = None
+    text = path = None
+    container = None
     if r.script is not None:
         text, path = r.script.text, r.script.path
         if not text and not path:
@@ -118,9 +139,7 @@ def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> R
         elif text and path:
             problems.append(f'{where}.script: has both "text" and "path"; give only one')
     if r.container is not None:
-        image = r.container.image_uri
-        if not image:
-            problems.append(f'{where}.container: needs "imageUri"')
+        container = _container(r.container, where, problems)
     if r.timeout is not None and r.timeout <= timedelta(0):
         problems.append(f"{where}.timeout: {format_duration(r.timeout)} is not positive")
     variables = _variables(r.environment.variables if r.environment else {}, where, problems)
@@ -129,7 +148,7 @@ def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> R
         index=i + 1,
         script_text=text,
         script_path=path,
-        image_uri=image,
+        container=container,
         barrier=(barrier.name or "") if barrier is not None else None,
         display_name=r.display_name if isinstance(r, Runnable) else None,
         ignore_exit_status=r.ignore_exit_status,
@@ -137,6 +156,26 @@ def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> R
         always_run=r.always_run,
         timeout=r.timeout,
         variables=variables,
+    )
+
+
+def _container(
+    c: Container | AgentContainer, where: str, problems: list[str]
+) -> ContainerSpec | None:
+    if not c.image_uri:
+        problems.append(f'{where}.container: needs "imageUri"')
+        return None
+    full = c if isinstance(c, Container) else None
+    return ContainerSpec(
+        image_uri=c.image_uri,
+        commands=tuple(c.commands),
+        entrypoint=c.entrypoint or None,
+        volumes=tuple(c.volumes),
+        options=c.options or None,
+        block_external_network=bool(full and full.block_external_network),
+        username=full.username if full else None,
+        password=full.password if full else None,
+        enable_image_streaming=bool(full and full.enable_image_streaming),
     )
 
 
@@ -182,6 +221,17 @@ def _max_run_duration(
     if value is not None and value <= timedelta(0):
         problems.append(f"maxRunDuration: {format_duration(value)} is not positive")
     return value
+
+
+def _volumes(spec: TaskSpec | None) -> tuple[str, ...]:
+    """Each task volume's mountPath, mounted at the same path in containers; read-only when
+    its mountOptions say `ro` (an existing persistent disk attached read-only, say)."""
+    mounts = []
+    for volume in spec.volumes if spec is not None else []:
+        if volume.mount_path:
+            mode = ":ro" if "ro" in volume.mount_options else ""
+            mounts.append(f"{volume.mount_path}:{volume.mount_path}{mode}")
+    return tuple(mounts)
 
 
 def _user(agent_spec: AgentTaskSpec | None, problems: list[str]) -> tuple[int, int] | None:

@@ -27,6 +27,7 @@ from batch_agent.wire import (
 class RunnableRecord:
     """One started runnable: enough to find it again after an agent restart."""
 
+    container: bool = False  # found again by its labels, not by pid
     pid: int | None = None
     start_time: int | None = None  # /proc/PID/stat field 22, tells a live pid from a recycled one
     exit_code: int | None = None

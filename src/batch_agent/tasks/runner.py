@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import pwd
@@ -18,19 +19,25 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batch_agent.tasks import events
 from batch_agent.tasks.env import runnable_environment
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
 from batch_agent.tasks.output import OutputShipper
-from batch_agent.tasks.plan import RunnablePlan, TaskPlan
+from batch_agent.tasks.plan import ContainerSpec, RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.tasks.script import ScriptExecution, read_status, start_script, write_script
 from batch_agent.wire import TaskState, format_duration
 
+if TYPE_CHECKING:
+    from batch_agent.tasks.container import ContainerEngine
+
 log = logging.getLogger(__name__)
 
+LABEL_TASK = "batch-agent.task"  # container labels
+LABEL_RUNNABLE = "batch-agent.runnable"
 SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
 SHIP_BATCH = 256 * 1024  # bytes of output read per batch: bounds the agent's memory in a flood
 STOP_SLACK = timedelta(seconds=10)  # after SIGKILL, how long until we call a task unstoppable
@@ -45,6 +52,8 @@ class RunContext:
     base_env: Mapping[str, str]
     persist: Callable[[TaskRecord], Awaitable[None]]
     notify: Callable[[], None]  # a state change happened: report early
+    # The Docker engine, made on first use (so that script-only VMs never load the SDK).
+    containers: Callable[[], ContainerEngine]
     # Where runnables' output goes: (tag, "stdout" | "stderr", lines); may block briefly.
     output: Callable[[str, str, Sequence[str]], None]
     kill_grace: timedelta = timedelta(seconds=10)
@@ -128,6 +137,8 @@ class TaskRun:
             with contextlib.suppress(asyncio.CancelledError):
                 await shipping
         await self._ship(final=True)
+        if any(r.container and r.container.block_external_network for r in self.plan.runnables):
+            await self._context.containers().remove_network(self._network())
         if exit_code != 0 and self._preempted:
             # The VM is going away: the kills that follow are not the user's failure.
             exit_code, cause = ExitCode.PREEMPTED, events.PREEMPTED
@@ -215,14 +226,45 @@ class TaskRun:
         return result.exit_code, None
 
     async def _start(self, runnable: RunnablePlan) -> Execution | ExitResult:
-        """Start (or, after an agent restart, find again) one script runnable."""
+        """Start (or, after an agent restart, find again) one script or container runnable."""
         k = runnable.index
         known = self.record.runnables.get(k)
         if known is not None:
             return await self._resume(runnable, known)
-        program = self._program(runnable)
-        if isinstance(program, ExitResult):
-            return program
+        program: Path | None = None
+        if runnable.container is None:
+            checked = self._program(runnable)
+            if isinstance(checked, ExitResult):
+                return checked
+            program = checked
+        # Persist the intent first: a crash after the spawn must never lead to a second spawn.
+        self.record.runnables[k] = RunnableRecord(container=runnable.container is not None)
+        self.record.runnable = max(self.record.runnable, k)
+        await self._context.persist(self.record)
+        started: Execution | ExitResult
+        if runnable.container is not None:
+            started = await self._start_container(runnable, runnable.container)
+        else:
+            assert program is not None
+            started = await self._start_script(runnable, program)
+        if isinstance(started, ExitResult):
+            self.record.runnables[k].exit_code = started.exit_code
+            await self._context.persist(self.record)
+            reason = started.reason or f"exit code {started.exit_code}"
+            return ExitResult(started.exit_code, reason=events.cannot_start(k, reason))
+        if isinstance(started, ScriptExecution):
+            self.record.runnables[k].pid = started.pid
+            self.record.runnables[k].start_time = started.start_time
+        if runnable.display_name:
+            self.record.add_event(events.runnable_started(runnable.display_name), at=self._now())
+        await self._context.persist(self.record)
+        self._context.notify()
+        log.info("task %s: started %s", self.record.task_id, runnable.label)
+        return started
+
+    async def _start_script(
+        self, runnable: RunnablePlan, program: Path
+    ) -> ScriptExecution | ExitResult:
         user = self.plan.user
         env = runnable_environment(
             self._context.base_env,
@@ -231,40 +273,45 @@ class TaskRun:
             self._batch_vars(),
             home=_home_of(user[0]) if user is not None else "/root",
         )
-        # Persist the intent first: a crash after the spawn must never lead to a second spawn.
-        self.record.runnables[k] = RunnableRecord()
-        self.record.runnable = max(self.record.runnable, k)
-        await self._context.persist(self.record)
-        started = await start_script(
+        return await start_script(
             program,
             env=env,
             cwd=self._dir,
-            stdout_path=self._output(k, "stdout"),
-            stderr_path=self._output(k, "stderr"),
-            status_path=self._status(k),
+            stdout_path=self._output(runnable.index, "stdout"),
+            stderr_path=self._output(runnable.index, "stderr"),
+            status_path=self._status(runnable.index),
             user=user,
         )
-        if isinstance(started, ExitResult):
-            self.record.runnables[k].exit_code = started.exit_code
-            await self._context.persist(self.record)
-            reason = started.reason or f"exit code {started.exit_code}"
-            return ExitResult(started.exit_code, reason=events.cannot_start(k, reason))
-        self.record.runnables[k] = RunnableRecord(pid=started.pid, start_time=started.start_time)
-        if runnable.display_name:
-            self.record.add_event(events.runnable_started(runnable.display_name), at=self._now())
-        await self._context.persist(self.record)
-        self._context.notify()
-        log.info("task %s: started %s (pid %s)", self.record.task_id, runnable.label, started.pid)
-        return started
+
+    async def _start_container(
+        self, runnable: RunnablePlan, spec: ContainerSpec
+    ) -> Execution | ExitResult:
+        # Nothing of the agent's environment goes in: the image's own PATH and HOME apply.
+        env = {**self.plan.variables, **runnable.variables, **self._batch_vars()}
+        return await self._context.containers().start(
+            spec,
+            env=env,
+            labels=self._labels(runnable.index),
+            user=self.plan.user,
+            default_volumes=list(self.plan.volumes),
+            network=self._network() if spec.block_external_network else None,
+            stdout_path=self._output(runnable.index, "stdout"),
+            stderr_path=self._output(runnable.index, "stderr"),
+            name_hint=f"task{self.plan.task_index}-r{runnable.index}",
+        )
 
     async def _resume(
         self, runnable: RunnablePlan, known: RunnableRecord
     ) -> Execution | ExitResult:
-        """A runnable started by an earlier agent: its recorded result, or the live process."""
+        """A runnable started by an earlier agent: its recorded result, or what still runs."""
         status = self._status(runnable.index)
-        found: ScriptExecution | ExitResult | None
+        found: Execution | ExitResult | None
         if known.exit_code is not None:
             found = ExitResult(known.exit_code)
+        elif known.container:
+            log.info("task %s: reattaching to %s", self.record.task_id, runnable.label)
+            executions = await self._context.containers().find(self._labels(runnable.index))
+            found = executions[0] if executions else None
         elif known.pid is None or known.start_time is None:
             found = read_status(status)  # crashed between recording the intent and the pid
         else:
@@ -275,18 +322,24 @@ class TaskRun:
                 known.pid,
             )
             found = ScriptExecution.reattach(known.pid, known.start_time, status)
-        if isinstance(found, ScriptExecution):
+        if found is not None and not isinstance(found, ExitResult):
             return found
         if found is None or found.exit_code == EXIT_CODE_UNKNOWN:
             reason = f"{runnable.label}: its exit status was lost while the agent was down"
             return ExitResult(ExitCode.AGENT_FAILURE, reason=reason)
         return _Finished(found)
 
+    def _labels(self, k: int) -> dict[str, str]:
+        """Container labels: how a restarted agent finds its containers again."""
+        return {LABEL_TASK: self.record.task_id, LABEL_RUNNABLE: str(k)}
+
+    def _network(self) -> str:
+        """The task's own internal network, shared by its blockExternalNetwork containers."""
+        digest = hashlib.sha256(self.record.task_id.encode()).hexdigest()[:12]
+        return f"batch-agent-{digest}"
+
     def _program(self, runnable: RunnablePlan) -> Path | ExitResult:
         k = runnable.index
-        if runnable.image_uri is not None:
-            problem = f"runnables[{k - 1}].container: not supported by this agent yet"
-            return ExitResult(ExitCode.AGENT_FAILURE, reason=events.invalid_spec([problem]))
         if runnable.script_text is not None:
             return write_script(runnable.script_text, self._dir, owner=self.plan.user)
         path = Path(runnable.script_path or "")
