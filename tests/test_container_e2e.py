@@ -108,10 +108,18 @@ def test_private_registry_good_and_bad_credentials(
     assert registry.image in refused["description"]
 
 
-def test_timeout_stops_a_container_that_ignores_sigterm(make_emulator, start_agent, docker_engine):
-    """A container over its timeout is stopped through the API (SIGKILL after the grace):
-    50005, and no container is left."""
-    config = job(container("trap '' TERM; while :; do sleep 1; done", timeout="2s"))
+@pytest.mark.parametrize(
+    "limits",
+    [{"runnable": {"timeout": "2s"}}, {"task": {"maxRunDuration": "2s"}}],
+    ids=["timeout", "maxRunDuration"],
+)
+def test_limits_stop_a_container_that_ignores_sigterm(
+    make_emulator, start_agent, docker_engine, limits
+):
+    """A container over its timeout or the task's maxRunDuration is stopped through the API
+    (SIGKILL after the grace): 50005, and no container is left."""
+    runnable = container("trap '' TERM; while :; do sleep 1; done", **limits.get("runnable", {}))
+    config = job(runnable, **limits.get("task", {}))
     emu = make_emulator(config)
     agent = start_agent(emu, "--once", DOCKER_HOST=docker_engine)
     assert agent.wait(90) == 1, agent.log()

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LABEL_TASK = "batch-agent.task"  # container labels
 LABEL_RUNNABLE = "batch-agent.runnable"
+LABEL_INSTANCE = "batch-agent.instance"
 SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
 SHIP_BATCH = 256 * 1024  # bytes of output read per batch: bounds the agent's memory in a flood
 STOP_SLACK = timedelta(seconds=10)  # after SIGKILL, how long until we call a task unstoppable
@@ -331,7 +332,11 @@ class TaskRun:
 
     def _labels(self, k: int) -> dict[str, str]:
         """Container labels: how a restarted agent finds its containers again."""
-        return {LABEL_TASK: self.record.task_id, LABEL_RUNNABLE: str(k)}
+        return {
+            LABEL_TASK: self.record.task_id,
+            LABEL_RUNNABLE: str(k),
+            LABEL_INSTANCE: self._context.where,
+        }
 
     def _network(self) -> str:
         """The task's own internal network, shared by its blockExternalNetwork containers."""
