@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from batch_agent import discovery
-from batch_agent.emulator import Emulator
-from batch_agent.emulator.job import load_job, plan_assignments, reached_barrier
+from batch_agent.emulator import Emulator, service
+from batch_agent.emulator.job import JobConfigError, load_job, plan_assignments, reached_barrier
 
 PARENT = "projects/123456789012/locations/us-central1"
 PREFIX = PARENT + "/jobs/job-1/taskGroups/group0/tasks/"
@@ -294,7 +294,8 @@ def test_job_runs_to_done_with_parallelism_and_auto_delete(make: Any, lines: lis
     assert status == 200 and sent(response) == {t0: "ASSIGNED", t1: "ASSIGNED"}
     assert response["defaultReportInterval"] == "7s" and response["minReportInterval"] == "1s"
     assert {t["reachedBarrier"] for t in response["tasks"]} == {"0"}
-    assert response["tasks"][0]["spec"] == SCRIPT
+    batch_vars = {"BATCH_TASK_COUNT": "3", "BATCH_TASK_RETRY_ATTEMPT": "0"}
+    assert response["tasks"][0]["spec"] == {**SCRIPT, "environment": {"variables": batch_vars}}
     assert response["tasks"][0]["taskSource"] == "USER"
 
     _, response = post(emu, report(task_info(t0, "SUCCEEDED", 1, "done"), task_info(t1, "RUNNING")))
@@ -483,3 +484,210 @@ def test_start_on_a_busy_port_raises_and_leaves_nothing_open() -> None:
         with pytest.raises(OSError):
             emulator.start()
         emulator.stop()
+
+
+# -- Batch service rules (pure) ----------------------------------------------------------------
+
+FAIL_ON_2 = [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": [2]}}]
+RETRY_ON_5 = [{"action": "RETRY_TASK", "actionCondition": {"exitCodes": [5, 6]}}]
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "done", "max_retries", "policies", "expected"),
+    [
+        (1, 0, 0, [], False),  # maxRetryCount 0: never
+        (1, 0, 3, [], True),
+        (1, 3, 3, [], False),  # budget spent
+        (2, 0, 3, FAIL_ON_2, False),  # FAIL_TASK on a match stops retries
+        (1, 0, 3, FAIL_ON_2, True),  # ... and retries the others
+        (6, 1, 3, RETRY_ON_5, True),  # RETRY_TASK retries matches
+        (1, 0, 3, RETRY_ON_5, False),  # ... and only them
+        (None, 0, 3, RETRY_ON_5, False),  # no exit code matches nothing
+        (None, 0, 3, FAIL_ON_2, True),
+        (5, 3, 3, RETRY_ON_5, False),  # a policy never exceeds maxRetryCount
+    ],
+)
+def test_should_retry(
+    exit_code: int | None,
+    done: int,
+    max_retries: int,
+    policies: list[dict[str, Any]],
+    expected: bool,
+) -> None:
+    """maxRetryCount bounds retries; lifecyclePolicies pick which exit codes are retried."""
+    assert service.should_retry(exit_code, done, max_retries, policies) is expected
+
+
+@pytest.mark.parametrize(
+    ("current", "facts", "expected"),
+    [
+        ("QUEUED", {}, []),
+        ("QUEUED", {"scheduled": True}, ["SCHEDULED"]),
+        ("QUEUED", {"done": True}, ["SCHEDULED", "RUNNING", "SUCCEEDED"]),
+        ("SCHEDULED", {"running": True}, ["RUNNING"]),
+        ("RUNNING", {"done": True, "failed": True}, ["FAILED"]),
+        ("RUNNING", {"running": True}, []),
+        ("RUNNING", {"cancelling": True}, ["CANCELLATION_IN_PROGRESS"]),
+        ("CANCELLATION_IN_PROGRESS", {"cancelling": True}, []),
+        ("CANCELLATION_IN_PROGRESS", {"cancelling": True, "done": True}, ["CANCELLED"]),
+        ("SUCCEEDED", {"cancelling": True, "done": True}, []),
+    ],
+)
+def test_job_transitions(current: str, facts: dict[str, bool], expected: list[str]) -> None:
+    """A job passes QUEUED -> SCHEDULED -> RUNNING without skipping, and never leaves an end."""
+    flags = {"scheduled": False, "running": False, "done": False, "failed": False}
+    flags["cancelling"] = False
+    assert service.job_transitions(current, **(flags | facts)) == expected
+
+
+def test_job_event_wording() -> None:
+    """Job events use Batch's sentences; a failed job quotes the failing task's event."""
+    job_name = "projects/1/locations/r/jobs/j"
+    assert service.job_event(job_name, "QUEUED", "SCHEDULED") == (
+        f"Job state is set from QUEUED to SCHEDULED for job {job_name}."
+    )
+    failed = service.job_event(job_name, "RUNNING", "FAILED", failed_task=(2, "Task x."))
+    assert failed.endswith(
+        "Job failed due to task failure. Specifically, task with index 2 failed due to the"
+        ' following task event: "Task x."'
+    )
+
+
+def test_hosts_file_batch_variables_and_run_times() -> None:
+    """One hosts line per VM; BATCH_* variables as the server passes them; event times."""
+    assert service.hosts_file(["127.0.0.1", "127.0.0.1"]) == "127.0.0.1\n127.0.0.1\n"
+    assert service.batch_variables(3, 1, None) == {
+        "BATCH_TASK_COUNT": "3",
+        "BATCH_TASK_RETRY_ATTEMPT": "1",
+    }
+    assert service.batch_variables(1, 0, "/h")["BATCH_HOSTS_FILE"] == "/h"
+    events = [
+        {"taskState": "ASSIGNED", "eventTime": "2026-01-01T00:00:00Z"},
+        {"taskState": "RUNNING", "eventTime": "2026-01-01T00:00:01Z"},
+        {"taskState": "FAILED", "eventTime": "2026-01-01T00:00:03.5Z"},
+    ]
+    began, ended = service.run_times(events)
+    assert began is not None and ended is not None and ended - began == 2.5
+    assert service.run_times([{"eventTime": "junk", "taskState": "RUNNING"}]) == (None, None)
+    assert service.exit_code_of([{"taskExecution": {"exitCode": 3}}, {}]) == 3
+
+
+def test_not_applied_fields_are_named() -> None:
+    """Fields a local run ignores are listed by path; applied ones are not."""
+    config = {
+        "taskGroups": [
+            {"taskSpec": {**SCRIPT, "computeResource": {"cpuMilli": 1}}, "permissiveSsh": True}
+        ],
+        "allocationPolicy": {},
+        "logsPolicy": {"destination": "CLOUD_LOGGING"},
+    }
+    assert load_job(config).not_applied == (
+        "allocationPolicy",
+        "logsPolicy.destination CLOUD_LOGGING (logs are shown here)",
+        "taskGroups[0].permissiveSsh",
+        "taskGroups[0].taskSpec.computeResource",
+    )
+    assert load_job(job(2)).not_applied == ()
+
+
+def test_strict_checks_only_when_asked() -> None:
+    """Without strict a runnable the agent must refuse still reaches it (agent tests)."""
+    config = {"taskGroups": [{"taskSpec": {"runnables": [{"script": {}}]}}]}
+    assert load_job(config).task_count == 1
+    with pytest.raises(JobConfigError) as error:
+        load_job(config, strict=True)
+    assert error.value.problems == [
+        'taskGroups[0].taskSpec.runnables[0].script: needs "text" or "path"'
+    ]
+
+
+# -- retries, job states, hosts file over HTTP -------------------------------------------------
+
+
+def failed(name: str, code: int) -> dict[str, Any]:
+    info = task_info(name, "FAILED", 1, f"exit {code}")
+    info["taskStatus"]["statusEvents"][0]["taskExecution"] = {"exitCode": code}
+    return info
+
+
+def test_failed_attempt_is_deleted_then_assigned_again_with_the_next_attempt(make: Any) -> None:
+    """A retried task is DELETED; once unreported it comes back, same name, attempt + 1."""
+    spec = {**SCRIPT, "maxRetryCount": 1}
+    emu = make({"taskGroups": [{"taskSpec": spec}]})
+    t0 = PREFIX + "0"
+    _, response = post(emu, report(task_info(t0, "RUNNING", 1)))
+    assert (
+        response["tasks"][0]["spec"]["environment"]["variables"]["BATCH_TASK_RETRY_ATTEMPT"] == "0"
+    )
+    _, response = post(emu, report(failed(t0, 1)))
+    assert sent(response) == {t0: "DELETED"}
+    assert not emu.job_done and emu.task_views()[0].retrying
+    _, response = post(emu, report())  # the agent forgot it: the next attempt goes out
+    assert sent(response) == {t0: "ASSIGNED"}
+    variables = response["tasks"][0]["spec"]["environment"]["variables"]
+    assert variables["BATCH_TASK_RETRY_ATTEMPT"] == "1"
+    _, response = post(emu, report(failed(t0, 1)))  # no retries left
+    assert sent(response) == {t0: "DELETED"}
+    assert emu.job_done and emu.job_failed and emu.job_state == "FAILED"
+    tasks = [
+        (c["from"], c["state"], c["attempt"]) for c in emu.changes_since(0) if c["event"] == "task"
+    ]
+    assert tasks == [
+        (None, "PENDING", 0),
+        ("PENDING", "ASSIGNED", 0),
+        ("ASSIGNED", "RUNNING", 0),
+        ("RUNNING", "FAILED", 0),
+        ("FAILED", "PENDING", 1),
+        ("PENDING", "ASSIGNED", 1),
+        ("ASSIGNED", "FAILED", 1),
+    ]
+    view = emu.task_views()[0]
+    assert (view.attempt, view.exit_code, view.phase, view.retrying) == (1, 1, "FAILED", False)
+
+
+def test_job_states_and_events(make: Any) -> None:
+    """QUEUED until an agent reports, then SCHEDULED, RUNNING and SUCCEEDED, Batch-worded."""
+    emu = make(job(1))
+    assert emu.job_state == "QUEUED"
+    post(emu, report(state="AGENT_STARTING"))
+    assert emu.job_state == "SCHEDULED"
+    post(emu, report(task_info(PREFIX + "0", "SUCCEEDED", 1)))
+    jobs = [c for c in emu.changes_since(0) if c["event"] == "job"]
+    assert [j["state"] for j in jobs] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+    assert jobs[-1]["description"] == (
+        f"Job state is set from RUNNING to SUCCEEDED for job {PARENT}/jobs/job-1."
+    )
+
+
+def test_cancel_job_withdraws_pending_and_cancels_assigned(make: Any) -> None:
+    """cancel_job: pending tasks never run (UNEXECUTED), assigned ones get CANCELLED."""
+    emu = make(job(2, parallelism=1, taskSpec={**SCRIPT, "maxRetryCount": 3}))
+    t0 = PREFIX + "0"
+    post(emu, report(task_info(t0, "RUNNING", 1)))
+    emu.cancel_job()
+    assert emu.job_state == "CANCELLATION_IN_PROGRESS"
+    _, response = post(emu, report(task_info(t0, "RUNNING", 1)))
+    assert sent(response) == {t0: "CANCELLED"}
+    _, response = post(emu, report(failed(t0, 143)))  # cancelled: no retry
+    assert emu.job_done and emu.job_state == "CANCELLED"
+    assert [v.phase for v in emu.task_views()] == ["FAILED", "UNEXECUTED"]
+
+
+def test_hosts_file_is_written_and_passed(make: Any, tmp_path: Path) -> None:
+    """requireHostsFile: the emulator writes one line per VM and passes BATCH_HOSTS_FILE."""
+    emu = make(job(2, requireHostsFile=True), vms=2, files_dir=tmp_path)
+    assert (tmp_path / "hosts").read_text() == "127.0.0.1\n127.0.0.1\n"
+    _, response = post(emu, report())
+    variables = response["tasks"][0]["spec"]["environment"]["variables"]
+    assert variables["BATCH_HOSTS_FILE"] == str(tmp_path / "hosts")
+    assert variables["BATCH_TASK_COUNT"] == "2"
+
+
+def test_in_order_hands_out_one_task_at_a_time(make: Any) -> None:
+    """IN_ORDER: task i+1 is assigned only after task i finished, even with spare VMs."""
+    emu = make(job(2, schedulingPolicy="IN_ORDER"), vms=2)
+    t0, t1 = PREFIX + "0", PREFIX + "1"
+    assert sent(post(emu, report(), vm=0)[1]) == {t0: "ASSIGNED"}
+    assert sent(post(emu, report(), vm=1)[1]) == {}
+    _, response = post(emu, report(task_info(t0, "SUCCEEDED", 1)), vm=0)
+    assert sent(response) == {t0: "DELETED", t1: "ASSIGNED"}

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="a JSON file of settings")
     run.add_argument("--log-format", choices=["text", "json"])
     commands.add_parser("emulator", help="the local control plane", add_help=False)
+    commands.add_parser("local", help="run a Batch job config on this machine", add_help=False)
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from batch_agent.emulator.cli import main as emulator_main
 
         return emulator_main(args_list[1:])
+    if args_list[:1] == ["local"]:
+        from batch_agent.local.cli import main as local_main
+
+        return local_main(args_list[1:])
     try:
         args = _parser().parse_args(args_list)
     except SystemExit as exit_:
@@ -84,10 +89,15 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     try:
-        return asyncio.run(go())
+        status = asyncio.run(go())
     except Exception:
         log.critical("the agent crashed", exc_info=True)
         return 70  # EX_SOFTWARE: systemd restarts us
+    # The loop is gone and with it our handlers: a late SIGTERM must not turn a clean exit into
+    # a death by signal.
+    for signo in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signo, signal.SIG_IGN)
+    return status
 
 
 class _JsonFormatter(logging.Formatter):

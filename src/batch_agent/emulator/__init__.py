@@ -4,7 +4,8 @@ For tests and local debugging only; production agents talk to Google. Nothing he
 agent code (only `batch_agent.discovery`), so the emulator cannot share the agent's mistakes.
 """
 
+from batch_agent.emulator.job import JobConfigError, JobPlan, load_job
+from batch_agent.emulator.records import Report, TaskView
 from batch_agent.emulator.server import Emulator
-from batch_agent.emulator.state import Report
 
-__all__ = ["Emulator", "Report"]
+__all__ = ["Emulator", "JobConfigError", "JobPlan", "Report", "TaskView", "load_job"]

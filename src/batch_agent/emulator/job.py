@@ -16,18 +16,37 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch_agent import discovery
+from batch_agent.emulator import checks
 
 GROUP = "group0"
 _SNAKE = re.compile(r"_([a-z0-9])")
 
 
+class JobConfigError(ValueError):
+    """A job config Batch would refuse; `problems` are "path: reason" strings."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("job config: " + "; ".join(problems))
+        self.problems = problems
+
+
 @dataclass(frozen=True)
 class JobPlan:
-    """One task group of a job, expanded: `specs[i]` is the TaskSpec JSON of task i."""
+    """One task group of a job, expanded: `specs[i]` is the TaskSpec JSON of task i.
+
+    `in_order`: schedulingPolicy IN_ORDER (one task at a time, by index). `policies` are the
+    task spec's lifecyclePolicies. `not_applied` names fields a local run accepts but ignores.
+    """
 
     specs: tuple[dict[str, Any], ...]
     parallelism: int
     task_count_per_node: int | None
+    in_order: bool = False
+    max_retry_count: int = 0
+    policies: tuple[dict[str, Any], ...] = ()
+    require_hosts_file: bool = False
+    logs_path: str | None = None
+    not_applied: tuple[str, ...] = ()
 
     @property
     def task_count(self) -> int:
@@ -75,25 +94,31 @@ def _camelize(value: Any, node: dict[str, Any] | None) -> Any:
     return copy.deepcopy(value)
 
 
-def load_job(config: dict[str, Any]) -> JobPlan:
-    """Parse a job config into a plan. Raises ValueError naming every problem found.
+def load_job(config: object, *, strict: bool = False) -> JobPlan:
+    """Parse a job config into a plan. Raises JobConfigError (a ValueError) naming every problem.
 
     Only one task group is supported (as in Batch). `taskEnvironments`, when given, sets the task
     count and its variables are merged over `taskSpec.environment.variables` for task i.
+    `strict` also refuses what Batch refuses beyond the schema (`checks.problems`); without it
+    a runnable the agent must refuse (a test of the agent) still reaches the agent.
     """
+    if not isinstance(config, dict):
+        raise JobConfigError([f"<root>: {type(config).__name__} is not a JSON object"])
     job = camelize(config)
     errors = discovery.validate("Job", job)
+    if not errors and strict:
+        errors = checks.problems(job)
     if errors:
-        raise ValueError("job config: " + "; ".join(errors))
+        raise JobConfigError(errors)
     groups = job.get("taskGroups", [])
     if len(groups) != 1:
-        raise ValueError(f"job config: need exactly one taskGroups entry, got {len(groups)}")
+        raise JobConfigError([f"taskGroups: needs exactly one task group, got {len(groups)}"])
     group = groups[0]
     spec: dict[str, Any] = group.get("taskSpec", {})
     environments: list[dict[str, Any]] = group.get("taskEnvironments", [])
     count = len(environments) or int(group.get("taskCount", "1"))
     if count < 1:
-        raise ValueError(f"job config: taskCount must be at least 1, got {count}")
+        raise JobConfigError([f"taskGroups[0].taskCount: {count} is not at least 1"])
     specs = []
     for i in range(count):
         task_spec = copy.deepcopy(spec)
@@ -104,11 +129,23 @@ def load_job(config: dict[str, Any]) -> JobPlan:
                 **environments[i].get("variables", {}),
             }
         specs.append(task_spec)
-    parallelism = int(group.get("parallelism", "0")) or count
+    in_order = group.get("schedulingPolicy") == "IN_ORDER"
+    parallelism = 1 if in_order else int(group.get("parallelism", "0")) or count
     per_node = int(group["taskCountPerNode"]) if "taskCountPerNode" in group else None
     if per_node is not None and per_node < 1:
-        raise ValueError(f"job config: taskCountPerNode must be at least 1, got {per_node}")
-    return JobPlan(specs=tuple(specs), parallelism=parallelism, task_count_per_node=per_node)
+        raise JobConfigError([f"taskGroups[0].taskCountPerNode: {per_node} is not at least 1"])
+    logs = job.get("logsPolicy", {})
+    return JobPlan(
+        specs=tuple(specs),
+        parallelism=parallelism,
+        task_count_per_node=per_node,
+        in_order=in_order,
+        max_retry_count=int(spec.get("maxRetryCount", 0)),
+        policies=tuple(spec.get("lifecyclePolicies", ())),
+        require_hosts_file=bool(group.get("requireHostsFile", False)),
+        logs_path=logs.get("logsPath") if logs.get("destination") == "PATH" else None,
+        not_applied=tuple(checks.not_applied(job)),
+    )
 
 
 def plan_assignments(

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from batch_agent import discovery
-from batch_agent.emulator import metadata
+from batch_agent.emulator import metadata, service
 from batch_agent.emulator.handler import Listener, google_error
 from batch_agent.emulator.job import load_job
 from batch_agent.emulator.metadata import Site, Vm
-from batch_agent.emulator.state import JobState, Report
+from batch_agent.emulator.records import Report, TaskView
+from batch_agent.emulator.state import JobState
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,10 @@ class Emulator:
         job_id: str = "job-1",
         auto_delete: bool = True,
         log: Callable[[str], None] | None = print,
+        files_dir: str | Path | None = None,
     ) -> None:
+        """`files_dir` receives the files the service provides to tasks (the hosts file of
+        `requireHostsFile`); without it a temporary directory is made, and removed by stop()."""
         if vms < 1:
             raise ValueError(f"vms must be at least 1, got {vms}")
         self._host, self._port, self._vm_count = host, port, vms
@@ -60,7 +67,20 @@ class Emulator:
         self._log: Callable[[str], None] = log or (lambda _line: None)
         self._lock = threading.Condition()
         plan = load_job(job) if job is not None else None
-        self._state = JobState(plan, self.site, vms, auto_delete=auto_delete, log=self._log)
+        self._own_dir: Path | None = None
+        self._hosts_path: Path | None = None
+        if plan is not None and plan.require_hosts_file:
+            if files_dir is None:
+                files_dir = self._own_dir = Path(tempfile.mkdtemp(prefix="batch-emulator-"))
+            self._hosts_path = Path(files_dir, "hosts").absolute()
+        self._state = JobState(
+            plan,
+            self.site,
+            vms,
+            auto_delete=auto_delete,
+            log=self._log,
+            hosts_path=str(self._hosts_path) if self._hosts_path else None,
+        )
         self._intervals = (default_report_interval, min_report_interval)
         self._overrides: deque[tuple[int, bytes | None]] = deque()
         self._preempted = [False] * vms
@@ -79,6 +99,9 @@ class Emulator:
         Raises OSError if a port cannot be bound (nothing stays open then)."""
         if self._listeners:
             raise RuntimeError("emulator already started")
+        if self._hosts_path is not None:
+            self._hosts_path.parent.mkdir(parents=True, exist_ok=True)
+            self._hosts_path.write_text(service.hosts_file([self._host] * self._vm_count))
         try:
             for index in range(self._vm_count):
                 listener = Listener((self._host, self._port if index == 0 else 0), self, index)
@@ -112,6 +135,8 @@ class Emulator:
             thread.join()
         self._listeners.clear()
         self._threads.clear()
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
 
     def __enter__(self) -> Emulator:
         self.start()
@@ -144,6 +169,13 @@ class Emulator:
     def cancel_task(self, name: str) -> None:
         with self._lock:
             self._state.cancel(name)
+
+    def cancel_job(self) -> None:
+        """Cancel the job: pending tasks never start, assigned ones are sent CANCELLED, no
+        retries; the job goes CANCELLATION_IN_PROGRESS, then CANCELLED once every task ended."""
+        with self._lock:
+            self._state.cancel_job()
+            self._lock.notify_all()
 
     def delete_task(self, name: str) -> None:
         with self._lock:
@@ -185,6 +217,29 @@ class Emulator:
     def task_runnable(self, name: str) -> int:
         with self._lock:
             return self._state.tasks[name].runnable
+
+    @property
+    def job_state(self) -> str | None:
+        """The job's JobStatus.state (QUEUED ... SUCCEEDED), None without a job config."""
+        with self._lock:
+            return self._state.job_state
+
+    @property
+    def hosts_path(self) -> Path | None:
+        """Where the hosts file is (with requireHostsFile), else None."""
+        return self._hosts_path
+
+    def changes_since(self, cursor: int) -> list[dict[str, Any]]:
+        """State changes of the job and its tasks from position `cursor` on, oldest first; the
+        next cursor is `cursor + len(result)`. Each is a JSON-ready dict with "event": "job" or
+        "task", "time", "from" and "state" (tasks add "task", "attempt", "vm", "exitCode"...)."""
+        with self._lock:
+            return [dict(change) for change in self._state.changes[cursor:]]
+
+    def task_views(self) -> list[TaskView]:
+        """Every task as it is now, in the order the emulator knows them."""
+        with self._lock:
+            return [task.view() for task in self._state.tasks.values()]
 
     def is_deleted(self, name: str) -> bool:
         with self._lock:

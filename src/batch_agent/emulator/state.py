@@ -1,63 +1,32 @@
 """The emulated control plane's memory of one job: its tasks, where they run, what agents reported.
 
-`JobState` applies valid reports, assigns pending tasks to VMs and builds the task list of each
-response. It is not thread-safe: the caller holds one lock around every call. It must not do I/O
-(other than the `log` callback), parse HTTP or validate JSON (reports reach it already valid).
+`JobState` applies valid reports, assigns pending tasks to VMs, retries failed attempts as
+`maxRetryCount`/`lifecyclePolicies` say, moves the job through its states and builds the task
+list of each response. Every state change of the job or a task is appended to `changes` (JSON
+ready, in order) so that a watcher misses none. It is not thread-safe: the caller holds one lock
+around every call. It must not do I/O (other than the `log` callback), parse HTTP or validate JSON
+(reports reach it already valid).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from batch_agent.emulator import job as jobs
+from batch_agent.emulator import service
 from batch_agent.emulator.metadata import Site
+from batch_agent.emulator.records import TERMINAL, TaskRecord
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 # A DELETED task is dropped once the agent stops reporting it, or after this many responses.
 _DELETED_SENDS = 5
 # Stands for "past every barrier" for finished tasks.
 _PAST_ALL = 2**62
-
-
-@dataclass(frozen=True)
-class Report:
-    """A valid report as received: when (time.monotonic()), from which VM, and its JSON body."""
-
-    time: float
-    vm: int
-    body: dict[str, Any]
-
-
-@dataclass
-class TaskRecord:
-    """One task: the AgentTask JSON we send (verbatim for `add_task`) and what was reported."""
-
-    name: str
-    sent: dict[str, Any]
-    in_plan: bool
-    vm: int | None = None
-    intended: str | None = None  # CANCELLED / DELETED once decided, overriding `sent`
-    state: str | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    runnable: int = 0
-    deleted_sends: int = 0
-    dropped: bool = False
-    withdrawn: bool = False  # cancelled or deleted before it was ever assigned
-
-    @property
-    def is_finished(self) -> bool:
-        """Reported SUCCEEDED/FAILED, or deleted: either way it no longer runs for the job."""
-        return self.state in TERMINAL or self.withdrawn or self.intended == "DELETED"
-
-    @property
-    def group(self) -> str:
-        return self.name.rsplit("/tasks/", 1)[0]
 
 
 class JobState:
@@ -71,21 +40,48 @@ class JobState:
         *,
         auto_delete: bool,
         log: Callable[[str], None],
+        hosts_path: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._site = site
         self._vms = vms
         self._auto_delete = auto_delete
         self._log = log
         self._plan = plan
+        self._hosts_path = hosts_path
+        self._clock = clock
         self.tasks: dict[str, TaskRecord] = {}
+        self.changes: list[dict[str, Any]] = []
         self._pending: list[str] = []
         self._agent_states: dict[int, str] = {}
-        for i, spec in enumerate(plan.specs if plan else ()):
+        self.job_state: str | None = None
+        self._cancelling = self._scheduled = self._ran = False
+        self._failed_task: tuple[int, str] | None = None
+        if plan is None:
+            return
+        self.job_state = service.QUEUED
+        self._change({"event": "job", "from": None, "state": service.QUEUED})
+        for i in range(plan.task_count):
             name = jobs.task_name(site.project_number, site.region, site.job_id, i)
-            sent = {"task": name, "intendedState": "ASSIGNED", "spec": spec, "taskSource": "USER"}
-            self.tasks[name] = TaskRecord(name=name, sent=sent, in_plan=True)
+            task = TaskRecord(name=name, sent=self._agent_task(name, i, 0), in_plan=True, index=i)
+            self.tasks[name] = task
             self._pending.append(name)
+            self._task_change(task, None)
         self.schedule()
+
+    @property
+    def job_name(self) -> str:
+        site = self._site
+        return f"projects/{site.project_number}/locations/{site.region}/jobs/{site.job_id}"
+
+    def _agent_task(self, name: str, index: int, attempt: int) -> dict[str, Any]:
+        assert self._plan is not None
+        spec = copy.deepcopy(self._plan.specs[index])
+        variables = spec.setdefault("environment", {}).setdefault("variables", {})
+        variables.update(service.batch_variables(self._plan.task_count, attempt, self._hosts_path))
+        return {"task": name, "intendedState": "ASSIGNED", "spec": spec, "taskSource": "USER"}
+
+    # -- steering ----------------------------------------------------------------------------
 
     def add(self, raw: dict[str, Any], vm: int) -> str:
         """Assign an AgentTask JSON as it is (named if it has no `task`); returns its name."""
@@ -100,25 +96,47 @@ class JobState:
             index += 1
         name = str(sent["task"])
         sent.setdefault("intendedState", "ASSIGNED")
-        self.tasks[name] = TaskRecord(name=name, sent=sent, in_plan=False, vm=vm)
+        number = name.rsplit("/tasks/", 1)[-1]
+        index = int(number) if number.isdigit() else -1
+        task = TaskRecord(name=name, sent=sent, in_plan=False, vm=vm, index=index)
+        self.tasks[name] = task
+        self._task_change(task, None)
         return name
 
     def cancel(self, name: str) -> None:
-        """Send CANCELLED for the task from now on (unless it is being deleted)."""
+        """Send CANCELLED for the task from now on (unless it is being deleted); no retry."""
         task = self.tasks[name]
+        before = task.phase
         if name in self._pending:
             self._pending.remove(name)
             task.withdrawn = True
+        if task.retrying:
+            task.retrying = False  # its last attempt's FAILED stands
+            task.ended = self._clock()
         if task.intended != "DELETED":
             task.intended = "CANCELLED"
+        if task.phase != before:
+            self._task_change(task, before)
+        self._advance_job()
+
+    def cancel_job(self) -> None:
+        """Cancel every unfinished task: pending ones never start, running ones are stopped."""
+        self._cancelling = True
+        for task in list(self.tasks.values()):
+            if not task.is_finished:
+                self.cancel(task.name)
+        self._advance_job()
 
     def delete(self, name: str) -> None:
         """Send DELETED for the task from now on."""
         task = self.tasks[name]
+        before = task.phase
         if name in self._pending:
             self._pending.remove(name)
             task.withdrawn = True
         task.intended = "DELETED"
+        if task.phase != before:
+            self._task_change(task, before)
 
     def schedule(self) -> None:
         """Assign pending job tasks to VMs as parallelism and per-VM limits allow."""
@@ -132,9 +150,13 @@ class JobState:
         cap = self._plan.per_vm_cap(self._vms)
         chosen = jobs.plan_assignments(indices, active, self._plan.parallelism, cap)
         for i, vm in chosen:
-            self.tasks[self._pending[i]].vm = vm
+            task = self.tasks[self._pending[i]]
+            task.vm = vm
+            self._task_change(task, "PENDING")  # PENDING -> ASSIGNED: a VM takes it
         taken = {i for i, _ in chosen}
         self._pending = [name for i, name in enumerate(self._pending) if i not in taken]
+
+    # -- reports -----------------------------------------------------------------------------
 
     def record(self, vm: int, vm_name: str, body: dict[str, Any]) -> set[str]:
         """Apply a valid report from VM `vm`; returns the task names it mentioned."""
@@ -143,6 +165,7 @@ class JobState:
         if agent_state is not None and self._agent_states.get(vm) != agent_state:
             self._agent_states[vm] = agent_state
             self._log(f"{vm_name}: agent {agent_state}")
+        self._scheduled = True
         mentioned: set[str] = set()
         for reported in info.get("tasks", []):
             name = reported.get("taskId", "")
@@ -151,38 +174,75 @@ class JobState:
                 log.warning("%s reported unknown task %r", vm_name, name)
                 continue
             mentioned.add(name)
+            if task.retrying or task.dropped:
+                continue  # an attempt already judged; its successor is a new task
             task.runnable = int(reported.get("runnable", "0"))
             status = reported.get("taskStatus", {})
             task.events = copy.deepcopy(status.get("statusEvents", []))
             new = status.get("state")
             if new is not None and new != task.state:
-                self._log_change(task, new)
-                task.state = new
+                self._apply(task, new)
             if task.state in TERMINAL and self._auto_delete:
                 task.intended = "DELETED"
         self.schedule()
+        self._advance_job()
         return mentioned
 
-    def _log_change(self, task: TaskRecord, new: str) -> None:
-        index = task.name.rsplit("/", 1)[-1]
-        line = f"task {index} ({task.name}): {task.state or 'UNREPORTED'} -> {new}"
-        if task.events and isinstance(task.events[-1], dict):
-            description = task.events[-1].get("description")
-            if description:
-                line += f": {description}"
-        self._log(line)
+    def _apply(self, task: TaskRecord, new: str) -> None:
+        """The agent reported a new state for the task's current attempt."""
+        self._log_change(task, new)
+        before, now = task.phase, self._clock()
+        task.state = new
+        began, ended = service.run_times(task.events)
+        if new != "ASSIGNED" and task.attempt_started is None:
+            task.attempt_started = min(began or now, now)
+            task.started = task.started or task.attempt_started
+        if new not in TERMINAL:
+            self._task_change(task, before)
+            return
+        self._ran = True
+        task.exit_code = service.exit_code_of(task.events)
+        plan = self._plan
+        if (
+            new == "FAILED"
+            and task.in_plan
+            and plan is not None
+            and task.intended != "CANCELLED"
+            and not self._cancelling
+            and service.should_retry(
+                task.exit_code, task.attempt, plan.max_retry_count, plan.policies
+            )
+        ):
+            # RUNNING -> FAILED, retried: the agent must forget this attempt before the next
+            task.retrying, task.intended = True, "DELETED"
+            why = service.retry_event(task.attempt, plan.max_retry_count, task.exit_code)
+            self._task_change(task, before, retrying=True, retryDescription=why)
+            return
+        task.ended = min(ended or now, now)
+        if new == "FAILED" and self._failed_task is None:
+            self._failed_task = (task.index, self._description(task))
+        self._task_change(task, before)
 
     def response_tasks(self, vm: int, mentioned: set[str]) -> list[dict[str, Any]]:
-        """The AgentTasks for VM `vm`'s response; advances the DELETED bookkeeping."""
+        """The AgentTasks for VM `vm`'s response; advances the DELETED bookkeeping and starts
+        the next attempt of a retried task once its agent has forgotten the last one."""
+        requeued = False
+        for task in self.tasks.values():
+            if task.vm != vm or task.dropped or task.intended != "DELETED":
+                continue
+            gone = task.deleted_sends >= 1 and task.name not in mentioned
+            if gone or task.deleted_sends >= _DELETED_SENDS:
+                task.dropped = True
+                if task.retrying:
+                    self._requeue(task)
+                    requeued = True
+        if requeued:
+            self.schedule()
         out = []
         for task in self.tasks.values():
             if task.vm != vm or task.dropped:
                 continue
             if task.intended == "DELETED":
-                gone = task.deleted_sends >= 1 and task.name not in mentioned
-                if gone or task.deleted_sends >= _DELETED_SENDS:
-                    task.dropped = True
-                    continue
                 task.deleted_sends += 1
             sent = copy.deepcopy(task.sent)
             if task.intended is not None:
@@ -192,6 +252,18 @@ class JobState:
             out.append(sent)
         return out
 
+    def _requeue(self, task: TaskRecord) -> None:
+        """FAILED -> PENDING: the same task name, a new attempt, BATCH_TASK_RETRY_ATTEMPT + 1."""
+        before = task.phase
+        task.attempt += 1
+        task.sent = self._agent_task(task.name, task.index, task.attempt)
+        task.vm = task.intended = task.state = task.attempt_started = None
+        task.retrying = task.dropped = False
+        task.events, task.runnable, task.deleted_sends = [], 0, 0
+        position = sum(1 for name in self._pending if self.tasks[name].index < task.index)
+        self._pending.insert(position, task.name)
+        self._task_change(task, before)
+
     def _reached_barrier(self, task: TaskRecord) -> int:
         barriers = jobs.barrier_indices(task.sent.get("spec"))
         if not barriers:
@@ -200,6 +272,56 @@ class JobState:
         return jobs.reached_barrier(
             barriers, (_PAST_ALL if t.is_finished else t.runnable for t in group)
         )
+
+    # -- the job and the change log ----------------------------------------------------------
+
+    def _advance_job(self) -> None:
+        if self.job_state is None:
+            return
+        steps = service.job_transitions(
+            self.job_state,
+            scheduled=self._scheduled,
+            running=self._ran or any(t.state == "RUNNING" for t in self.tasks.values()),
+            done=self.done,
+            failed=self.failed,
+            cancelling=self._cancelling,
+        )
+        for new in steps:
+            old, self.job_state = self.job_state, new
+            failed_task = self._failed_task if new == service.FAILED else None
+            description = service.job_event(self.job_name, old, new, failed_task=failed_task)
+            self._change({"event": "job", "from": old, "state": new, "description": description})
+            self._log(f"job {self._site.job_id}: {old} -> {new}")
+
+    def _task_change(self, task: TaskRecord, before: str | None, **extra: Any) -> None:
+        change: dict[str, Any] = {
+            "event": "task",
+            "task": task.index,
+            "attempt": task.attempt,
+            "from": before,
+            "state": task.phase,
+            "vm": task.vm,
+        }
+        if task.state in TERMINAL:
+            change["exitCode"] = task.exit_code
+        if task.state is not None and task.events:
+            change["description"] = self._description(task)
+        self._change(change | extra)
+
+    def _change(self, change: dict[str, Any]) -> None:
+        self.changes.append({"time": round(self._clock(), 3), **change})
+
+    @staticmethod
+    def _description(task: TaskRecord) -> str:
+        last = task.events[-1] if task.events else None
+        return str(last.get("description", "")) if isinstance(last, dict) else ""
+
+    def _log_change(self, task: TaskRecord, new: str) -> None:
+        index = task.name.rsplit("/", 1)[-1]
+        line = f"task {index} ({task.name}): {task.state or 'UNREPORTED'} -> {new}"
+        if description := self._description(task):
+            line += f": {description}"
+        self._log(line)
 
     def is_deleted(self, name: str) -> bool:
         task = self.tasks[name]
@@ -212,6 +334,6 @@ class JobState:
     @property
     def failed(self) -> bool:
         return any(
-            t.state == "FAILED" or (t.withdrawn and t.intended == "CANCELLED")
+            (t.state == "FAILED" and not t.retrying) or (t.withdrawn and t.intended == "CANCELLED")
             for t in self.tasks.values()
         )
