@@ -107,6 +107,9 @@ async def start_script(
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         fds.append(stdout_fd := os.open(stdout_path, flags, 0o600))
         fds.append(stderr_fd := os.open(stderr_path, flags, 0o600))
+        if user is not None:  # the user may read back what it wrote
+            os.fchown(stdout_fd, user[0], user[1])
+            os.fchown(stderr_fd, user[0], user[1])
         process = await asyncio.create_subprocess_exec(
             SHELL,
             "-c",
