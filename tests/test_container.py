@@ -17,11 +17,10 @@ from batch_agent.tasks.container import (
     EXIT_AGENT_FAILURE,
     ContainerEngine,
     ContainerExecution,
-    ContainerSpec,
-    OptionError,
-    parse_options,
 )
 from batch_agent.tasks.execution import ExitResult
+from batch_agent.tasks.options import OptionError, parse_options
+from batch_agent.tasks.plan import ContainerSpec
 from tests import docker_support
 from tests.docker_support import BUSYBOX_IMAGE, Registry
 

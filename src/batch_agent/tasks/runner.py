@@ -25,10 +25,10 @@ from batch_agent.tasks import events
 from batch_agent.tasks.env import runnable_environment
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
-from batch_agent.tasks.output import OutputShipper
 from batch_agent.tasks.plan import ContainerSpec, RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.tasks.script import ScriptExecution, read_status, start_script, write_script
+from batch_agent.tasks.taskoutput import TaskOutput, output_path
 from batch_agent.wire import TaskState, format_duration
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ LABEL_TASK = "batch-agent.task"  # container labels
 LABEL_RUNNABLE = "batch-agent.runnable"
 LABEL_INSTANCE = "batch-agent.instance"
 SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
-SHIP_BATCH = 256 * 1024  # bytes of output read per batch: bounds the agent's memory in a flood
 STOP_SLACK = timedelta(seconds=10)  # after SIGKILL, how long until we call a task unstoppable
 
 
@@ -86,8 +85,7 @@ class TaskRun:
         self._cancelled = asyncio.Event()
         self._barrier_moved = asyncio.Event()
         self._reached_barrier = 0
-        self._shippers: dict[tuple[int, str], tuple[OutputShipper, list[str]]] = {}
-        self._custom_events: list[str] = []  # filled by the shipping thread, drained on the loop
+        self._task_output = TaskOutput(self._dir, f"task {plan.task_index}", context.output)
         self._preempted = False
 
     # -- commands from the agent --------------------------------------------------------------
@@ -454,50 +452,14 @@ class TaskRun:
 
     async def _ship(self, *, final: bool, only: int | None = None) -> None:
         """Ship new output lines (in a worker thread), then record the custom events they held."""
-        runnables = [only] if only is not None else list(self.record.runnables)
-        await asyncio.to_thread(self._ship_files, runnables, final)
-        if self._custom_events:
-            drained, self._custom_events = self._custom_events, []
-            for description in drained:
+        runnables = self.record.runnables
+        chosen = {only: runnables[only]} if only is not None else dict(runnables)
+        custom = await asyncio.to_thread(self._task_output.ship, chosen, final=final)
+        if custom:
+            for description in custom:
                 self.record.add_event(description, at=self._now())
             await self._context.persist(self.record)
             self._context.notify()
-
-    def _ship_files(self, runnables: list[int], final: bool) -> None:
-        """Ship in bounded batches until caught up, so a flood never piles up in memory."""
-        for k in runnables:
-            record = self.record.runnables[k]
-            for stream in ("stdout", "stderr"):
-                shipper, lines = self._shipper(k, stream, record)
-                while True:
-                    before = shipper.offset
-                    after = shipper.ship()
-                    self._deliver(k, stream, lines)
-                    if after - before < SHIP_BATCH:
-                        break
-                if final:
-                    after = shipper.ship(final=True)
-                    self._deliver(k, stream, lines)
-                setattr(record, f"{stream}_offset", after)
-
-    def _deliver(self, k: int, stream: str, lines: list[str]) -> None:
-        self._context.output(f"task {self.plan.task_index} r{k}", stream, lines)
-        self._custom_events.extend(d for d in map(events.custom_event, lines) if d is not None)
-        lines.clear()
-
-    def _shipper(
-        self, k: int, stream: str, record: RunnableRecord
-    ) -> tuple[OutputShipper, list[str]]:
-        if (k, stream) not in self._shippers:
-            lines: list[str] = []
-            shipper = OutputShipper(
-                self._output(k, stream),
-                emit=lines.append,
-                offset=getattr(record, f"{stream}_offset"),
-                read_budget=SHIP_BATCH,
-            )
-            self._shippers[k, stream] = (shipper, lines)
-        return self._shippers[k, stream]
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -537,7 +499,7 @@ class TaskRun:
         return values
 
     def _output(self, k: int, stream: str) -> Path:
-        return self._dir / f"runnable-{k}.{stream}"
+        return output_path(self._dir, k, stream)
 
     def _status(self, k: int) -> Path:
         return self._dir / f"runnable-{k}.status"
