@@ -360,7 +360,10 @@ class TaskRun:
         if runnable.display_name:
             description = events.runnable_finished(runnable.display_name, result.exit_code)
             self.record.add_event(description, at=self._now())
-        await self._context.persist(self.record)
+        if record.container:
+            await self._context.persist(self.record)  # the container is removed after this
+        # A script's result is not saved here: the waiter's status file holds it until the next
+        # save (the next runnable's start, or the task's end) carries it. One fsync less each.
         self._context.notify()
         log.info(
             "task %s: %s exited %d%s",
@@ -453,7 +456,10 @@ class TaskRun:
     async def _ship(self, *, final: bool, only: int | None = None) -> None:
         """Ship new output lines (in a worker thread), then record the custom events they held."""
         runnables = self.record.runnables
-        chosen = {only: runnables[only]} if only is not None else dict(runnables)
+        if only is not None:
+            chosen = {only: runnables[only]}
+        else:  # those still running; a finished one was shipped to its end already
+            chosen = {k: r for k, r in runnables.items() if r.exit_code is None}
         custom = await asyncio.to_thread(self._task_output.ship, chosen, final=final)
         if custom:
             for description in custom:

@@ -11,8 +11,9 @@ fails with ENOEXEC is run by the forked shell as a shell script, as execvp would
 ends, writes `$?` (128+signo for a signal death) to STATUS_FILE. The trap is a handler, not an
 ignore, so PROGRAM gets default signal dispositions while the waiter survives a SIGTERM/SIGINT
 to the group and still records the status; only SIGKILL takes the waiter down with it.
-STATUS_FILE is created empty before the start (empty means "not ended yet") and the waiter's
-variables are not exported, so nothing of this machinery leaks into PROGRAM's environment.
+STATUS_FILE is absent (or, for a runnable with a user, empty) until the waiter writes it: both
+mean "not ended yet". The waiter's variables are not exported, so nothing of this machinery
+leaks into PROGRAM's environment.
 Output goes to files opened in append mode, never to a pipe the agent reads.
 
 This module must not know about Batch, tasks, HTTP or the wire format, and must not block the
@@ -81,8 +82,8 @@ async def start_script(
 
     A relative `program` is taken relative to `cwd`. stdout/stderr are appended to the given
     files (created 0600 if missing); stdin is /dev/null; `env` is the complete environment.
-    `status_path` is (re)created empty, owned by `user` if given, which runs the waiter and the
-    program as that uid/gid with no supplementary groups.
+    A stale `status_path` is removed (with `user`: truncated and given to that user, who runs
+    the waiter and the program as that uid/gid with no supplementary groups).
 
     Never raises for a program that cannot start: returns an ExitResult with a reason and exit
     code 127 (not found) or 126 (not executable, or any other start failure). Failures the
@@ -100,10 +101,13 @@ async def start_script(
         extra = {"user": user[0], "group": user[1], "extra_groups": []}
     fds: list[int] = []
     try:
-        status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        fds.append(status_fd)
-        if user is not None:
+        if user is not None:  # the waiter, running as `user`, must be able to write it
+            status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fds.append(status_fd)
             os.fchown(status_fd, user[0], user[1])
+        else:  # the waiter creates it; no stale status may stand in for this run's
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(status_path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         fds.append(stdout_fd := os.open(stdout_path, flags, 0o600))
         fds.append(stderr_fd := os.open(stderr_path, flags, 0o600))
