@@ -36,6 +36,17 @@ def make_emulator() -> Iterator[Callable[..., Emulator]]:
 
 
 @pytest.fixture
+def emu() -> Iterator[Emulator]:
+    """An emulator without a job, at its default intervals."""
+    emulator = Emulator(job=None, vms=1, log=None)
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
 def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     agents: list[AgentProcess] = []
 

@@ -33,16 +33,6 @@ REQUEST = ReportAgentStateRequest(
 
 
 @pytest.fixture
-def emu() -> Iterator[Emulator]:
-    emulator = Emulator(job=None, vms=1, log=None)
-    emulator.start()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
-
-@pytest.fixture
 def control(emu: Emulator) -> Iterator[ControlPlane]:
     """A client of the emulator, with the VM's token from the emulator's metadata server."""
     plane = ControlPlane(emu.url, timeout=timedelta(seconds=10), metadata_host=emu.metadata_host)

@@ -133,16 +133,6 @@ def test_unreachable_metadata_server_raises_metadata_error(closed_port: str) -> 
 # --- against the emulator's metadata server ----------------------------------------------
 
 
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    emulator = Emulator(job=None, vms=1, log=None)
-    emulator.start()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
-
 def test_identity_and_parent_from_the_emulator(emu: Emulator) -> None:
     """read_identity names the VM and its parent as the Batch API expects."""
     vm = emu.vms[0]
