@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import threading
 import time
@@ -320,7 +319,7 @@ class Agent:
         return RunContext(
             workdir=self._workdir,
             where=self._where(),
-            base_env=base_environment(os.environ),
+            base_env=base_environment(self._config.environ),
             persist=self._store.save,
             notify=self._changed.set,
             containers=self._containers,

@@ -6,6 +6,7 @@ Precedence: command-line flags > environment (`BATCH_AGENT_*`) > config file (JS
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -73,6 +74,8 @@ class Config(BaseSettings):
     # Where /proc/stat is read for bootTime (tests point it elsewhere to simulate a reboot).
     proc_stat: Path = Path("/proc/stat")
     os_release: Path = Path("/etc/os-release")
+    # The agent's own environment, read once here: runnables inherit a clean part of it.
+    environ: dict[str, str] = Field(default_factory=dict, exclude=True)
 
 
 def load_config(file: Path | None = None, **overrides: Any) -> Config:
@@ -86,6 +89,7 @@ def load_config(file: Path | None = None, **overrides: Any) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: expected a JSON object")
     values.update({key: value for key, value in overrides.items() if value is not None})
+    values.setdefault("environ", dict(os.environ))
     try:
         config = Config(**values)
     except ValueError as error:
