@@ -394,3 +394,39 @@ def test_parse_agent_lines() -> None:
     own = parse_line(0, '{"severity": "WARNING", "logger": "batch_agent", "message": "slow"}')
     assert (own.task, own.severity, own.message) == (None, "WARNING", "slow")
     assert parse_line(0, "Traceback (most recent call last):").severity == "ERROR"
+
+
+def test_sigint_leaves_no_container_behind(
+    tmp_path: Path, docker_engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a container job: every container of the job is stopped and removed."""
+    monkeypatch.setenv("DOCKER_HOST", docker_engine)
+    runnable = {
+        "container": {
+            "imageUri": docker_support.BUSYBOX_IMAGE,
+            "entrypoint": "/bin/sh",
+            "commands": ["-c", "echo started; trap '' TERM; while :; do sleep 1; done"],
+        }
+    }
+    with subprocess.Popen(
+        [*LOCAL, write(tmp_path, job(runnable, count=2)), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        started = 0
+        while started < 2:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            event = json.loads(line)
+            started += event["event"] == "output" and event.get("message") == "started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 130, err
+    client = docker_support.client(docker_engine)
+    try:
+        left = client.containers.list(all=True, filters={"label": "batch-agent.task"})
+    finally:
+        client.close()
+    assert left == []
