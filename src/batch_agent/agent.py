@@ -24,9 +24,10 @@ from batch_agent.store import TaskStore
 from batch_agent.tasks import events
 from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.events import ExitCode
+from batch_agent.tasks.launch import LABEL_TASK, task_dir
 from batch_agent.tasks.plan import PlanError, make_plan
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.runner import LABEL_TASK, RunContext, TaskRun, task_dir
+from batch_agent.tasks.runner import RunContext, TaskRun
 from batch_agent.vm import (
     MetadataError,
     MetadataServer,

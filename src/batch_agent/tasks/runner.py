@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import pwd
@@ -22,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch_agent.tasks import events
-from batch_agent.tasks.env import runnable_environment
 from batch_agent.tasks.events import ExitCode
-from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
-from batch_agent.tasks.plan import ContainerSpec, RunnablePlan, TaskPlan
+from batch_agent.tasks.execution import Execution, ExitResult
+from batch_agent.tasks.launch import Launcher, task_dir
+from batch_agent.tasks.plan import RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
-from batch_agent.tasks.script import ScriptExecution, read_status, start_script, write_script
-from batch_agent.tasks.taskoutput import TaskOutput, output_path
+from batch_agent.tasks.script import ScriptExecution
+from batch_agent.tasks.taskoutput import TaskOutput
 from batch_agent.wire import TaskState, format_duration
 
 if TYPE_CHECKING:
@@ -36,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LABEL_TASK = "batch-agent.task"  # container labels
-LABEL_RUNNABLE = "batch-agent.runnable"
-LABEL_INSTANCE = "batch-agent.instance"
 SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
 STOP_SLACK = timedelta(seconds=10)  # after SIGKILL, how long until we call a task unstoppable
 
@@ -82,6 +78,14 @@ class TaskRun:
         self.plan = plan
         self._context = context
         self._dir = task_dir(context.workdir, record.task_id)
+        self._launcher = Launcher(
+            plan,
+            self._dir,
+            base_env=context.base_env,
+            containers=context.containers,
+            instance=context.where,
+            task_id=record.task_id,
+        )
         self._cancelled = asyncio.Event()
         self._barrier_moved = asyncio.Event()
         self._reached_barrier = 0
@@ -137,7 +141,7 @@ class TaskRun:
                 await shipping
         await self._ship(final=True)
         if any(r.container and r.container.block_external_network for r in self.plan.runnables):
-            await self._context.containers().remove_network(self._network())
+            await self._context.containers().remove_network(self._launcher.network)
         if exit_code != 0 and self._preempted:
             # The VM is going away: the kills that follow are not the user's failure.
             exit_code, cause = ExitCode.PREEMPTED, events.PREEMPTED
@@ -229,10 +233,11 @@ class TaskRun:
         k = runnable.index
         known = self.record.runnables.get(k)
         if known is not None:
-            return await self._resume(runnable, known)
+            log.info("task %s: reattaching to %s", self.record.task_id, runnable.label)
+            return await self._launcher.find(runnable, known)
         program: Path | None = None
         if runnable.container is None:
-            checked = self._program(runnable)
+            checked = self._launcher.program(runnable)
             if isinstance(checked, ExitResult):
                 return checked
             program = checked
@@ -240,12 +245,7 @@ class TaskRun:
         self.record.runnables[k] = RunnableRecord(container=runnable.container is not None)
         self.record.runnable = max(self.record.runnable, k)
         await self._context.persist(self.record)
-        started: Execution | ExitResult
-        if runnable.container is not None:
-            started = await self._start_container(runnable, runnable.container)
-        else:
-            assert program is not None
-            started = await self._start_script(runnable, program)
+        started = await self._launcher.start(runnable, program)
         if isinstance(started, ExitResult):
             self.record.runnables[k].exit_code = started.exit_code
             await self._context.persist(self.record)
@@ -260,96 +260,6 @@ class TaskRun:
         self._context.notify()
         log.info("task %s: started %s", self.record.task_id, runnable.label)
         return started
-
-    async def _start_script(
-        self, runnable: RunnablePlan, program: Path
-    ) -> ScriptExecution | ExitResult:
-        user = self.plan.user
-        env = runnable_environment(
-            self._context.base_env,
-            self.plan.variables,
-            runnable.variables,
-            self._batch_vars(),
-            home=_home_of(user[0]) if user is not None else "/root",
-        )
-        return await start_script(
-            program,
-            env=env,
-            cwd=self._dir,
-            stdout_path=self._output(runnable.index, "stdout"),
-            stderr_path=self._output(runnable.index, "stderr"),
-            status_path=self._status(runnable.index),
-            user=user,
-        )
-
-    async def _start_container(
-        self, runnable: RunnablePlan, spec: ContainerSpec
-    ) -> Execution | ExitResult:
-        # Nothing of the agent's environment goes in: the image's own PATH and HOME apply.
-        env = {**self.plan.variables, **runnable.variables, **self._batch_vars()}
-        return await self._context.containers().start(
-            spec,
-            env=env,
-            labels=self._labels(runnable.index),
-            user=self.plan.user,
-            default_volumes=list(self.plan.volumes),
-            network=self._network() if spec.block_external_network else None,
-            stdout_path=self._output(runnable.index, "stdout"),
-            stderr_path=self._output(runnable.index, "stderr"),
-            name_hint=f"task{self.plan.task_index}-r{runnable.index}",
-        )
-
-    async def _resume(
-        self, runnable: RunnablePlan, known: RunnableRecord
-    ) -> Execution | ExitResult:
-        """A runnable started by an earlier agent: its recorded result, or what still runs."""
-        status = self._status(runnable.index)
-        found: Execution | ExitResult | None
-        if known.exit_code is not None:
-            found = ExitResult(known.exit_code)
-        elif known.container:
-            log.info("task %s: reattaching to %s", self.record.task_id, runnable.label)
-            executions = await self._context.containers().find(self._labels(runnable.index))
-            found = executions[0] if executions else None
-        elif known.pid is None or known.start_time is None:
-            found = read_status(status)  # crashed between recording the intent and the pid
-        else:
-            log.info(
-                "task %s: reattaching to %s (pid %s)",
-                self.record.task_id,
-                runnable.label,
-                known.pid,
-            )
-            found = ScriptExecution.reattach(known.pid, known.start_time, status)
-        if found is not None and not isinstance(found, ExitResult):
-            return found
-        if found is None or found.exit_code == EXIT_CODE_UNKNOWN:
-            reason = f"{runnable.label}: its exit status was lost while the agent was down"
-            return ExitResult(ExitCode.AGENT_FAILURE, reason=reason)
-        return _Finished(found)
-
-    def _labels(self, k: int) -> dict[str, str]:
-        """Container labels: how a restarted agent finds its containers again."""
-        return {
-            LABEL_TASK: self.record.task_id,
-            LABEL_RUNNABLE: str(k),
-            LABEL_INSTANCE: self._context.where,
-        }
-
-    def _network(self) -> str:
-        """The task's own internal network, shared by its blockExternalNetwork containers."""
-        digest = hashlib.sha256(self.record.task_id.encode()).hexdigest()[:12]
-        return f"batch-agent-{digest}"
-
-    def _program(self, runnable: RunnablePlan) -> Path | ExitResult:
-        k = runnable.index
-        if runnable.script_text is not None:
-            return write_script(runnable.script_text, self._dir, owner=self.plan.user)
-        path = Path(runnable.script_path or "")
-        if not path.is_file():
-            problem = f'runnables[{k - 1}].script.path: "{path}" does not exist'
-            return ExitResult(ExitCode.AGENT_FAILURE, reason=events.invalid_spec([problem]))
-        return path
 
     async def _finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
         record = self.record.runnables.setdefault(runnable.index, RunnableRecord())
@@ -494,47 +404,3 @@ class TaskRun:
             return f"userAccount: uid {uid} does not exist on this VM"
         os.chown(self._dir, uid, gid)
         return None
-
-    def _batch_vars(self) -> dict[str, str]:
-        """Variables Batch always sets; what the server passes for them (task count, hosts
-        file, retry attempt) wins over the agent's own defaults."""
-        values = {"BATCH_TASK_RETRY_ATTEMPT": "0"}
-        if self.plan.task_index is not None:
-            values["BATCH_TASK_INDEX"] = str(self.plan.task_index)
-        values |= {k: v for k, v in self.plan.variables.items() if k.startswith("BATCH_")}
-        return values
-
-    def _output(self, k: int, stream: str) -> Path:
-        return output_path(self._dir, k, stream)
-
-    def _status(self, k: int) -> Path:
-        return self._dir / f"runnable-{k}.status"
-
-
-class _Finished:
-    """An execution that ended before this agent saw it: its result is already known."""
-
-    def __init__(self, result: ExitResult) -> None:
-        self._result = result
-
-    @property
-    def pid(self) -> int | None:
-        return None
-
-    async def wait(self) -> ExitResult:
-        return self._result
-
-    async def stop(self, grace: timedelta) -> None:
-        return None
-
-
-def task_dir(workdir: Path, task_id: str) -> Path:
-    """The folder of a task's scripts, output and exit statuses: one per task name."""
-    return workdir / (task_id.strip("/").replace("/", "_") or "task")
-
-
-def _home_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_dir
-    except KeyError:
-        return "/"
