@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, ExitResult
-from batch_agent.tasks.script import ScriptExecution, start_script, write_script
+from batch_agent.tasks.script import ScriptExecution, find_waiter, start_script, write_script
 
 T = TypeVar("T")
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root"}
@@ -331,3 +331,30 @@ def test_runs_as_the_given_user() -> None:
         assert run(run_program(tmp, program, user=(uid, gid))).ok
         assert (tmp / "out").read_text().split() == [str(uid), str(gid), str(gid)]
         assert (tmp / "status").stat().st_uid == uid
+
+
+def test_find_waiter_by_its_command_line(tmp_path: Path) -> None:
+    """An agent that never saved the pid finds the waiter (not its forked child) again."""
+    script = tmp_path / "s.sh"
+    script.write_text("sleep 30\n")  # no shebang: dash forks a child with the same cmdline
+    script.chmod(0o700)
+
+    async def go() -> tuple[int, int | None]:
+        started = await start_script(
+            script,
+            env={"PATH": "/usr/bin:/bin"},
+            cwd=tmp_path,
+            stdout_path=tmp_path / "out",
+            stderr_path=tmp_path / "err",
+            status_path=tmp_path / "status",
+        )
+        assert isinstance(started, ScriptExecution)
+        try:
+            found = find_waiter(tmp_path / "status")
+            return started.pid, found[0] if found else None
+        finally:
+            await started.stop(timedelta(seconds=1))
+
+    waiter, found = asyncio.run(go())
+    assert found == waiter
+    assert find_waiter(tmp_path / "status") is None

@@ -20,7 +20,13 @@ from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
 from batch_agent.tasks.plan import RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord
-from batch_agent.tasks.script import ScriptExecution, read_status, start_script, write_script
+from batch_agent.tasks.script import (
+    ScriptExecution,
+    find_waiter,
+    read_status,
+    start_script,
+    write_script,
+)
 from batch_agent.tasks.taskoutput import output_path
 
 if TYPE_CHECKING:
@@ -114,7 +120,11 @@ class Launcher:
             executions = await self._containers().find(self._labels(runnable.index))
             found = executions[0] if executions else None
         elif known.pid is None or known.start_time is None:
-            found = read_status(status)  # crashed between recording the intent and the pid
+            # The pid is saved lazily (with the next save): find the waiter by its command line.
+            waiter = find_waiter(status)
+            found = read_status(status)
+            if found is None and waiter is not None:
+                found = ScriptExecution.reattach(waiter[0], waiter[1], status)
         else:
             found = ScriptExecution.reattach(known.pid, known.start_time, status)
         if found is not None and not isinstance(found, ExitResult):

@@ -252,11 +252,13 @@ class TaskRun:
             reason = started.reason or f"exit code {started.exit_code}"
             return ExitResult(started.exit_code, reason=events.cannot_start(k, reason))
         if isinstance(started, ScriptExecution):
+            # Saved with the next save: a restarted agent finds the waiter by its command line.
             self.record.runnables[k].pid = started.pid
             self.record.runnables[k].start_time = started.start_time
         if runnable.display_name:
             self.record.add_event(events.runnable_started(runnable.display_name), at=self._now())
-        await self._context.persist(self.record)
+        if runnable.display_name or not isinstance(started, ScriptExecution):
+            await self._context.persist(self.record)  # an event, or a container's start
         self._context.notify()
         log.info("task %s: started %s", self.record.task_id, runnable.label)
         return started

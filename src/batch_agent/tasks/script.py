@@ -368,6 +368,34 @@ def read_status(path: Path) -> ExitResult | None:
         return ExitResult(EXIT_CODE_UNKNOWN, reason=f"unreadable exit status {text[:40]!r}")
 
 
+def find_waiter(status_path: Path) -> tuple[int, int] | None:
+    """(pid, start time) of the live waiter recording into `status_path`, found by its command
+    line, for an agent that crashed before it saved the pid. Blocks on a scan of /proc."""
+    wanted = f"\0{WAITER_NAME}\0{status_path}\0".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        # The waiter leads its session; a forked child of it (a shell script without a
+        # shebang, before or without exec) shares the command line but not that.
+        if wanted in cmdline and _session(int(entry.name)) == int(entry.name):
+            found = _stat(int(entry.name))
+            if found is not None and found[0] not in "ZX":
+                return int(entry.name), found[1]
+    return None
+
+
+def _session(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[3])  # state, ppid, pgrp, session
+
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, start time) from /proc/PID/stat, or None if there is no such process."""
     try:
