@@ -33,7 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,21 +165,7 @@ class DockerDaemon:
             *("--default-address-pool", f"base={subnet},size=24"),
             *("--log-level", "warn"),
         ]
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while not answers(self.host):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                self.stop()
-                raise Unavailable(f"dockerd did not start ({' '.join(argv)}):\n{tail}")
-            time.sleep(0.1)
+        self._process = _serve(argv, self.log_path, lambda: answers(self.host), timeout, self.stop)
 
     def stop(self) -> None:
         """Remove its containers and networks, stop it, delete its bridge and files."""
@@ -308,21 +294,9 @@ class Registry:
             f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
         )
         binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-        with open(self.dir / "registry.log", "ab") as log:
-            self._process = subprocess.Popen(
-                [binary, "serve", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while not _accepts(self.address):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                tail = (self.dir / "registry.log").read_text(errors="replace")[-2000:]
-                self.stop()
-                raise Unavailable(f"docker-registry did not start:\n{tail}")
-            time.sleep(0.05)
+        argv = [binary, "serve", str(config)]
+        log = self.dir / "registry.log"
+        self._process = _serve(argv, log, lambda: _accepts(self.address), timeout, self.stop)
 
     def push(self, host: str, source: str, repository: str) -> str:
         """Push image `source` of engine `host` as REGISTRY/repository:latest; that reference.
@@ -352,6 +326,35 @@ class Registry:
                 self._process.kill()
                 self._process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _serve(
+    argv: list[str],
+    log_path: Path,
+    ready: Callable[[], bool],
+    timeout: float,
+    stop: Callable[[], None],
+) -> subprocess.Popen[bytes]:
+    """Start a server in its own session, logging to `log_path`, and wait until `ready()`;
+    on failure kill it, call `stop` and raise Unavailable with the log's tail."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            process.kill()
+            process.wait()
+            stop()  # the rest of the owner's clean-up (bridge, temp files)
+            raise Unavailable(f"{argv[0]} did not start ({' '.join(argv)}):\n{tail}")
+        time.sleep(0.05)
+    return process
 
 
 def _accepts(address: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_agent.emulator import Emulator
+from batch_agent.local.agents import agent_env as local_agent_env
 
 AGENT = [sys.executable, "-m", "batch_agent.cli"]
 
@@ -29,16 +29,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
 
 
 def agent_env(emu: Emulator, state_dir: Path, vm: int = 0, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCH_AGENT_", "GOOGLE_"))}
-    env.update(
-        GCE_METADATA_HOST=emu.vms[vm].metadata_host,
-        BATCH_AGENT_ENDPOINT=emu.url,
-        BATCH_AGENT_STATE_DIR=str(state_dir),
-        BATCH_AGENT_KILL_GRACE="2",
-        BATCH_AGENT_UNREACHABLE_TIMEOUT="5",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
+    """The environment `batch-agent local` gives its agents, with test-sized limits."""
+    env = local_agent_env(emu.vms[vm].metadata_host, emu.url, state_dir, kill_grace="2")
+    env.update(BATCH_AGENT_UNREACHABLE_TIMEOUT="5", **extra)
     return env
 
 

@@ -250,7 +250,8 @@ def test_sigterm_sends_agent_stopped(make_emulator, start_agent):
 
 def test_kill_9_then_restart_never_runs_a_task_twice(make_emulator, start_agent, tmp_path):
     """After kill -9 mid-task, the restarted agent finds the running script, does not start it
-    again, and reports its real exit code."""
+    again, and reports its real exit code. The script prints nothing, so its pid was never
+    saved: the waiter is found by its command line."""
     counter, go = tmp_path / "runs", tmp_path / "go"
     text = f"echo run >> {counter}; while [ ! -e {go} ]; do sleep 0.05; done; exit 5"
     emu = make_emulator(job(script(text)))

@@ -226,11 +226,16 @@ def test_missing_credentials_file_is_not_retryable(
     assert "credentials" in str(error)
 
 
-def test_constructing_does_no_io(closed_port: int) -> None:
+def test_constructing_does_no_io() -> None:
     """Construction and close of an unused client never touch the network."""
-    ControlPlane(
-        f"http://127.0.0.1:{closed_port}", metadata_host=f"127.0.0.1:{closed_port}"
-    ).close()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        ControlPlane(f"http://{address}/", metadata_host=address).close()
+        with pytest.raises(BlockingIOError):  # nobody connected, to either role
+            server.accept()
 
 
 # --- Backoff -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from batch_agent.tasks import events
 from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.launch import LABEL_TASK, task_dir
-from batch_agent.tasks.plan import PlanError, make_plan
+from batch_agent.tasks.plan import PlanError, TaskPlan, make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import RunContext, TaskRun
 from batch_agent.vm import (
@@ -140,10 +140,7 @@ class Agent:
                 await self._store.save(record)
                 log.warning("task %s: failed, the VM rebooted during it", record.task_id)
             elif not record.state.is_terminal:
-                log.info(
-                    "task %s: resuming after an agent restart (%s)", record.task_id, record.state
-                )
-                await self._launch(record)
+                await self._resume(record)
 
         await self._store.set_fact("boot_time", format_time(self._boot_time))
         self._watch_preemption()
@@ -237,39 +234,48 @@ class Agent:
 
     async def _accept(self, task: AgentTask | BadAgentTask, raw: dict[str, Any]) -> None:
         """A task seen for the first time: persist it before anything runs, then start it."""
-        name = task.task
-        record = TaskRecord(task_id=name, raw=dict(raw))
-        self._records[name] = record
+        record = TaskRecord(task_id=task.task, raw=dict(raw))
+        self._records[task.task] = record
+        plan = self._plan_or_fail(record, task)
         await self._store.save(record)
+        if plan is not None:
+            log.info("task %s: accepted", task.task)
+            self._launch(record, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
+
+    async def _resume(self, record: TaskRecord) -> None:
+        """A task an earlier agent left unfinished: carry on from its record."""
+        log.info("task %s: resuming after an agent restart (%s)", record.task_id, record.state)
+        task = parse_agent_task(record.raw)
+        plan = self._plan_or_fail(record, task)
+        if plan is None:  # a spec this agent no longer accepts: fail it, never leave it hanging
+            await self._store.save(record)
+            return
+        self._launch(record, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
+
+    def _plan_or_fail(self, record: TaskRecord, task: AgentTask | BadAgentTask) -> TaskPlan | None:
+        """The task's plan; or, for a spec that cannot run, None with the record FAILED (50000,
+        every problem named). The caller persists."""
         problems = task.problems if isinstance(task, BadAgentTask) else []
         if isinstance(task, AgentTask):
             try:
-                make_plan(task)
+                return make_plan(task)
             except PlanError as error:
                 problems = error.problems
-        if problems:
-            # ASSIGNED -> FAILED: the spec cannot run
-            record.transition(
-                TaskState.FAILED,
-                at=datetime.now(UTC),
-                where=self._where(),
-                exit_code=ExitCode.AGENT_FAILURE,
-                cause=events.invalid_spec(problems),
-            )
-            await self._store.save(record)
-            log.error("task %s: invalid spec: %s", name, "; ".join(problems))
-            self._changed.set()
-            return
-        log.info("task %s: accepted", name)
-        await self._launch(record)
+        # ASSIGNED -> FAILED: the spec cannot run
+        record.transition(
+            TaskState.FAILED,
+            at=datetime.now(UTC),
+            where=self._where(),
+            exit_code=ExitCode.AGENT_FAILURE,
+            cause=events.invalid_spec(problems),
+        )
+        log.error("task %s: invalid spec: %s", record.task_id, "; ".join(problems))
+        self._changed.set()
+        return None
 
-    async def _launch(self, record: TaskRecord) -> None:
-        task = parse_agent_task(record.raw)
-        if isinstance(task, BadAgentTask):
-            return
-        plan = make_plan(task)
+    def _launch(self, record: TaskRecord, plan: TaskPlan, *, cancelled: bool) -> None:
         run = TaskRun(record, plan, self._context())
-        if task.intended_state is IntendedState.CANCELLED:
+        if cancelled:
             run.cancel()
         self._runs[record.task_id] = run
         self._run_tasks[record.task_id] = asyncio.create_task(self._drive(run))

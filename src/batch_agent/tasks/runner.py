@@ -358,8 +358,9 @@ class TaskRun:
         while True:
             await asyncio.sleep(SHIP_EVERY)
             await self._ship(final=False)
-            if self._offsets() != shipped:
-                shipped = self._offsets()
+            offsets = self._offsets()
+            if offsets != shipped:
+                shipped = offsets
                 await self._context.persist(self.record)
 
     def _offsets(self) -> list[tuple[int, int]]:
