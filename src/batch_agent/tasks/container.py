@@ -500,7 +500,7 @@ class ContainerExecution:
             self._waiting = asyncio.ensure_future(self._wait())
         return await asyncio.shield(self._waiting)
 
-    async def stop(self, grace: timedelta) -> None:
+    async def stop(self, grace: timedelta) -> bool:
         """`docker stop`: the image's stop signal (SIGTERM), SIGKILL after `grace` (whole
         seconds, rounded up), then `wait()`. Idempotent; an ended container is fine. An engine
         that cannot be reached is logged, and `wait()` then decides."""
@@ -518,6 +518,7 @@ class ContainerExecution:
                 except DockerError as e:
                     log.warning("container %s: cannot stop: %s", self.name, e)
             await self.wait()
+            return True
 
     def follow_output(self) -> None:
         """Start copying output (again, after a broken stream); call on the event loop."""

@@ -79,9 +79,10 @@ class Execution(Protocol):
         """
         ...
 
-    async def stop(self, grace: timedelta) -> None:
+    async def stop(self, grace: timedelta) -> bool:
         """SIGTERM the whole process group, SIGKILL it if still alive after `grace`.
 
-        Idempotent; a runnable that already ended is fine. Returns once the processes are dead.
+        Idempotent; a runnable that already ended is fine. True once the processes are dead;
+        False if something outlived SIGKILL (stuck in the kernel): the task cannot be stopped.
         """
         ...

@@ -172,8 +172,8 @@ class Finished:
     async def wait(self) -> ExitResult:
         return self._result
 
-    async def stop(self, grace: timedelta) -> None:
-        return None
+    async def stop(self, grace: timedelta) -> bool:
+        return True
 
 
 def _home_of(uid: int) -> str:

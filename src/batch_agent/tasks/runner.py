@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
-STOP_SLACK = timedelta(seconds=10)  # after SIGKILL, how long until we call a task unstoppable
+STOP_SLACK = timedelta(seconds=10)  # beyond the grace, how long a stop may take at most
 
 
 @dataclass
@@ -310,13 +310,16 @@ class TaskRun:
                     w.cancel()
 
     async def _stop(self, execution: Execution) -> bool:
-        """Stop one execution; False if it outlived SIGKILL by STOP_SLACK."""
+        """Stop one execution; False if it could not be stopped. The executions bound their
+        own wait after SIGKILL; STOP_SLACK only catches a stop that hangs altogether (an engine
+        that never answers)."""
         grace = self._context.kill_grace
         try:
-            await asyncio.wait_for(execution.stop(grace), (grace + STOP_SLACK).total_seconds())
+            return await asyncio.wait_for(
+                execution.stop(grace), (grace + 2 * STOP_SLACK).total_seconds()
+            )
         except TimeoutError:
             return False
-        return True
 
     async def _stop_all(self, executions: list[Execution]) -> bool:
         results = await asyncio.gather(*(self._stop(e) for e in executions))

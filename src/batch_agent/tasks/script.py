@@ -206,17 +206,17 @@ class ScriptExecution:
             self._waiting = asyncio.ensure_future(self._wait())
         return await asyncio.shield(self._waiting)
 
-    async def stop(self, grace: timedelta) -> None:
+    async def stop(self, grace: timedelta) -> bool:
         """SIGTERM the process group; SIGKILL it if anything of it still lives after `grace`.
 
-        Returns once the waiter and every process left in its group are dead (or, for a process
-        that ignores even SIGKILL for 10 s, e.g. stuck in the kernel, after logging a warning).
+        True once the waiter and every process left in its group are dead; False, after a
+        warning, for a group that outlives SIGKILL by 10 s (a process stuck in the kernel).
         Idempotent; a group that is already gone is fine; never signals a recycled pid.
         """
         async with self._stop_lock:
             if not self._group_alive():
                 await self._reap()
-                return
+                return True
             self._signal_group(signal.SIGTERM)
             if not await self._until_dead(grace):
                 log.info("script %d: still alive %ss after SIGTERM, killing", self._pid, grace)
@@ -224,7 +224,9 @@ class ScriptExecution:
                 self._signal_group(signal.SIGKILL)
                 if not await self._until_dead(_KILL_TIMEOUT):
                     log.warning("script %d: process group survives SIGKILL", self._pid)
+                    return False
             await self._reap()
+            return True
 
     async def _wait(self) -> ExitResult:
         if self._process is not None:
