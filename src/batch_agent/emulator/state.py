@@ -107,9 +107,7 @@ class JobState:
         """Send CANCELLED for the task from now on (unless it is being deleted); no retry."""
         task = self.tasks[name]
         before = task.phase
-        if name in self._pending:
-            self._pending.remove(name)
-            task.withdrawn = True
+        self._withdraw(task)
         if task.retrying:
             task.retrying = False  # its last attempt's FAILED stands
             task.ended = self._clock()
@@ -131,12 +129,16 @@ class JobState:
         """Send DELETED for the task from now on."""
         task = self.tasks[name]
         before = task.phase
-        if name in self._pending:
-            self._pending.remove(name)
-            task.withdrawn = True
+        self._withdraw(task)
         task.intended = "DELETED"
         if task.phase != before:
             self._task_change(task, before)
+
+    def _withdraw(self, task: TaskRecord) -> None:
+        """A task not yet assigned to a VM never will be."""
+        if task.name in self._pending:
+            self._pending.remove(task.name)
+            task.withdrawn = True
 
     def schedule(self) -> None:
         """Assign pending job tasks to VMs as parallelism and per-VM limits allow."""
