@@ -13,6 +13,8 @@ from typing import Protocol
 
 EXIT_CODE_UNKNOWN = -1
 """`ExitResult.exit_code` when the real exit status could not be learnt (see `reason`)."""
+EXIT_CODE_NOT_STARTED = -2
+"""`ExitResult.exit_code` when the runnable could not be started at all (see `reason`)."""
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,8 @@ class ExitResult:
     """How a runnable ended, or why it never started.
 
     `exit_code` is 0..255 for a normal exit and 128+signo for a death by signal (like a shell);
-    126/127 when the program could not be executed; `EXIT_CODE_UNKNOWN` when the status was lost.
+    126/127 when the program could not be executed; `EXIT_CODE_UNKNOWN` when the status was lost;
+    `EXIT_CODE_NOT_STARTED` when it never started.
     `signal` is the signal that killed it, when known. `reason` is set when the runnable could
     not start or did not exit normally, in words fit for a log line or a status event.
     """
@@ -33,6 +36,16 @@ class ExitResult:
     def ok(self) -> bool:
         """True iff the runnable exited 0."""
         return self.exit_code == 0
+
+    @property
+    def started(self) -> bool:
+        """False when the runnable never started (an image pull failed, say)."""
+        return self.exit_code != EXIT_CODE_NOT_STARTED
+
+    @classmethod
+    def not_started(cls, reason: str) -> ExitResult:
+        """The runnable could not be started, for `reason`; the task layer decides the code."""
+        return cls(exit_code=EXIT_CODE_NOT_STARTED, reason=reason)
 
     @classmethod
     def from_shell_status(cls, status: int) -> ExitResult:

@@ -247,10 +247,11 @@ class TaskRun:
         await self._context.persist(self.record)
         started = await self._launcher.start(runnable, program)
         if isinstance(started, ExitResult):
-            self.record.runnables[k].exit_code = started.exit_code
+            code = started.exit_code if started.started else ExitCode.AGENT_FAILURE
+            self.record.runnables[k].exit_code = code
             await self._context.persist(self.record)
-            reason = started.reason or f"exit code {started.exit_code}"
-            return ExitResult(started.exit_code, reason=events.cannot_start(k, reason))
+            reason = started.reason or f"exit code {code}"
+            return ExitResult(code, reason=events.cannot_start(k, reason))
         if isinstance(started, ScriptExecution):
             # Saved with the next save: a restarted agent finds the waiter by its command line.
             self.record.runnables[k].pid = started.pid
