@@ -6,7 +6,13 @@ from datetime import timedelta
 
 import pytest
 
-from batch_agent.tasks.plan import PlanError, RunnablePlan, make_plan, task_index
+from batch_agent.tasks.plan import (
+    BarrierSpec,
+    PlanError,
+    RunnablePlan,
+    ScriptSpec,
+    make_plan,
+)
 from batch_agent.tasks.runner import next_runnable
 from batch_agent.wire import AgentTask
 
@@ -35,7 +41,7 @@ def test_spec_runnables_win_and_agent_spec_gives_the_user():
     )
     assert [r.label for r in plan.runnables] == ["first", "runnables[1]"]
     assert plan.runnables[0].timeout == timedelta(seconds=2)
-    assert plan.runnables[1].barrier == "b"
+    assert plan.runnables[1].action == BarrierSpec("b")
     assert plan.variables == {"A": "1"}
     assert plan.max_run_duration == timedelta(seconds=60)
     assert plan.user == (1000, 1000)
@@ -51,7 +57,7 @@ def test_agent_task_spec_alone_is_enough():
             "maxRunDuration": "5s",
         }
     )
-    assert plan.runnables[0].script_path == "/bin/true"
+    assert plan.runnables[0].action == ScriptSpec(path="/bin/true")
     assert plan.runnables[0].always_run
     assert plan.variables == {"B": "2"}
 
@@ -98,14 +104,28 @@ def test_all_problems_are_reported_at_once():
     assert len(caught.value.problems) == 2
 
 
-def test_task_index_comes_from_the_name():
-    assert task_index(NAME) == 7
-    assert task_index("projects/1/locations/r/jobs/j/taskGroups/g/tasks/12/attempts/1") == 12
-    assert task_index("no-index") is None
+def test_index_and_attempt_come_from_the_name():
+    """The documented agent form gives BATCH_TASK_INDEX and BATCH_TASK_RETRY_ATTEMPT."""
+    plan = make_plan(
+        AgentTask.model_validate(
+            {"task": "task/j-1-2-group0-4/3/0", "spec": {"runnables": [{"script": {"text": "x"}}]}}
+        )
+    )
+    assert (plan.task_index, plan.retry_attempt) == (4, 3)
+
+
+def test_a_secret_manager_registry_password_is_refused_by_name():
+    """Container credentials from Secret Manager fail the task naming the field, for now."""
+    secret = "projects/p/secrets/s/versions/1"
+    with pytest.raises(PlanError) as caught:
+        plan_of(spec={"runnables": [{"container": {"imageUri": "i", "password": secret}}]})
+    assert caught.value.problems == [
+        f"runnables[0].container.password: Secret Manager paths are not supported yet ({secret})"
+    ]
 
 
 def r(index, *, always_run=False):
-    return RunnablePlan(index=index, script_text="x", always_run=always_run)
+    return RunnablePlan(index=index, action=ScriptSpec(text="x"), always_run=always_run)
 
 
 SEQ = (r(1), r(2), r(3, always_run=True), r(4))

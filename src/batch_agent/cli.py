@@ -16,7 +16,7 @@ from pathlib import Path
 
 from batch_agent import __version__
 
-EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 
 log = logging.getLogger("batch_agent")
 
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from batch_agent.agent import Agent, Unreachable
     from batch_agent.config import ConfigError, load_config
+    from batch_agent.reporter import Rejected, Reporter, Unreachable
 
     try:
         config = load_config(
@@ -78,12 +78,15 @@ def _run(args: argparse.Namespace) -> int:
         for signo in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signo, stop.set)
         try:
-            outcome = await Agent(config, stop=stop).run(once=args.once)
+            outcome = await Reporter(config, stop=stop).run(once=args.once)
         except Unreachable as error:
             if stop.is_set():  # told to stop while still looking for the servers
                 return EXIT_OK
             log.error("control plane unreachable: %s", error)
             return EXIT_UNREACHABLE
+        except Rejected as error:
+            log.error("control plane rejected the report, not retrying: %s", error)
+            return EXIT_REJECTED
         if args.once and outcome.failed:
             return EXIT_TASK_FAILED
         return EXIT_OK

@@ -9,9 +9,12 @@ metadata call BLOCKS and belongs in a worker thread when called from the event l
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -248,3 +251,22 @@ def _unquote(raw: str) -> str:
         else:
             out.append(char)
     return raw if quote else "".join(out)
+
+
+def watch_preemption(server: MetadataServer, on_notice: Callable[[], None]) -> None:
+    """Long-poll `instance/preempted` in a daemon thread (it must not delay the agent's exit);
+    call `on_notice` (from that thread) once, when it turns TRUE."""
+
+    def watch() -> None:
+        while True:
+            try:
+                value = server.wait_for_change("instance/preempted", timeout=timedelta(seconds=60))
+            except MetadataError as error:
+                log.warning("preemption watch: %s", error)
+                time.sleep(5)
+                continue
+            if value is not None and value.strip().upper() == "TRUE":
+                on_notice()
+                return
+
+    threading.Thread(target=watch, name="preemption-watch", daemon=True).start()

@@ -55,6 +55,12 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def parse_time(value: str) -> datetime:
+    """RFC 3339 (`Z` or an offset; naive taken as UTC) -> an aware datetime; ValueError if not."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def _quote(value: object) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
@@ -84,11 +90,9 @@ def _to_time(value: object) -> datetime:
         return value
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parse_time(value)
         except ValueError:
             pass
-        else:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     raise PydanticCustomError("time", f"{_quote(value)} is not an RFC 3339 time")
 
 

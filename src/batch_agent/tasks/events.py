@@ -70,6 +70,7 @@ def cannot_start(index: int, reason: str) -> str:
 
 
 PREEMPTED = "the VM was preempted"
+INTERNAL_ERROR = "an internal error of the agent"
 VM_REBOOTED = "the VM rebooted during the task"
 
 

@@ -77,6 +77,15 @@ def _signal_name(signo: int) -> str:
         return f"signal {signo}"
 
 
+@dataclass(frozen=True)
+class Handle:
+    """What must be persisted to find a started runnable again."""
+
+    container: bool = False  # found again by its labels
+    pid: int | None = None  # a script's waiter
+    start_time: int | None = None  # /proc start time: tells a live pid from a recycled one
+
+
 class Execution(Protocol):
     """A started runnable."""
 

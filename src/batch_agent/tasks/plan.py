@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from batch_agent.names import parse_task_name
 from batch_agent.wire import (
     AgentContainer,
     AgentTask,
@@ -21,8 +22,8 @@ from batch_agent.wire import (
     format_duration,
 )
 
-_TASK_INDEX = re.compile(r"/tasks/(\d+)(?:/|$)")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_PATH = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -41,22 +42,33 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class ScriptSpec:
+    """A script runnable: its `text`, or the `path` of a file on the VM (exactly one is set)."""
+
+    text: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class BarrierSpec:
+    """A barrier: the task waits until every task of its group has reached it."""
+
+    name: str = ""
+
+
+Action = ScriptSpec | ContainerSpec | BarrierSpec
+
+
+@dataclass(frozen=True)
 class RunnablePlan:
     index: int  # 1-based, as AgentTaskInfo.runnable counts
-    script_text: str | None = None
-    script_path: str | None = None
-    container: ContainerSpec | None = None
-    barrier: str | None = None  # the barrier's name ("" if unnamed) when this is a barrier
+    action: Action
     display_name: str | None = None
     ignore_exit_status: bool = False
     background: bool = False
     always_run: bool = False
     timeout: timedelta | None = None
     variables: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def is_barrier(self) -> bool:
-        return self.barrier is not None
 
     @property
     def label(self) -> str:
@@ -71,7 +83,8 @@ class TaskPlan:
     variables: dict[str, str] = field(default_factory=dict)
     max_run_duration: timedelta | None = None
     user: tuple[int, int] | None = None
-    task_index: int | None = None
+    task_index: int | None = None  # BATCH_TASK_INDEX, from the task's name
+    retry_attempt: int | None = None  # BATCH_TASK_RETRY_ATTEMPT, when the name says
     # Task volumes as `docker run --volume` mounts, for containers that name none.
     volumes: tuple[str, ...] = ()
 
@@ -98,24 +111,20 @@ def make_plan(task: AgentTask) -> TaskPlan:
     if not raw:
         problems.append("runnables: a task needs at least one runnable")
     runnables = tuple(_runnable(i, r, problems) for i, r in enumerate(raw))
+    name = parse_task_name(task.task)
     plan = TaskPlan(
         task_id=task.task,
         runnables=runnables,
         variables=_task_variables(spec, agent_spec, problems),
         max_run_duration=_max_run_duration(spec, agent_spec, problems),
         user=_user(agent_spec, problems),
-        task_index=task_index(task.task),
+        task_index=name.index,
+        retry_attempt=name.attempt,
         volumes=_volumes(spec),
     )
     if problems:
         raise PlanError(problems)
     return plan
-
-
-def task_index(name: str) -> int | None:
-    """`.../tasks/3` -> 3, the value of BATCH_TASK_INDEX."""
-    match = _TASK_INDEX.search(name)
-    return int(match.group(1)) if match else None
 
 
 def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> RunnablePlan:
@@ -130,26 +139,23 @@ def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> R
         problems.append(f"{where}: needs one of script, container or barrier")
     elif len(kinds) > 1:
         problems.append(f"{where}: has both {kinds[0]} and {kinds[1]}; give only one")
-    text = path = None
-    container = None
+    action: Action = BarrierSpec((barrier.name or "") if barrier is not None else "")
     if r.script is not None:
         text, path = r.script.text, r.script.path
         if not text and not path:
             problems.append(f'{where}.script: needs "text" or "path"')
         elif text and path:
             problems.append(f'{where}.script: has both "text" and "path"; give only one')
+        action = ScriptSpec(text=text or None, path=path or None)
     if r.container is not None:
-        container = _container(r.container, where, problems)
+        action = _container(r.container, where, problems) or action
     if r.timeout is not None and r.timeout <= timedelta(0):
         problems.append(f"{where}.timeout: {format_duration(r.timeout)} is not positive")
     variables = _variables(r.environment.variables if r.environment else {}, where, problems)
     _unsupported_secrets(r.environment, where, problems)
     return RunnablePlan(
         index=i + 1,
-        script_text=text,
-        script_path=path,
-        container=container,
-        barrier=(barrier.name or "") if barrier is not None else None,
+        action=action,
         display_name=r.display_name if isinstance(r, Runnable) else None,
         ignore_exit_status=r.ignore_exit_status,
         background=r.background,
@@ -166,6 +172,12 @@ def _container(
         problems.append(f'{where}.container: needs "imageUri"')
         return None
     full = c if isinstance(c, Container) else None
+    for name in ("username", "password"):
+        value = getattr(full, name, None) if full else None
+        if value and _SECRET_PATH.match(value):
+            problems.append(
+                f"{where}.container.{name}: Secret Manager paths are not supported yet ({value})"
+            )
     return ContainerSpec(
         image_uri=c.image_uri,
         commands=tuple(c.commands),

@@ -1,8 +1,8 @@
 """What the agent knows about one task: the durable record the store keeps and reports show.
 
-A TaskRecord is plain data with a JSON form; it changes state only through
-`TaskRecord.transition`, which also appends the StatusEvent, so a state and its event never
-disagree. Persisting and reporting are the caller's (runner.TaskRun) business.
+A TaskRecord is plain data with a JSON form. `TaskRecord.transition` checks the edge against
+`EDGES` and appends the StatusEvent with the state, so a state and its event never disagree;
+it is called only by the task set's `transition`, which also persists and asks for a report.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from batch_agent.tasks import events
+from batch_agent.tasks.execution import Handle
 from batch_agent.wire import (
     AgentTaskInfo,
     StatusEvent,
@@ -21,6 +22,18 @@ from batch_agent.wire import (
     TaskStatus,
     format_time,
 )
+
+EDGES: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.ASSIGNED: frozenset({TaskState.RUNNING, TaskState.FAILED}),
+    TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.FAILED}),
+    TaskState.SUCCEEDED: frozenset(),
+    TaskState.FAILED: frozenset(),
+}
+"""The task states an agent may move a task between (a failure may come before the start)."""
+
+
+class IllegalTransition(ValueError):
+    """A state change that `EDGES` does not allow: a bug in the agent, never the user's."""
 
 
 @dataclass
@@ -33,6 +46,13 @@ class RunnableRecord:
     exit_code: int | None = None
     stdout_offset: int = 0
     stderr_offset: int = 0
+
+    def handle(self) -> Handle:
+        return Handle(container=self.container, pid=self.pid, start_time=self.start_time)
+
+    def adopt(self, handle: Handle) -> None:
+        """Keep what a restarted agent needs to find the runnable again."""
+        self.container, self.pid, self.start_time = handle.container, handle.pid, handle.start_time
 
 
 @dataclass
@@ -55,9 +75,10 @@ class TaskRecord:
         exit_code: int | None = None,
         cause: str | None = None,
     ) -> None:
-        """Move to `new` and append its STATUS_CHANGED event; the only way state changes."""
-        if self.state.is_terminal:
-            raise ValueError(f"task {self.task_id} is {self.state}; it cannot become {new}")
+        """Move to `new` and append its STATUS_CHANGED event; raises IllegalTransition for an
+        edge `EDGES` does not allow (the record is then unchanged)."""
+        if new not in EDGES[self.state]:
+            raise IllegalTransition(f"task {self.task_id}: {self.state} -> {new} is not allowed")
         description = events.state_changed(
             self.state, new, where=where, exit_code=exit_code, cause=cause
         )

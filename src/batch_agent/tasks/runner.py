@@ -1,10 +1,20 @@
-"""TaskRun: drives one task's plan from ASSIGNED to SUCCEEDED or FAILED.
+"""TaskRun: one task's life, from ASSIGNED to SUCCEEDED or FAILED.
 
-Order, alwaysRun, ignoreExitStatus, background, barriers, timeouts, cancellation; every state
-change goes through `_transition`, which appends the event, persists, then asks for a report.
-It knows nothing of HTTP or the store's form: persistence and reporting are callbacks. After an
-agent restart the same code resumes from the record: finished runnables are not run again,
-started ones are reattached.
+Phases, in order: prestart hooks -> ASSIGNED -> RUNNING -> the runnables (order, alwaysRun,
+ignoreExitStatus, background, barriers, timeouts, cancellation) -> poststop hooks -> the
+terminal state. Each runnable runs through the driver of its kind (`driver.Driver`); the run
+never asks how. State changes go through the task set's `transition` (the `Lifecycle` given
+to the run); the run knows nothing of HTTP or of the store's form. After an agent restart the
+same code resumes from the record: finished runnables are not run again, started ones are
+recovered from their handle.
+
+What is saved when (each `persist` is one fsync; the in-process tests pin these down):
+- a state change or an event: at once, before it is reported (`transition`, `_event`);
+- a runnable's intent to start: before it starts, so a crash never leads to a second start;
+- a container's start and end: at once (it is found by labels, and removed after it ends);
+- a script's pid and exit code: with the next save; until then the waiter's command line and
+  its status file let a restarted agent find both;
+- output offsets: by the shipping tick, when they moved.
 """
 
 from __future__ import annotations
@@ -12,26 +22,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import pwd
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from batch_agent.tasks import events
+from batch_agent.tasks.driver import Driver, Finished
 from batch_agent.tasks.events import ExitCode
-from batch_agent.tasks.execution import Execution, ExitResult
-from batch_agent.tasks.launch import Launcher, task_dir
-from batch_agent.tasks.plan import RunnablePlan, TaskPlan
+from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
+from batch_agent.tasks.hooks import Hook
+from batch_agent.tasks.plan import BarrierSpec, RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
-from batch_agent.tasks.script import ScriptExecution
-from batch_agent.tasks.taskoutput import TaskOutput
-from batch_agent.wire import TaskState, format_duration
-
-if TYPE_CHECKING:
-    from batch_agent.tasks.container import ContainerEngine
+from batch_agent.tasks.taskoutput import Sink, TaskOutput
+from batch_agent.wire import TaskState, format_duration, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +44,32 @@ SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
 STOP_SLACK = timedelta(seconds=10)  # beyond the grace, how long a stop may take at most
 
 
-@dataclass
-class RunContext:
-    """What every task run of this agent shares."""
+class Lifecycle(Protocol):
+    """What a run needs from its task set."""
 
-    workdir: Path  # per-agent; each task gets a folder below it
-    where: str  # `zones/<zone>/instances/<id>`, for event wording
-    base_env: Mapping[str, str]
-    persist: Callable[[TaskRecord], Awaitable[None]]
-    notify: Callable[[], None]  # a state change happened: report early
-    # The Docker engine, made on first use (so that script-only VMs never load the SDK).
-    containers: Callable[[], ContainerEngine]
-    # Where runnables' output goes: (tag, "stdout" | "stderr", lines); may block briefly.
-    output: Callable[[str, str, Sequence[str]], None]
+    async def transition(
+        self,
+        record: TaskRecord,
+        new: TaskState,
+        *,
+        exit_code: int | None = None,
+        cause: str | None = None,
+    ) -> None:
+        """The only way a task's state changes: edge check, event, persist, report early."""
+        ...
+
+    async def persist(self, record: TaskRecord) -> None:
+        """Save the record (no state change); returns once it is on disk."""
+        ...
+
+    def notify(self) -> None:
+        """Something worth reporting happened: report early."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    output: Sink  # where runnables' output lines go
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
@@ -72,30 +90,41 @@ def next_runnable(
     return None
 
 
+def task_code(result: ExitResult) -> int:
+    """The task exit code for a runnable's result: 50000 when it has no code of its own."""
+    if not result.started or result.exit_code == EXIT_CODE_UNKNOWN:
+        return ExitCode.AGENT_FAILURE
+    return result.exit_code
+
+
 class TaskRun:
-    def __init__(self, record: TaskRecord, plan: TaskPlan, context: RunContext) -> None:
+    def __init__(
+        self,
+        record: TaskRecord,
+        plan: TaskPlan,
+        *,
+        lifecycle: Lifecycle,
+        drivers: Mapping[type, Driver],
+        hooks: Sequence[Hook],
+        folder: Path,
+        settings: RunSettings,
+    ) -> None:
         self.record = record
         self.plan = plan
-        self._context = context
-        self._dir = task_dir(context.workdir, record.task_id)
-        self._launcher = Launcher(
-            plan,
-            self._dir,
-            base_env=context.base_env,
-            containers=context.containers,
-            instance=context.where,
-            task_id=record.task_id,
-        )
+        self._lifecycle = lifecycle
+        self._drivers = drivers  # by the type of a runnable's action
+        self._hooks = hooks
+        self._settings = settings
         self._cancelled = asyncio.Event()
         self._barrier_moved = asyncio.Event()
         self._reached_barrier = 0
-        self._task_output = TaskOutput(self._dir, f"task {plan.task_index}", context.output)
+        self._task_output = TaskOutput(folder, f"task {plan.task_index}", settings.output)
         self._preempted = False
 
-    # -- commands from the agent --------------------------------------------------------------
+    # -- commands from the task set -----------------------------------------------------------
 
     def cancel(self) -> None:
-        """The server said CANCELLED: stop everything of the task, then report FAILED."""
+        """The server said CANCELLED (or DELETED): stop everything of the task, then FAILED."""
         self._cancelled.set()
 
     def preempted(self) -> None:
@@ -114,63 +143,68 @@ class TaskRun:
         processes running and the record as persisted, for the next agent to resume."""
         if self.record.state.is_terminal:
             return
-        self._dir.mkdir(parents=True, exist_ok=True)
-        if self._cancelled.is_set():
+        if self._cancelled.is_set() and self.record.state is TaskState.ASSIGNED:
             # ASSIGNED -> FAILED: cancelled before anything started
-            await self._transition(
-                TaskState.FAILED,
-                exit_code=ExitCode.AGENT_FAILURE,
-                cause=events.CANCELLED_BEFORE_START,
+            await self._transition_to_failed(
+                ExitResult(ExitCode.AGENT_FAILURE, reason=events.CANCELLED_BEFORE_START)
             )
             return
-        if self.record.state is TaskState.ASSIGNED:
-            problem = self._check_user()
+        for hook in self._hooks:
+            problem = await hook.prestart()
             if problem is not None:
-                # ASSIGNED -> FAILED: the user account cannot run anything here
-                await self._transition(
-                    TaskState.FAILED, exit_code=ExitCode.AGENT_FAILURE, cause=problem
-                )
+                # ASSIGNED (or RUNNING, on resume) -> FAILED: the task cannot run here
+                await self._poststop()
+                await self._transition_to_failed(ExitResult(ExitCode.AGENT_FAILURE, reason=problem))
                 return
-            await self._transition(TaskState.RUNNING)  # ASSIGNED -> RUNNING
+        if self.record.state is TaskState.ASSIGNED:
+            await self._lifecycle.transition(self.record, TaskState.RUNNING)
         shipping = asyncio.create_task(self._ship_continuously())
         try:
-            exit_code, cause = await self._run_sequence()
+            outcome = await self._run_sequence()
         finally:
             shipping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shipping
         await self._ship(final=True)
-        if any(r.container and r.container.block_external_network for r in self.plan.runnables):
-            await self._context.containers().remove_network(self._launcher.network)
-        if exit_code != 0 and self._preempted:
+        await self._poststop()
+        if not outcome.ok and self._preempted:
             # The VM is going away: the kills that follow are not the user's failure.
-            exit_code, cause = ExitCode.PREEMPTED, events.PREEMPTED
-        if exit_code == 0:
-            await self._transition(TaskState.SUCCEEDED, exit_code=0)  # RUNNING -> SUCCEEDED
+            outcome = ExitResult(ExitCode.PREEMPTED, reason=events.PREEMPTED)
+        if outcome.ok:
+            await self._lifecycle.transition(self.record, TaskState.SUCCEEDED, exit_code=0)
         else:
-            await self._transition(TaskState.FAILED, exit_code=exit_code, cause=cause)
+            await self._transition_to_failed(outcome)
 
-    async def _run_sequence(self) -> tuple[int, str | None]:
-        """Run runnables in order; returns the task's exit code and, for reserved codes, why."""
-        failure: tuple[int, str | None] | None = None
+    async def _transition_to_failed(self, outcome: ExitResult) -> None:
+        await self._lifecycle.transition(
+            self.record, TaskState.FAILED, exit_code=outcome.exit_code, cause=outcome.reason
+        )
+
+    async def _poststop(self) -> None:
+        for hook in reversed(self._hooks):
+            await hook.poststop()
+
+    async def _run_sequence(self) -> ExitResult:
+        """Run runnables in order; the task's outcome (`reason`: why, for reserved codes)."""
+        failure: ExitResult | None = None
         background: list[tuple[RunnablePlan, asyncio.Future[ExitResult], Execution]] = []
         position = 0
         while True:
             expired = self._remaining() == timedelta(0)
             if expired and failure is None:
-                failure = (ExitCode.TIMED_OUT, self._max_run_cause())
+                failure = ExitResult(ExitCode.TIMED_OUT, reason=self._max_run_cause())
             runnable = next_runnable(
                 self.plan.runnables, position, failed=failure is not None, expired=expired
             )
             if runnable is None or self._cancelled.is_set():
                 break
             position = runnable.index
-            if runnable.is_barrier:
+            if isinstance(runnable.action, BarrierSpec):
                 await self._wait_barrier(runnable)
                 continue
             started = await self._start(runnable)
             if isinstance(started, ExitResult):
-                failure = failure or (ExitCode.AGENT_FAILURE, started.reason)
+                failure = failure or started
                 continue
             if runnable.background:
                 background.append((runnable, asyncio.ensure_future(started.wait()), started))
@@ -182,7 +216,7 @@ class TaskRun:
         # only when nothing else did (our choice; Batch does not say).
         background_failure = next(
             (
-                (done.result().exit_code, None)
+                ExitResult(task_code(done.result()))
                 for runnable, done, _ in background
                 if done.done() and not done.result().ok and not runnable.ignore_exit_status
             ),
@@ -193,14 +227,12 @@ class TaskRun:
             await self._finished(runnable, await done)
         if self._cancelled.is_set():
             if not stopped:
-                return ExitCode.NOT_CANCELLABLE, events.NOT_CANCELLABLE
-            code = failure[0] if failure else ExitCode.AGENT_FAILURE
-            return code, events.CANCELLED
-        return failure or background_failure or (0, None)
+                return ExitResult(ExitCode.NOT_CANCELLABLE, reason=events.NOT_CANCELLABLE)
+            code = failure.exit_code if failure else ExitCode.AGENT_FAILURE
+            return ExitResult(code, reason=events.CANCELLED)
+        return failure or background_failure or ExitResult(0)
 
-    async def _wait(
-        self, runnable: RunnablePlan, execution: Execution
-    ) -> tuple[int, str | None] | None:
+    async def _wait(self, runnable: RunnablePlan, execution: Execution) -> ExitResult | None:
         """Wait for a foreground runnable, enforcing its timeout, maxRunDuration and cancel.
         Returns the failure it caused, if any."""
         limit, cause = self._limit(runnable)
@@ -215,69 +247,70 @@ class TaskRun:
             stopped = await self._stop(execution)
             if not stopped:
                 waiting.cancel()
-                return ExitCode.NOT_CANCELLABLE, events.NOT_CANCELLABLE
+                return ExitResult(ExitCode.NOT_CANCELLABLE, reason=events.NOT_CANCELLABLE)
             result = await waiting
             await self._finished(runnable, result)
             if self._cancelled.is_set():
-                return result.exit_code, events.CANCELLED
+                return ExitResult(task_code(result), reason=events.CANCELLED)
             log.info("task %s: %s timed out (%s)", self.record.task_id, runnable.label, cause)
-            return ExitCode.TIMED_OUT, cause
+            return ExitResult(ExitCode.TIMED_OUT, reason=cause)
         result = waiting.result()
         await self._finished(runnable, result)
         if result.ok or runnable.ignore_exit_status:
             return None
-        return result.exit_code, None
+        return ExitResult(task_code(result), reason=_lost(result))
 
     async def _start(self, runnable: RunnablePlan) -> Execution | ExitResult:
-        """Start (or, after an agent restart, find again) one script or container runnable."""
+        """Start (or, after an agent restart, recover) one runnable through its driver; an
+        ExitResult (with the task's code and the event's cause) when it could not start."""
         k = runnable.index
+        driver = self._drivers[type(runnable.action)]
         known = self.record.runnables.get(k)
         if known is not None:
             log.info("task %s: reattaching to %s", self.record.task_id, runnable.label)
-            return await self._launcher.find(runnable, known)
-        program: Path | None = None
-        if runnable.container is None:
-            checked = self._launcher.program(runnable)
-            if isinstance(checked, ExitResult):
-                return checked
-            program = checked
-        # Persist the intent first: a crash after the spawn must never lead to a second spawn.
-        self.record.runnables[k] = RunnableRecord(container=runnable.container is not None)
+            if known.exit_code is not None:  # ended and recorded before a restart
+                return Finished(ExitResult(known.exit_code))
+            found = await driver.recover(runnable, known.handle())
+            if isinstance(found, ExitResult):
+                return ExitResult(task_code(found), reason=found.reason)
+            return found
+        prepared = driver.prepare(runnable)
+        if isinstance(prepared, ExitResult):
+            return self._cannot_start(k, prepared)
+        # Persist the intent first: a crash after the start must never lead to a second start.
+        self.record.runnables[k] = RunnableRecord()
+        self.record.runnables[k].adopt(prepared.handle)
         self.record.runnable = max(self.record.runnable, k)
-        await self._context.persist(self.record)
-        started = await self._launcher.start(runnable, program)
+        await self._lifecycle.persist(self.record)
+        started = await prepared.start()
         if isinstance(started, ExitResult):
-            code = started.exit_code if started.started else ExitCode.AGENT_FAILURE
-            self.record.runnables[k].exit_code = code
-            await self._context.persist(self.record)
-            reason = started.reason or f"exit code {code}"
-            return ExitResult(code, reason=events.cannot_start(k, reason))
-        if isinstance(started, ScriptExecution):
-            # Saved with the next save: a restarted agent finds the waiter by its command line.
-            self.record.runnables[k].pid = started.pid
-            self.record.runnables[k].start_time = started.start_time
+            self.record.runnables[k].exit_code = task_code(started)
+            await self._lifecycle.persist(self.record)
+            return self._cannot_start(k, started)
+        self.record.runnables[k].adopt(started.handle)  # a script's pid: saved with the next save
         if runnable.display_name:
-            self.record.add_event(events.runnable_started(runnable.display_name), at=self._now())
-        if runnable.display_name or not isinstance(started, ScriptExecution):
-            await self._context.persist(self.record)  # an event, or a container's start
-        self._context.notify()
+            await self._event(events.runnable_started(runnable.display_name))
+        elif started.handle.container:
+            await self._lifecycle.persist(self.record)
+        self._lifecycle.notify()
         log.info("task %s: started %s", self.record.task_id, runnable.label)
-        return started
+        return started.execution
+
+    def _cannot_start(self, k: int, result: ExitResult) -> ExitResult:
+        code = task_code(result)
+        return ExitResult(code, reason=events.cannot_start(k, result.reason or f"exit code {code}"))
 
     async def _finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
         record = self.record.runnables.setdefault(runnable.index, RunnableRecord())
         if record.exit_code is not None:
             return  # recorded before an agent restart
-        record.exit_code = result.exit_code
+        record.exit_code = task_code(result)
         await self._ship(final=True, only=runnable.index)
         if runnable.display_name:
-            description = events.runnable_finished(runnable.display_name, result.exit_code)
-            self.record.add_event(description, at=self._now())
-        if record.container:
-            await self._context.persist(self.record)  # the container is removed after this
-        # A script's result is not saved here: the waiter's status file holds it until the next
-        # save (the next runnable's start, or the task's end) carries it. One fsync less each.
-        self._context.notify()
+            await self._event(events.runnable_finished(runnable.display_name, record.exit_code))
+        elif record.container:
+            await self._lifecycle.persist(self.record)  # the container is removed after this
+        self._lifecycle.notify()
         log.info(
             "task %s: %s exited %d%s",
             self.record.task_id,
@@ -290,10 +323,12 @@ class TaskRun:
         """Report `runnable = k` and wait for `reachedBarrier >= k`, cancel or the deadline."""
         k = runnable.index
         self.record.runnable = max(self.record.runnable, k)
+        assert isinstance(runnable.action, BarrierSpec)
         if runnable.display_name:
-            self.record.add_event(events.barrier_reached(runnable.display_name), at=self._now())
-        await self._context.persist(self.record)
-        self._context.notify()
+            await self._event(events.barrier_reached(runnable.display_name))
+        else:
+            await self._lifecycle.persist(self.record)
+        self._lifecycle.notify()
         while self._reached_barrier < k and not self._cancelled.is_set():
             remaining = self._remaining()
             if remaining == timedelta(0):
@@ -314,7 +349,7 @@ class TaskRun:
         """Stop one execution; False if it could not be stopped. The executions bound their
         own wait after SIGKILL; STOP_SLACK only catches a stop that hangs altogether (an engine
         that never answers)."""
-        grace = self._context.kill_grace
+        grace = self._settings.kill_grace
         try:
             return await asyncio.wait_for(
                 execution.stop(grace), (grace + 2 * STOP_SLACK).total_seconds()
@@ -332,8 +367,8 @@ class TaskRun:
         """Time left of maxRunDuration, counted from the persisted start (restarts don't reset)."""
         if self.plan.max_run_duration is None or self.record.started_at is None:
             return None
-        started = datetime.fromisoformat(self.record.started_at.replace("Z", "+00:00"))
-        left = started + self.plan.max_run_duration - self._context.now()
+        started = parse_time(self.record.started_at)
+        left = started + self.plan.max_run_duration - self._settings.now()
         return max(left, timedelta(0))
 
     def _max_run_cause(self) -> str:
@@ -365,7 +400,7 @@ class TaskRun:
             offsets = self._offsets()
             if offsets != shipped:
                 shipped = offsets
-                await self._context.persist(self.record)
+                await self._lifecycle.persist(self.record)
 
     def _offsets(self) -> list[tuple[int, int]]:
         return [(r.stdout_offset, r.stderr_offset) for r in self.record.runnables.values()]
@@ -380,34 +415,16 @@ class TaskRun:
         custom = await asyncio.to_thread(self._task_output.ship, chosen, final=final)
         if custom:
             for description in custom:
-                self.record.add_event(description, at=self._now())
-            await self._context.persist(self.record)
-            self._context.notify()
+                self.record.add_event(description, at=self._settings.now())
+            await self._lifecycle.persist(self.record)
+            self._lifecycle.notify()
 
-    # -- helpers ------------------------------------------------------------------------------
+    async def _event(self, description: str) -> None:
+        """An informational event: saved at once, like a state change."""
+        self.record.add_event(description, at=self._settings.now())
+        await self._lifecycle.persist(self.record)
 
-    async def _transition(
-        self, new: TaskState, *, exit_code: int | None = None, cause: str | None = None
-    ) -> None:
-        """The one way a run changes task state: event, persist, then ask for a report."""
-        self.record.transition(
-            new, at=self._context.now(), where=self._context.where, exit_code=exit_code, cause=cause
-        )
-        await self._context.persist(self.record)
-        log.info("task %s: %s", self.record.task_id, self.record.events[-1]["description"])
-        self._context.notify()
 
-    def _now(self) -> datetime:
-        return self._context.now()
-
-    def _check_user(self) -> str | None:
-        """Why the task's userAccount cannot run here, or None; gives it the task folder."""
-        if self.plan.user is None:
-            return None
-        uid, gid = self.plan.user
-        try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            return f"userAccount: uid {uid} does not exist on this VM"
-        os.chown(self._dir, uid, gid)
-        return None
+def _lost(result: ExitResult) -> str | None:
+    """The cause to name when a runnable's own status was lost (its code becomes 50000)."""
+    return result.reason if result.exit_code == EXIT_CODE_UNKNOWN else None

@@ -1,0 +1,268 @@
+"""The report loop, a checklist: wait for the cadence -> report the snapshot -> apply the answer.
+
+Wires control (the Batch API), vm (facts about this machine, the preemption watch), the
+store and the task set. Cadence: `defaultReportInterval` between idle reports, an early report
+after a task changed, never two reports closer than `minReportInterval` (counted from the
+previous answer). A failed call is retried with capped, jittered backoff (at least the
+server's Retry-After) while tasks keep running; a call the server rejects for good (a 400,
+say) ends the loop with `Rejected`, and so does `--once` after `unreachable_timeout` without
+an answer (`Unreachable`). Blocking calls run in worker threads; the loop itself never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from batch_agent import __version__
+from batch_agent.config import Config
+from batch_agent.control import Backoff, ControlPlane, ControlPlaneError
+from batch_agent.outputlog import OutputLog
+from batch_agent.store import TaskStore
+from batch_agent.tasks.env import base_environment
+from batch_agent.tasks.taskset import TaskSet, TaskSettings
+from batch_agent.vm import (
+    MetadataError,
+    MetadataServer,
+    VmIdentity,
+    collect_metadata,
+    read_boot_time,
+    read_identity,
+    read_os_release,
+    watch_preemption,
+)
+from batch_agent.wire import (
+    AgentInfo,
+    AgentMetadata,
+    AgentState,
+    AgentTimingInfo,
+    ReportAgentStateRequest,
+    ReportAgentStateResponse,
+    format_time,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Unreachable(Exception):
+    """The control plane (or metadata server) could not be reached within the budget."""
+
+
+class Rejected(Exception):
+    """The control plane refused a report for good (not worth retrying): the loop ends."""
+
+
+@dataclass
+class Outcome:
+    """How `run --once` ended."""
+
+    failed: bool
+
+
+class Reporter:
+    def __init__(self, config: Config, *, stop: asyncio.Event) -> None:
+        self._config = config
+        self._stop = stop
+        self._control = ControlPlane(
+            config.endpoint,
+            timeout=config.request_timeout,
+            application_default=config.credentials_file is not None,
+            metadata_host=config.metadata_host,
+        )
+        self._metadata = MetadataServer(config.metadata_host)
+        self._store = TaskStore(config.state_dir / "state.db")
+        self._tasks: TaskSet | None = None
+        self._changed = asyncio.Event()  # a task changed: report early
+        self._changed.set()  # the first report is due at once
+        self._urgent = asyncio.Event()  # report now, even before minReportInterval
+        self._default_interval = config.default_report_interval
+        self._min_interval = config.min_report_interval
+        self._started = datetime.now(UTC)
+        self._last_success = self._started
+        self._state = AgentState.AGENT_STARTING
+        self._identity: VmIdentity | None = None
+        self._static: AgentMetadata | None = None
+        self._boot_time = self._started
+        self._last_report = float("-inf")  # loop time of the last answer (or failure)
+
+    async def run(self, *, once: bool = False) -> Outcome:
+        """Report until stopped (or, with once, until every task received has ended and its
+        final state was reported). Raises Unreachable or Rejected as the class docs say."""
+        try:
+            tasks = await self._start_up(once=once)
+            while not self._stop.is_set():
+                if await self._wait_for_cadence():
+                    break
+                all_done_before = tasks.all_done()
+                response = await self._report_with_retries(once=once)
+                if response is None:  # stopped while retrying
+                    break
+                new = await tasks.apply(response.tasks)
+                if once and all_done_before and not new and tasks.all_done():
+                    break
+            return Outcome(failed=tasks.any_failed())
+        finally:
+            await self._shut_down()
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    async def _start_up(self, *, once: bool) -> TaskSet:
+        self._identity = identity = await self._metadata_read(
+            lambda: read_identity(self._metadata), once=once
+        )
+        os_release = read_os_release(self._config.os_release)
+        self._static = await self._metadata_read(
+            lambda: collect_metadata(self._metadata, version=__version__, os_release=os_release),
+            once=once,
+        )
+        self._boot_time = read_boot_time(self._config.proc_stat)
+        recorded_boot = self._store.fact("boot_time")
+        settings = TaskSettings(
+            workdir=self._config.state_dir / "tasks",
+            where=f"zones/{identity.zone}/instances/{identity.instance_id}",
+            base_env=base_environment(self._config.environ),
+            output=OutputLog(self._config.log_format).write,
+            docker_host=self._config.docker_host,
+            kill_grace=self._config.kill_grace,
+        )
+        self._tasks = TaskSet(self._store, settings, on_change=self._changed.set)
+        rebooted = recorded_boot is not None and recorded_boot != format_time(self._boot_time)
+        await self._tasks.resume(rebooted=rebooted)
+        await self._store.set_fact("boot_time", format_time(self._boot_time))
+        loop = asyncio.get_running_loop()
+
+        def on_notice() -> None:  # called from the watch's thread
+            loop.call_soon_threadsafe(self._on_preempted)
+
+        watch_preemption(self._metadata, on_notice)
+        return self._tasks
+
+    async def _wait_for_cadence(self) -> bool:
+        """Wait until the next report is due; True if told to stop meanwhile."""
+        if not self._changed.is_set() and not self._urgent.is_set():
+            await self._sleep(self._default_interval.total_seconds(), wake=self._changed)
+        if not self._urgent.is_set() and await self._sleep(self._until_min_interval()):
+            return True
+        self._urgent.clear()
+        self._changed.clear()
+        return self._stop.is_set()
+
+    async def _report_with_retries(self, *, once: bool) -> ReportAgentStateResponse | None:
+        """One report, retried until it is answered; None if stopped meanwhile."""
+        backoff = Backoff()
+        last_success = self._last_success
+        while True:
+            try:
+                response = await self._report(self._state)
+            except ControlPlaneError as error:
+                if not error.retryable:
+                    raise Rejected(str(error)) from error
+                if once and datetime.now(UTC) - last_success > self._config.unreachable_timeout:
+                    raise Unreachable(str(error)) from error
+                delay = max(
+                    backoff.next_delay(), getattr(error, "retry_after", None) or timedelta(0)
+                )
+                log.warning("report failed (%s); retrying in %.1fs", error, delay.total_seconds())
+                if await self._sleep(delay.total_seconds()):
+                    return None
+                continue
+            self._last_success = datetime.now(UTC)
+            self._state = AgentState.AGENT_RUNNING
+            return response
+
+    async def _report(self, state: AgentState) -> ReportAgentStateResponse:
+        assert self._identity is not None
+        request = self._request(state)
+        try:
+            response = await asyncio.to_thread(self._control.report, self._identity.parent, request)
+        finally:
+            # Counted from the answer, so the server never sees two reports closer than the
+            # minimum, whatever the latency.
+            self._last_report = asyncio.get_running_loop().time()
+        if response.default_report_interval is not None:
+            self._default_interval = max(response.default_report_interval, timedelta(0))
+        if response.min_report_interval is not None:
+            self._min_interval = max(response.min_report_interval, timedelta(0))
+        return response
+
+    def _request(self, state: AgentState) -> ReportAgentStateRequest:
+        tasks = self._tasks
+        job_id, group_id = tasks.job_and_group() if tasks is not None else (None, None)
+        return ReportAgentStateRequest(
+            agent_info=AgentInfo(
+                state=state,
+                report_time=datetime.now(UTC),
+                job_id=job_id,
+                task_group_id=group_id,
+                tasks=tasks.snapshot() if tasks is not None else [],
+            ),
+            agent_timing_info=AgentTimingInfo(
+                boot_time=self._boot_time,
+                agent_startup_time=self._started,
+                script_startup_time=self._config.script_startup_time,
+            ),
+            metadata=self._static,
+        )
+
+    async def _shut_down(self) -> None:
+        """Leave tasks running (they outlive the agent), send AGENT_STOPPED once, close."""
+        if self._tasks is not None:
+            await self._tasks.close()
+        if self._identity is not None and self._state is not AgentState.AGENT_STARTING:
+            try:
+                await asyncio.sleep(min(self._until_min_interval(), 2.0))
+                await asyncio.wait_for(self._report(AgentState.AGENT_STOPPED), timeout=5)
+            except (ControlPlaneError, TimeoutError) as error:
+                log.warning("last report (AGENT_STOPPED) failed: %s", error)
+        self._control.close()
+        self._store.close()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _on_preempted(self) -> None:
+        log.warning("preemption notice received: this VM is going away")
+        if self._static is not None:
+            self._static = self._static.model_copy(
+                update={"instance_preemption_notice_received": True}
+            )
+        if self._tasks is not None:
+            self._tasks.preempted()
+        self._urgent.set()
+        self._changed.set()
+
+    def _until_min_interval(self) -> float:
+        """Seconds to wait so that no report follows the last sooner than minReportInterval."""
+        elapsed = asyncio.get_running_loop().time() - self._last_report
+        return max(self._min_interval.total_seconds() - elapsed, 0.0)
+
+    async def _metadata_read(self, call: Callable[[], T], *, once: bool) -> T:
+        """Retry a blocking metadata read with backoff; --once gives up after the budget."""
+        backoff = Backoff()
+        began = datetime.now(UTC)
+        while True:
+            try:
+                return await asyncio.to_thread(call)
+            except MetadataError as error:
+                if once and datetime.now(UTC) - began > self._config.unreachable_timeout:
+                    raise Unreachable(f"metadata server: {error}") from error
+                delay = backoff.next_delay()
+                log.warning("metadata server: %s; retrying in %.1fs", error, delay.total_seconds())
+                if await self._sleep(delay.total_seconds()):
+                    raise Unreachable("stopped while waiting for the metadata server") from error
+
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
+        """Sleep, waking early on stop (returns True) or on `wake`."""
+        waits = [asyncio.ensure_future(self._stop.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=max(seconds, 0), return_when="FIRST_COMPLETED")
+        finally:
+            for w in waits:
+                w.cancel()
+        return self._stop.is_set()

@@ -1,0 +1,91 @@
+"""The contract between a task run and the ways a runnable can run (script, container).
+
+A driver turns a runnable into an Execution in two steps, so that the run can persist its
+intent between them: `prepare` (checks and local set-up; nothing runs yet) and
+`Prepared.start`. What a restarted agent needs to find the runnable again is its `Handle`,
+which the run stores in the runnable's record; `recover(handle)` finds it again. Drivers never
+raise for a runnable that cannot run: an ExitResult says why. They know nothing of task
+states, events, persistence or Batch's reserved exit codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from batch_agent.tasks.execution import Execution, ExitResult, Handle
+from batch_agent.tasks.plan import RunnablePlan, TaskPlan
+from batch_agent.tasks.taskoutput import output_path
+
+
+@dataclass(frozen=True)
+class Started:
+    execution: Execution
+    handle: Handle
+
+
+class Prepared(Protocol):
+    @property
+    def handle(self) -> Handle:
+        """What is known before the start (enough to look for it after a crash mid-start)."""
+        ...
+
+    async def start(self) -> Started | ExitResult:
+        """Start it; an ExitResult (`not_started`, or 126/127) when it cannot run."""
+        ...
+
+
+class Driver(Protocol):
+    def prepare(self, runnable: RunnablePlan) -> Prepared | ExitResult:
+        """Check and set up `runnable` without running anything. May do small local I/O."""
+        ...
+
+    async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
+        """The execution an earlier agent started with `handle`, still running or ended;
+        EXIT_CODE_UNKNOWN with a reason when its status was lost."""
+        ...
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What the drivers of one task share."""
+
+    plan: TaskPlan
+    folder: Path  # the task's own folder: scripts, output, exit statuses
+    task_id: str
+    instance: str  # `zones/<zone>/instances/<id>`, a container label
+    base_env: Mapping[str, str]
+    kill_grace: timedelta = timedelta(seconds=10)
+
+    def output(self, k: int, stream: str) -> Path:
+        """Where runnable `k` (1-based) writes `stream`."""
+        return output_path(self.folder, k, stream)
+
+    def batch_variables(self) -> dict[str, str]:
+        """Variables Batch always sets; what the server passes for them (task count, hosts
+        file, retry attempt) wins over what the agent derives from the task's name."""
+        values = {"BATCH_TASK_RETRY_ATTEMPT": str(self.plan.retry_attempt or 0)}
+        if self.plan.task_index is not None:
+            values["BATCH_TASK_INDEX"] = str(self.plan.task_index)
+        values |= {k: v for k, v in self.plan.variables.items() if k.startswith("BATCH_")}
+        return values
+
+
+class Finished:
+    """An execution that ended before this agent saw it: its result is already known."""
+
+    def __init__(self, result: ExitResult) -> None:
+        self._result = result
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def wait(self) -> ExitResult:
+        return self._result
+
+    async def stop(self, grace: timedelta) -> bool:
+        return True

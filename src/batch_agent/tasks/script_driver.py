@@ -1,0 +1,107 @@
+"""The script driver: a runnable's `text` or `path` run under the waiter of `script.py`.
+
+Turns a RunnablePlan into the program file, the runnable's environment and the files of its
+output and exit status in the task's folder; finds a waiter again by pid and start time, or by
+its command line when the pid was not saved yet. Knows nothing of task states or persistence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from batch_agent.tasks.driver import Finished, Started, TaskContext
+from batch_agent.tasks.env import runnable_environment
+from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult, Handle
+from batch_agent.tasks.plan import RunnablePlan, ScriptSpec
+from batch_agent.tasks.script import (
+    ScriptExecution,
+    find_waiter,
+    read_status,
+    start_script,
+    write_script,
+)
+
+
+class ScriptDriver:
+    def __init__(self, context: TaskContext) -> None:
+        self._context = context
+
+    def prepare(self, runnable: RunnablePlan) -> PreparedScript | ExitResult:
+        """Write the script's text to a private file, or check its path exists."""
+        spec = runnable.action
+        assert isinstance(spec, ScriptSpec)
+        plan = self._context.plan
+        if spec.text is not None:
+            program = write_script(spec.text, self._context.folder, owner=plan.user)
+        else:
+            program = Path(spec.path or "")
+            if not program.is_file():
+                path = f"runnables[{runnable.index - 1}].script.path"
+                return ExitResult.not_started(f'{path}: "{program}" does not exist')
+        return PreparedScript(self._context, runnable, program)
+
+    async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
+        status = status_path(self._context.folder, runnable.index)
+        found: ScriptExecution | ExitResult | None
+        if handle.pid is None or handle.start_time is None:
+            # The pid is saved lazily (with the next save): find the waiter by its command line.
+            waiter = await asyncio.to_thread(find_waiter, status)
+            found = read_status(status)
+            if found is None and waiter is not None:
+                found = ScriptExecution.reattach(waiter[0], waiter[1], status)
+        else:
+            found = ScriptExecution.reattach(handle.pid, handle.start_time, status)
+        if isinstance(found, ScriptExecution):
+            return found
+        if found is None:
+            reason = f"{runnable.label}: its exit status was lost while the agent was down"
+            return ExitResult(EXIT_CODE_UNKNOWN, reason=reason)
+        return Finished(found)
+
+
+@dataclass
+class PreparedScript:
+    context: TaskContext
+    runnable: RunnablePlan
+    program: Path
+
+    @property
+    def handle(self) -> Handle:
+        return Handle()
+
+    async def start(self) -> Started | ExitResult:
+        context, k = self.context, self.runnable.index
+        user = context.plan.user
+        env = runnable_environment(
+            context.base_env,
+            context.plan.variables,
+            self.runnable.variables,
+            context.batch_variables(),
+            home=_home_of(user[0]) if user is not None else "/root",
+        )
+        started = await start_script(
+            self.program,
+            env=env,
+            cwd=context.folder,
+            stdout_path=context.output(k, "stdout"),
+            stderr_path=context.output(k, "stderr"),
+            status_path=status_path(context.folder, k),
+            user=user,
+        )
+        if isinstance(started, ExitResult):
+            return started
+        return Started(started, Handle(pid=started.pid, start_time=started.start_time))
+
+
+def status_path(folder: Path, k: int) -> Path:
+    return folder / f"runnable-{k}.status"
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"

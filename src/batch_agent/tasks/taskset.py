@@ -1,0 +1,301 @@
+"""TaskSet: every task of this agent, one slot each; the only owner of task state changes.
+
+The report loop talks to tasks through this façade only: `resume` at start-up, `apply` for
+each response (accept, cancel, delete, barriers), `preempted`, `snapshot` for each report and
+`close` at the end. `transition` is the one way a task's state changes: it checks the edge
+(`record.EDGES`), appends the event, persists, then asks for an early report (persist before
+report). A deleted task leaves the reports at once; its teardown (stop, remove containers,
+forget the record and folder) runs in the background, so a task that ignores SIGTERM never
+holds up the reports of the others; its record stays on disk until the teardown is done.
+Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batch_agent.names import parse_task_name
+from batch_agent.store import TaskStore
+from batch_agent.tasks import events
+from batch_agent.tasks.container_driver import ContainerDriver, remove_task_containers
+from batch_agent.tasks.driver import Driver, TaskContext
+from batch_agent.tasks.events import ExitCode
+from batch_agent.tasks.hooks import ContainerNetwork, Hook, TaskFolder
+from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
+from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.runner import RunSettings, TaskRun
+from batch_agent.tasks.script_driver import ScriptDriver
+from batch_agent.tasks.taskoutput import Sink
+from batch_agent.wire import (
+    AgentTask,
+    AgentTaskInfo,
+    BadAgentTask,
+    IntendedState,
+    TaskState,
+    parse_agent_task,
+)
+
+if TYPE_CHECKING:
+    from batch_agent.tasks.docker import ContainerEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What every task of this agent shares."""
+
+    workdir: Path  # each task gets a folder below it
+    where: str  # `zones/<zone>/instances/<id>`, for event wording and container labels
+    base_env: Mapping[str, str]
+    output: Sink
+    docker_host: str | None = None
+    kill_grace: timedelta = timedelta(seconds=10)
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+@dataclass
+class _Slot:
+    record: TaskRecord
+    run: TaskRun | None = None
+    driving: asyncio.Task[None] | None = None
+    teardown: asyncio.Task[None] | None = None  # set once the server said DELETED
+
+
+def task_dir(workdir: Path, task_id: str) -> Path:
+    """The folder of a task's scripts, output and exit statuses: one per task name."""
+    return workdir / (task_id.strip("/").replace("/", "_") or "task")
+
+
+class TaskSet:
+    def __init__(
+        self, store: TaskStore, settings: TaskSettings, *, on_change: Callable[[], None]
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._on_change = on_change
+        self._slots: dict[str, _Slot] = {}
+        self._engine: ContainerEngine | None = None
+        self._preempted = False
+        self.deleted_failed = False  # a task that FAILED was since deleted (for --once)
+
+    # -- the façade ---------------------------------------------------------------------------
+
+    async def resume(self, *, rebooted: bool) -> None:
+        """Take up the tasks an earlier agent left; after a reboot, fail the unfinished ones."""
+        for record in self._store.load_all():
+            slot = self._slots[record.task_id] = _Slot(record)
+            if record.state.is_terminal:
+                continue
+            if rebooted:
+                # ASSIGNED/RUNNING -> FAILED: the VM rebooted under the task
+                await self.transition(
+                    record,
+                    TaskState.FAILED,
+                    exit_code=ExitCode.VM_REBOOTED,
+                    cause=events.VM_REBOOTED,
+                )
+                continue
+            log.info("task %s: resuming after an agent restart (%s)", record.task_id, record.state)
+            task = parse_agent_task(record.raw)
+            plan = await self._plan_or_fail(record, task)
+            if plan is not None:
+                self._launch(slot, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
+
+    async def apply(self, tasks: list[dict[str, Any]]) -> int:
+        """Apply a response's tasks; returns how many were new."""
+        new = 0
+        for raw in tasks:
+            task = parse_agent_task(raw)
+            name = task.task
+            if not name:
+                log.error("response task without a name ignored: %.200s", raw)
+                continue
+            slot = self._slots.get(name)
+            if task.intended_state is IntendedState.DELETED:
+                if slot is not None and slot.teardown is None:
+                    slot.teardown = asyncio.create_task(self._tear_down(slot))
+                continue
+            if slot is not None and slot.teardown is not None:
+                continue  # the same name again (a retry): accepted once the old one is gone
+            if slot is None:
+                new += 1
+                slot = await self._accept(task, raw)
+            if slot.run is None:
+                continue
+            if task.intended_state is IntendedState.CANCELLED:
+                slot.run.cancel()
+            if isinstance(task, AgentTask):
+                slot.run.update_barrier(task.reached_barrier)
+        return new
+
+    def preempted(self) -> None:
+        """The VM got its preemption notice: the failures that follow are the preemption's."""
+        self._preempted = True
+        for slot in self._slots.values():
+            if slot.run is not None:
+                slot.run.preempted()
+
+    def snapshot(self) -> list[AgentTaskInfo]:
+        """Every task the server has not deleted, as a report carries it."""
+        return [s.record.info() for s in self._slots.values() if s.teardown is None]
+
+    def job_and_group(self) -> tuple[str | None, str | None]:
+        """The job and task group of this VM's tasks, as far as their names tell."""
+        for slot in self._slots.values():
+            name = parse_task_name(slot.record.task_id)
+            if name.job is not None:
+                return name.job, name.group
+        return None, None
+
+    def all_done(self) -> bool:
+        return all(s.record.state.is_terminal for s in self._slots.values())
+
+    def any_failed(self) -> bool:
+        states = (s.record.state for s in self._slots.values())
+        return self.deleted_failed or TaskState.FAILED in states
+
+    async def close(self) -> None:
+        """Leave every task running (they outlive the agent) and stop driving them."""
+        running = [t for s in self._slots.values() for t in (s.driving, s.teardown) if t]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if self._engine is not None:
+            self._engine.close()
+
+    # -- the one state change -----------------------------------------------------------------
+
+    async def transition(
+        self,
+        record: TaskRecord,
+        new: TaskState,
+        *,
+        exit_code: int | None = None,
+        cause: str | None = None,
+    ) -> None:
+        """Move `record` to `new`: edge check, event, persist, report early. Raises
+        IllegalTransition for an edge the state machine does not have."""
+        now = self._settings.now()
+        record.transition(new, at=now, where=self._settings.where, exit_code=exit_code, cause=cause)
+        await self._store.save(record)
+        log.info("task %s: %s", record.task_id, record.events[-1]["description"])
+        self._on_change()
+
+    async def persist(self, record: TaskRecord) -> None:
+        await self._store.save(record)
+
+    def notify(self) -> None:
+        self._on_change()
+
+    # -- one task's life ----------------------------------------------------------------------
+
+    async def _accept(self, task: AgentTask | BadAgentTask, raw: dict[str, Any]) -> _Slot:
+        """A task seen for the first time: persist it before anything runs, then start it."""
+        record = TaskRecord(task_id=task.task, raw=dict(raw))
+        slot = self._slots[task.task] = _Slot(record)
+        plan = await self._plan_or_fail(record, task)  # a bad spec: one save, of its failure
+        if plan is not None:
+            await self._store.save(record)
+            log.info("task %s: accepted", task.task)
+            self._launch(slot, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
+        return slot
+
+    async def _plan_or_fail(
+        self, record: TaskRecord, task: AgentTask | BadAgentTask
+    ) -> TaskPlan | None:
+        """The task's plan; or, for a spec that cannot run, None with the task FAILED (50000,
+        every problem named)."""
+        problems = task.problems if isinstance(task, BadAgentTask) else []
+        if isinstance(task, AgentTask):
+            try:
+                return make_plan(task)
+            except PlanError as error:
+                problems = error.problems
+        log.error("task %s: invalid spec: %s", record.task_id, "; ".join(problems))
+        # ASSIGNED -> FAILED: the spec cannot run
+        await self.transition(
+            record,
+            TaskState.FAILED,
+            exit_code=ExitCode.AGENT_FAILURE,
+            cause=events.invalid_spec(problems),
+        )
+        return None
+
+    def _launch(self, slot: _Slot, plan: TaskPlan, *, cancelled: bool) -> None:
+        folder = task_dir(self._settings.workdir, slot.record.task_id)
+        context = TaskContext(
+            plan=plan,
+            folder=folder,
+            task_id=slot.record.task_id,
+            instance=self._settings.where,
+            base_env=self._settings.base_env,
+            kill_grace=self._settings.kill_grace,
+        )
+        containers = ContainerDriver(context, self._containers)
+        drivers: dict[type, Driver] = {ScriptSpec: ScriptDriver(context), ContainerSpec: containers}
+        hooks: list[Hook] = [TaskFolder(folder, plan.user), ContainerNetwork(containers)]
+        settings = self._settings
+        run = TaskRun(
+            slot.record,
+            plan,
+            lifecycle=self,
+            drivers=drivers,
+            hooks=hooks,
+            folder=folder,
+            settings=RunSettings(settings.output, kill_grace=settings.kill_grace, now=settings.now),
+        )
+        if cancelled:
+            run.cancel()
+        if self._preempted:
+            run.preempted()
+        slot.run = run
+        slot.driving = asyncio.create_task(self._drive(run))
+
+    async def _drive(self, run: TaskRun) -> None:
+        try:
+            await run.run()
+        except Exception:  # a bug in one task's run must not take the agent down
+            log.exception("task %s: the agent failed while running it", run.record.task_id)
+            if not run.record.state.is_terminal:
+                # ASSIGNED/RUNNING -> FAILED: our own fault, said as such
+                await self.transition(
+                    run.record,
+                    TaskState.FAILED,
+                    exit_code=ExitCode.AGENT_FAILURE,
+                    cause=events.INTERNAL_ERROR,
+                )
+        self._on_change()
+
+    async def _tear_down(self, slot: _Slot) -> None:
+        """Stop what still runs of a deleted task, then forget it (record last: crash-safe)."""
+        name = slot.record.task_id
+        if slot.run is not None and slot.driving is not None and not slot.driving.done():
+            slot.run.cancel()
+            await asyncio.gather(slot.driving, return_exceptions=True)
+        if any(r.container for r in slot.record.runnables.values()):
+            error = await remove_task_containers(self._containers(), name)
+            if error is not None:
+                log.warning("task %s: containers not removed: %s", name, error)
+        folder = task_dir(self._settings.workdir, name)
+        # The server may assign the same name again (a retry): it starts from a clean folder.
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+        await self._store.delete(name)
+        self.deleted_failed |= slot.record.state is TaskState.FAILED
+        del self._slots[name]
+        log.info("task %s: deleted", name)
+
+    def _containers(self) -> ContainerEngine:
+        """The Docker engine, made (and the docker SDK loaded) only when a task needs it."""
+        if self._engine is None:
+            from batch_agent.tasks.docker import ContainerEngine
+
+            self._engine = ContainerEngine(self._settings.docker_host)
+        return self._engine
