@@ -51,8 +51,10 @@ class Listeners:
         return [listener.server_address[1] for listener in self._listeners]
 
     def serve(self) -> None:
-        """Start answering requests, one daemon thread per listener."""
-        for listener in self._listeners[len(self._threads) :]:
+        """Start answering requests, one daemon thread per listener (once)."""
+        if self._threads:
+            raise RuntimeError("listeners already served")
+        for listener in self._listeners:
             thread = threading.Thread(
                 target=listener.serve_forever,
                 args=(_POLL_INTERVAL,),
@@ -63,9 +65,9 @@ class Listeners:
             thread.start()
 
     def close(self) -> None:
-        # shutdown() waits for serve_forever to return: only for listeners that were served.
-        for listener in self._listeners[: len(self._threads)]:
-            listener.shutdown()
+        if self._threads:  # shutdown() waits for serve_forever: only once it was started
+            for listener in self._listeners:
+                listener.shutdown()
         for listener in self._listeners:
             listener.server_close()
         for thread in self._threads:
