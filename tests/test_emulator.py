@@ -21,6 +21,7 @@ import pytest
 from batch_agent import discovery
 from batch_agent.emulator import Emulator, service
 from batch_agent.emulator.job import JobConfigError, load_job, plan_assignments, reached_barrier
+from batch_agent.emulator.preemption import Preemption
 
 PARENT = "projects/123456789012/locations/us-central1"
 PREFIX = PARENT + "/jobs/job-1/taskGroups/group0/tasks/"
@@ -244,6 +245,30 @@ def test_preempted_wait_for_change(make: Any) -> None:
     emu.set_preempted(0, True)
     waiter.join(timeout=10)
     assert answers == [b"TRUE"]
+
+
+def test_preempted_wait_for_change_answers_at_once_for_a_stale_etag(make: Any) -> None:
+    """A wait_for_change whose last_etag is not the current value's answers without waiting."""
+    emu = make()
+    _, headers, _ = meta(emu.metadata_host, "instance/preempted")
+    emu.set_preempted(0, True)
+    key = f"instance/preempted?wait_for_change=true&last_etag={headers['ETag']}"
+    status, changed, body = meta(emu.metadata_host, key)  # would block for a minute if it waited
+    assert (status, body) == (200, b"TRUE")
+    assert changed["ETag"] != headers["ETag"]
+
+
+def test_preemption_release_answers_waiters_now_and_later() -> None:
+    """release() (the emulator stopping) ends a wait_for_change and every one after it."""
+    flags = Preemption(2)
+    answers: list[bool] = []
+    waiter = threading.Thread(target=lambda: answers.append(flags.wait_for_change(1, None, "60")))
+    waiter.start()
+    flags.release()
+    waiter.join(timeout=10)
+    assert answers == [False]
+    flags.set(0, True)
+    assert flags.wait_for_change(0, None, None) is True
 
 
 def test_google_auth_and_googleapiclient_work_against_the_emulator(make: Any) -> None:

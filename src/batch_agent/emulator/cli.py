@@ -16,7 +16,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from batch_agent.emulator.server import Emulator
+from batch_agent.emulator.emulator import Emulator
 
 
 def _say(line: str) -> None:

@@ -1,13 +1,15 @@
 """Answers of the emulated GCE metadata server (`/computeMetadata/v1/...`) for one VM.
 
-Pure: `answer` maps a key and query to a response; the HTTP layer adds headers, checks
-`Metadata-Flavor` and implements `wait_for_change` for `instance/preempted`. Answers follow what
-google-auth and the agent read; anything else is a 404 as on GCE. Must not touch Batch state.
+Pure: `answer` maps a key and query to a response; `http` checks `Metadata-Flavor`, the
+`Emulator` adds headers and `preemption` implements `wait_for_change` for `instance/preempted`.
+Answers follow what google-auth and the agent read; anything else is a 404 as on GCE. Must not
+touch Batch state.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 PREFIX = "/computeMetadata/v1/"
@@ -46,9 +48,15 @@ class Site:
 
 @dataclass(frozen=True)
 class Answer:
+    """A metadata server's answer: HTTP status and body, JSON or plain text."""
+
     status: int
     body: str
     is_json: bool = False
+
+    @property
+    def content_type(self) -> str:
+        return "application/json" if self.is_json else "text/plain"
 
 
 def instance_id(index: int) -> str:
@@ -69,7 +77,7 @@ def vm_of_token(authorization: str | None) -> int | None:
     return int(number) if number.isdigit() else None
 
 
-def answer(site: Site, vm: Vm, key: str, query: dict[str, str], *, preempted: bool) -> Answer:
+def answer(site: Site, vm: Vm, key: str, query: Mapping[str, str], *, preempted: bool) -> Answer:
     """The answer for metadata `key` (the path after `/computeMetadata/v1/`, query removed).
 
     Directory keys such as `instance/service-accounts/default/` answer JSON (as with

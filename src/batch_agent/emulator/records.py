@@ -1,7 +1,8 @@
 """What the emulator remembers per task and per report, and the read-only view it hands out.
 
-Plain data: no locks, no I/O. `TaskRecord` is mutated only by `state.JobState` (under the
-emulator's lock); `TaskView` is a frozen copy safe to hand to other threads.
+Plain data: no locks, no I/O. `TaskRecord` is mutated only under the emulator's lock, by
+`state.JobState` and its helper `dispatch` (send bookkeeping); `TaskView` is a frozen copy safe to
+hand to other threads.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The emulated control plane's memory of one job: its tasks, where they run, what agents reported.
 
 `JobState` applies valid reports, assigns pending tasks to VMs, retries failed attempts as
-`maxRetryCount`/`lifecyclePolicies` say, moves the job through its states and builds the task
-list of each response. Every state change of the job or a task is appended to `changes` (JSON
-ready, in order) so that a watcher misses none. It is not thread-safe: the caller holds one lock
-around every call. It must not do I/O (other than the `log` callback), parse HTTP or validate JSON
-(reports reach it already valid).
+`maxRetryCount`/`lifecyclePolicies` say, moves the job through its states and hands each response
+its VM's tasks (`dispatch` writes them). Every state change of the job or a task is
+written to `changes`, so that a watcher misses none. It is not thread-safe: the caller holds one
+lock around every call. It must not do I/O (other than the `log` callback), parse HTTP or validate
+JSON (reports reach it already valid).
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from batch_agent.emulator import dispatch, service
 from batch_agent.emulator import job as jobs
-from batch_agent.emulator import service
+from batch_agent.emulator.changes import ChangeLog, last_description
 from batch_agent.emulator.metadata import Site
 from batch_agent.emulator.records import TERMINAL, TaskRecord
 
 log = logging.getLogger(__name__)
-
-# A DELETED task is dropped once the agent stops reporting it, or after this many responses.
-_DELETED_SENDS = 5
-# Stands for "past every barrier" for finished tasks.
-_PAST_ALL = 2**62
 
 
 class JobState:
@@ -51,7 +47,7 @@ class JobState:
         self._hosts_path = hosts_path
         self._clock = clock
         self.tasks: dict[str, TaskRecord] = {}
-        self.changes: list[dict[str, Any]] = []
+        self.changes = ChangeLog(clock)
         self._pending: list[str] = []
         self._agent_states: dict[int, str] = {}
         self.job_state: str | None = None
@@ -60,13 +56,13 @@ class JobState:
         if plan is None:
             return
         self.job_state = service.QUEUED
-        self._change({"event": "job", "from": None, "state": service.QUEUED})
+        self.changes.job(None, service.QUEUED)
         for i in range(plan.task_count):
             name = jobs.task_name(site.project_number, site.region, site.job_id, i)
             task = TaskRecord(name=name, sent=self._agent_task(name, i, 0), in_plan=True, index=i)
             self.tasks[name] = task
             self._pending.append(name)
-            self._task_change(task, None)
+            self.changes.task(task, None)
         self.schedule()
 
     @property
@@ -81,7 +77,7 @@ class JobState:
         variables.update(service.batch_variables(self._plan.task_count, attempt, self._hosts_path))
         return {"task": name, "intendedState": "ASSIGNED", "spec": spec, "taskSource": "USER"}
 
-    # -- steering ----------------------------------------------------------------------------
+    # -- steering ------------------------------------------------------------------------------
 
     def add(self, raw: dict[str, Any], vm: int) -> str:
         """Assign an AgentTask JSON as it is (named if it has no `task`); returns its name."""
@@ -100,7 +96,7 @@ class JobState:
         index = int(number) if number.isdigit() else -1
         task = TaskRecord(name=name, sent=sent, in_plan=False, vm=vm, index=index)
         self.tasks[name] = task
-        self._task_change(task, None)
+        self.changes.task(task, None)
         return name
 
     def cancel(self, name: str) -> None:
@@ -114,7 +110,7 @@ class JobState:
         if task.intended != "DELETED":
             task.intended = "CANCELLED"
         if task.phase != before:
-            self._task_change(task, before)
+            self.changes.task(task, before)
         self._advance_job()
 
     def cancel_job(self) -> None:
@@ -132,7 +128,7 @@ class JobState:
         self._withdraw(task)
         task.intended = "DELETED"
         if task.phase != before:
-            self._task_change(task, before)
+            self.changes.task(task, before)
 
     def _withdraw(self, task: TaskRecord) -> None:
         """A task not yet assigned to a VM never will be."""
@@ -154,11 +150,11 @@ class JobState:
         for i, vm in chosen:
             task = self.tasks[self._pending[i]]
             task.vm = vm
-            self._task_change(task, "PENDING")  # PENDING -> ASSIGNED: a VM takes it
+            self.changes.task(task, "PENDING")  # PENDING -> ASSIGNED: a VM takes it
         taken = {i for i, _ in chosen}
         self._pending = [name for i, name in enumerate(self._pending) if i not in taken]
 
-    # -- reports -----------------------------------------------------------------------------
+    # -- reports -------------------------------------------------------------------------------
 
     def record(self, vm: int, vm_name: str, body: dict[str, Any]) -> set[str]:
         """Apply a valid report from VM `vm`; returns the task names it mentioned."""
@@ -200,7 +196,7 @@ class JobState:
             task.attempt_started = min(began or now, now)
             task.started = task.started or task.attempt_started
         if new not in TERMINAL:
-            self._task_change(task, before)
+            self.changes.task(task, before)
             return
         self._ran = True
         task.exit_code = service.exit_code_of(task.events)
@@ -218,41 +214,22 @@ class JobState:
             # RUNNING -> FAILED, retried: the agent must forget this attempt before the next
             task.retrying, task.intended = True, "DELETED"
             why = service.retry_event(task.attempt, plan.max_retry_count, task.exit_code)
-            self._task_change(task, before, retrying=True, retryDescription=why)
+            self.changes.task(task, before, retrying=True, retryDescription=why)
             return
         task.ended = min(ended or now, now)
         if new == "FAILED" and self._failed_task is None:
-            self._failed_task = (task.index, self._description(task))
-        self._task_change(task, before)
+            self._failed_task = (task.index, last_description(task))
+        self.changes.task(task, before)
 
     def response_tasks(self, vm: int, mentioned: set[str]) -> list[dict[str, Any]]:
         """The AgentTasks for VM `vm`'s response; advances the DELETED bookkeeping and starts
         the next attempt of a retried task once its agent has forgotten the last one."""
-        requeued = False
-        for task in self.tasks.values():
-            if task.vm != vm or task.dropped or task.intended != "DELETED":
-                continue
-            gone = task.deleted_sends >= 1 and task.name not in mentioned
-            if gone or task.deleted_sends >= _DELETED_SENDS:
-                task.dropped = True
-                if task.retrying:
-                    self._requeue(task)
-                    requeued = True
-        if requeued:
+        retried = dispatch.drop_forgotten(self.tasks.values(), vm, mentioned)
+        for task in retried:
+            self._requeue(task)
+        if retried:
             self.schedule()
-        out = []
-        for task in self.tasks.values():
-            if task.vm != vm or task.dropped:
-                continue
-            if task.intended == "DELETED":
-                task.deleted_sends += 1
-            sent = copy.deepcopy(task.sent)
-            if task.intended is not None:
-                sent["intendedState"] = task.intended
-            if "reachedBarrier" not in task.sent:
-                sent["reachedBarrier"] = str(self._reached_barrier(task))
-            out.append(sent)
-        return out
+        return dispatch.agent_tasks(list(self.tasks.values()), vm)
 
     def _requeue(self, task: TaskRecord) -> None:
         """FAILED -> PENDING: the same task name, a new attempt, BATCH_TASK_RETRY_ATTEMPT + 1."""
@@ -264,18 +241,9 @@ class JobState:
         task.events, task.runnable, task.deleted_sends = [], 0, 0
         position = sum(1 for name in self._pending if self.tasks[name].index < task.index)
         self._pending.insert(position, task.name)
-        self._task_change(task, before)
+        self.changes.task(task, before)
 
-    def _reached_barrier(self, task: TaskRecord) -> int:
-        barriers = jobs.barrier_indices(task.sent.get("spec"))
-        if not barriers:
-            return 0
-        group = [t for t in self.tasks.values() if t.group == task.group]
-        return jobs.reached_barrier(
-            barriers, (_PAST_ALL if t.is_finished else t.runnable for t in group)
-        )
-
-    # -- the job and the change log ----------------------------------------------------------
+    # -- the job -------------------------------------------------------------------------------
 
     def _advance_job(self) -> None:
         if self.job_state is None:
@@ -292,36 +260,13 @@ class JobState:
             old, self.job_state = self.job_state, new
             failed_task = self._failed_task if new == service.FAILED else None
             description = service.job_event(self.job_name, old, new, failed_task=failed_task)
-            self._change({"event": "job", "from": old, "state": new, "description": description})
+            self.changes.job(old, new, description)
             self._log(f"job {self._site.job_id}: {old} -> {new}")
-
-    def _task_change(self, task: TaskRecord, before: str | None, **extra: Any) -> None:
-        change: dict[str, Any] = {
-            "event": "task",
-            "task": task.index,
-            "attempt": task.attempt,
-            "from": before,
-            "state": task.phase,
-            "vm": task.vm,
-        }
-        if task.state in TERMINAL:
-            change["exitCode"] = task.exit_code
-        if task.state is not None and task.events:
-            change["description"] = self._description(task)
-        self._change(change | extra)
-
-    def _change(self, change: dict[str, Any]) -> None:
-        self.changes.append({"time": round(self._clock(), 3), **change})
-
-    @staticmethod
-    def _description(task: TaskRecord) -> str:
-        last = task.events[-1] if task.events else None
-        return str(last.get("description", "")) if isinstance(last, dict) else ""
 
     def _log_change(self, task: TaskRecord, new: str) -> None:
         index = task.name.rsplit("/", 1)[-1]
         line = f"task {index} ({task.name}): {task.state or 'UNREPORTED'} -> {new}"
-        if description := self._description(task):
+        if description := last_description(task):
             line += f": {description}"
         self._log(line)
 

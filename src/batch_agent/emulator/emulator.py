@@ -1,38 +1,33 @@
 """`Emulator`, the public handle of the local control plane: lifecycle, steering, inspection.
 
-One HTTP listener per emulated VM on loopback (see `handler`); VM 0's also serves the Batch API.
-Request threads call back into `Emulator`, which takes one lock around the shared `JobState`.
-Reports are checked against the real discovery document. This module must not import any agent
-code: the emulator plays Google's side only.
+It owns the pieces and the lock: `JobState` (the job's memory) and `BatchApi` (`state:report`)
+are used under one condition, which also tells `wait_until_done` that a report arrived;
+`Preemption` guards its own flags. It implements `backend.Backend` for `http.Listeners`, one per
+VM on loopback (VM 0's also serves the Batch API). Must not parse HTTP itself, and must not import
+any agent code: the emulator plays Google's side only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
 import threading
-import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from batch_agent import discovery
-from batch_agent.emulator import metadata, service
-from batch_agent.emulator.handler import Listener, google_error
+from batch_agent.emulator import metadata, preemption, service
+from batch_agent.emulator.backend import Reply
+from batch_agent.emulator.batch_api import BatchApi
+from batch_agent.emulator.http import Listeners
 from batch_agent.emulator.job import load_job
 from batch_agent.emulator.metadata import Site, Vm
+from batch_agent.emulator.preemption import Preemption
 from batch_agent.emulator.records import Report, TaskView
 from batch_agent.emulator.state import JobState
 
 log = logging.getLogger(__name__)
-
-# How often serve_forever looks for stop(): the bound on how long stop() takes per listener.
-_POLL_INTERVAL = 0.05
-# How long a `wait_for_change` metadata request may block when it names no timeout_sec.
-_WAIT_FOR_CHANGE = 60.0
 
 
 class Emulator:
@@ -40,6 +35,7 @@ class Emulator:
 
     `start()` binds the listeners and serves in daemon threads; `stop()` closes them and waits for
     in-flight requests (idempotent). All methods are thread-safe. Usable as a context manager.
+    `answer_metadata` and `answer_report` are for the HTTP layer (see `backend.Backend`).
     """
 
     def __init__(
@@ -81,43 +77,36 @@ class Emulator:
             log=self._log,
             hosts_path=str(self._hosts_path) if self._hosts_path else None,
         )
-        self._intervals = (default_report_interval, min_report_interval)
-        self._overrides: deque[tuple[int, bytes | None]] = deque()
-        self._preempted = [False] * vms
-        self._stopping = False
-        self._listeners: list[Listener] = []
-        self._threads: list[threading.Thread] = []
+        self._api = BatchApi(
+            self.site,
+            self._state,
+            intervals=(default_report_interval, min_report_interval),
+            log=self._log,
+        )
+        self._preemption = Preemption(vms)
+        self._listeners: Listeners | None = None
         self.vms: list[Vm] = []
-        self.reports: list[Report] = []
-        self.invalid_reports: list[tuple[object, list[str]]] = []
+        self.reports: list[Report] = self._api.reports
+        self.invalid_reports: list[tuple[object, list[str]]] = self._api.invalid_reports
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Bind every listener (VM 0's on host:port) and serve in background threads.
 
         Raises OSError if a port cannot be bound (nothing stays open then)."""
-        if self._listeners:
+        if self._listeners is not None:
             raise RuntimeError("emulator already started")
-        if self._hosts_path is not None:
-            self._hosts_path.parent.mkdir(parents=True, exist_ok=True)
-            self._hosts_path.write_text(service.hosts_file([self._host] * self._vm_count))
         try:
-            for index in range(self._vm_count):
-                listener = Listener((self._host, self._port if index == 0 else 0), self, index)
-                self._listeners.append(listener)
-                port = listener.server_address[1]
-                self.vms.append(
-                    Vm(index, f"vm-{index}", metadata.instance_id(index), f"{self._host}:{port}")
-                )
-                thread = threading.Thread(
-                    target=listener.serve_forever,
-                    args=(_POLL_INTERVAL,),
-                    name=f"emulator-vm-{index}",
-                    daemon=True,
-                )
-                self._threads.append(thread)
-                thread.start()
+            if self._hosts_path is not None:
+                self._hosts_path.parent.mkdir(parents=True, exist_ok=True)
+                self._hosts_path.write_text(service.hosts_file([self._host] * self._vm_count))
+            self._listeners = Listeners(self, self._host, self._port, self._vm_count)
+            self.vms[:] = [
+                Vm(i, f"vm-{i}", metadata.instance_id(i), f"{self._host}:{port}")
+                for i, port in enumerate(self._listeners.ports)
+            ]
+            self._listeners.serve()
         except BaseException:
             self.stop()  # close whatever was bound before the failure
             raise
@@ -125,16 +114,10 @@ class Emulator:
 
     def stop(self) -> None:
         """Stop serving, release blocked metadata waits and close every socket."""
-        with self._lock:
-            self._stopping = True
-            self._lock.notify_all()
-        for listener in self._listeners:
-            listener.shutdown()
-            listener.server_close()
-        for thread in self._threads:
-            thread.join()
-        self._listeners.clear()
-        self._threads.clear()
+        self._preemption.release()
+        if self._listeners is not None:
+            self._listeners.close()
+            self._listeners = None
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
 
@@ -159,7 +142,7 @@ class Emulator:
             raise RuntimeError("emulator not started")
         return self.vms[0].metadata_host
 
-    # -- steering ----------------------------------------------------------------------------
+    # -- steering ------------------------------------------------------------------------------
 
     def add_task(self, raw_agent_task: dict[str, Any], vm: int = 0) -> str:
         """Assign an AgentTask JSON, unvalidated, to VM `vm`; returns its (possibly new) name."""
@@ -184,23 +167,21 @@ class Emulator:
     def fail_next(self, n: int, status: int = 503) -> None:
         """Answer the next `n` report calls with HTTP `status` and a Google error body."""
         with self._lock:
-            self._overrides.extend([(status, None)] * n)
+            self._api.fail_next(n, status)
 
     def respond_raw_next(self, body: bytes, status: int = 200) -> None:
         """Answer the next report call with these bytes (the report itself is still recorded)."""
         with self._lock:
-            self._overrides.append((status, body))
+            self._api.respond_raw_next(body, status)
 
     def set_intervals(self, default: str = "10s", minimum: str = "1s") -> None:
         with self._lock:
-            self._intervals = (default, minimum)
+            self._api.intervals = (default, minimum)
 
     def set_preempted(self, vm: int = 0, value: bool = True) -> None:
-        with self._lock:
-            self._preempted[vm] = value
-            self._lock.notify_all()
+        self._preemption.set(vm, value)
 
-    # -- inspection --------------------------------------------------------------------------
+    # -- inspection ----------------------------------------------------------------------------
 
     def task_names(self) -> list[str]:
         with self._lock:
@@ -234,7 +215,7 @@ class Emulator:
         next cursor is `cursor + len(result)`. Each is a JSON-ready dict with "event": "job" or
         "task", "time", "from" and "state" (tasks add "task", "attempt", "vm", "exitCode"...)."""
         with self._lock:
-            return [dict(change) for change in self._state.changes[cursor:]]
+            return [dict(change) for change in self._state.changes.entries[cursor:]]
 
     def task_views(self) -> list[TaskView]:
         """Every task as it is now, in the order the emulator knows them."""
@@ -262,91 +243,26 @@ class Emulator:
         with self._lock:
             return self._lock.wait_for(lambda: self._state.done, timeout)
 
-    # -- request handling (called from handler threads) --------------------------------------
+    # -- backend.Backend (called from request threads) -----------------------------------------
 
-    def _handle_report(
-        self, project: str, location: str, raw: bytes, authorization: str | None
-    ) -> tuple[int, bytes]:
-        with self._lock:
-            override = self._overrides.popleft() if self._overrides else None
-            if override is not None and override[1] is None:
-                status = override[0]
-                return status, google_error(status, f"emulated failure (HTTP {status})")
-            try:
-                body = json.loads(raw)
-            except ValueError as e:
-                return self._reject(raw, [f"<root>: body is not JSON: {e}"])
-            if not project.isdigit():
-                return self._reject(body, [f"parent: project {project!r} is not a project number"])
-            if project != self.site.project_number or location != self.site.region:
-                where = f"projects/{project}/locations/{location}"
-                return 404, google_error(404, f"{where} not found")
-            errors = discovery.validate("ReportAgentStateRequest", body)
-            if errors:
-                return self._reject(body, errors)
-            vm = self._vm_of(body, authorization)
-            if vm is None:
-                message = "cannot tell which VM reports: no emulator token, unknown instance"
-                return 403, google_error(403, message)
-            self.reports.append(Report(time.monotonic(), vm, body))
-            mentioned = self._state.record(vm, self.vms[vm].name, body)
-            self._lock.notify_all()
-            if override is not None and override[1] is not None:
-                return override[0], override[1]
-            default, minimum = self._intervals
-            response = {
-                "defaultReportInterval": default,
-                "minReportInterval": minimum,
-                "tasks": self._state.response_tasks(vm, mentioned),
-            }
-            return 200, json.dumps(response).encode()
-
-    def _reject(self, body: object, errors: list[str]) -> tuple[int, bytes]:
-        self.invalid_reports.append((body, errors))
-        message = "; ".join(errors)
-        self._log(f"invalid report: {message}")
-        return 400, google_error(400, message)
-
-    def _vm_of(self, body: dict[str, Any], authorization: str | None) -> int | None:
-        vm = metadata.vm_of_token(authorization)
-        if vm is not None and vm < len(self.vms):
-            return vm
-        meta: dict[str, Any] = body.get("metadata", {})
-        for candidate in self.vms:
-            if meta.get("instance") == candidate.name or (
-                meta.get("instanceId") == candidate.instance_id
-            ):
-                return candidate.index
-        return 0 if len(self.vms) == 1 else None
-
-    def _handle_metadata(
-        self, vm: int, key: str, query: dict[str, str]
-    ) -> tuple[metadata.Answer, dict[str, str]]:
-        """Answer a metadata request; `instance/preempted?wait_for_change=true` blocks until the
-        value changes (or `timeout_sec`, or stop())."""
+    def answer_metadata(self, vm: int, key: str, query: Mapping[str, str]) -> Reply:
+        """VM `vm`'s metadata; `instance/preempted?wait_for_change=true` blocks until the value
+        changes (or `timeout_sec`, or stop())."""
         headers = {"Metadata-Flavor": "Google"}
+        preempted = self._preemption.get(vm)
+        if key == "instance/preempted":
+            if query.get("wait_for_change") == "true":
+                last_etag, timeout_sec = query.get("last_etag"), query.get("timeout_sec")
+                preempted = self._preemption.wait_for_change(vm, last_etag, timeout_sec)
+            headers["ETag"] = preemption.etag(preempted)
+        answer = metadata.answer(self.site, self.vms[vm], key, query, preempted=preempted)
+        return Reply(answer.status, answer.body.encode(), answer.content_type, headers)
+
+    def answer_report(
+        self, project: str, location: str, body: bytes, authorization: str | None
+    ) -> Reply:
+        """A `state:report` call (see `BatchApi.answer`); wakes `wait_until_done`."""
         with self._lock:
-            if key == "instance/preempted":
-                if query.get("wait_for_change") == "true":
-                    initial = self._preempted[vm]
-                    if query.get("last_etag", _etag(initial)) == _etag(initial):
-                        self._lock.wait_for(
-                            lambda: self._preempted[vm] != initial or self._stopping,
-                            _timeout(query.get("timeout_sec")),
-                        )
-                headers["ETag"] = _etag(self._preempted[vm])
-            answer = metadata.answer(
-                self.site, self.vms[vm], key, query, preempted=self._preempted[vm]
-            )
-            return answer, headers
-
-
-def _timeout(text: str | None) -> float:
-    try:
-        return min(float(text), _WAIT_FOR_CHANGE) if text else _WAIT_FOR_CHANGE
-    except ValueError:
-        return _WAIT_FOR_CHANGE
-
-
-def _etag(preempted: bool) -> str:
-    return "7c1e5d3a0b9f2e41" if preempted else "2f6b8a0c4d1e9f37"
+            reply = self._api.answer(self.vms, project, location, body, authorization)
+            self._lock.notify_all()
+            return reply
