@@ -190,13 +190,13 @@ class DockerDaemon:
             *("--default-address-pool", f"base={subnet},size=24"),
             *("--log-level", "warn"),
         ]
-        self._process = _serve(argv, self.log_path, lambda: answers(self.host), timeout, self.stop)
+        self._process = serve(argv, self.log_path, lambda: answers(self.host), timeout, self.stop)
 
     def stop(self) -> None:
         """Remove its containers and networks, stop it, delete its bridge and files."""
         if self._process is not None and self._process.poll() is None:
             with contextlib.suppress(Exception):
-                _clean_engine(self.host)
+                clean_engine(self.host)
             self._process.send_signal(signal.SIGTERM)
             try:
                 self._process.wait(timeout=30)
@@ -233,7 +233,7 @@ def _iptables(*args: str) -> bool:
     return done.returncode == 0
 
 
-def _clean_engine(host: str) -> None:
+def clean_engine(host: str) -> None:
     """Remove every container and user network of a private engine before it stops (their
     bridges would otherwise stay on the host)."""
     c = client(host)
@@ -345,7 +345,7 @@ class Registry:
         binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         argv = [binary, "serve", str(config)]
         log = self.dir / "registry.log"
-        self._process = _serve(argv, log, lambda: _accepts(self.address), timeout, self.stop)
+        self._process = serve(argv, log, lambda: _accepts(self.address), timeout, self.stop)
 
     def push(self, host: str, source: str, repository: str) -> str:
         """Push image `source` of engine `host` as REGISTRY/repository:latest; that reference.
@@ -377,7 +377,7 @@ class Registry:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _serve(
+def serve(
     argv: list[str],
     log_path: Path,
     ready: Callable[[], bool],
@@ -424,7 +424,7 @@ def tcp_server(host: str = "0.0.0.0") -> Iterator[int]:
     server.settimeout(0.2)
     stopping = threading.Event()
 
-    def serve() -> None:
+    def answer() -> None:
         while not stopping.is_set():
             try:
                 conn, _ = server.accept()
@@ -435,7 +435,7 @@ def tcp_server(host: str = "0.0.0.0") -> Iterator[int]:
             with conn, contextlib.suppress(OSError):
                 conn.sendall(b"hello\n")
 
-    thread = threading.Thread(target=serve, daemon=True)
+    thread = threading.Thread(target=answer, daemon=True)
     thread.start()
     try:
         yield server.getsockname()[1]
