@@ -86,11 +86,12 @@ def _unavailable(why: str) -> None:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[str]:
-    """The DOCKER_HOST of a live engine holding local/busybox: one that already answers, or a
-    private dockerd started (and stopped) here."""
+    """The DOCKER_HOST of a live engine holding local/busybox: the one DOCKER_HOST names, else
+    a private dockerd started (and stopped) here, never the machine's own engine."""
     daemon = None
-    host = docker_support.engine_host()
+    host = None
     try:
+        host = docker_support.engine_host()
         if host is None:
             daemon = docker_support.DockerDaemon()
             daemon.start()
@@ -101,9 +102,11 @@ def docker_engine() -> Iterator[str]:
             daemon.stop()
         _unavailable(str(e))
     assert host is not None
-    yield host
-    if daemon is not None:
-        daemon.stop()
+    try:
+        yield host
+    finally:  # its bridge and FORWARD rule must not outlive the session
+        if daemon is not None:
+            daemon.stop()
 
 
 @pytest.fixture(scope="session")

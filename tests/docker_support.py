@@ -1,18 +1,33 @@
 """A real Docker engine and a private registry for tests, from Debian packages, nothing pulled.
 
-`engine_host()` finds an engine that already answers (DOCKER_HOST, else /var/run/docker.sock);
-otherwise `DockerDaemon` starts a private `dockerd` under a temp dir. That daemon is set up to
-live next to other engines on the same host without disturbing them:
+Which engine: the one DOCKER_HOST names, if set (an explicit choice: the engine must answer);
+otherwise always a private `dockerd` (`DockerDaemon`) under a temp dir, never an engine that
+merely happens to answer at /var/run/docker.sock. That one is the machine's: on a Batch VM or a
+CI runner it has its own containers, its own configuration (iptables, storage, mirrors) and
+other users (concurrent test sessions would share it and its network names), so results would
+depend on the machine. A private daemon is the same everywhere and is removed with the session.
+
+The private daemon lives next to other engines on the same host without disturbing them:
 
 - `--bridge BR` on a bridge of its own (created here with `ip link`, on a 10.X.0.0/24 that no
   host route uses): the default `docker0` belongs to whoever started the first engine, and a
   second daemon would share it (or, with `--bridge=none`, delete it);
-- `--iptables=false --ip-forward=false`: no rules of its own in the host's shared iptables
+- `--iptables=false --ip-forward=false`: no rules of docker's in the host's shared iptables
   chains, no host-wide sysctl change. Containers on its networks still reach the host (the
   bridge IP), nothing beyond; blockExternalNetwork does not depend on iptables here
   (see `ContainerEngine.ensure_internal_network`);
 - `--default-address-pool` inside the same 10.X.0.0/16, so its user networks do not collide
-  with those of another daemon.
+  with those of another daemon;
+- one iptables rule of its own, `FORWARD -s POOL -d POOL -j ACCEPT`, inserted before it starts
+  and deleted when it stops. A standard dockerd (iptables on, as on Batch VMs) sets the FORWARD
+  policy to DROP and loads br_netfilter, after which even frames between two ports of one
+  bridge traverse FORWARD: without the rule, two containers of one network of the private
+  daemon cannot talk (`nc: timed out`). The rule only matches traffic from its pool to its
+  pool, a /16 no host route uses, so it opens nothing else; it is added whenever `iptables`
+  works (such a daemon may start after ours), and a firewall that is not iptables is not
+  handled. Running the daemon in a network namespace of its own would avoid the rule, but its
+  containers would then not reach this process's servers (the registry on 127.0.0.1, the test
+  servers on the host) as a Batch VM's containers reach the VM.
 
 `import_busybox` builds `local/busybox:latest` from the static busybox of the host; `Registry`
 runs Debian's `docker-registry` with htpasswd auth on 127.0.0.1 (plain HTTP: engines treat
@@ -46,6 +61,8 @@ PACKAGES = {  # a command we need -> the Debian package that has it
     "busybox": "busybox-static",
     "docker-registry": "docker-registry",
     "htpasswd": "apache2-utils",
+    "ip": "iproute2",
+    "iptables": "iptables",
 }
 _apt_updated = False
 
@@ -80,11 +97,16 @@ def answers(host: str) -> bool:
 
 
 def engine_host() -> str | None:
-    """An engine that already answers: DOCKER_HOST, else the default socket; None if none."""
-    for host in (os.environ.get("DOCKER_HOST"), "unix:///var/run/docker.sock"):
-        if host and answers(host):
-            return host
-    return None
+    """The engine DOCKER_HOST names, None if it is unset (see the module docstring).
+
+    Raises Unavailable if it is set but no engine answers there.
+    """
+    host = os.environ.get("DOCKER_HOST")
+    if not host:
+        return None
+    if not answers(host):
+        raise Unavailable(f"no Docker engine answers at DOCKER_HOST={host}")
+    return host
 
 
 def ensure_commands(*commands: str) -> None:
@@ -141,18 +163,21 @@ class DockerDaemon:
         self.log_path = self.dir / "dockerd.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._bridge_made = False
+        self._rule: list[str] | None = None  # the FORWARD rule it inserted, to delete
 
     def start(self, timeout: float = 60) -> None:
-        """Start dockerd and wait until it answers; raises Unavailable with its log if not."""
-        ensure_commands("dockerd")
-        if shutil.which("ip") is None:
-            raise Unavailable("no `ip` command (iproute2) to make the daemon's bridge")
+        """Start dockerd and wait until it answers; raises Unavailable with its log if not.
+
+        On failure, `stop()` still has to be called to remove what was made.
+        """
+        ensure_commands("dockerd", "ip")
         subnet = _free_subnet()
         first = next(subnet.subnets(new_prefix=24).__iter__())
         _run("ip", "link", "add", "name", self.bridge, "type", "bridge")
         self._bridge_made = True
         _run("ip", "addr", "add", f"{first[1]}/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
+        self._accept_forwarding(subnet)
         argv = [
             shutil.which("dockerd") or "/usr/sbin/dockerd",
             *("--data-root", str(self.dir / "data")),
@@ -165,13 +190,13 @@ class DockerDaemon:
             *("--default-address-pool", f"base={subnet},size=24"),
             *("--log-level", "warn"),
         ]
-        self._process = _serve(argv, self.log_path, lambda: answers(self.host), timeout, self.stop)
+        self._process = serve(argv, self.log_path, lambda: answers(self.host), timeout, self.stop)
 
     def stop(self) -> None:
         """Remove its containers and networks, stop it, delete its bridge and files."""
         if self._process is not None and self._process.poll() is None:
             with contextlib.suppress(Exception):
-                _clean_engine(self.host)
+                clean_engine(self.host)
             self._process.send_signal(signal.SIGTERM)
             try:
                 self._process.wait(timeout=30)
@@ -181,10 +206,34 @@ class DockerDaemon:
         if self._bridge_made:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
             self._bridge_made = False
+        if self._rule is not None:
+            _iptables("-D", *self._rule)
+            self._rule = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def _accept_forwarding(self, pool: ipaddress.IPv4Network) -> None:
+        """Insert `FORWARD -s pool -d pool -j ACCEPT` if iptables works here (see the module
+        docstring); nothing to do where it does not, as nothing can then filter with it."""
+        if os.geteuid() != 0 or not _have("iptables"):
+            return
+        rule = [
+            "FORWARD",
+            *("-s", str(pool), "-d", str(pool)),
+            *("-m", "comment", "--comment", f"batch-agent tests {self.bridge}"),
+            *("-j", "ACCEPT"),
+        ]
+        if _iptables("-I", *rule):
+            self._rule = rule
 
-def _clean_engine(host: str) -> None:
+
+def _iptables(*args: str) -> bool:
+    """Run `iptables -w 60 ARGS` (waiting for the lock other users may hold); whether it worked."""
+    binary = shutil.which("iptables") or "/usr/sbin/iptables"
+    done = subprocess.run([binary, "-w", "60", *args], capture_output=True, timeout=90)
+    return done.returncode == 0
+
+
+def clean_engine(host: str) -> None:
     """Remove every container and user network of a private engine before it stops (their
     bridges would otherwise stay on the host)."""
     c = client(host)
@@ -296,7 +345,7 @@ class Registry:
         binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         argv = [binary, "serve", str(config)]
         log = self.dir / "registry.log"
-        self._process = _serve(argv, log, lambda: _accepts(self.address), timeout, self.stop)
+        self._process = serve(argv, log, lambda: _accepts(self.address), timeout, self.stop)
 
     def push(self, host: str, source: str, repository: str) -> str:
         """Push image `source` of engine `host` as REGISTRY/repository:latest; that reference.
@@ -328,7 +377,7 @@ class Registry:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _serve(
+def serve(
     argv: list[str],
     log_path: Path,
     ready: Callable[[], bool],
@@ -375,7 +424,7 @@ def tcp_server(host: str = "0.0.0.0") -> Iterator[int]:
     server.settimeout(0.2)
     stopping = threading.Event()
 
-    def serve() -> None:
+    def answer() -> None:
         while not stopping.is_set():
             try:
                 conn, _ = server.accept()
@@ -386,7 +435,7 @@ def tcp_server(host: str = "0.0.0.0") -> Iterator[int]:
             with conn, contextlib.suppress(OSError):
                 conn.sendall(b"hello\n")
 
-    thread = threading.Thread(target=serve, daemon=True)
+    thread = threading.Thread(target=answer, daemon=True)
     thread.start()
     try:
         yield server.getsockname()[1]
