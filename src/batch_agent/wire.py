@@ -356,9 +356,14 @@ class AgentTaskSpec(WireModel):
     logging_option: AgentTaskLoggingOption | None = None
 
 
+def _unspecified_is_unset(value: object) -> object:
+    # The proto3 zero value, which the discovery document lists: the same as no value.
+    return None if value == "INTENDED_STATE_UNSPECIFIED" else value
+
+
 class AgentTask(WireModel):
     task: str
-    intended_state: IntendedState | None = None
+    intended_state: Annotated[IntendedState | None, BeforeValidator(_unspecified_is_unset)] = None
     reached_barrier: Int64 = 0
     spec: TaskSpec | None = None
     agent_task_spec: AgentTaskSpec | None = None
