@@ -242,6 +242,8 @@ class ControlPlane:
         application_default: bool = False,
         metadata_host: str = DEFAULT_METADATA_HOST,
     ) -> None:
+        if deadline <= timedelta(0):
+            raise ValueError(f"a report deadline must be positive, got {deadline}")
         # googleapiclient joins "v1/..." onto the endpoint: it needs the trailing slash.
         self.endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
         self.timeout = timeout
@@ -253,18 +255,25 @@ class ControlPlane:
         self._authorized: google_auth_httplib2.AuthorizedHttp | None = None
         self._https: list[httplib2.Http] = []  # every connection pool a call may use
 
-    def report(self, parent: str, request: ReportAgentStateRequest) -> ReportAgentStateResponse:
+    def report(
+        self,
+        parent: str,
+        request: ReportAgentStateRequest,
+        *,
+        deadline: timedelta | None = None,
+    ) -> ReportAgentStateResponse:
         """POST `{endpoint}v1/{parent}/state:report` and return the parsed response.
 
-        BLOCKS for at most about `deadline` (plus a connection attempt under way at that
-        moment, itself bounded by `timeout`, and name resolution); call it from a worker
-        thread (`asyncio.to_thread`), one call at a time. Makes one attempt (a token refresh
-        and one resend after a 401 are part of it). Raises ControlPlaneError and nothing
-        else: every failure, expected or not, is classified, and `retryable` tells the
-        caller what to do.
+        BLOCKS for at most about `deadline`, plus a connection attempt under way at that
+        moment (itself bounded by `timeout`) and name resolution; `deadline` defaults to the
+        constructor's (a last report at shutdown may want a shorter one: no caller can cancel
+        a worker thread). Call it from a worker thread (`asyncio.to_thread`), one call at a
+        time. Makes one attempt (a token refresh and one resend after a 401 are part of it).
+        Raises ControlPlaneError and nothing else: every failure, expected or not, is
+        classified, and `retryable` tells the caller what to do.
         """
         try:
-            return self._report(parent, request)
+            return self._report(parent, request, deadline or self.deadline)
         except ControlPlaneError:
             raise
         except Exception as error:
@@ -278,7 +287,9 @@ class ControlPlane:
                 )
             raise classified from error
 
-    def _report(self, parent: str, request: ReportAgentStateRequest) -> ReportAgentStateResponse:
+    def _report(
+        self, parent: str, request: ReportAgentStateRequest, deadline: timedelta
+    ) -> ReportAgentStateResponse:
         call = (
             self._client()
             .projects()
@@ -292,7 +303,7 @@ class ControlPlane:
         headers = dict(call.headers)
         headers.setdefault("content-length", str(call.body_size))
         assert self._authorized is not None
-        with self._deadline() as expired:
+        with self._deadline(deadline) as expired:
             try:
                 response, content = self._authorized.request(
                     call.uri, method=call.method, body=call.body, headers=headers
@@ -301,7 +312,7 @@ class ControlPlane:
                 if not expired.is_set():
                     raise
                 raise ControlPlaneError(
-                    f"no complete answer within the {self.deadline.total_seconds():g}s "
+                    f"no complete answer within the {deadline.total_seconds():g}s "
                     f"deadline ({type(error).__name__})",
                     retryable=True,
                 ) from error
@@ -318,7 +329,7 @@ class ControlPlane:
             ) from error
 
     @contextlib.contextmanager
-    def _deadline(self) -> Iterator[threading.Event]:
+    def _deadline(self, deadline: timedelta) -> Iterator[threading.Event]:
         """While inside, a watchdog thread waits for `deadline`; once it has passed it sets
         the yielded event and shuts down every socket of every pool (again every 0.1 s, for
         those httplib2 reconnects) until the block exits, so a blocked read returns at once.
@@ -326,7 +337,7 @@ class ControlPlane:
         done, expired = threading.Event(), threading.Event()
 
         def watch() -> None:
-            if done.wait(self.deadline.total_seconds()):
+            if done.wait(deadline.total_seconds()):
                 return
             expired.set()
             while True:

@@ -95,23 +95,39 @@ def test_nonsense_status_is_retryable(start: Start) -> None:
     assert (error.retryable, error.status) == (True, 999)
 
 
+def trickle(conn: socket.socket, stopping: threading.Event) -> None:
+    """A 400-byte answer, one byte every 0.25 s: 100 s in all."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n")
+    for _ in range(400):
+        if stopping.wait(0.25):
+            return
+        conn.sendall(b" ")
+
+
 @pytest.mark.timeout(60)
 def test_trickling_answer_is_cut_at_the_deadline(start: Start) -> None:
     """One byte every 0.25 s never trips the socket timeout, but the call's deadline ends it
     and drops the connection (the server sees its peer gone long before its 100 s answer)."""
-
-    def trickle(conn: socket.socket, stopping: threading.Event) -> None:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n")
-        for _ in range(400):
-            if stopping.wait(0.25):
-                return
-            conn.sendall(b" ")
-
     server, control = start(trickle, timeout=timedelta(seconds=5), deadline=timedelta(seconds=1))
     error = report_error(control)
     assert (error.retryable, error.status) == (True, None)
     assert "deadline" in str(error)
     wait_until(server.cut_off.is_set, timeout=30, what="the server to see the client gone")
+
+
+@pytest.mark.timeout(60)
+def test_a_call_may_shorten_the_deadline(start: Start) -> None:
+    """report(deadline=...) overrides the constructor's deadline for that call only."""
+    server, control = start(trickle, timeout=timedelta(seconds=5))  # default deadline: 60 s
+    with pytest.raises(ControlPlaneError, match="deadline"):
+        control.report(PARENT, REQUEST, deadline=timedelta(seconds=0.5))
+    wait_until(server.cut_off.is_set, timeout=30, what="the server to see the client gone")
+
+
+def test_a_deadline_must_be_positive() -> None:
+    """A zero deadline is refused when the client is made, not discovered at the first call."""
+    with pytest.raises(ValueError, match="deadline"):
+        ControlPlane("http://127.0.0.1:1/", deadline=timedelta(0))
 
 
 def test_too_many_requests_carries_retry_after_seconds(start: Start) -> None:
