@@ -3,7 +3,9 @@
 The wrinkles of the JSON encoding are absorbed here, once: int64 travels as a decimal string,
 `google-duration` as `"1.5s"`, `google-datetime` as RFC 3339, unknown fields are ignored (the
 server evolves). Response tasks are kept raw and parsed one by one with `parse_agent_task`, so
-that one malformed task fails alone instead of taking the whole response with it.
+that one malformed task fails alone instead of taking the whole response with it. Whatever a
+server sends, parsing costs time bounded by the body's size and raises only the documented
+errors (`parse_response`: MalformedResponse; `parse_agent_task`: none).
 
 This module imports nothing of ours and knows nothing of HTTP.
 """
