@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batch_agent.control import Backoff, ControlPlane, ControlPlaneError, is_retryable_status
+from batch_agent.control import (
+    MAX_RETRY_AFTER,
+    Backoff,
+    ControlPlane,
+    ControlPlaneError,
+    is_retryable_status,
+    parse_retry_after,
+)
 from batch_agent.emulator import Emulator
 from batch_agent.wire import (
     AgentInfo,
@@ -175,10 +182,35 @@ def test_binary_answer_is_retryable(emu: Emulator, control: ControlPlane) -> Non
 
 
 def test_wrongly_shaped_answer_is_retryable(emu: Emulator, control: ControlPlane) -> None:
-    """A 200 with JSON that is not a ReportAgentStateResponse is retryable."""
-    emu.respond_raw_next(b'{"defaultReportInterval": "soon"}')
+    """A 200 with JSON that is not a ReportAgentStateResponse (tasks not a list) is retryable."""
+    emu.respond_raw_next(b'{"tasks": "many"}')
     error = report_error(control)
     assert (error.retryable, error.status) == (True, None)
+    assert "malformed" in str(error)
+
+
+def test_bad_intervals_are_clamped_or_ignored_not_fatal(
+    emu: Emulator, control: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A huge interval is clamped to 1 h, a garbled one ignored; both logged, the answer used."""
+    emu.respond_raw_next(b'{"defaultReportInterval": "999999999999999s", "minReportInterval": "x"}')
+    response = control.report(PARENT, REQUEST)
+    assert response.default_report_interval == timedelta(hours=1)
+    assert response.min_report_interval is None
+    assert "defaultReportInterval" in caplog.text
+    assert "minReportInterval" in caplog.text
+
+
+def test_unexpected_failure_is_logged_and_retryable(
+    control: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even a bug (a parent googleapiclient refuses) is a retryable ControlPlaneError, with
+    its traceback in the log."""
+    error = report_error(control, parent="not-a-parent")
+    assert (error.retryable, error.status) == (True, None)
+    assert "TypeError" in str(error)
+    [record] = [r for r in caplog.records if r.exc_info is not None]
+    assert "unexpected" in record.getMessage()
 
 
 def test_unknown_response_fields_are_ignored(emu: Emulator, control: ControlPlane) -> None:
@@ -301,20 +333,54 @@ def test_nonsense_settings_are_rejected(initial: float, maximum: float, multipli
 @pytest.mark.parametrize(
     ("status", "retryable"),
     [
+        (301, True),
         (400, False),
         (401, True),
         (403, True),
         (404, False),
         (408, True),
         (409, False),
+        (413, False),
         (429, True),
+        (451, False),
         (500, True),
-        (501, False),
+        (501, True),
         (502, True),
         (503, True),
         (504, True),
+        (599, True),
+        (999, True),
     ],
 )
 def test_status_classification(status: int, retryable: bool) -> None:
     """Throttling, server errors, timeouts and auth lag are retried; our bad requests are not."""
     assert is_retryable_status(status) is retryable
+
+
+NOW = datetime(2026, 12, 2, 10, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("7", timedelta(seconds=7)),
+        (" 0 ", timedelta(0)),
+        ("99999999999999999999999", MAX_RETRY_AFTER),
+        ("Wed, 02 Dec 2026 10:02:00 GMT", timedelta(minutes=2)),
+        ("Wednesday, 02-Dec-26 10:00:30 GMT", timedelta(seconds=30)),  # RFC 850, obsolete
+        ("Wed Dec  2 10:00:05 2026", timedelta(seconds=5)),  # asctime, zone-less: GMT
+        ("Wed, 02 Dec 2026 09:00:00 GMT", timedelta(0)),  # in the past
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER),
+        (None, None),
+        ("", None),
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("Wed, 32 Dec 2026 10:02:00 GMT", None),
+        ("٣", None),  # a digit, but not an ASCII one
+        ("1" * 100_000, None),
+    ],
+)
+def test_retry_after_header(header: str | None, expected: timedelta | None) -> None:
+    """Delay-seconds and HTTP-dates (RFC 9110) give a delay in [0, 1 h]; anything else None."""
+    assert parse_retry_after(header, NOW) == expected

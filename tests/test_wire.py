@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing
 from datetime import UTC, datetime, timedelta
 from types import UnionType
@@ -149,3 +150,142 @@ def test_int64_travels_as_a_string(value):
     body = info.to_wire()
     assert body["runnable"] == str(value)
     assert wire.AgentTaskInfo.model_validate(body).runnable == value
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ({"reachedBarrier": "Infinity"}, 'reachedBarrier: "Infinity" is not an integer'),
+        ({"reachedBarrier": "1e600000"}, 'reachedBarrier: "1e600000" is not an integer'),
+        ({"reachedBarrier": "1e1000000"}, 'reachedBarrier: "1e1000000" is not an integer'),
+        ({"reachedBarrier": "9" * 100_000}, "reachedBarrier: "),
+        ({"reachedBarrier": str(2**63)}, f'reachedBarrier: "{2**63}" is out of range for int64'),
+        ({"reachedBarrier": 2**63}, f"reachedBarrier: {2**63} is out of range for int64"),
+        ({"reachedBarrier": 10**4000}, "reachedBarrier: a 13288-bit number is out of range"),
+        ({"reachedBarrier": 1.0}, "reachedBarrier: 1.0 is not an integer"),
+        (
+            {"spec": {"runnables": [{"timeout": "99999999999999999s"}]}},
+            'runnables[0].timeout: "99999999999999999s" is out of range (longer than 100 years)',
+        ),
+        (
+            {"spec": {"maxRunDuration": "-3155760001s"}},
+            'maxRunDuration: "-3155760001s" is out of range (longer than 100 years)',
+        ),
+        ({"spec": {"maxRunDuration": "1e9s"}}, 'maxRunDuration: "1e9s" is not a duration'),
+        ({"spec": {"maxRetryCount": 2**31}}, f"maxRetryCount: {2**31} is out of range for int32"),
+        (
+            {"spec": {"lifecyclePolicies": [{"actionCondition": {"exitCodes": ["x"]}}]}},
+            'lifecyclePolicies[0].actionCondition.exitCodes[0]: "x" is not an integer',
+        ),
+        ({"agentTaskSpec": {"userAccount": {"gid": "-1e3"}}}, "userAccount.gid: "),
+    ],
+)
+def test_out_of_range_numbers_fail_the_task(raw, problem):
+    """Huge, infinite or exponent-form numbers make a BadAgentTask naming the path, never an
+    OverflowError, and cost microseconds whatever their size."""
+    task = wire.parse_agent_task({"task": "t", "intendedState": "ASSIGNED", **raw})
+    assert isinstance(task, wire.BadAgentTask)
+    assert task.task == "t"
+    assert any(p.startswith(problem) for p in task.problems), task.problems
+    assert all(len(p) < 200 for p in task.problems)  # a huge value is not copied into events
+
+
+def test_longest_durations_still_add_to_now():
+    """The longest accepted duration, either way, can be added to now without overflow."""
+    for text in ("3155760000s", "-3155760000s"):
+        task = wire.parse_agent_task({"task": "t", "spec": {"maxRunDuration": text}})
+        assert isinstance(task, wire.AgentTask)
+        assert task.spec is not None and task.spec.max_run_duration is not None
+        assert datetime.now(UTC) + task.spec.max_run_duration > datetime(1900, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"task": "t", "intendedState": ["ASSIGNED"]},
+        {"task": "t", "intendedState": {"a": 1}},
+        {"task": ["t"], "spec": 5},
+        {"task": "t", "spec": {"runnables": [[[[[]]]]]}},
+    ],
+)
+def test_unhashable_or_misplaced_values_fail_the_task(raw):
+    """Lists and objects where strings belong make a BadAgentTask, never a TypeError."""
+    task = wire.parse_agent_task(raw)
+    assert isinstance(task, wire.BadAgentTask)
+    assert task.intended_state is None
+    assert task.problems
+
+
+@pytest.mark.parametrize("raw", [None, 5, "task", ["t"]])
+def test_a_task_that_is_not_an_object_is_nameless(raw):
+    """A tasks[] entry that is not an object is a BadAgentTask without a name."""
+    task = wire.parse_agent_task(raw)
+    assert isinstance(task, wire.BadAgentTask)
+    assert (task.task, task.problems) == ("", ["task: not an object"])
+
+
+def test_problems_are_capped():
+    """A task with thousands of bad fields fails with a readable number of problems."""
+    runnables = [{"timeout": "soon"}] * 1000
+    task = wire.parse_agent_task({"task": "t", "spec": {"runnables": runnables}})
+    assert isinstance(task, wire.BadAgentTask)
+    assert len(task.problems) == 21
+    assert task.problems[-1] == "... and 980 more problems"
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected", "logged"),
+    [
+        ("999999999999999s", timedelta(hours=1), True),
+        ("9" * 60 + "s", timedelta(hours=1), True),
+        ("3600.000001s", timedelta(hours=1), True),
+        ("-5s", timedelta(0), True),
+        ("59.5s", timedelta(seconds=59.5), False),
+        ("3600s", timedelta(hours=1), False),
+        ("Infinity", None, True),
+        ("1e600000s", None, True),
+        ("9" * 100 + "s", None, True),
+        (5, None, True),
+        (["10s"], None, True),
+        (None, None, False),
+    ],
+)
+def test_response_intervals_are_clamped_or_ignored(interval, expected, logged, caplog):
+    """Report intervals out of [0, 1 h] are clamped, garbled ones ignored; both logged."""
+    body = {"defaultReportInterval": interval, "minReportInterval": interval, "tasks": []}
+    response = wire.parse_response(json.dumps(body).encode())
+    assert response.default_report_interval == expected
+    assert response.min_report_interval == expected
+    assert ("defaultReportInterval" in caplog.text) is logged
+    assert ("minReportInterval" in caplog.text) is logged
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe\x00",
+        b"[]",
+        b"null",
+        b'{"tasks": 5}',
+        b'{"tasks": {"task": "t"}}',
+        b'{"tasks": [Infinity]}',
+        b"[" * 100_000,
+        b'{"a": ' + b"9" * 5000 + b"}",
+    ],
+)
+def test_unusable_responses_are_malformed(body):
+    """A body that is not JSON, not an object, or whose tasks is not a list: MalformedResponse."""
+    with pytest.raises(wire.MalformedResponse):
+        wire.parse_response(body)
+
+
+def test_everything_else_in_a_response_is_kept():
+    """Null tasks mean none; a bad useBatchMonitoredResource is ignored; odd tasks are kept
+    raw for parse_agent_task to judge one by one."""
+    body = b'{"tasks": null, "useBatchMonitoredResource": "yes"}'
+    assert wire.parse_response(body).tasks == []
+    odd = wire.parse_response(b'{"tasks": [1, {"task": "t"}], "useBatchMonitoredResource": true}')
+    assert odd.tasks == [1, {"task": "t"}]
+    assert odd.use_batch_monitored_resource is True

@@ -48,6 +48,8 @@ from batch_agent.wire import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+STOP_REPORT_DEADLINE = timedelta(seconds=5)  # the last report (AGENT_STOPPED) on the way out
+
 
 class Unreachable(Exception):
     """The control plane (or metadata server) could not be reached within the budget."""
@@ -164,9 +166,7 @@ class Reporter:
                     raise Rejected(str(error)) from error
                 if once and datetime.now(UTC) - last_success > self._config.unreachable_timeout:
                     raise Unreachable(str(error)) from error
-                delay = max(
-                    backoff.next_delay(), getattr(error, "retry_after", None) or timedelta(0)
-                )
+                delay = max(backoff.next_delay(), error.retry_after or timedelta(0))
                 log.warning("report failed (%s); retrying in %.1fs", error, delay.total_seconds())
                 if await self._sleep(delay.total_seconds()):
                     return None
@@ -175,11 +175,16 @@ class Reporter:
             self._state = AgentState.AGENT_RUNNING
             return response
 
-    async def _report(self, state: AgentState) -> ReportAgentStateResponse:
+    async def _report(
+        self, state: AgentState, *, deadline: timedelta | None = None
+    ) -> ReportAgentStateResponse:
         assert self._identity is not None
         request = self._request(state)
+        parent = self._identity.parent
         try:
-            response = await asyncio.to_thread(self._control.report, self._identity.parent, request)
+            response = await asyncio.to_thread(
+                self._control.report, parent, request, deadline=deadline
+            )
         finally:
             # Counted from the answer, so the server never sees two reports closer than the
             # minimum, whatever the latency.
@@ -216,8 +221,9 @@ class Reporter:
         if self._identity is not None and self._state is not AgentState.AGENT_STARTING:
             try:
                 await asyncio.sleep(min(self._until_min_interval(), 2.0))
-                await asyncio.wait_for(self._report(AgentState.AGENT_STOPPED), timeout=5)
-            except (ControlPlaneError, TimeoutError) as error:
+                # Bounded in the call itself: a worker thread still blocked would hold up exit.
+                await self._report(AgentState.AGENT_STOPPED, deadline=STOP_REPORT_DEADLINE)
+            except ControlPlaneError as error:
                 log.warning("last report (AGENT_STOPPED) failed: %s", error)
         self._control.close()
         self._store.close()

@@ -3,16 +3,21 @@
 The wrinkles of the JSON encoding are absorbed here, once: int64 travels as a decimal string,
 `google-duration` as `"1.5s"`, `google-datetime` as RFC 3339, unknown fields are ignored (the
 server evolves). Response tasks are kept raw and parsed one by one with `parse_agent_task`, so
-that one malformed task fails alone instead of taking the whole response with it.
+that one malformed task fails alone instead of taking the whole response with it. Whatever a
+server sends, parsing costs time bounded by the body's size and raises only the documented
+errors (`parse_response`: MalformedResponse; `parse_agent_task`: none).
 
 This module imports nothing of ours and knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import reprlib
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -23,24 +28,53 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-_DURATION = re.compile(r"^(-?\d+)(?:\.(\d{1,9}))?s$")
+log = logging.getLogger(__name__)
+
+# Numbers arrive as text from a server we do not control. Each is checked for length and shape
+# before it is converted, so that parsing costs microseconds whatever is sent ("1e600000" or a
+# million digits), and each is checked for range before it becomes a timedelta, so that neither
+# timedelta nor `datetime.now() + duration` can overflow later.
+_MAX_NUMBER_TEXT = 64  # characters; longer than any int64 or any duration we accept
+_DURATION = re.compile(r"(-?)([0-9]+)(?:\.([0-9]{1,9}))?s")
+_INTEGER = re.compile(r"-?[0-9]+")
+MAX_TASK_DURATION = timedelta(days=36525)  # 100 years: a task timeout or maxRunDuration
+MAX_REPORT_INTERVAL = timedelta(hours=1)  # the report intervals a response may set
+_RANGES = {
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
 
 
-def parse_duration(value: object) -> timedelta:
-    """`"1.5s"` -> timedelta(seconds=1.5); raises ValueError naming the bad value."""
-    if isinstance(value, timedelta):
-        return value
-    match = _DURATION.match(value) if isinstance(value, str) else None
+def _microseconds(value: object) -> int | None:
+    """`"-1.5s"` -> -1500000 (nanoseconds truncated); None if not a short duration string."""
+    if not isinstance(value, str) or len(value) > _MAX_NUMBER_TEXT:
+        return None
+    match = _DURATION.fullmatch(value)
     if match is None:
+        return None
+    sign, whole, fraction = match.groups()
+    micros = int(whole) * 10**6 + int((fraction or "").ljust(9, "0")) // 1000
+    return -micros if sign else micros
+
+
+def parse_duration(value: object, maximum: timedelta = MAX_TASK_DURATION) -> timedelta:
+    """`"1.5s"` -> timedelta(seconds=1.5); raises ValueError naming the bad value, also for a
+    duration longer than `maximum` either way (100 years by default)."""
+    if isinstance(value, timedelta):
+        micros: int | None = value // timedelta(microseconds=1)
+    else:
+        micros = _microseconds(value)
+    if micros is None:
         raise ValueError(f"{_quote(value)} is not a duration")
-    whole, fraction = match.group(1), match.group(2) or ""
-    nanos = int(fraction.ljust(9, "0"))
-    sign = -1 if whole.startswith("-") else 1
-    return sign * timedelta(seconds=abs(int(whole)), microseconds=nanos // 1000)
+    if abs(micros) > maximum // timedelta(microseconds=1):
+        raise ValueError(f"{_quote(value)} is out of range (longer than {_describe(maximum)})")
+    return timedelta(microseconds=micros)
 
 
 def format_duration(value: timedelta) -> str:
@@ -61,8 +95,21 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
 def _quote(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    """A bad value as a problem message shows it: strings quoted, everything cut short."""
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) <= 60 else f'"{value[:50]}..." ({len(value)} chars)'
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"a {value.bit_length()}-bit number"
+    return _REPR.repr(value)
+
+
+def _describe(value: timedelta) -> str:
+    return f"{value.days // 365} years" if value.days >= 365 else format_duration(value)
 
 
 def _to_duration(value: object) -> timedelta:
@@ -72,23 +119,28 @@ def _to_duration(value: object) -> timedelta:
         raise PydanticCustomError("duration", str(error)) from None
 
 
-def _to_int64(value: object) -> int:
-    if isinstance(value, bool):
-        raise PydanticCustomError("int64", f"{_quote(value)} is not an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(Decimal(value)) if value.strip() == value else int("x")
-        except (InvalidOperation, ValueError):
-            pass
-    raise PydanticCustomError("int64", f"{_quote(value)} is not an integer")
+def _integer(kind: str) -> BeforeValidator:
+    """A validator for an integer of `kind` (int32, int64, uint64): a JSON number or, as
+    proto3 JSON allows and int64 requires, a decimal string; out-of-range values are errors."""
+    low, high = _RANGES[kind]
+
+    def validate(value: object) -> int:
+        number = value
+        if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT and _INTEGER.fullmatch(value):
+            number = int(value)
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise PydanticCustomError(kind, f"{_quote(value)} is not an integer")
+        if not low <= number <= high:
+            raise PydanticCustomError(kind, f"{_quote(value)} is out of range for {kind}")
+        return number
+
+    return BeforeValidator(validate)
 
 
 def _to_time(value: object) -> datetime:
     if isinstance(value, datetime):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT:
         try:
             return parse_time(value)
         except ValueError:
@@ -96,7 +148,34 @@ def _to_time(value: object) -> datetime:
     raise PydanticCustomError("time", f"{_quote(value)} is not an RFC 3339 time")
 
 
-Int64 = Annotated[int, BeforeValidator(_to_int64), PlainSerializer(str, return_type=str)]
+def _to_report_interval(value: object, info: ValidationInfo) -> timedelta | None:
+    """A response's report interval, clamped to [0, MAX_REPORT_INTERVAL]; None (the agent
+    keeps its current interval) for one that is not a duration. Logged, never an error: a
+    bad interval must not cost us the tasks in the same response."""
+    if value is None:
+        return None
+    name = to_camel(info.field_name or "interval")
+    if isinstance(value, timedelta):
+        micros: int | None = value // timedelta(microseconds=1)
+    else:
+        micros = _microseconds(value)
+    if micros is None:
+        log.warning("control plane: %s %s is not a duration; ignored", name, _quote(value))
+        return None
+    clamped = min(max(micros, 0), MAX_REPORT_INTERVAL // timedelta(microseconds=1))
+    if clamped != micros:
+        log.warning(
+            "control plane: %s %s is out of range; using %s",
+            name,
+            _quote(value),
+            format_duration(timedelta(microseconds=clamped)),
+        )
+    return timedelta(microseconds=clamped)
+
+
+Int32 = Annotated[int, _integer("int32")]
+Int64 = Annotated[int, _integer("int64"), PlainSerializer(str, return_type=str)]
+UInt64 = Annotated[int, _integer("uint64"), PlainSerializer(str, return_type=str)]
 Duration = Annotated[
     timedelta, BeforeValidator(_to_duration), PlainSerializer(format_duration, return_type=str)
 ]
@@ -247,7 +326,7 @@ class ComputeResource(WireModel):
 
 
 class ActionCondition(WireModel):
-    exit_codes: list[int] = Field(default_factory=list)
+    exit_codes: list[Int32] = Field(default_factory=list)
 
 
 class LifecyclePolicy(WireModel):
@@ -259,7 +338,7 @@ class TaskSpec(WireModel):
     runnables: list[Runnable] = Field(default_factory=list)
     compute_resource: ComputeResource | None = None
     max_run_duration: Duration | None = None
-    max_retry_count: int | None = None
+    max_retry_count: Int32 | None = None
     lifecycle_policies: list[LifecyclePolicy] = Field(default_factory=list)
     environments: dict[str, str] = Field(default_factory=dict)
     volumes: list[Volume] = Field(default_factory=list)
@@ -283,21 +362,76 @@ class AgentTaskSpec(WireModel):
     logging_option: AgentTaskLoggingOption | None = None
 
 
+def _unspecified_is_unset(value: object) -> object:
+    # The proto3 zero value, which the discovery document lists: the same as no value.
+    return None if value == "INTENDED_STATE_UNSPECIFIED" else value
+
+
 class AgentTask(WireModel):
     task: str
-    intended_state: IntendedState | None = None
+    intended_state: Annotated[IntendedState | None, BeforeValidator(_unspecified_is_unset)] = None
     reached_barrier: Int64 = 0
     spec: TaskSpec | None = None
     agent_task_spec: AgentTaskSpec | None = None
     task_source: str | None = None
 
 
+def _report_flag(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    log.warning(
+        "control plane: useBatchMonitoredResource %s is not a boolean; ignored", _quote(value)
+    )
+    return None
+
+
+def _task_list(value: object) -> object:
+    return [] if value is None else value  # JSON null for a repeated field: none
+
+
+ReportInterval = Annotated[
+    timedelta | None,
+    BeforeValidator(_to_report_interval),
+    PlainSerializer(lambda v: None if v is None else format_duration(v)),
+]
+
+
 class ReportAgentStateResponse(WireModel):
-    default_report_interval: Duration | None = None
-    min_report_interval: Duration | None = None
-    # Kept raw: each is parsed with parse_agent_task so a bad one fails alone.
-    tasks: list[dict[str, Any]] = Field(default_factory=list)
-    use_batch_monitored_resource: bool | None = None
+    """Only `tasks` that is not a list makes a response unusable: bad intervals are clamped or
+    ignored (and logged), and each task is parsed on its own with `parse_agent_task`."""
+
+    default_report_interval: ReportInterval = None
+    min_report_interval: ReportInterval = None
+    # Kept raw (anything JSON, not only objects): each is parsed with parse_agent_task so a bad
+    # one fails alone.
+    tasks: Annotated[list[Any], BeforeValidator(_task_list)] = Field(default_factory=list)
+    use_batch_monitored_resource: Annotated[bool | None, BeforeValidator(_report_flag)] = None
+
+
+class MalformedResponse(ValueError):
+    """A `state:report` answer that is not a ReportAgentStateResponse at all."""
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_response(content: bytes | str) -> ReportAgentStateResponse:
+    """Parse a `state:report` answer body; raises MalformedResponse (and nothing else) when
+    it is not JSON (NaN and Infinity included), not an object, or its `tasks` is not a list.
+    The cost is bounded by the body's size: JSON nesting and integer digits are limited by
+    the standard library's json (RecursionError, ValueError), both caught here."""
+    try:
+        body = json.loads(content, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise MalformedResponse(f"the body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise MalformedResponse(f"the body is not a JSON object: {_quote(body)}")
+    try:
+        return ReportAgentStateResponse.model_validate(body)
+    except ValidationError as error:
+        problems = [f"{_json_path(e['loc'])}: {e['msg']}" for e in error.errors()]
+        raise MalformedResponse("; ".join(problems)) from None
 
 
 class BadAgentTask(BaseModel):
@@ -308,18 +442,31 @@ class BadAgentTask(BaseModel):
     problems: list[str]
 
 
-def parse_agent_task(raw: dict[str, Any]) -> AgentTask | BadAgentTask:
-    """Parse one response task; never raises for a task that carries a name."""
+_MAX_PROBLEMS = 20  # a task with a thousand bad fields fails with an event of readable size
+
+
+def parse_agent_task(raw: object) -> AgentTask | BadAgentTask:
+    """Parse one response task (any JSON value); never raises. A task that is not an object,
+    or whose name is not a string, is a BadAgentTask named ""."""
+    if not isinstance(raw, dict):
+        return BadAgentTask(task="", intended_state=None, problems=["task: not an object"])
     try:
         return AgentTask.model_validate(raw)
     except ValidationError as error:
-        name = raw.get("task") if isinstance(raw.get("task"), str) else ""
+        name = raw.get("task")
         intended = raw.get("intendedState")
-        known = intended if intended in IntendedState.__members__ else None
         problems = [f"{_json_path(item['loc'])}: {item['msg']}" for item in error.errors()]
+        if len(problems) > _MAX_PROBLEMS:
+            more = len(problems) - _MAX_PROBLEMS
+            problems = [*problems[:_MAX_PROBLEMS], f"... and {more} more problems"]
         return BadAgentTask(
-            task=str(name),
-            intended_state=IntendedState(known) if known else None,
+            task=name if isinstance(name, str) else "",
+            # isinstance first: a list or dict here is unhashable.
+            intended_state=(
+                IntendedState(intended)
+                if isinstance(intended, str) and intended in IntendedState.__members__
+                else None
+            ),
             problems=problems,
         )
 
@@ -331,7 +478,8 @@ def _json_path(loc: tuple[int | str, ...]) -> str:
         parts = parts[1:]
     text = ""
     for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+        part = part if isinstance(part, int) or len(part) <= 40 else part[:37] + "..."
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
     return text or "task"
 
 
@@ -377,7 +525,7 @@ class AgentTimingInfo(WireModel):
 
 class AgentMetadata(WireModel):
     instance: str | None = None
-    instance_id: Int64 | None = None
+    instance_id: UInt64 | None = None
     zone: str | None = None
     machine_type: str | None = None
     creator: str | None = None
