@@ -7,6 +7,7 @@ reports anything: the runner records what it returns. Knows nothing of HTTP or t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import pwd
 from collections.abc import Callable, Mapping
@@ -121,7 +122,7 @@ class Launcher:
             found = executions[0] if executions else None
         elif known.pid is None or known.start_time is None:
             # The pid is saved lazily (with the next save): find the waiter by its command line.
-            waiter = find_waiter(status)
+            waiter = await asyncio.to_thread(find_waiter, status)  # scans /proc
             found = read_status(status)
             if found is None and waiter is not None:
                 found = ScriptExecution.reattach(waiter[0], waiter[1], status)
