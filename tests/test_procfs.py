@@ -130,7 +130,9 @@ def test_with_cmdline_finds_live_processes_only(processes: list[subprocess.Popen
     process = subprocess.Popen([PY, "-c", "import sys, time; time.sleep(60)", token])
     processes.append(process)
     needle = f"\0{token}\0".encode()
-    assert [p.pid for p in procfs.with_cmdline(needle)] == [process.pid]
+    # Popen returns once exec has begun, before the kernel has set the new command line up.
+    found = wait_until(lambda: procfs.with_cmdline(needle))
+    assert [p.pid for p in found] == [process.pid]
     process.kill()
     wait_until(lambda: (s := procfs.read_stat(process.pid)) and s.state == "Z")
     assert procfs.with_cmdline(needle) == []

@@ -96,10 +96,11 @@ class ScriptExecution:
         """Find a runnable again after an agent restart.
 
         Returns an execution to wait on or stop if `pid` still runs with the same `start_time`.
-        Else the waiter has ended, and this returns its recorded ExitResult, or one with exit
-        code EXIT_CODE_UNKNOWN and a reason saying the status is lost; but while processes of
-        the waiter's group may be left, an execution instead, whose `wait` stops them and then
-        returns that result. Blocks only on tiny reads and a signal 0 (no /proc scan).
+        Else the waiter has ended, and this returns its recorded ExitResult; but while processes
+        of the waiter's group may be left, an execution instead, whose `wait` stops them and then
+        returns that result. A status that is lost (an ExitResult with exit code
+        EXIT_CODE_UNKNOWN and a reason) is returned as it is, for the caller to act on.
+        Blocks only on tiny reads and a signal 0 (no /proc scan).
         """
         result = read_status(status_path)
         if result is None and procfs.is_alive(pid, start_time):
@@ -111,7 +112,10 @@ class ScriptExecution:
             )
         # It may have ended between the two looks.
         result = result or read_status(status_path)
-        result = result or ExitResult(EXIT_CODE_UNKNOWN, reason=STATUS_LOST)
+        if result is None:
+            return ExitResult(EXIT_CODE_UNKNOWN, reason=STATUS_LOST)
+        if result.exit_code == EXIT_CODE_UNKNOWN:  # garbage in the status file
+            return result
         if not ProcessSession(pid, start_time).group_may_exist():
             return result
         return cls(
