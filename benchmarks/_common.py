@@ -15,6 +15,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # The agent subprocess is started exactly as the end-to-end tests start it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from batch_agent.tasks.procfs import read_stat  # noqa: E402
 from tests.helpers import AgentProcess  # noqa: E402
 
 Agent = AgentProcess
@@ -30,9 +31,10 @@ def rss_bytes(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of `pid` (all its threads) from /proc/PID/stat, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    found = read_stat(pid)
+    if found is None:
+        raise RuntimeError(f"no process {pid}")
+    return (found.utime + found.stime) / CLOCK_TICKS
 
 
 def script_task(text: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from batch_agent.emulator import Emulator
 from batch_agent.local.agents import agent_env as local_agent_env
+from batch_agent.tasks.procfs import read_stat
 
 AGENT = [sys.executable, "-m", "batch_agent.cli"]
 
@@ -98,8 +99,5 @@ def exit_code(emu: Emulator, name: str) -> int | None:
 
 def alive(pid: int) -> bool:
     """True while `pid` runs (a zombie counts as gone: nothing reaps orphans here)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    found = read_stat(pid)
+    return found is not None and found.alive

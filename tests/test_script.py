@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import pytest
 
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, ExitResult
-from batch_agent.tasks.script import ScriptExecution, find_waiter, start_script, write_script
+from batch_agent.tasks.procfs import read_stat
+from batch_agent.tasks.script import (
+    ScriptExecution,
+    find_waiter,
+    read_status,
+    start_script,
+    write_script,
+)
 
 T = TypeVar("T")
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root"}
@@ -46,12 +53,8 @@ async def async_wait_until(predicate: Callable[[], bool], timeout: float = 10.0)
 
 def is_dead(pid: int) -> bool:
     """True if `pid` is gone or a zombie (pid 1 here may not reap orphans)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return True
-    return data[data.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+    found = read_stat(pid)
+    return found is None or not found.alive
 
 
 async def start(
@@ -241,6 +244,55 @@ def test_stop_after_exit_is_harmless(tmp_path: Path) -> None:
     run(scenario())
 
 
+def read_pid(path: Path) -> int | None:
+    """The pid a script wrote to `path` with `echo $!`, once the line is complete."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.endswith("\n") else None
+
+
+def test_background_child_is_stopped_when_the_script_exits(tmp_path: Path) -> None:
+    """A `cmd &` left running by a script that exits 0 is dead once wait() returns 0."""
+    text = "#!/bin/sh\nsleep 1000 &\necho $! > child.pid\nexit 0\n"
+    assert run(run_script(tmp_path, text)) == ExitResult(0)
+    child = read_pid(tmp_path / "child.pid")
+    assert child is not None and is_dead(child)
+
+
+TERM_NOTED = (
+    "import signal, time, pathlib;"
+    " signal.signal(signal.SIGTERM, lambda *_: pathlib.Path('term').touch());"
+    " print('ready', flush=True); time.sleep(60)"
+)
+
+
+def test_background_child_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+    """A left child that survives SIGTERM gets it, then SIGKILL; the waiter's 3 is reported."""
+    text = (
+        f'#!/bin/sh\n{PY} -c "{TERM_NOTED}" &\necho $! > child.pid\n'
+        "until grep -q ready out; do sleep 0.01; done\nexit 3\n"
+    )
+    result = run(run_script(tmp_path, text, leftover_grace=timedelta(seconds=0.2)))
+    assert result == ExitResult(3)
+    child = read_pid(tmp_path / "child.pid")
+    assert child is not None and is_dead(child)
+    assert (tmp_path / "term").exists()  # it had its SIGTERM first
+
+
+def test_children_in_other_process_groups_of_the_session_are_stopped(tmp_path: Path) -> None:
+    """A child that moved to a process group of its own (still in the session) is stopped too."""
+    own_group = "import os, time; os.setpgid(0, 0); print('ready', flush=True); time.sleep(60)"
+    text = (
+        f'#!/bin/sh\n{PY} -c "{own_group}" &\necho $! > child.pid\n'
+        "until grep -q ready out; do sleep 0.01; done\nexit 0\n"
+    )
+    assert run(run_script(tmp_path, text)) == ExitResult(0)
+    child = read_pid(tmp_path / "child.pid")
+    assert child is not None and is_dead(child)
+
+
 ORPHAN = textwrap.dedent(
     """
     import asyncio, json, os, sys
@@ -286,15 +338,73 @@ def test_reattach_to_a_running_orphan_and_learn_its_exit(tmp_path: Path) -> None
         return await waiting
 
     assert run(scenario()) == ExitResult(5)
-    # Later restarts find the recorded status without any process.
-    assert ScriptExecution.reattach(pid, start_time, tmp_path / "status") == ExitResult(5)
+    # Later restarts find the recorded status (the waiter may linger as a zombie).
+    assert run(outcome(ScriptExecution.reattach(pid, start_time, tmp_path / "status"))) == (
+        ExitResult(5)
+    )
+
+
+async def outcome(found: ScriptExecution | ExitResult) -> ExitResult:
+    """What reattach() found: its result, or what the execution it returned ends with."""
+    return found if isinstance(found, ExitResult) else await found.wait()
 
 
 def test_reattach_to_a_finished_orphan(tmp_path: Path) -> None:
     """An orphan that ended while nobody watched left its exit code on disk."""
     pid, start_time = start_orphan(tmp_path, "#!/bin/sh\nexit 6\n")
-    wait_until(lambda: (tmp_path / "status").read_text() != "")
-    assert ScriptExecution.reattach(pid, start_time, tmp_path / "status") == ExitResult(6)
+    wait_until(lambda: read_status(tmp_path / "status") is not None)
+    found = ScriptExecution.reattach(pid, start_time, tmp_path / "status")
+    assert run(outcome(found)) == ExitResult(6)
+
+
+def test_reattach_to_a_finished_and_reaped_waiter_is_its_result(tmp_path: Path) -> None:
+    """With the status recorded and nothing of the waiter's group left, reattach() returns the
+    result itself, without any execution to wait on."""
+
+    async def first_run() -> ScriptExecution:
+        execution = await start(tmp_path, write_script("#!/bin/sh\nexit 8\n", tmp_path))
+        assert isinstance(execution, ScriptExecution)
+        assert await execution.wait() == ExitResult(8)  # reaps the waiter
+        return execution
+
+    execution = run(first_run())
+    found = ScriptExecution.reattach(execution.pid, execution.start_time, tmp_path / "status")
+    assert found == ExitResult(8)
+
+
+def test_reattached_script_leaves_no_background_child(tmp_path: Path) -> None:
+    """A reattached script that exits leaves its `cmd &` dead once wait() returns its 0."""
+    pid, start_time = start_orphan(
+        tmp_path,
+        "#!/bin/sh\nsleep 1000 &\necho $! > child.pid\n"
+        "while [ ! -e go ]; do sleep 0.01; done\nexit 0\n",
+    )
+    execution = ScriptExecution.reattach(pid, start_time, tmp_path / "status")
+    assert isinstance(execution, ScriptExecution)
+    wait_until(lambda: read_pid(tmp_path / "child.pid") is not None)
+    (tmp_path / "go").touch()
+    assert run(execution.wait()) == ExitResult(0)
+    child = read_pid(tmp_path / "child.pid")
+    assert child is not None and is_dead(child)
+
+
+def test_reattach_after_the_script_ended_stops_its_background_child(tmp_path: Path) -> None:
+    """A script that ended while no agent ran: reattach() returns an execution whose wait()
+    stops the child it left (ignoring SIGTERM) and returns the recorded 0."""
+    pid, start_time = start_orphan(
+        tmp_path,
+        f'#!/bin/sh\n{PY} -c "{TERM_NOTED}" &\necho $! > child.pid\n'
+        "until grep -q ready out; do sleep 0.01; done\nexit 0\n",
+    )
+    wait_until(lambda: read_status(tmp_path / "status") is not None)
+    child = read_pid(tmp_path / "child.pid")
+    assert child is not None and not is_dead(child)
+    found = ScriptExecution.reattach(
+        pid, start_time, tmp_path / "status", leftover_grace=timedelta(seconds=0.2)
+    )
+    assert isinstance(found, ScriptExecution)
+    assert run(found.wait()) == ExitResult(0)
+    assert is_dead(child) and (tmp_path / "term").exists()
 
 
 def test_reattach_with_a_recycled_pid_reports_the_status_lost(tmp_path: Path) -> None:

@@ -45,18 +45,21 @@ class ScriptDriver:
 
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
         status = status_path(self._context.folder, runnable.index)
+        grace = self._context.kill_grace
         found: ScriptExecution | ExitResult | None
         if handle.pid is None or handle.start_time is None:
             # The pid is saved lazily (with the next save): find the waiter by its command line.
             waiter = await asyncio.to_thread(find_waiter, status)
             found = read_status(status)
             if found is None and waiter is not None:
-                found = ScriptExecution.reattach(waiter[0], waiter[1], status)
+                found = ScriptExecution.reattach(*waiter, status, leftover_grace=grace)
         else:
-            found = ScriptExecution.reattach(handle.pid, handle.start_time, status)
+            found = ScriptExecution.reattach(
+                handle.pid, handle.start_time, status, leftover_grace=grace
+            )
         if isinstance(found, ScriptExecution):
             return found
-        if found is None:
+        if found is None or found.exit_code == EXIT_CODE_UNKNOWN:
             reason = f"{runnable.label}: its exit status was lost while the agent was down"
             return ExitResult(EXIT_CODE_UNKNOWN, reason=reason)
         return Finished(found)
@@ -90,6 +93,7 @@ class PreparedScript:
             stderr_path=context.output(k, "stderr"),
             status_path=status_path(context.folder, k),
             user=user,
+            leftover_grace=context.kill_grace,
         )
         if isinstance(started, ExitResult):
             return started

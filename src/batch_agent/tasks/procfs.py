@@ -1,0 +1,136 @@
+"""The process table as Linux's /proc shows it: one parser of /proc/PID/stat and the scans on it.
+
+`read_stat` reads one process's stat line into a `ProcStat`; the scans (`processes`,
+`group_members`, `session_members`, `with_cmdline`) read the line of every process.
+
+Process layer only: knows nothing of Batch, tasks, runnables or HTTP, and starts or signals
+nothing. `read_stat` and `is_alive` read one small file and may run on the event loop; the scans
+block for a few milliseconds per hundred processes, so async code calls them through
+`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+PROC = "/proc"
+_ENDED = ("Z", "X", "x")  # zombie (ended, not yet reaped) and dead
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of one /proc/PID/stat line that we use.
+
+    `start_time` (field 22) counts clock ticks since boot: with the pid it names one process,
+    as pids are recycled. `utime` and `stime` (fields 14, 15) are the CPU time of all its
+    threads, in clock ticks (`os.sysconf("SC_CLK_TCK")` a second).
+    """
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    start_time: int
+    utime: int
+    stime: int
+
+    @property
+    def alive(self) -> bool:
+        """False for a process that has ended, reaped or not (a zombie is not alive)."""
+        return self.state not in _ENDED
+
+
+def parse_stat(data: bytes) -> ProcStat:
+    """Parse the text of a /proc/PID/stat file; raises ValueError if it is not one.
+
+    comm (field 2, in parentheses) may hold any byte but NUL, spaces and parentheses included,
+    and the kernel does not escape them: the other fields resume after the *last* ')'.
+    """
+    head, paren, tail = data.rpartition(b")")
+    pid, open_paren, comm = head.partition(b" (")
+    fields = tail.split()
+    if not paren or not open_paren or len(fields) < 20:
+        raise ValueError(f"not a /proc/PID/stat line: {data[:80]!r}")
+    # fields[0] is field 3 (state): field n is fields[n - 3].
+    return ProcStat(
+        pid=int(pid),
+        comm=comm.decode(errors="replace"),
+        state=fields[0].decode(errors="replace"),
+        ppid=int(fields[1]),
+        pgrp=int(fields[2]),
+        session=int(fields[3]),
+        utime=int(fields[11]),
+        stime=int(fields[12]),
+        start_time=int(fields[19]),
+    )
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """The stat line of process `pid`, or None if there is no such process (zombies have one).
+
+    Blocks on one tiny read from /proc.
+    """
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it ended while we opened it
+        return None
+    return parse_stat(data)
+
+
+def is_alive(pid: int, start_time: int) -> bool:
+    """Whether `pid` is still the process that started at `start_time`, and not a zombie."""
+    found = read_stat(pid)
+    return found is not None and found.start_time == start_time and found.alive
+
+
+def processes() -> Iterator[ProcStat]:
+    """Every process /proc lists, zombies included; one that ends meanwhile is skipped.
+
+    Blocks on a scan of /proc.
+    """
+    for name in os.listdir(PROC):
+        if not name.isdigit():
+            continue
+        try:
+            found = read_stat(int(name))
+        except OSError:  # not ours to read (hidepid), say
+            continue
+        if found is not None:
+            yield found
+
+
+def group_members(pgrp: int) -> list[ProcStat]:
+    """The live (non-zombie) processes of process group `pgrp`. Blocks on a scan of /proc."""
+    return [p for p in processes() if p.pgrp == pgrp and p.alive]
+
+
+def session_members(session: int) -> list[ProcStat]:
+    """The live (non-zombie) processes of session `session`, whatever their process group.
+
+    Blocks on a scan of /proc.
+    """
+    return [p for p in processes() if p.session == session and p.alive]
+
+
+def with_cmdline(needle: bytes) -> list[ProcStat]:
+    """The live processes whose command line (NUL-separated arguments, as in
+    /proc/PID/cmdline) contains `needle`. Blocks on a scan of /proc."""
+    found: list[ProcStat] = []
+    for name in os.listdir(PROC):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{PROC}/{name}/cmdline", "rb") as f:
+                if needle not in f.read():
+                    continue
+            stat = read_stat(int(name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if stat is not None and stat.alive:
+            found.append(stat)
+    return found
