@@ -53,7 +53,7 @@ from batch_agent.wire import (
 )
 
 if TYPE_CHECKING:
-    from batch_agent.tasks.container import ContainerEngine
+    from batch_agent.tasks.docker import ContainerEngine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -317,7 +317,7 @@ class Agent:
     def _containers(self) -> ContainerEngine:
         """The Docker engine, made (and the docker SDK loaded) only when a task needs it."""
         if self._engine is None:
-            from batch_agent.tasks.container import ContainerEngine
+            from batch_agent.tasks.docker import ContainerEngine
 
             self._engine = ContainerEngine(self._config.docker_host)
         return self._engine
@@ -342,7 +342,7 @@ class Agent:
         return max(self._min_interval.total_seconds() - elapsed, 0.0)
 
     async def _remove_containers(self, name: str) -> None:
-        from batch_agent.tasks.container import EngineError
+        from batch_agent.tasks.docker import EngineError
 
         try:
             await self._containers().remove_all({LABEL_TASK: name})

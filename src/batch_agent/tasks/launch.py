@@ -1,6 +1,6 @@
 """Launcher: starts one task's runnables, as scripts or containers, and finds them again.
 
-Turns a RunnablePlan into an Execution (through script.py or container.py): the program file,
+Turns a RunnablePlan into an Execution (through script.py or docker/): the program file,
 the environment, the container labels and the task's internal network. It never persists or
 reports anything: the runner records what it returns. Knows nothing of HTTP or the store.
 """
@@ -30,7 +30,7 @@ from batch_agent.tasks.script import (
 from batch_agent.tasks.taskoutput import output_path
 
 if TYPE_CHECKING:
-    from batch_agent.tasks.container import ContainerEngine
+    from batch_agent.tasks.docker import ContainerEngine
 
 LABEL_TASK = "batch-agent.task"  # container labels: how a restarted agent finds them again
 LABEL_RUNNABLE = "batch-agent.runnable"

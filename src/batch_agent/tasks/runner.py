@@ -31,7 +31,7 @@ from batch_agent.tasks.taskoutput import TaskOutput
 from batch_agent.wire import TaskState, format_duration
 
 if TYPE_CHECKING:
-    from batch_agent.tasks.container import ContainerEngine
+    from batch_agent.tasks.docker import ContainerEngine
 
 log = logging.getLogger(__name__)
 
