@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,16 +14,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from batch_agent.tasks.container import (
-    EXIT_AGENT_FAILURE,
-    ContainerEngine,
-    ContainerExecution,
-)
+from batch_agent.tasks.docker import ContainerEngine, ContainerExecution, EngineError
 from batch_agent.tasks.execution import ExitResult
-from batch_agent.tasks.options import OptionError, parse_options
 from batch_agent.tasks.plan import ContainerSpec
 from tests import docker_support
 from tests.docker_support import BUSYBOX_IMAGE, Registry
+from tests.helpers import wait_until
 
 T = TypeVar("T")
 
@@ -114,98 +111,12 @@ def sh(script: str, **fields: Any) -> ContainerSpec:
     return ContainerSpec(BUSYBOX_IMAGE, commands=("sh", "-c", script), **fields)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll `predicate` on the event loop until true; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
-
-
-# --- parse_options (pure) ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("options", "expected"),
-    [
-        (None, {}),
-        ("  ", {}),
-        ("--network host", {"network": "host"}),
-        ("--network=host", {"network": "host"}),
-        ("--privileged", {"privileged": True}),
-        ("--privileged=false", {"privileged": False}),
-        ("--shm-size 64m", {"shm_size": 64 * 2**20}),
-        ("--shm-size=1g", {"shm_size": 2**30}),
-        ("--shm-size 1GiB", {"shm_size": 2**30}),
-        ("--ipc host --pid=host", {"ipc_mode": "host", "pid_mode": "host"}),
-        ("-e A=1 --env B=x=y -eC=", {"environment": {"A": "1", "B": "x=y", "C": ""}}),
-        ("-e 'A=two words'", {"environment": {"A": "two words"}}),
-        ("--add-host db:10.0.0.2", {"extra_hosts": {"db": "10.0.0.2"}}),
-        ("--cap-add NET_ADMIN --cap-add=SYS_PTRACE", {"cap_add": ["NET_ADMIN", "SYS_PTRACE"]}),
-        ("--cap-drop ALL", {"cap_drop": ["ALL"]}),
-        ("--device /dev/fuse", {"devices": ["/dev/fuse"]}),
-        ("--gpus all", {"device_requests": [{"capabilities": [["gpu"]], "count": -1}]}),
-        ("--gpus 2", {"device_requests": [{"capabilities": [["gpu"]], "count": 2}]}),
-        (
-            "--gpus '\"device=0,2\"'",
-            {"device_requests": [{"capabilities": [["gpu"]], "device_ids": ["0", "2"]}]},
-        ),
-        (
-            "--ulimit nofile=1024:2048 --ulimit core=0",
-            {
-                "ulimits": [
-                    {"name": "nofile", "soft": 1024, "hard": 2048},
-                    {"name": "core", "soft": 0, "hard": 0},
-                ]
-            },
-        ),
-        ("-m 512m", {"mem_limit": 512 * 2**20}),
-        ("--memory=100000", {"mem_limit": 100000}),
-        ("--cpus 1.5", {"nano_cpus": 1_500_000_000}),
-        ("-w /work --workdir=/w2", {"working_dir": "/w2"}),
-        ("-u 1000:1000", {"user": "1000:1000"}),
-        ("--init", {"init": True}),
-        ("--tmpfs /run --tmpfs /scratch:size=64m", {"tmpfs": {"/run": "", "/scratch": "size=64m"}}),
-        ("--security-opt seccomp=unconfined", {"security_opt": ["seccomp=unconfined"]}),
-        ("--name web -h box", {"name": "web", "hostname": "box"}),
-        ("--hostname=box", {"hostname": "box"}),
-        ("--entrypoint '/bin/sh -x'", {"entrypoint": ["/bin/sh -x"]}),
-        ("--rm", {}),
-        ("-l a=1 --label b --label=c=3", {"labels": {"a": "1", "b": "", "c": "3"}}),
-    ],
-)
-def test_parse_options_maps_docker_run_flags(options: str | None, expected: dict[str, Any]) -> None:
-    """Each supported `docker run` flag becomes the matching containers.create keyword."""
-    assert parse_options(options) == expected
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ("--volume /a:/b", 'options: "--volume" is not allowed; use the "volumes" field'),
-        ("-v /a:/b", 'options: "-v" is not allowed; use the "volumes" field'),
-        ("--volume=/a:/b", 'options: "--volume=/a:/b" is not allowed; use the "volumes" field'),
-        ("--mount type=bind", 'options: "--mount" is not allowed'),
-        ("--frobnicate", 'options: "--frobnicate" is not supported'),
-        ("-it", 'options: "-it" is not supported'),
-        ("--detach", 'options: "--detach" is not supported'),
-        ("--network", 'options: "--network" needs a value'),
-        ("--cpus lots", 'options: "--cpus" value "lots" is not a number'),
-        ("--shm-size big", 'options: "--shm-size" value "big" is not a size'),
-        ("-e HOME", 'options: "--env" value "HOME" needs the form NAME=VALUE'),
-        ("--ulimit nofile", 'options: "--ulimit" value "nofile" needs the form'),
-        ("--gpus some", 'options: "--gpus" value "some" is not supported'),
-        ("--add-host db", 'options: "--add-host" value "db" needs the form HOST:IP'),
-        ("--tmpfs run", 'options: "--tmpfs" value "run" needs an absolute path'),
-        ("--privileged=maybe", 'options: "--privileged=maybe": expected true or false'),
-        ("busybox", 'options: "busybox" is not an option'),
-        ("-e 'A=1", "options: No closing quotation"),
-    ],
-)
-def test_parse_options_refuses_naming_the_option(options: str, message: str) -> None:
-    """Unknown, malformed and refused options raise OptionError naming the option."""
-    with pytest.raises(OptionError) as raised:
-        parse_options(options)
-    assert str(raised.value).startswith(message)
 
 
 # --- running containers --------------------------------------------------------------------
@@ -338,10 +249,10 @@ def test_options_are_applied(ctx: Ctx, docker_engine: str) -> None:
         ("--no-such-flag", 'options: "--no-such-flag" is not supported'),
     ],
 )
-def test_refused_option_is_an_agent_failure(ctx: Ctx, options: str, reason: str) -> None:
-    """A refused option fails the runnable with 50000 and a reason naming the option."""
+def test_refused_option_does_not_start(ctx: Ctx, options: str, reason: str) -> None:
+    """A refused option: the runnable is not started, with a reason naming the option."""
     ran = ctx.run(lambda engine: ctx.run_to_end(engine, sh("true", options=options)))
-    assert ran.result == ExitResult(EXIT_AGENT_FAILURE, reason=reason)
+    assert ran.result == ExitResult.not_started(reason)
 
 
 def test_output_appears_while_the_container_runs(ctx: Ctx) -> None:
@@ -374,7 +285,7 @@ def test_stop_escalates_to_sigkill_after_grace(ctx: Ctx) -> None:
         return took, await execution.wait(), await execution.wait()
 
     took, result, again = ctx.run(body)
-    assert 0.9 < took < 6
+    assert took >= 0.9  # the grace was given (no upper bound: the machine may be slow)
     assert result.exit_code == 137 and result.signal == 9
     assert again == result
 
@@ -383,17 +294,15 @@ def test_stop_with_sigterm_handler_exits_on_its_own(ctx: Ctx) -> None:
     """A container that exits on SIGTERM ends before the grace with its own status."""
     spec = sh('trap "echo bye; exit 7" TERM; echo armed; while :; do sleep 0.1; done')
 
-    async def body(engine: ContainerEngine) -> tuple[float, ExitResult]:
+    async def body(engine: ContainerEngine) -> ExitResult:
         execution = await ctx.start(engine, spec)
         assert isinstance(execution, ContainerExecution)
         await until(lambda: ctx.out().read_text() == "armed\n")
-        began = time.monotonic()
-        await execution.stop(timedelta(seconds=20))
-        return time.monotonic() - began, await execution.wait()
+        await execution.stop(timedelta(seconds=60))
+        return await execution.wait()
 
-    took, result = ctx.run(body)
-    assert took < 5
-    assert result.exit_code == 7
+    result = ctx.run(body)
+    assert result.exit_code == 7  # its own status: a SIGKILL after the grace would give 137
     assert ctx.out().read_text() == "armed\nbye\n"
 
 
@@ -438,7 +347,7 @@ def test_find_gives_the_result_of_a_container_that_ended_meanwhile(ctx: Ctx) -> 
         await until(lambda: ctx.out().read_text() == "early\n")
 
     ctx.run(first)
-    time.sleep(0.6)
+    wait_until(lambda: _states(ctx.host, ctx.labels) == ["exited"], timeout=30, what="exited")
 
     async def second(engine: ContainerEngine) -> ExitResult:
         (found,) = await engine.find(ctx.labels)
@@ -469,6 +378,18 @@ def test_missing_executable_is_127(ctx: Ctx) -> None:
     ran = ctx.run(lambda engine: ctx.run_to_end(engine, spec))
     assert ran.result.exit_code == 127
     assert "no such file or directory" in (ran.result.reason or "")
+
+
+def _states(host: str, labels: dict[str, str]) -> list[str]:
+    """The state (running, exited, ...) of each container that carries `labels`."""
+    c = docker_support.client(host)
+    try:
+        found = c.api.containers(
+            all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]}
+        )
+    finally:
+        c.close()
+    return [container["State"] for container in found]
 
 
 # --- networks ------------------------------------------------------------------------------
@@ -532,15 +453,13 @@ def test_block_external_network(ctx: Ctx, docker_engine: str) -> None:
     assert opened.stdout.count("hello") == len(gateways), opened
     assert "hello" not in blocked.stdout, blocked
     assert "from-peer" in peer.stdout, peer
-    assert refused.result == ExitResult(
-        EXIT_AGENT_FAILURE, reason='options: "--network" is not allowed with blockExternalNetwork'
+    assert refused.result == ExitResult.not_started(
+        'options: "--network" is not allowed with blockExternalNetwork'
     )
 
 
 def test_ensure_internal_network_is_idempotent_and_checks_an_existing_one(ctx: Ctx) -> None:
     """ensure_internal_network creates once, then reuses; a non-internal namesake is refused."""
-    from batch_agent.tasks.container import EngineError
-
     name = f"test-net-{secrets.token_hex(3)}"
 
     async def body(engine: ContainerEngine) -> str:
@@ -564,10 +483,22 @@ def test_ensure_internal_network_is_idempotent_and_checks_an_existing_one(ctx: C
 
 # --- images and engines --------------------------------------------------------------------
 
+PULLS = "batch_agent.tasks.docker.images"
 
-def test_private_registry_pull_with_credentials(ctx: Ctx, registry: Registry) -> None:
+
+def _pull_attempts(caplog: pytest.LogCaptureFixture, image: str) -> int:
+    """How many pulls of `image` were logged."""
+    pulls = [r for r in caplog.records if r.name == PULLS]
+    return sum(f"pulling {image} (attempt " in r.getMessage() for r in pulls)
+
+
+def test_private_registry_pull_with_credentials(
+    ctx: Ctx, registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
     """An image of a private registry is pulled with username/password; bad ones are refused
-    with the registry's message; a missing image is 50000 quoting the registry."""
+    with the registry's message, without trying again; a missing image is not started, quoting
+    the registry."""
+    caplog.set_level(logging.INFO, logger=PULLS)
     image = registry.image
     good = ContainerSpec(image, commands=("echo", "pulled"), **registry.auth)
     wrong = replace(good, password="wrong")
@@ -579,11 +510,15 @@ def test_private_registry_pull_with_credentials(ctx: Ctx, registry: Registry) ->
             engine, replace(good, username=None, password=None), name="anon"
         )
         absent = await ctx.run_to_end(engine, missing, name="missing")
-        ok = await ctx.run_to_end(engine, good, name="good")
-        return [bad, anonymous, absent, ok]
+        return [bad, anonymous, absent]
+
+    async def pulled(engine: ContainerEngine) -> Ran:
+        return await ctx.run_to_end(engine, good, name="good")
 
     try:
-        bad, anonymous, absent, ok = ctx.run(body, pull_backoff=timedelta(seconds=0.1))
+        bad, anonymous, absent = ctx.run(body, pull_backoff=timedelta(seconds=0.1))
+        refusals = _pull_attempts(caplog, image) + _pull_attempts(caplog, missing.image_uri)
+        ok = ctx.run(pulled)
     finally:
         c = docker_support.client(ctx.host)
         try:
@@ -591,51 +526,45 @@ def test_private_registry_pull_with_credentials(ctx: Ctx, registry: Registry) ->
         finally:
             c.close()
     for refused, words in ((bad, "unauthorized"), (anonymous, "no basic auth credentials")):
-        assert refused.result.exit_code == EXIT_AGENT_FAILURE
+        assert not refused.result.started
         assert (refused.result.reason or "").startswith(f"cannot pull image {image}: ")
         assert words in (refused.result.reason or ""), refused
-    assert absent.result.exit_code == EXIT_AGENT_FAILURE
+    assert not absent.result.started
     assert "manifest unknown" in (absent.result.reason or "")
+    assert refusals == 3  # one attempt each: a refusal is not tried again
     assert ok.result.ok and ok.stdout == "pulled\n"
 
 
-def test_unreachable_registry_is_retried_then_fails(ctx: Ctx) -> None:
-    """A registry that does not answer is tried `pull_attempts` times, then 50000."""
-    spec = ContainerSpec(f"127.0.0.1:{docker_support.free_port()}/nothing:1", commands=("true",))
-    began = time.monotonic()
+def test_unreachable_registry_is_retried_then_fails(
+    ctx: Ctx, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A registry that does not answer is tried `pull_attempts` times; then not started."""
+    caplog.set_level(logging.INFO, logger=PULLS)
+    image = f"127.0.0.1:{docker_support.free_port()}/nothing:1"
+    spec = ContainerSpec(image, commands=("true",))
     ran = ctx.run(
         lambda engine: ctx.run_to_end(engine, spec),
-        pull_attempts=2,
-        pull_backoff=timedelta(seconds=0.2),
+        pull_attempts=3,
+        pull_backoff=timedelta(seconds=0.1),
     )
-    assert time.monotonic() - began >= 0.2
-    assert ran.result.exit_code == EXIT_AGENT_FAILURE
+    assert _pull_attempts(caplog, image) == 3
+    assert not ran.result.started
     assert "connection refused" in (ran.result.reason or "")
 
 
-def test_secret_manager_password_is_not_supported_yet(ctx: Ctx) -> None:
-    """A password given as a Secret Manager path fails with 50000 before anything is pulled."""
-    spec = ContainerSpec(
-        "example.com/private/image:1",
-        username="me",
-        password="projects/p/secrets/registry-pw/versions/latest",
-    )
-    ran = ctx.run(lambda engine: ctx.run_to_end(engine, spec))
-    assert ran.result.exit_code == EXIT_AGENT_FAILURE
-    assert "Secret Manager" in (ran.result.reason or "")
-    assert "not supported yet" in (ran.result.reason or "")
-
-
-def test_bad_image_reference_is_an_agent_failure(ctx: Ctx) -> None:
-    """A malformed image reference is 50000 with the engine's words."""
-    ran = ctx.run(lambda engine: ctx.run_to_end(engine, ContainerSpec("Not A/Valid::Ref")))
-    assert ran.result.exit_code == EXIT_AGENT_FAILURE
+def test_bad_image_reference_is_not_started(ctx: Ctx, caplog: pytest.LogCaptureFixture) -> None:
+    """A malformed image reference is not started, with the engine's words, and not retried."""
+    caplog.set_level(logging.INFO, logger=PULLS)
+    spec = ContainerSpec("Not A/Valid::Ref")
+    ran = ctx.run(lambda engine: ctx.run_to_end(engine, spec), pull_backoff=timedelta(seconds=0.1))
+    assert not ran.result.started
     assert "invalid reference format" in (ran.result.reason or "")
+    assert _pull_attempts(caplog, spec.image_uri) == 1
 
 
-def test_engine_down_is_an_agent_failure(ctx: Ctx) -> None:
-    """An engine that cannot be reached is 50000 with a reason naming where we looked."""
+def test_engine_down_is_not_started(ctx: Ctx) -> None:
+    """An engine that cannot be reached: not started, with a reason naming where we looked."""
     dead = f"unix://{ctx.tmp}/dead.sock"
     ran = ctx.run(lambda engine: ctx.run_to_end(engine, sh("true")), docker_host=dead)
-    assert ran.result.exit_code == EXIT_AGENT_FAILURE
+    assert not ran.result.started
     assert (ran.result.reason or "").startswith(f"Docker engine unreachable at {dead}: ")

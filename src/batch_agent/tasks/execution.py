@@ -1,7 +1,7 @@
 """The contract between a task runner and a started runnable, and the value a runnable ends with.
 
 This module is the process layer's vocabulary only: it starts nothing, knows nothing of Batch,
-HTTP, containers or the wire format. Implementations live in `script.py` (and `container.py`).
+HTTP, containers or the wire format. Implementations live in `script.py` and `docker/`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""`docker run` options as Batch's `Container.options` carries them -> docker SDK arguments.
+"""`docker run` options (a ContainerSpec's `options` string) -> docker SDK arguments.
 
 Pure: parses like a shell would (shlex), maps the common flags to `containers.create` keywords
 and refuses the rest with an OptionError that names the option. Nothing is passed through a
-shell, and nothing here talks to Docker (so it is cheap to import and to table-test).
+shell, and nothing here talks to Docker or uses the docker SDK (so it is cheap to table-test).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 
 class OptionError(ValueError):
-    """A `docker run` option in `Container.options` that we refuse; the message names it."""
+    """A `docker run` option we refuse; the message names it."""
 
 
 _Kind = Literal[
