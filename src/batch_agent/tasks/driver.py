@@ -10,6 +10,7 @@ states, events, persistence or Batch's reserved exit codes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -72,6 +73,21 @@ class TaskContext:
             values["BATCH_TASK_INDEX"] = str(self.plan.task_index)
         values |= {k: v for k, v in self.plan.variables.items() if k.startswith("BATCH_")}
         return values
+
+
+STOP_SLACK = timedelta(seconds=10)  # beyond the grace, how long a stop may take at most
+
+
+async def stop_within(execution: Execution, grace: timedelta) -> bool:
+    """Stop `execution` (SIGTERM, `grace`, SIGKILL); False if it could not be stopped. The
+    executions bound their own wait after SIGKILL; STOP_SLACK only catches a stop that hangs
+    altogether (an engine that never answers)."""
+    try:
+        return await asyncio.wait_for(
+            execution.stop(grace), (grace + 2 * STOP_SLACK).total_seconds()
+        )
+    except TimeoutError:
+        return False
 
 
 class Finished:

@@ -65,6 +65,10 @@ NOT_CANCELLABLE = "task was cancelled but could not be stopped"
 CANCELLED_BEFORE_START = "task was cancelled before it started"
 
 
+def unknown_user(uid: int) -> str:
+    return f"userAccount: uid {uid} does not exist on this VM"
+
+
 def cannot_start(index: int, reason: str) -> str:
     return f"runnables[{index - 1}] could not start: {reason}"
 
@@ -84,6 +88,10 @@ def runnable_finished(name: str, exit_code: int) -> str:
 
 def barrier_reached(name: str) -> str:
     return f'Barrier "{name}" reached.'
+
+
+def custom_events_dropped(kept: int) -> str:
+    return f"more custom events were printed; only the first {kept} are recorded"
 
 
 CUSTOM_EVENT_KEY = "batch/custom/event"

@@ -15,6 +15,7 @@ import pwd
 from pathlib import Path
 from typing import Protocol
 
+from batch_agent.tasks import events
 from batch_agent.tasks.container_driver import ContainerDriver
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class TaskFolder:
         try:
             pwd.getpwuid(uid)
         except KeyError:
-            return f"userAccount: uid {uid} does not exist on this VM"
+            return events.unknown_user(uid)
         os.chown(self._folder, uid, gid)
         return None
 

@@ -64,6 +64,7 @@ class TaskRecord:
     runnable: int = 0  # highest 1-based index started (AgentTaskInfo.runnable)
     exit_code: int | None = None
     started_at: str | None = None  # RFC 3339; maxRunDuration counts from here
+    custom_events: int = 0  # custom status events printed, recorded or not
     runnables: dict[int, RunnableRecord] = field(default_factory=dict)
 
     def transition(
@@ -122,6 +123,7 @@ class TaskRecord:
                 "runnable": self.runnable,
                 "exit_code": self.exit_code,
                 "started_at": self.started_at,
+                "custom_events": self.custom_events,
                 "runnables": {str(k): vars(v) for k, v in self.runnables.items()},
             }
         )

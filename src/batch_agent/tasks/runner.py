@@ -26,45 +26,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
 
-from batch_agent.tasks import events
-from batch_agent.tasks.driver import Driver, Finished
+from batch_agent.tasks import events, limits
+from batch_agent.tasks.barrier import Barriers
+from batch_agent.tasks.driver import Driver, Finished, stop_within
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
 from batch_agent.tasks.hooks import Hook
+from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.plan import BarrierSpec, RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
+from batch_agent.tasks.shipping import LiveOutput
 from batch_agent.tasks.taskoutput import Sink, TaskOutput
-from batch_agent.wire import TaskState, format_duration, parse_time
+from batch_agent.wire import TaskState
 
 log = logging.getLogger(__name__)
-
-SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
-STOP_SLACK = timedelta(seconds=10)  # beyond the grace, how long a stop may take at most
-
-
-class Lifecycle(Protocol):
-    """What a run needs from its task set."""
-
-    async def transition(
-        self,
-        record: TaskRecord,
-        new: TaskState,
-        *,
-        exit_code: int | None = None,
-        cause: str | None = None,
-    ) -> None:
-        """The only way a task's state changes: edge check, event, persist, report early."""
-        ...
-
-    async def persist(self, record: TaskRecord) -> None:
-        """Save the record (no state change); returns once it is on disk."""
-        ...
-
-    def notify(self) -> None:
-        """Something worth reporting happened: report early."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -116,9 +92,9 @@ class TaskRun:
         self._hooks = hooks
         self._settings = settings
         self._cancelled = asyncio.Event()
-        self._barrier_moved = asyncio.Event()
-        self._reached_barrier = 0
-        self._task_output = TaskOutput(folder, f"task {plan.task_index}", settings.output)
+        self._barriers = Barriers()
+        task_output = TaskOutput(folder, f"task {plan.task_index}", settings.output)
+        self._output = LiveOutput(record, task_output, lifecycle, settings.now)
         self._preempted = False
 
     # -- commands from the task set -----------------------------------------------------------
@@ -132,9 +108,7 @@ class TaskRun:
         self._preempted = True
 
     def update_barrier(self, reached: int) -> None:
-        if reached > self._reached_barrier:
-            self._reached_barrier = reached
-            self._barrier_moved.set()
+        self._barriers.update(reached)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -158,14 +132,14 @@ class TaskRun:
                 return
         if self.record.state is TaskState.ASSIGNED:
             await self._lifecycle.transition(self.record, TaskState.RUNNING)
-        shipping = asyncio.create_task(self._ship_continuously())
+        shipping = asyncio.create_task(self._output.follow())
         try:
             outcome = await self._run_sequence()
         finally:
             shipping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shipping
-        await self._ship(final=True)
+        await self._output.ship(final=True)
         await self._poststop()
         if not outcome.ok and self._preempted:
             # The VM is going away: the kills that follow are not the user's failure.
@@ -192,7 +166,7 @@ class TaskRun:
         while True:
             expired = self._remaining() == timedelta(0)
             if expired and failure is None:
-                failure = ExitResult(ExitCode.TIMED_OUT, reason=self._max_run_cause())
+                failure = ExitResult(ExitCode.TIMED_OUT, reason=limits.max_run_cause(self.plan))
             runnable = next_runnable(
                 self.plan.runnables, position, failed=failure is not None, expired=expired
             )
@@ -235,7 +209,7 @@ class TaskRun:
     async def _wait(self, runnable: RunnablePlan, execution: Execution) -> ExitResult | None:
         """Wait for a foreground runnable, enforcing its timeout, maxRunDuration and cancel.
         Returns the failure it caused, if any."""
-        limit, cause = self._limit(runnable)
+        limit, cause = limits.runnable_limit(self.plan, runnable, self._remaining())
         waiting = asyncio.ensure_future(execution.wait())
         cancelled = asyncio.ensure_future(self._cancelled.wait())
         timeout = limit.total_seconds() if limit is not None else None
@@ -305,7 +279,7 @@ class TaskRun:
         if record.exit_code is not None:
             return  # recorded before an agent restart
         record.exit_code = task_code(result)
-        await self._ship(final=True, only=runnable.index)
+        await self._output.ship(final=True, only=runnable.index)
         if runnable.display_name:
             await self._event(events.runnable_finished(runnable.display_name, record.exit_code))
         elif record.container:
@@ -329,95 +303,16 @@ class TaskRun:
         else:
             await self._lifecycle.persist(self.record)
         self._lifecycle.notify()
-        while self._reached_barrier < k and not self._cancelled.is_set():
-            remaining = self._remaining()
-            if remaining == timedelta(0):
-                return
-            self._barrier_moved.clear()
-            waits = [
-                asyncio.ensure_future(self._barrier_moved.wait()),
-                asyncio.ensure_future(self._cancelled.wait()),
-            ]
-            timeout = remaining.total_seconds() if remaining is not None else None
-            try:
-                await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
-            finally:
-                for w in waits:
-                    w.cancel()
+        await self._barriers.wait(k, cancelled=self._cancelled, remaining=self._remaining)
 
     async def _stop(self, execution: Execution) -> bool:
-        """Stop one execution; False if it could not be stopped. The executions bound their
-        own wait after SIGKILL; STOP_SLACK only catches a stop that hangs altogether (an engine
-        that never answers)."""
-        grace = self._settings.kill_grace
-        try:
-            return await asyncio.wait_for(
-                execution.stop(grace), (grace + 2 * STOP_SLACK).total_seconds()
-            )
-        except TimeoutError:
-            return False
+        return await stop_within(execution, self._settings.kill_grace)
 
     async def _stop_all(self, executions: list[Execution]) -> bool:
-        results = await asyncio.gather(*(self._stop(e) for e in executions))
-        return all(results)
-
-    # -- limits -------------------------------------------------------------------------------
+        return all(await asyncio.gather(*(self._stop(e) for e in executions)))
 
     def _remaining(self) -> timedelta | None:
-        """Time left of maxRunDuration, counted from the persisted start (restarts don't reset)."""
-        if self.plan.max_run_duration is None or self.record.started_at is None:
-            return None
-        started = parse_time(self.record.started_at)
-        left = started + self.plan.max_run_duration - self._settings.now()
-        return max(left, timedelta(0))
-
-    def _max_run_cause(self) -> str:
-        assert self.plan.max_run_duration is not None
-        return events.timed_out(
-            events.max_run_duration(format_duration(self.plan.max_run_duration))
-        )
-
-    def _limit(self, runnable: RunnablePlan) -> tuple[timedelta | None, str | None]:
-        remaining = self._remaining()
-        if runnable.timeout is not None and (remaining is None or runnable.timeout < remaining):
-            limit = runnable.timeout
-            return limit, events.timed_out(
-                events.runnable_timeout(runnable.index, format_duration(limit))
-            )
-        if remaining is not None:
-            return remaining, self._max_run_cause()
-        return None, None
-
-    # -- output -------------------------------------------------------------------------------
-
-    async def _ship_continuously(self) -> None:
-        """Ship output while runnables run; persist the offsets so that an agent restarted
-        after a crash goes on from there instead of shipping lines twice."""
-        shipped = self._offsets()
-        while True:
-            await asyncio.sleep(SHIP_EVERY)
-            await self._ship(final=False)
-            offsets = self._offsets()
-            if offsets != shipped:
-                shipped = offsets
-                await self._lifecycle.persist(self.record)
-
-    def _offsets(self) -> list[tuple[int, int]]:
-        return [(r.stdout_offset, r.stderr_offset) for r in self.record.runnables.values()]
-
-    async def _ship(self, *, final: bool, only: int | None = None) -> None:
-        """Ship new output lines (in a worker thread), then record the custom events they held."""
-        runnables = self.record.runnables
-        if only is not None:
-            chosen = {only: runnables[only]}
-        else:  # those still running; a finished one was shipped to its end already
-            chosen = {k: r for k, r in runnables.items() if r.exit_code is None}
-        custom = await asyncio.to_thread(self._task_output.ship, chosen, final=final)
-        if custom:
-            for description in custom:
-                self.record.add_event(description, at=self._settings.now())
-            await self._lifecycle.persist(self.record)
-            self._lifecycle.notify()
+        return limits.remaining(self.plan, self.record.started_at, self._settings.now())
 
     async def _event(self, description: str) -> None:
         """An informational event: saved at once, like a state change."""

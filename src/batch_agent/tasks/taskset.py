@@ -24,10 +24,15 @@ from typing import TYPE_CHECKING, Any
 from batch_agent.names import parse_task_name
 from batch_agent.store import TaskStore
 from batch_agent.tasks import events
-from batch_agent.tasks.container_driver import ContainerDriver, remove_task_containers
+from batch_agent.tasks.container_driver import (
+    ContainerDriver,
+    EngineFactory,
+    remove_task_containers,
+)
 from batch_agent.tasks.driver import Driver, TaskContext
 from batch_agent.tasks.events import ExitCode
-from batch_agent.tasks.hooks import ContainerNetwork, Hook, TaskFolder
+from batch_agent.tasks.hooks import ContainerNetwork, TaskFolder
+from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import RunSettings, TaskRun
@@ -230,28 +235,7 @@ class TaskSet:
         return None
 
     def _launch(self, slot: _Slot, plan: TaskPlan, *, cancelled: bool) -> None:
-        folder = task_dir(self._settings.workdir, slot.record.task_id)
-        context = TaskContext(
-            plan=plan,
-            folder=folder,
-            task_id=slot.record.task_id,
-            instance=self._settings.where,
-            base_env=self._settings.base_env,
-            kill_grace=self._settings.kill_grace,
-        )
-        containers = ContainerDriver(context, self._containers)
-        drivers: dict[type, Driver] = {ScriptSpec: ScriptDriver(context), ContainerSpec: containers}
-        hooks: list[Hook] = [TaskFolder(folder, plan.user), ContainerNetwork(containers)]
-        settings = self._settings
-        run = TaskRun(
-            slot.record,
-            plan,
-            lifecycle=self,
-            drivers=drivers,
-            hooks=hooks,
-            folder=folder,
-            settings=RunSettings(settings.output, kill_grace=settings.kill_grace, now=settings.now),
-        )
+        run = make_run(slot.record, plan, self._settings, lifecycle=self, engine=self._containers)
         if cancelled:
             run.cancel()
         if self._preempted:
@@ -299,3 +283,34 @@ class TaskSet:
 
             self._engine = ContainerEngine(self._settings.docker_host)
         return self._engine
+
+
+def make_run(
+    record: TaskRecord,
+    plan: TaskPlan,
+    settings: TaskSettings,
+    *,
+    lifecycle: Lifecycle,
+    engine: EngineFactory,
+) -> TaskRun:
+    """A task's run with its drivers and hooks, in the task's folder under the workdir."""
+    folder = task_dir(settings.workdir, record.task_id)
+    context = TaskContext(
+        plan=plan,
+        folder=folder,
+        task_id=record.task_id,
+        instance=settings.where,
+        base_env=settings.base_env,
+        kill_grace=settings.kill_grace,
+    )
+    containers = ContainerDriver(context, engine)
+    drivers: dict[type, Driver] = {ScriptSpec: ScriptDriver(context), ContainerSpec: containers}
+    return TaskRun(
+        record,
+        plan,
+        lifecycle=lifecycle,
+        drivers=drivers,
+        hooks=[TaskFolder(folder, plan.user), ContainerNetwork(containers)],
+        folder=folder,
+        settings=RunSettings(settings.output, kill_grace=settings.kill_grace, now=settings.now),
+    )

@@ -1,0 +1,117 @@
+"""The import graph, read with `ast`: the layers the design draws, and one home per library.
+
+`cli -> reporter -> tasks -> (drivers | store) -> wire`: a module may import what is below it,
+never what is above. Lazy and TYPE_CHECKING imports count too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import batch_agent
+
+ROOT = Path(batch_agent.__file__).parent
+MODULES = {
+    "batch_agent."
+    + ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+    for p in ROOT.rglob("*.py")
+}
+
+# The process layer runs programs and containers; it knows nothing of tasks, Batch or HTTP.
+PROCESS = [
+    "batch_agent.tasks.execution",
+    "batch_agent.tasks.procfs",
+    "batch_agent.tasks.session",
+    "batch_agent.tasks.waiter",
+    "batch_agent.tasks.script",
+    "batch_agent.tasks.docker",
+]
+DRIVERS = ["batch_agent.tasks.driver", "batch_agent.tasks.script_driver"]
+DRIVERS += ["batch_agent.tasks.container_driver"]
+ABOVE_TASKS = ["batch_agent.cli", "batch_agent.reporter", "batch_agent.local"]
+ABOVE_TASKS += ["batch_agent.emulator", "batch_agent.control", "batch_agent.config"]
+
+# (modules, what they must not import)
+RULES = [
+    (["batch_agent.wire", "batch_agent.names", "batch_agent.discovery"], ["batch_agent"]),
+    (["batch_agent.tasks"], [*ABOVE_TASKS, "batch_agent.vm"]),
+    (
+        ["batch_agent.store"],
+        [*ABOVE_TASKS, "batch_agent.tasks.taskset", "batch_agent.tasks.runner"],
+    ),
+    (
+        DRIVERS,
+        [
+            "batch_agent.tasks.taskset",
+            "batch_agent.tasks.runner",
+            "batch_agent.tasks.hooks",
+            "batch_agent.tasks.lifecycle",
+            "batch_agent.store",
+        ],
+    ),
+    (
+        PROCESS,
+        [*DRIVERS, "batch_agent.tasks.events", "batch_agent.tasks.record", "batch_agent.wire"],
+    ),
+    (["batch_agent.control", "batch_agent.vm"], ["batch_agent.tasks", "batch_agent.store"]),
+    (["batch_agent.local"], ["batch_agent.tasks", "batch_agent.reporter", "batch_agent.store"]),
+    ([m for m in MODULES if m != "batch_agent.__main__"], ["batch_agent.cli"]),
+]
+
+# Third-party libraries, each in one place.
+HOMES = {
+    "docker": ["batch_agent.tasks.docker"],
+    "googleapiclient": ["batch_agent.control"],
+    "httplib2": ["batch_agent.control"],
+    "google": ["batch_agent.control"],
+    "google_auth_httplib2": ["batch_agent.control"],
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if f"{node.module}.{a.name}" in MODULES
+            )
+    return names
+
+
+def under(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize(("modules", "forbidden"), RULES)
+def test_layers(modules, forbidden):
+    """No module imports a layer above its own."""
+    for module, path in MODULES.items():
+        if not under(module, modules):
+            continue
+        for name in imports_of(path):
+            if under(name, forbidden) and not under(name, [module]):
+                pytest.fail(f"{module} imports {name}")
+
+
+def test_each_library_has_one_home():
+    """docker only in tasks/docker; the Google API stack only in control."""
+    for module, path in MODULES.items():
+        for name in imports_of(path):
+            top = name.split(".")[0]
+            if top in HOMES and not under(module, HOMES[top]):
+                pytest.fail(f"{module} imports {name}; only {HOMES[top]} may")
+
+
+def test_the_rules_name_real_modules():
+    """Every module a rule names exists, so a rename cannot quietly disable a rule."""
+    for modules, forbidden in RULES:
+        for name in [*modules, *forbidden]:
+            assert any(under(m, [name]) for m in MODULES), name

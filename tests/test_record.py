@@ -1,0 +1,49 @@
+"""TaskRecord: the state machine's edges; every other change of state is refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from batch_agent.tasks.record import EDGES, IllegalTransition, TaskRecord
+from batch_agent.wire import TaskState
+
+ALL = list(TaskState)
+ALLOWED = [(a, b) for a in ALL for b in ALL if b in EDGES[a]]
+ILLEGAL = [(a, b) for a in ALL for b in ALL if b not in EDGES[a]]
+
+
+def record_in(state: TaskState) -> TaskRecord:
+    record = TaskRecord(task_id="t", raw={})
+    record.state = state
+    return record
+
+
+def test_the_edges_are_the_documented_ones():
+    """A task runs then ends, or fails before it starts; nothing ever leaves an end state."""
+    assert set(ALLOWED) == {
+        (TaskState.ASSIGNED, TaskState.RUNNING),
+        (TaskState.ASSIGNED, TaskState.FAILED),
+        (TaskState.RUNNING, TaskState.SUCCEEDED),
+        (TaskState.RUNNING, TaskState.FAILED),
+    }
+
+
+@pytest.mark.parametrize(("old", "new"), ILLEGAL)
+def test_every_illegal_transition_raises_and_changes_nothing(old, new):
+    """An edge outside the table raises IllegalTransition; state and events stay as they were."""
+    record = record_in(old)
+    with pytest.raises(IllegalTransition):
+        record.transition(new, at=datetime.now(UTC), where="zones/z/instances/1")
+    assert record.state is old and record.events == []
+
+
+@pytest.mark.parametrize(("old", "new"), ALLOWED)
+def test_every_allowed_transition_appends_its_event(old, new):
+    """An allowed edge moves the state and appends one STATUS_CHANGED event for it."""
+    record = record_in(old)
+    record.transition(new, at=datetime.now(UTC), where="zones/z/instances/1", exit_code=0)
+    assert record.state is new
+    assert record.events[-1]["taskState"] == new.value
+    assert f"from {old} to {new}" in record.events[-1]["description"]

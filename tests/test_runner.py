@@ -1,0 +1,245 @@
+"""TaskRun in process: real scripts, a recording lifecycle, every save checked.
+
+The semantics of one task without an agent process or report intervals: each case runs a real
+task through its real drivers and hooks, and looks at what was persisted, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_agent.tasks import events
+from batch_agent.tasks.env import base_environment
+from batch_agent.tasks.plan import make_plan
+from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.runner import TaskRun
+from batch_agent.tasks.taskset import TaskSettings, make_run
+from batch_agent.wire import AgentTask, TaskState
+
+pytestmark = pytest.mark.timeout(60)
+
+NAME = "projects/1/locations/r/jobs/j/taskGroups/group0/tasks/3"
+WHERE = "zones/z/instances/1"
+
+
+class Recorder:
+    """A lifecycle that applies transitions as the task set does and keeps every save."""
+
+    def __init__(self) -> None:
+        self.saves: list[dict[str, Any]] = []
+        self.notices = 0
+
+    async def transition(
+        self,
+        record: TaskRecord,
+        new: TaskState,
+        *,
+        exit_code: int | None = None,
+        cause: str | None = None,
+    ) -> None:
+        record.transition(new, at=datetime.now(UTC), where=WHERE, exit_code=exit_code, cause=cause)
+        await self.persist(record)
+        self.notify()
+
+    async def persist(self, record: TaskRecord) -> None:
+        self.saves.append(json.loads(record.to_json()))
+
+    def notify(self) -> None:
+        self.notices += 1
+
+    @property
+    def states(self) -> list[str]:
+        return [save["state"] for save in self.saves]
+
+
+class Task:
+    """One task's run in tmp_path, with its recorder and the output lines it shipped."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        runnables: list[dict[str, Any]],
+        record: TaskRecord | None = None,
+        **spec: Any,
+    ) -> None:
+        self.recorder = Recorder()
+        self.lines: list[str] = []
+        agent_task = AgentTask.model_validate(
+            {"task": NAME, "spec": {"runnables": runnables, **spec.pop("spec", {})}, **spec}
+        )
+        self.record = record or TaskRecord(task_id=NAME, raw={})
+        settings = TaskSettings(
+            workdir=tmp_path / "tasks",
+            where=WHERE,
+            base_env=base_environment(os.environ),
+            output=lambda tag, stream, lines: self.lines.extend(lines),
+            kill_grace=timedelta(seconds=1),
+        )
+        self.run: TaskRun = make_run(
+            self.record, make_plan(agent_task), settings, lifecycle=self.recorder, engine=_no_engine
+        )
+
+    def go(self) -> TaskRecord:
+        asyncio.run(self.run.run())
+        return self.record
+
+    @property
+    def last_event(self) -> str:
+        return str(self.record.events[-1]["description"])
+
+
+def _no_engine() -> Any:
+    raise AssertionError("a script-only task asked for the Docker engine")
+
+
+def script(text: str, **fields: Any) -> dict[str, Any]:
+    return {"script": {"text": text}, **fields}
+
+
+def test_two_silent_scripts_cost_four_saves(tmp_path):
+    """RUNNING, each runnable's intent (before it starts), SUCCEEDED; exit codes and pids ride
+    on the next save, never on a save of their own."""
+    task = Task(tmp_path, [script("exit 0"), script("exit 0")])
+    record = task.go()
+    assert record.state is TaskState.SUCCEEDED
+    saves = task.recorder.saves
+    assert task.recorder.states == ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]
+    intent_1, intent_2 = saves[1]["runnables"]["1"], saves[2]["runnables"]
+    assert intent_1["pid"] is None and intent_1["exit_code"] is None  # saved before the start
+    assert intent_2["1"]["exit_code"] == 0 and intent_2["1"]["pid"] is not None
+    assert intent_2["2"]["pid"] is None
+    assert saves[-1]["runnables"]["2"]["exit_code"] == 0
+
+
+def test_a_failure_skips_later_runnables_but_not_always_run(tmp_path):
+    """The first failing runnable's code is the task's; only alwaysRun runs after it."""
+    marker = tmp_path / "always"
+    task = Task(
+        tmp_path,
+        [script("exit 3"), script("exit 0"), script(f"touch {marker}", alwaysRun=True)],
+    )
+    record = task.go()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 3)
+    assert sorted(record.runnables) == [1, 3]
+    assert marker.exists()
+    assert task.last_event.endswith("with exit code 3.")
+
+
+def test_ignore_exit_status(tmp_path):
+    """A runnable with ignoreExitStatus does not fail the task."""
+    record = Task(tmp_path, [script("exit 9", ignoreExitStatus=True), script("true")]).go()
+    assert record.state is TaskState.SUCCEEDED
+
+
+def test_background_is_stopped_when_the_foreground_ends(tmp_path):
+    """A background runnable still running at the end is stopped, and that is no failure."""
+    record = Task(tmp_path, [script("exec sleep 300", background=True), script("true")]).go()
+    assert record.state is TaskState.SUCCEEDED
+    assert record.runnables[1].exit_code == 143  # SIGTERM
+
+
+def test_timeout_fails_with_50005_then_always_run_runs(tmp_path):
+    """A runnable over its timeout is stopped; 50005 names the limit; alwaysRun still runs."""
+    marker = tmp_path / "cleanup"
+    task = Task(
+        tmp_path,
+        [script("exec sleep 60", timeout="0.2s"), script(f"touch {marker}", alwaysRun=True)],
+    )
+    record = task.go()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 50005)
+    assert "runnables[0].timeout 0.2s exceeded" in task.last_event
+    assert marker.exists()
+
+
+def test_cancel_before_start_is_one_save(tmp_path):
+    """A task cancelled before it started fails at once, with one save and no runnable run."""
+    task = Task(tmp_path, [script("true")])
+    task.run.cancel()
+    record = task.go()
+    assert task.recorder.states == ["FAILED"]
+    assert record.runnables == {}
+    assert events.CANCELLED_BEFORE_START in task.last_event
+
+
+def test_a_prestart_problem_fails_the_task_before_any_runnable(tmp_path):
+    """An unknown userAccount uid fails the task with 50000 naming it; nothing starts."""
+    task = Task(
+        tmp_path,
+        [script("true")],
+        agentTaskSpec={"runnables": [], "userAccount": {"uid": "4000000", "gid": "1"}},
+    )
+    record = task.go()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 50000)
+    assert task.recorder.states == ["FAILED"]
+    assert events.unknown_user(4000000) in task.last_event
+
+
+def test_a_missing_script_path_fails_naming_the_field(tmp_path):
+    """A script path that does not exist fails the task with 50000 and the field's path."""
+    task = Task(tmp_path, [{"script": {"path": str(tmp_path / "nope")}}])
+    record = task.go()
+    assert record.exit_code == 50000
+    assert "runnables[0].script.path" in task.last_event
+
+
+def test_display_names_and_custom_events_are_saved_at_once(tmp_path):
+    """displayName start/finish events and custom events each reach the record's saves."""
+    line = json.dumps({"batch/custom/event": "halfway"})
+    task = Task(tmp_path, [script(f"echo '{line}'", displayName="step")])
+    record = task.go()
+    descriptions = [e["description"] for e in record.events]
+    assert descriptions[1:4] == [
+        events.runnable_started("step"),
+        "halfway",
+        events.runnable_finished("step", 0),
+    ]
+    assert any("halfway" in str(save["events"]) for save in task.recorder.saves[:-1])
+
+
+def test_custom_events_are_capped(tmp_path):
+    """A flood of custom events keeps the first hundred and says that more were dropped."""
+    line = json.dumps({"batch/custom/event": "tick"})
+    task = Task(tmp_path, [script(f"for i in $(seq 500); do echo '{line}'; done")])
+    record = task.go()
+    descriptions = [e["description"] for e in record.events]
+    assert descriptions.count("tick") == 100
+    assert descriptions.count(events.custom_events_dropped(100)) == 1
+    assert record.custom_events == 500
+
+
+def test_a_barrier_waits_for_the_server(tmp_path):
+    """At a barrier the run reports its index and goes on only once reachedBarrier gets there."""
+    marker = tmp_path / "after"
+    task = Task(tmp_path, [script("true"), {"barrier": {"name": "b"}}, script(f"touch {marker}")])
+
+    async def scenario() -> None:
+        running = asyncio.create_task(task.run.run())
+        while task.record.runnable < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # time enough to start runnable 3, were it not waiting
+        assert not marker.exists() and not running.done()
+        task.run.update_barrier(2)
+        await running
+
+    asyncio.run(scenario())
+    assert task.record.state is TaskState.SUCCEEDED
+    assert marker.exists()
+
+
+def test_a_resumed_run_does_not_start_a_finished_runnable_again(tmp_path):
+    """Runnables recorded as ended before a restart keep their result and are not rerun."""
+    counter = tmp_path / "runs"
+    first = Task(tmp_path, [script(f"echo x >> {counter}"), script("exit 4")])
+    first.go()
+    resumed = TaskRecord.from_json(json.dumps(first.recorder.saves[2]), raw={})
+    resumed.runnables.pop(2)  # as if the agent died before runnable 2's intent
+    record = Task(tmp_path, [script(f"echo x >> {counter}"), script("exit 4")], resumed).go()
+    assert counter.read_text() == "x\n"
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 4)
