@@ -14,7 +14,7 @@ import pytest
 from batch_agent.emulator import load_job
 from batch_agent.local.agents import parse_line
 from batch_agent.local.cli import job_id
-from batch_agent.local.runner import default_vms, runnable_labels
+from batch_agent.local.session import default_vms, runnable_labels
 from batch_agent.local.view import RunInfo, prefix
 from tests import docker_support
 from tests.helpers import alive, wait_until

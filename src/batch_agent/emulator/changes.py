@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from batch_agent.emulator.records import TERMINAL, TaskRecord
+from batch_agent.emulator.records import TERMINAL, ServerTask
 
 
 class ChangeLog:
@@ -29,7 +29,7 @@ class ChangeLog:
             change["description"] = description
         self._append(change)
 
-    def task(self, task: TaskRecord, before: str | None, **extra: Any) -> None:
+    def task(self, task: ServerTask, before: str | None, **extra: Any) -> None:
         """`task` went from phase `before` (None: it was just created) to its phase now; `extra`
         keys (e.g. retrying=True) are added as they are."""
         change: dict[str, Any] = {
@@ -50,7 +50,7 @@ class ChangeLog:
         self.entries.append({"time": round(self._clock(), 3), **change})
 
 
-def last_description(task: TaskRecord) -> str:
+def last_description(task: ServerTask) -> str:
     """The description of the task's last reported status event ("" if none)."""
     last = task.events[-1] if task.events else None
     return str(last.get("description", "")) if isinstance(last, dict) else ""

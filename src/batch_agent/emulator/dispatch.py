@@ -3,7 +3,7 @@
 Each of the VM's tasks is sent as its AgentTask JSON, with `intendedState` overridden once the
 server decided CANCELLED or DELETED, and `reachedBarrier` computed over the task's group unless
 the task carries its own. A DELETED task is sent until its agent stops reporting it (or for at
-most `_DELETED_SENDS` answers), then dropped. Pure functions over `TaskRecord`s that touch only
+most `_DELETED_SENDS` answers), then dropped. Pure functions over `ServerTask`s that touch only
 this bookkeeping (`deleted_sends`, `dropped`); must not schedule, retry or change a task's state.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 from batch_agent.emulator import job as jobs
-from batch_agent.emulator.records import TaskRecord
+from batch_agent.emulator.records import ServerTask
 
 # A DELETED task is dropped once the agent stops reporting it, or after this many responses.
 _DELETED_SENDS = 5
@@ -23,8 +23,8 @@ _PAST_ALL = 2**62
 
 
 def drop_forgotten(
-    tasks: Iterable[TaskRecord], vm: int, mentioned: Collection[str]
-) -> list[TaskRecord]:
+    tasks: Iterable[ServerTask], vm: int, mentioned: Collection[str]
+) -> list[ServerTask]:
     """Drop VM `vm`'s DELETED tasks that its agent forgot (no longer in `mentioned`, the task
     names of its report) or that were sent often enough; returns those dropped that are
     `retrying`, whose next attempt may now start."""
@@ -40,7 +40,7 @@ def drop_forgotten(
     return retried
 
 
-def agent_tasks(tasks: Collection[TaskRecord], vm: int) -> list[dict[str, Any]]:
+def agent_tasks(tasks: Collection[ServerTask], vm: int) -> list[dict[str, Any]]:
     """The AgentTask JSONs for VM `vm`'s answer, in the order of `tasks` (all of the job's
     tasks, needed for barriers); counts each DELETED send."""
     out = []
@@ -58,7 +58,7 @@ def agent_tasks(tasks: Collection[TaskRecord], vm: int) -> list[dict[str, Any]]:
     return out
 
 
-def _reached_barrier(task: TaskRecord, tasks: Iterable[TaskRecord]) -> int:
+def _reached_barrier(task: ServerTask, tasks: Iterable[ServerTask]) -> int:
     barriers = jobs.barrier_indices(task.sent.get("spec"))
     if not barriers:
         return 0

@@ -1,6 +1,6 @@
 """What the emulator remembers per task and per report, and the read-only view it hands out.
 
-Plain data: no locks, no I/O. `TaskRecord` is mutated only under the emulator's lock, by
+Plain data: no locks, no I/O. `ServerTask` is mutated only under the emulator's lock, by
 `state.JobState` and its helper `dispatch` (send bookkeeping); `TaskView` is a frozen copy safe to
 hand to other threads.
 """
@@ -23,7 +23,7 @@ class Report:
 
 
 @dataclass
-class TaskRecord:
+class ServerTask:
     """One task: the AgentTask JSON we send (verbatim for `add_task`) and what was reported.
 
     `state` is what the agent last reported for the current attempt (None before its first

@@ -20,7 +20,7 @@ from batch_agent.emulator import dispatch, service
 from batch_agent.emulator import job as jobs
 from batch_agent.emulator.changes import ChangeLog, last_description
 from batch_agent.emulator.metadata import Site
-from batch_agent.emulator.records import TERMINAL, TaskRecord
+from batch_agent.emulator.records import TERMINAL, ServerTask
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class JobState:
         self._plan = plan
         self._hosts_path = hosts_path
         self._clock = clock
-        self.tasks: dict[str, TaskRecord] = {}
+        self.tasks: dict[str, ServerTask] = {}
         self.changes = ChangeLog(clock)
         self._pending: list[str] = []
         self._agent_states: dict[int, str] = {}
@@ -59,7 +59,7 @@ class JobState:
         self.changes.job(None, service.QUEUED)
         for i in range(plan.task_count):
             name = jobs.task_name(site.project_number, site.region, site.job_id, i)
-            task = TaskRecord(name=name, sent=self._agent_task(name, i, 0), in_plan=True, index=i)
+            task = ServerTask(name=name, sent=self._agent_task(name, i, 0), in_plan=True, index=i)
             self.tasks[name] = task
             self._pending.append(name)
             self.changes.task(task, None)
@@ -94,7 +94,7 @@ class JobState:
         sent.setdefault("intendedState", "ASSIGNED")
         number = name.rsplit("/tasks/", 1)[-1]
         index = int(number) if number.isdigit() else -1
-        task = TaskRecord(name=name, sent=sent, in_plan=False, vm=vm, index=index)
+        task = ServerTask(name=name, sent=sent, in_plan=False, vm=vm, index=index)
         self.tasks[name] = task
         self.changes.task(task, None)
         return name
@@ -130,7 +130,7 @@ class JobState:
         if task.phase != before:
             self.changes.task(task, before)
 
-    def _withdraw(self, task: TaskRecord) -> None:
+    def _withdraw(self, task: ServerTask) -> None:
         """A task not yet assigned to a VM never will be."""
         if task.name in self._pending:
             self._pending.remove(task.name)
@@ -186,7 +186,7 @@ class JobState:
         self._advance_job()
         return mentioned
 
-    def _apply(self, task: TaskRecord, new: str) -> None:
+    def _apply(self, task: ServerTask, new: str) -> None:
         """The agent reported a new state for the task's current attempt."""
         self._log_change(task, new)
         before, now = task.phase, self._clock()
@@ -231,7 +231,7 @@ class JobState:
             self.schedule()
         return dispatch.agent_tasks(list(self.tasks.values()), vm)
 
-    def _requeue(self, task: TaskRecord) -> None:
+    def _requeue(self, task: ServerTask) -> None:
         """FAILED -> PENDING: the same task name, a new attempt, BATCH_TASK_RETRY_ATTEMPT + 1."""
         before = task.phase
         task.attempt += 1
@@ -263,7 +263,7 @@ class JobState:
             self.changes.job(old, new, description)
             self._log(f"job {self._site.job_id}: {old} -> {new}")
 
-    def _log_change(self, task: TaskRecord, new: str) -> None:
+    def _log_change(self, task: ServerTask, new: str) -> None:
         index = task.name.rsplit("/", 1)[-1]
         line = f"task {index} ({task.name}): {task.state or 'UNREPORTED'} -> {new}"
         if description := last_description(task):

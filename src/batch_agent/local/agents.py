@@ -56,7 +56,7 @@ def parse_line(vm: int, text: str) -> Line:
     return Line(vm, severity, message)
 
 
-class Agent:
+class AgentProcess:
     """One agent subprocess and the thread draining its stderr into `lines`."""
 
     def __init__(self, vm: int, directory: Path, env: dict[str, str], lines: queue.Queue[Line]):

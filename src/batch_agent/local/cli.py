@@ -20,7 +20,7 @@ from pathlib import Path
 
 from batch_agent.emulator import JobConfigError, load_job
 from batch_agent.local.live import LiveView, wants_colour
-from batch_agent.local.runner import LocalRun, Options, default_vms
+from batch_agent.local.session import LocalRun, Options, default_vms
 from batch_agent.local.view import JsonView, PlainView, View
 
 EXIT_USAGE = 2

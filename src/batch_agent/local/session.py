@@ -22,7 +22,7 @@ from typing import Any
 
 from batch_agent.emulator import Emulator, JobPlan, TaskView
 from batch_agent.emulator.job import barrier_indices
-from batch_agent.local.agents import Agent, Line, agent_env
+from batch_agent.local.agents import AgentProcess, Line, agent_env
 from batch_agent.local.tasklogs import TaskLogs
 from batch_agent.local.view import RunInfo, Summary, TaskSummary, View
 
@@ -88,7 +88,7 @@ class LocalRun:
         self._work_dir, self._job_id = work_dir, job_id
         self._signals = 0
         self._lines: queue.Queue[Line] = queue.Queue()
-        self._agents: list[Agent] = []
+        self._agents: list[AgentProcess] = []
         self._cursor = 0
         self._logs = [TaskLogs(work_dir / "logs")]
         if plan.logs_path:
@@ -149,7 +149,7 @@ class LocalRun:
             env = agent_env(
                 vm.metadata_host, emulator.url, directory / "state", self._options.kill_grace
             )
-            agent = Agent(vm.index, directory, env, self._lines)
+            agent = AgentProcess(vm.index, directory, env, self._lines)
             self._agents.append(agent)
             self._view.agent(vm.index, agent.pid, "started")
 
