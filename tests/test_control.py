@@ -1,4 +1,4 @@
-"""control.py: the Batch API client against the emulator over real HTTP, and Backoff."""
+"""batch_agent.control: the Batch API client against the emulator over real HTTP, and Backoff."""
 
 from __future__ import annotations
 

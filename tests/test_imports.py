@@ -97,7 +97,7 @@ def test_layers(modules, forbidden):
         if not under(module, modules):
             continue
         for name in imports_of(path):
-            if under(name, forbidden) and not under(name, [module]):
+            if under(name, forbidden) and not under(name, modules):
                 pytest.fail(f"{module} imports {name}")
 
 

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from batch_agent.vm import DEFAULT_METADATA_HOST
+
 DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
 
 
@@ -48,7 +50,7 @@ class Config(BaseSettings):
     state_dir: Path = Path("/var/lib/batch-agent")
     # host:port of the GCE metadata server; google-auth reads the same variable.
     metadata_host: str = Field(
-        default="metadata.google.internal",
+        default=DEFAULT_METADATA_HOST,
         validation_alias=AliasChoices("metadata_host", "GCE_METADATA_HOST"),
     )
     # A service-account key file (Application Default Credentials); else the VM's account.

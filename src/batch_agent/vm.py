@@ -1,7 +1,7 @@
 """Facts about this VM for the report: metadata server reads, identity, boot time, os-release.
 
 Metadata reads use only the standard library (urllib.request): httplib2 and the Google
-client libraries belong to control.py. This module does not read the environment (the
+client libraries belong to control/. This module does not read the environment (the
 caller passes the metadata host, as GCE_METADATA_HOST gives it) and does not retry; every
 metadata call BLOCKS and belongs in a worker thread when called from the event loop.
 """

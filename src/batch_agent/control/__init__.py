@@ -1,0 +1,31 @@
+"""The Batch API control plane as the agent sees it: `ControlPlane` (one `state:report` call),
+`ControlPlaneError` (every failure, classified) and `Backoff` (the loop's retry delays).
+
+This package is the only importer of googleapiclient, httplib2, google.auth and
+google_auth_httplib2 in the project; everything else talks to the names below and the wire
+models. Its modules: `client` (ControlPlane), `errors` (what a failure means, Retry-After),
+`credentials` (tokens from a metadata server), `deadline` (the per-call watchdog), `backoff`.
+Nothing here retries or reads the environment.
+"""
+
+from batch_agent.control.backoff import Backoff
+from batch_agent.control.client import CLOUD_PLATFORM_SCOPE, DEFAULT_DEADLINE, ControlPlane
+from batch_agent.control.credentials import MetadataServerCredentials
+from batch_agent.control.errors import (
+    MAX_RETRY_AFTER,
+    ControlPlaneError,
+    is_retryable_status,
+    parse_retry_after,
+)
+
+__all__ = [
+    "CLOUD_PLATFORM_SCOPE",
+    "DEFAULT_DEADLINE",
+    "MAX_RETRY_AFTER",
+    "Backoff",
+    "ControlPlane",
+    "ControlPlaneError",
+    "MetadataServerCredentials",
+    "is_retryable_status",
+    "parse_retry_after",
+]

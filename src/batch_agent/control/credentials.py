@@ -1,0 +1,69 @@
+"""Access tokens of the VM's default service account, from a metadata server the caller names.
+
+A google-auth `Credentials` subclass, so that `AuthorizedHttp` refreshes and attaches it like
+any other. It must not read the environment (the caller passes the host, as GCE_METADATA_HOST
+gives it) and must not go through a proxy (the metadata server answers only on the VM itself:
+the caller hands it a proxy-less `httplib2.Http`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+
+import google.auth.credentials
+import google.auth.exceptions
+import google.auth.transport
+import google_auth_httplib2
+import httplib2
+
+from batch_agent.vm import DEFAULT_METADATA_HOST
+
+
+def _refresh_error(message: str) -> Exception:
+    return google.auth.exceptions.RefreshError(message)  # type: ignore[no-untyped-call]
+
+
+class MetadataServerCredentials(google.auth.credentials.Credentials):
+    """Access tokens of the VM's default service account, from the given metadata server.
+
+    google-auth's `compute_engine.Credentials` does the same but reads `GCE_METADATA_HOST`
+    once, when `google.auth.compute_engine._metadata` is imported, so its host cannot be
+    chosen by the caller (nor by a test that starts a metadata server on a free port).
+    Only the token is fetched (no scopes, email or universe lookups): the default universe
+    is googleapis.com. `refresh` BLOCKS on one HTTP GET, through `http` when given (else the
+    transport it is handed), and raises `RefreshError` when the server cannot be reached or
+    gives no usable token.
+    """
+
+    def __init__(self, host: str = DEFAULT_METADATA_HOST, http: httplib2.Http | None = None):
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._url = f"http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
+        self._http = http
+
+    def refresh(self, request: google.auth.transport.Request) -> None:
+        if self._http is not None:
+            request = google_auth_httplib2.Request(self._http)
+        try:
+            response = request(url=self._url, method="GET", headers={"Metadata-Flavor": "Google"})
+        except (OSError, http.client.HTTPException, google.auth.exceptions.TransportError) as e:
+            # google_auth_httplib2 wraps httplib2's errors but lets socket errors through.
+            message = f"cannot reach the metadata server at {self._url}: {e}"
+            raise _refresh_error(message) from e
+        if response.status != HTTPStatus.OK:
+            raise _refresh_error(f"metadata server answered {response.status} for {self._url}")
+        try:
+            answer = json.loads(response.data)
+            token = answer["access_token"]
+            lifetime = timedelta(seconds=min(float(answer["expires_in"]), 86400.0))
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as error:
+            raise _refresh_error(
+                f"metadata server sent a malformed token from {self._url}: {error!r}"
+            ) from None
+        if not isinstance(token, str) or not token:
+            raise _refresh_error("metadata server sent no access_token")
+        self.token = token
+        # google-auth compares expiry with a naive UTC "now".
+        self.expiry = datetime.now(UTC).replace(tzinfo=None) + lifetime
