@@ -43,8 +43,8 @@ def script_task(text: str) -> dict[str, Any]:
 
 
 def event_time(event: dict[str, Any]) -> datetime:
-    """A StatusEvent's eventTime (RFC 3339) as a datetime; digits past microseconds are cut."""
-    return datetime.fromisoformat(str(event["eventTime"]))
+    """A StatusEvent's eventTime (RFC 3339) as a datetime."""
+    return parse_time(str(event["eventTime"]))
 
 
 def fmt_ms(seconds: float) -> str:

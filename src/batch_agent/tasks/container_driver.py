@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from batch_agent.tasks import events
 from batch_agent.tasks.driver import Started, TaskContext
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult, Handle
 from batch_agent.tasks.plan import ContainerSpec, RunnablePlan
@@ -45,8 +46,7 @@ class ContainerDriver:
             return ExitResult(EXIT_CODE_UNKNOWN, reason=f"{runnable.label}: {error}")
         if found:
             return found[0]
-        reason = f"{runnable.label}: its container vanished while the agent was down"
-        return ExitResult(EXIT_CODE_UNKNOWN, reason=reason)
+        return ExitResult(EXIT_CODE_UNKNOWN, reason=events.container_vanished(runnable.label))
 
     async def release(self) -> None:
         """The task's runnables have ended: remove its internal network, if it had one."""

@@ -69,6 +69,18 @@ def unknown_user(uid: int) -> str:
     return f"userAccount: uid {uid} does not exist on this VM"
 
 
+def status_lost(label: str) -> str:
+    return f"{label}: its exit status was lost while the agent was down"
+
+
+def container_vanished(label: str) -> str:
+    return f"{label}: its container vanished while the agent was down"
+
+
+def missing_script(index: int, path: str) -> str:
+    return f'runnables[{index - 1}].script.path: "{path}" does not exist'
+
+
 def cannot_start(index: int, reason: str) -> str:
     return f"runnables[{index - 1}] could not start: {reason}"
 

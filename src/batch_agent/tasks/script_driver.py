@@ -12,6 +12,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
+from batch_agent.tasks import events
 from batch_agent.tasks.driver import Finished, Started, TaskContext
 from batch_agent.tasks.env import runnable_environment
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult, Handle
@@ -39,8 +40,8 @@ class ScriptDriver:
         else:
             program = Path(spec.path or "")
             if not program.is_file():
-                path = f"runnables[{runnable.index - 1}].script.path"
-                return ExitResult.not_started(f'{path}: "{program}" does not exist')
+                missing = events.missing_script(runnable.index, str(program))
+                return ExitResult.not_started(missing)
         return PreparedScript(self._context, runnable, program)
 
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
@@ -60,8 +61,7 @@ class ScriptDriver:
         if isinstance(found, ScriptExecution):
             return found
         if found is None or found.exit_code == EXIT_CODE_UNKNOWN:
-            reason = f"{runnable.label}: its exit status was lost while the agent was down"
-            return ExitResult(EXIT_CODE_UNKNOWN, reason=reason)
+            return ExitResult(EXIT_CODE_UNKNOWN, reason=events.status_lost(runnable.label))
         return Finished(found)
 
 
