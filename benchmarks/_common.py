@@ -16,6 +16,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The agent subprocess is started exactly as the end-to-end tests start it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from batch_agent.tasks.procfs import read_stat  # noqa: E402
+from batch_agent.wire import parse_time  # noqa: E402
 from tests.helpers import AgentProcess  # noqa: E402
 
 Agent = AgentProcess
