@@ -454,7 +454,7 @@ def test_block_external_network(ctx: Ctx, docker_engine: str) -> None:
     assert "hello" not in blocked.stdout, blocked
     assert "from-peer" in peer.stdout, peer
     assert refused.result == ExitResult.not_started(
-        'options: "--network" is not allowed with blockExternalNetwork'
+        'options: "--network" not allowed with blockExternalNetwork'
     )
 
 

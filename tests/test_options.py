@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from batch_agent.tasks.docker.options import OptionError, parse_options
+from batch_agent.tasks.docker.options import OptionError, isolation_breaches, parse_options
 
 
 @pytest.mark.parametrize(
@@ -91,3 +91,24 @@ def test_parse_options_refuses_naming_the_option(options: str, message: str) -> 
     with pytest.raises(OptionError) as raised:
         parse_options(options)
     assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("options", "breaches"),
+    [
+        ("--privileged", ["--privileged"]),
+        ("--pid host --ipc=host", ["--pid=host", "--ipc=host"]),
+        (
+            "--cap-add ALL --cap-add CHOWN --cap-add cap_net_admin",
+            ["--cap-add=ALL", "--cap-add=NET_ADMIN"],
+        ),
+        ("--device /dev/fuse", ["--device"]),
+        ("--network host", ["--network"]),
+        ("--shm-size 1g --cap-add CHOWN --pid container:x", []),
+    ],
+)
+def test_isolation_breaches_name_what_defeats_block_external_network(
+    options: str, breaches: list[str]
+) -> None:
+    """Options that would let a blockExternalNetwork container out are named; others pass."""
+    assert isolation_breaches(parse_options(options)) == breaches

@@ -36,7 +36,7 @@ from batch_agent.tasks.docker.errors import DockerError, EngineError, exec_failu
 from batch_agent.tasks.docker.execution import ContainerExecution
 from batch_agent.tasks.docker.images import PULL_ATTEMPTS, PULL_BACKOFF, ensure_image
 from batch_agent.tasks.docker.logs import in_thread
-from batch_agent.tasks.docker.options import OptionError, parse_options
+from batch_agent.tasks.docker.options import OptionError, isolation_breaches, parse_options
 from batch_agent.tasks.execution import ExitResult
 from batch_agent.tasks.plan import ContainerSpec
 
@@ -108,11 +108,14 @@ class ContainerEngine:
             return ExitResult.not_started(str(e))
         try:
             client = await self._connection.client()
+            breaches = isolation_breaches(options) if spec.block_external_network else []
+            if breaches:
+                named = ", ".join(f'"{b}"' for b in breaches)
+                return ExitResult.not_started(
+                    f"options: {named} not allowed with blockExternalNetwork"
+                )
             opt_network = kwargs.pop("network", None)
             if spec.block_external_network:
-                if opt_network is not None:
-                    reason = 'options: "--network" is not allowed with blockExternalNetwork'
-                    return ExitResult.not_started(reason)
                 kwargs["network"] = await self.ensure_internal_network(network or INTERNAL_NETWORK)
             elif opt_network or network:
                 kwargs["network"] = opt_network or network

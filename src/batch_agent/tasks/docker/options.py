@@ -60,6 +60,31 @@ _REFUSED = {
     "--volume": 'is not allowed; use the "volumes" field',
     "--mount": 'is not allowed; use the "volumes" field',
 }
+# With blockExternalNetwork the task asked for a container cut off from every network but its
+# task's own. These would let it step around that: reach the host's namespaces or devices, or
+# rebuild its own networking. Without blockExternalNetwork they are the user's to use, as any
+# root script on the VM could do the same.
+_ESCAPE_CAPABILITIES = {"ALL", "NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE"}
+
+
+def isolation_breaches(kwargs: dict[str, Any]) -> list[str]:
+    """The parsed options (as `parse_options` gives them) that would defeat
+    blockExternalNetwork, named as the user wrote them; empty if none. Pure."""
+    found = []
+    if kwargs.get("network") is not None:
+        found.append("--network")
+    if kwargs.get("privileged"):
+        found.append("--privileged")
+    for key, flag in (("pid_mode", "--pid"), ("ipc_mode", "--ipc")):
+        if str(kwargs.get(key, "")).lower() == "host":
+            found.append(f"{flag}=host")
+    capabilities = {str(c).upper().removeprefix("CAP_") for c in kwargs.get("cap_add") or []}
+    found += [f"--cap-add={c}" for c in sorted(capabilities & _ESCAPE_CAPABILITIES)]
+    if kwargs.get("devices"):
+        found.append("--device")
+    return found
+
+
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?$", re.IGNORECASE)
 
 
