@@ -443,6 +443,39 @@ def test_runs_as_the_given_user() -> None:
         assert (tmp / "status").stat().st_uid == uid
 
 
+@pytest.mark.parametrize("planted", ["out", "err", "status"])
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_output_and_status_are_never_opened_through_a_symlink(tmp_path: Path, planted: str) -> None:
+    """A symlink in place of stdout, stderr or (with a user) the status file is not followed:
+    the start fails with 126 and the file it points at stays as it was, and whose it was."""
+    victim = tmp_path / "shadow"
+    victim.write_text("root:secret\n")
+    victim.chmod(0o600)
+    (tmp_path / planted).symlink_to(victim)
+    program = write_script("#!/bin/sh\necho x\n", tmp_path, owner=(1, 1))
+    result = run(start(tmp_path, program, user=(1, 1)))
+    assert isinstance(result, ExitResult) and result.exit_code == 126, result
+    assert result.reason is not None and "symbolic links" in result.reason
+    assert victim.read_text() == "root:secret\n"
+    assert (victim.stat().st_uid, victim.stat().st_mode & 0o777) == (0, 0o600)
+
+
+def test_a_fifo_in_place_of_an_output_file_cannot_hang_the_start(tmp_path: Path) -> None:
+    """A FIFO where stdout should go is refused (126) instead of blocking the open forever."""
+    os.mkfifo(tmp_path / "out")
+    result = run(start(tmp_path, write_script("#!/bin/sh\n", tmp_path)))
+    assert isinstance(result, ExitResult) and result.exit_code == 126, result
+
+
+def test_a_status_symlink_is_not_read(tmp_path: Path) -> None:
+    """read_status does not follow a symlink: a file elsewhere saying 0 is no success."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("0\n")
+    (tmp_path / "status").symlink_to(elsewhere)
+    found = read_status(tmp_path / "status")
+    assert found is not None and found.exit_code == EXIT_CODE_UNKNOWN, found
+
+
 def test_find_waiter_by_its_command_line(tmp_path: Path) -> None:
     """An agent that never saved the pid finds the waiter (not its forked child) again."""
     script = tmp_path / "s.sh"

@@ -122,8 +122,9 @@ def test_user_account_runs_scripts_as_that_user(make_emulator, start_agent, tmp_
             "agentTaskSpec": {
                 "runnables": [
                     {"script": {"text": f'echo "$(id -u) $(id -g) $HOME" > {out}; echo x'}},
-                    # its own output files are readable by it
-                    {"script": {"text": 'cat "$PWD"/runnable-1.stdout >&2'}},
+                    # its own output files are readable by it (in the task folder, above its
+                    # working directory `work/`)
+                    {"script": {"text": 'cat "$PWD"/../runnable-1.stdout >&2'}},
                 ],
                 "userAccount": {"uid": str(batch_user.pw_uid), "gid": str(batch_user.pw_gid)},
             },

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from batch_agent.tasks.execution import Execution, ExitResult, Handle
+from batch_agent.tasks.folders import status_path, work_dir
 from batch_agent.tasks.plan import RunnablePlan, TaskPlan
 from batch_agent.tasks.taskoutput import output_path
 
@@ -55,11 +56,21 @@ class TaskContext:
     """What the drivers of one task share."""
 
     plan: TaskPlan
-    folder: Path  # the task's own folder: scripts, output, exit statuses
+    folder: Path  # the task's folder, the agent's: scripts, output, exit statuses (folders.py)
     task_id: str
     instance: str  # `zones/<zone>/instances/<id>`, a container label
     base_env: Mapping[str, str]
     kill_grace: timedelta = timedelta(seconds=10)
+
+    @property
+    def work(self) -> Path:
+        """The working directory of the task's scripts, the only place in the folder that its
+        user may write."""
+        return work_dir(self.folder)
+
+    def status(self, k: int) -> Path:
+        """Where the waiter of script runnable `k` (1-based) writes its exit status."""
+        return status_path(self.folder, k)
 
     def output(self, k: int, stream: str) -> Path:
         """Where runnable `k` (1-based) writes `stream`."""

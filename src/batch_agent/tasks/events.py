@@ -69,6 +69,10 @@ def unknown_user(uid: int) -> str:
     return f"userAccount: uid {uid} does not exist on this VM"
 
 
+def task_folder_failed(folder: str, error: str) -> str:
+    return f"task folder {folder}: {error}"
+
+
 def status_lost(label: str) -> str:
     return f"{label}: its exit status was lost while the agent was down"
 

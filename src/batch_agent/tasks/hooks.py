@@ -10,13 +10,13 @@ a restarted agent resumes a task, so each must be idempotent. Hooks never change
 from __future__ import annotations
 
 import logging
-import os
 import pwd
 from pathlib import Path
 from typing import Protocol
 
 from batch_agent.tasks import events
 from batch_agent.tasks.container_driver import ContainerDriver
+from batch_agent.tasks.folders import make_task_folder
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +32,24 @@ class Hook(Protocol):
 
 
 class TaskFolder:
-    """The task's folder exists; with a userAccount, that user exists here and owns it."""
+    """The task's folder exists and is the agent's; with a userAccount, that user exists here
+    and owns the folder's `work/` (see folders.py)."""
 
     def __init__(self, folder: Path, user: tuple[int, int] | None) -> None:
         self._folder = folder
         self._user = user
 
     async def prestart(self) -> str | None:
-        self._folder.mkdir(parents=True, exist_ok=True)
-        if self._user is None:
-            return None
-        uid, gid = self._user
+        if self._user is not None:
+            uid = self._user[0]
+            try:
+                pwd.getpwuid(uid)
+            except KeyError:
+                return events.unknown_user(uid)
         try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            return events.unknown_user(uid)
-        os.chown(self._folder, uid, gid)
+            make_task_folder(self._folder, self._user)
+        except OSError as error:
+            return events.task_folder_failed(str(self._folder), error.strerror or str(error))
         return None
 
     async def poststop(self) -> None:

@@ -13,9 +13,12 @@ I/O is blocking, in small bounded reads; the caller decides whether to run it in
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 READ_CHUNK = 64 * 1024
 READ_BUDGET = 4 * 1024 * 1024  # per non-final call, so one flooding runnable can't starve others
@@ -58,12 +61,12 @@ class OutputShipper:
         Reads at most `read_budget` bytes per call (call again to catch up), except with
         `final=True`, which reads up to the end of file as it was when the call began and
         then emits the incomplete last line too (for when the writer has exited). A missing
-        file ships nothing. A file shorter than the offset (truncated) is shipped again from
-        its start. Blocks on local reads; raises OSError only for unexpected I/O errors.
+        file ships nothing, and so does a symlink or anything else that is not a regular file
+        (never followed or read). A file shorter than the offset (truncated) is shipped again
+        from its start. Blocks on local reads; raises OSError only for unexpected I/O errors.
         """
-        try:
-            f = open(self.path, "rb")  # noqa: SIM115 - closed below, across both branches
-        except FileNotFoundError:
+        f = _open_regular(self.path)
+        if f is None:
             return self._offset
         with f:
             size = os.fstat(f.fileno()).st_size
@@ -110,6 +113,24 @@ class OutputShipper:
             self._emit(line[start:cut].decode("utf-8", errors="replace"))
             start = cut
         self._emit(line[start:].decode("utf-8", errors="replace"))
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """`path` opened for reading if it is a regular file and no symlink; None if it is not
+    (or is missing)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def _cut_point(data: bytes, start: int, limit: int) -> int:

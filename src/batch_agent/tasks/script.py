@@ -91,7 +91,10 @@ async def start_script(
     A relative `program` is taken relative to `cwd`. stdout/stderr are appended to the given
     files (created 0600 if missing); stdin is /dev/null; `env` is the complete environment.
     A stale `status_path` is removed (with `user`: truncated and given to that user, who runs
-    the waiter and the program as that uid/gid with no supplementary groups).
+    the waiter and the program as that uid/gid with no supplementary groups; stdout and stderr
+    are given to it too, so that it can read them back). None of the three is opened through
+    a symlink or when it is not a regular file (126): with `user`, they must be in a folder
+    that user cannot write, so that it cannot swap a name for another.
 
     Never raises for a program that cannot start: returns an ExitResult with a reason and exit
     code 127 (not found) or 126 (not executable, or any other start failure). Failures the
@@ -112,15 +115,13 @@ async def start_script(
     fds: list[int] = []
     try:
         if user is not None:  # the waiter, running as `user`, must be able to write it
-            status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            fds.append(status_fd)
+            fds.append(status_fd := _open_regular(status_path, os.O_TRUNC))
             os.fchown(status_fd, user[0], user[1])
         else:  # the waiter creates it; no stale status may stand in for this run's
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(status_path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        fds.append(stdout_fd := os.open(stdout_path, flags, 0o600))
-        fds.append(stderr_fd := os.open(stderr_path, flags, 0o600))
+        fds.append(stdout_fd := _open_regular(stdout_path, os.O_APPEND))
+        fds.append(stderr_fd := _open_regular(stderr_path, os.O_APPEND))
         if user is not None:  # the user may read back what it wrote
             os.fchown(stdout_fd, user[0], user[1])
             os.fchown(stderr_fd, user[0], user[1])
@@ -159,6 +160,22 @@ async def start_script(
     )
 
 
+def _open_regular(path: Path, flags: int) -> int:
+    """Open `path` for writing (created 0600 if missing) only if it is a regular file and no
+    symlink: never a file elsewhere that someone pointed this name at. Raises OSError."""
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | flags, 0o600
+    )
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)  # O_NONBLOCK was only so that a FIFO cannot hang the open
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _cannot_execute(program: Path, user: tuple[int, int] | None) -> ExitResult | None:
     """What execve would refuse, found before starting, as an ExitResult; None if it looks fine."""
     try:
@@ -182,7 +199,9 @@ def _cannot_execute(program: Path, user: tuple[int, int] | None) -> ExitResult |
         bits = stat.S_IXOTH
     if not st.st_mode & bits:
         return ExitResult(126, reason=f"cannot execute {program}: Permission denied")
-    interpreter = _interpreter(program)
+    # Not read as root for a user: the path may lead through folders that user can write.
+    # Its waiter meets a bad interpreter at exec time instead (127, the message in stderr).
+    interpreter = _interpreter(program) if user is None else None
     if interpreter is not None and not os.path.exists(interpreter):
         return ExitResult(
             127, reason=f"cannot execute {program}: bad interpreter {interpreter}: not found"

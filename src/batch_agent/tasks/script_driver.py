@@ -1,8 +1,9 @@
 """The script driver: a runnable's `text` or `path` run under the waiter of `script.py`.
 
 Turns a RunnablePlan into the program file, the runnable's environment and the files of its
-output and exit status in the task's folder; finds a waiter again by pid and start time, or by
-its command line when the pid was not saved yet. Knows nothing of task states or persistence.
+output and exit status in the task's folder (the program runs in its `work/`, see folders.py);
+finds a waiter again by pid and start time, or by its command line when the pid was not saved
+yet. Knows nothing of task states or persistence.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class ScriptDriver:
         return PreparedScript(self._context, runnable, program)
 
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
-        status = status_path(self._context.folder, runnable.index)
+        status = self._context.status(runnable.index)
         grace = self._context.kill_grace
         found: ScriptExecution | ExitResult | None
         if handle.pid is None or handle.start_time is None:
@@ -88,20 +89,16 @@ class PreparedScript:
         started = await start_script(
             self.program,
             env=env,
-            cwd=context.folder,
+            cwd=context.work,
             stdout_path=context.output(k, "stdout"),
             stderr_path=context.output(k, "stderr"),
-            status_path=status_path(context.folder, k),
+            status_path=context.status(k),
             user=user,
             leftover_grace=context.kill_grace,
         )
         if isinstance(started, ExitResult):
             return started
         return Started(started, Handle(pid=started.pid, start_time=started.start_time))
-
-
-def status_path(folder: Path, k: int) -> Path:
-    return folder / f"runnable-{k}.status"
 
 
 def _home_of(uid: int) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from batch_agent.tasks.container_driver import (
 )
 from batch_agent.tasks.driver import Driver, TaskContext
 from batch_agent.tasks.events import ExitCode
+from batch_agent.tasks.folders import remove_task_dir, task_dir
 from batch_agent.tasks.hooks import ContainerNetwork, TaskFolder
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
@@ -72,11 +72,6 @@ class _Slot:
     run: TaskRun | None = None
     driving: asyncio.Task[None] | None = None
     teardown: asyncio.Task[None] | None = None  # set once the server said DELETED
-
-
-def task_dir(workdir: Path, task_id: str) -> Path:
-    """The folder of a task's scripts, output and exit statuses: one per task name."""
-    return workdir / (task_id.strip("/").replace("/", "_") or "task")
 
 
 class TaskSet:
@@ -270,7 +265,7 @@ class TaskSet:
                 log.warning("task %s: containers not removed: %s", name, error)
         folder = task_dir(self._settings.workdir, name)
         # The server may assign the same name again (a retry): it starts from a clean folder.
-        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+        await asyncio.to_thread(remove_task_dir, self._settings.workdir, folder)
         await self._store.delete(name)
         self.deleted_failed |= slot.record.state is TaskState.FAILED
         del self._slots[name]

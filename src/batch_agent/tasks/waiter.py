@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,18 +29,29 @@ log = logging.getLogger(__name__)
 
 STATUS_LOST = "exit status lost: the waiter was killed or the process vanished"
 LEFTOVER_GRACE = timedelta(seconds=10)  # as the agent's kill grace
+_STATUS_MAX = 64  # bytes: "255\n" is what a waiter writes
 _PID_POLL = timedelta(milliseconds=200)  # reattached pids, when pidfd_open is not available
 
 
 def read_status(path: Path) -> ExitResult | None:
     """The status the waiter recorded at `path`, or None if none yet (missing or still empty).
 
-    Garbage in the file gives EXIT_CODE_UNKNOWN with a reason. Blocks on a tiny local read.
+    Garbage in the file gives EXIT_CODE_UNKNOWN with a reason, and so does a symlink or
+    anything else that is not a regular file (never followed or read). Blocks on a tiny local
+    read: at most `_STATUS_MAX` bytes, whatever the file's size.
     """
     try:
-        text = path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as error:  # ELOOP: a symlink
+        return ExitResult(EXIT_CODE_UNKNOWN, reason=f"unreadable exit status: {error.strerror}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ExitResult(EXIT_CODE_UNKNOWN, reason="unreadable exit status: not a file")
+        text = os.read(fd, _STATUS_MAX).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
     if not text:
         return None
     try:
