@@ -32,7 +32,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
 def agent_env(emu: Emulator, state_dir: Path, vm: int = 0, **extra: str) -> dict[str, str]:
     """The environment `batch-agent local` gives its agents, with test-sized limits."""
     env = local_agent_env(emu.vms[vm].metadata_host, emu.url, state_dir, kill_grace="2")
-    env.update(BATCH_AGENT_UNREACHABLE_TIMEOUT="5", **extra)
+    env.update({"BATCH_AGENT_UNREACHABLE_TIMEOUT": "5", **extra})
     return env
 
 

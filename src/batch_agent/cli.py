@@ -1,4 +1,4 @@
-"""Command line: argv -> Config, logging, signals, exit codes (DESIGN §1, a contract).
+"""Command line: argv -> Config, logging, signals, exit codes (a contract: README "Command line").
 
 Holds the agent's single catch-all: an unexpected error is logged loudly and exits non-zero,
 and systemd restarts us.
@@ -77,6 +77,8 @@ def _run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signo in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signo, stop.set)
+        # A hangup (a closed terminal, a careless `kill -HUP`) must not end the agent.
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP ignored"))
         try:
             outcome = await Reporter(config, stop=stop).run(once=args.once)
         except Unreachable as error:
@@ -98,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         return 70  # EX_SOFTWARE: systemd restarts us
     # The loop is gone and with it our handlers: a late SIGTERM must not turn a clean exit into
     # a death by signal.
-    for signo in (signal.SIGTERM, signal.SIGINT):
+    for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signo, signal.SIG_IGN)
     return status
 

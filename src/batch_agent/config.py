@@ -63,7 +63,7 @@ class Config(BaseSettings):
         default=None, validation_alias=AliasChoices("docker_host", "DOCKER_HOST")
     )
     log_format: str = "text"
-    # Used until the server says otherwise (our choice, DESIGN §2).
+    # Used until the server says otherwise (our choice: docs/choices.md).
     default_report_interval: Seconds = timedelta(seconds=10)
     min_report_interval: Seconds = timedelta(seconds=1)
     # How long to keep trying an unreachable control plane in `run --once` before exit 3.

@@ -12,6 +12,7 @@ an answer (`Unreachable`). Blocking calls run in worker threads; the loop itself
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,8 +160,14 @@ class Reporter:
         backoff = Backoff()
         last_success = self._last_success
         while True:
+            deadline = None
+            if once:  # no call may outlast the budget of --once
+                budget = self._config.unreachable_timeout - (datetime.now(UTC) - last_success)
+                deadline = max(budget, timedelta(seconds=1))
             try:
-                response = await self._report(self._state)
+                response = await self._report_unless_stopped(self._state, deadline)
+                if response is None:
+                    return None
             except ControlPlaneError as error:
                 if not error.retryable:
                     raise Rejected(str(error)) from error
@@ -174,6 +181,24 @@ class Reporter:
             self._last_success = datetime.now(UTC)
             self._state = AgentState.AGENT_RUNNING
             return response
+
+    async def _report_unless_stopped(
+        self, state: AgentState, deadline: timedelta | None
+    ) -> ReportAgentStateResponse | None:
+        """A report, or None if told to stop first: the call in flight is then abandoned, so
+        that a hanging server never holds up the exit (systemd waits 30 s, not a deadline)."""
+        call = asyncio.ensure_future(self._report(state, deadline=deadline))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({call, stopping}, return_when="FIRST_COMPLETED")
+        finally:
+            stopping.cancel()
+        if call.done():
+            return call.result()
+        self._control.abort()
+        with contextlib.suppress(ControlPlaneError):
+            await call
+        return None
 
     async def _report(
         self, state: AgentState, *, deadline: timedelta | None = None
@@ -249,12 +274,12 @@ class Reporter:
     async def _metadata_read(self, call: Callable[[], T], *, once: bool) -> T:
         """Retry a blocking metadata read with backoff; --once gives up after the budget."""
         backoff = Backoff()
-        began = datetime.now(UTC)
         while True:
             try:
                 return await asyncio.to_thread(call)
             except MetadataError as error:
-                if once and datetime.now(UTC) - began > self._config.unreachable_timeout:
+                # One budget for the whole start-up, counted from the agent's start.
+                if once and datetime.now(UTC) - self._started > self._config.unreachable_timeout:
                     raise Unreachable(f"metadata server: {error}") from error
                 delay = backoff.next_delay()
                 log.warning("metadata server: %s; retrying in %.1fs", error, delay.total_seconds())

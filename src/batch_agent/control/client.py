@@ -11,6 +11,7 @@ whether to use Application Default Credentials (httplib2 reads the proxy variabl
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -78,6 +79,7 @@ class ControlPlane:
         self._metadata_host = metadata_host
         self._service: Any = None
         self._authorized: google_auth_httplib2.AuthorizedHttp | None = None
+        self._abort = threading.Event()  # set by abort(), cleared by each call
         self._https: list[httplib2.Http] = []  # every connection pool a call may use
 
     def report(
@@ -128,7 +130,8 @@ class ControlPlane:
         headers = dict(call.headers)
         headers.setdefault("content-length", str(call.body_size))
         assert self._authorized is not None
-        with deadline_watchdog(deadline, self._https) as expired:
+        self._abort.clear()
+        with deadline_watchdog(deadline, self._https, self._abort) as expired:
             try:
                 response, content = self._authorized.request(
                     call.uri, method=call.method, body=call.body, headers=headers
@@ -136,6 +139,10 @@ class ControlPlane:
             except Exception as error:
                 if not expired.is_set():
                     raise
+                if self._abort.is_set():
+                    raise ControlPlaneError(
+                        "abandoned: the agent is stopping", retryable=True
+                    ) from error
                 raise ControlPlaneError(
                     f"no complete answer within the {deadline.total_seconds():g}s "
                     f"deadline ({type(error).__name__})",
@@ -152,6 +159,11 @@ class ControlPlane:
             raise ControlPlaneError(
                 f"malformed Batch API response: {error}", retryable=True
             ) from error
+
+    def abort(self) -> None:
+        """Make the call in progress, if any, give up at once (it raises ControlPlaneError).
+        Thread-safe: for a loop told to stop while a report hangs."""
+        self._abort.set()
 
     def close(self) -> None:
         """Close the HTTP connections; idempotent. A later `report` builds a new client."""

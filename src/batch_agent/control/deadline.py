@@ -12,25 +12,34 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
 import httplib2
 
+_ABORT_POLL = 0.1  # seconds: how soon an abort is seen
+
 
 @contextlib.contextmanager
 def deadline_watchdog(
-    deadline: timedelta, pools: Sequence[httplib2.Http]
+    deadline: timedelta, pools: Sequence[httplib2.Http], abort: threading.Event | None = None
 ) -> Iterator[threading.Event]:
-    """While inside, a watchdog thread waits for `deadline`; once it has passed it sets
-    the yielded event and shuts down every socket of every pool (again every 0.1 s, for
-    those httplib2 reconnects) until the block exits, so a blocked read returns at once.
-    The pools are then closed: the next call starts on fresh connections."""
+    """While inside, a watchdog thread waits for `deadline` (or for `abort`, set from another
+    thread); once it has passed it sets the yielded event and shuts down every socket of
+    every pool (again every 0.1 s, for those httplib2 reconnects) until the block exits, so a
+    blocked read returns at once. The pools are then closed: the next call starts on fresh
+    connections."""
     done, expired = threading.Event(), threading.Event()
+    end = time.monotonic() + deadline.total_seconds()
 
     def watch() -> None:
-        if done.wait(deadline.total_seconds()):
-            return
+        while not (abort is not None and abort.is_set()):
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            if done.wait(min(left, _ABORT_POLL)):
+                return
         expired.set()
         while True:
             for pool in pools:

@@ -1,6 +1,6 @@
 """The environment a runnable starts with.
 
-Layers, later wins (DESIGN §3): a clean base taken from the agent's own environment ->
+Layers, later wins (docs/choices.md): a clean base taken from the agent's own environment ->
 the task's variables -> the runnable's variables -> the Batch variables (`BATCH_TASK_INDEX`,
 ...), which the agent always sets and user variables cannot override. `HOME` defaults to the
 caller's choice when no layer sets it.
