@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TEARDOWN_AT_CLOSE = timedelta(seconds=2)  # how long an agent on its way out finishes deletions
+
 
 @dataclass(frozen=True)
 class TaskSettings:
@@ -84,7 +86,7 @@ class TaskSet:
         self._slots: dict[str, _Slot] = {}
         self._engine: ContainerEngine | None = None
         self._preempted = False
-        self.deleted_failed = False  # a task that FAILED was since deleted (for --once)
+        self._deleted_failed = False  # a task that FAILED was since deleted (for --once)
 
     # -- the façade ---------------------------------------------------------------------------
 
@@ -160,10 +162,17 @@ class TaskSet:
 
     def any_failed(self) -> bool:
         states = (s.record.state for s in self._slots.values())
-        return self.deleted_failed or TaskState.FAILED in states
+        return self._deleted_failed or TaskState.FAILED in states
 
     async def close(self) -> None:
-        """Leave every task running (they outlive the agent) and stop driving them."""
+        """Leave every task running (they outlive the agent) and stop driving them. Deletions
+        under way get TEARDOWN_AT_CLOSE to finish (a record left behind is deleted again by the
+        next agent, when the server repeats DELETED)."""
+        deleting = [
+            s.teardown for s in self._slots.values() if s.teardown and not s.teardown.done()
+        ]
+        if deleting:
+            await asyncio.wait(deleting, timeout=TEARDOWN_AT_CLOSE.total_seconds())
         running = [t for s in self._slots.values() for t in (s.driving, s.teardown) if t]
         for task in running:
             task.cancel()
@@ -267,7 +276,7 @@ class TaskSet:
         # The server may assign the same name again (a retry): it starts from a clean folder.
         await asyncio.to_thread(remove_task_dir, self._settings.workdir, folder)
         await self._store.delete(name)
-        self.deleted_failed |= slot.record.state is TaskState.FAILED
+        self._deleted_failed |= slot.record.state is TaskState.FAILED
         del self._slots[name]
         log.info("task %s: deleted", name)
 
