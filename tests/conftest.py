@@ -21,11 +21,14 @@ from tests.helpers import AgentProcess
 def make_emulator() -> Iterator[Callable[..., Emulator]]:
     started: list[Emulator] = []
 
-    def make(job: dict[str, Any] | None = None, **kwargs: Any) -> Emulator:
+    def make(
+        job: dict[str, Any] | None = None, *, kind: type[Emulator] = Emulator, **kwargs: Any
+    ) -> Emulator:
+        """An emulator (of class `kind`, a test's subclass that watches it) serving `job`."""
         kwargs.setdefault("default_report_interval", "1s")
         kwargs.setdefault("min_report_interval", "0.2s")
         kwargs.setdefault("log", None)
-        emu = Emulator(job, **kwargs)
+        emu = kind(job, **kwargs)
         emu.start()
         started.append(emu)
         return emu

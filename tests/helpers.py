@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from batch_agent.emulator import Emulator
+from batch_agent.emulator.backend import Reply
 from batch_agent.local.agents import agent_env as local_agent_env
 from batch_agent.tasks.procfs import read_stat
 
@@ -101,3 +105,39 @@ def alive(pid: int) -> bool:
     """True while `pid` runs (a zombie counts as gone: nothing reaps orphans here)."""
     found = read_stat(pid)
     return found is not None and found.alive
+
+
+def stored_records(state_dir: Path) -> list[dict[str, Any]]:
+    """The task records an agent persisted in `state_dir` (read while it runs), oldest first."""
+    db = state_dir / "state.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT record FROM tasks ORDER BY rowid").fetchall()
+    except sqlite3.OperationalError:  # the agent has not made its tables yet
+        return []
+    finally:
+        conn.close()
+    return [json.loads(text) for (text,) in rows]
+
+
+class WatchedEmulator(Emulator):
+    """An emulator that counts the `instance/preempted?wait_for_change=true` long-polls it got,
+    so a test can wait for an agent's preemption watch to be in place."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._polls = 0
+        self._polls_lock = threading.Lock()
+
+    @property
+    def preemption_polls(self) -> int:
+        with self._polls_lock:
+            return self._polls
+
+    def answer_metadata(self, vm: int, key: str, query: Mapping[str, str]) -> Reply:
+        if key == "instance/preempted" and query.get("wait_for_change") == "true":
+            with self._polls_lock:
+                self._polls += 1
+        return super().answer_metadata(vm, key, query)
