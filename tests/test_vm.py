@@ -21,6 +21,7 @@ from batch_agent.vm import (
     read_identity,
     read_os_release,
     region_of,
+    watch_preemption,
 )
 
 OS_RELEASE = {"ID": "debian", "VERSION_ID": "12"}
@@ -176,6 +177,23 @@ def test_wait_for_change_returns_the_value(emu: Emulator) -> None:
     emu.set_preempted(0)
     server = MetadataServer(emu.metadata_host)
     assert server.wait_for_change("instance/preempted", timedelta(seconds=1)) == "TRUE"
+
+
+def test_the_preemption_watch_sees_a_notice_given_before_it_started(emu: Emulator) -> None:
+    """A VM already preempted when the watch starts is noticed at once, not after a long poll."""
+    emu.set_preempted(0)
+    noticed = threading.Event()
+    watch_preemption(MetadataServer(emu.metadata_host), noticed.set)
+    assert noticed.wait(5)
+
+
+def test_the_preemption_watch_sees_a_later_notice(emu: Emulator) -> None:
+    """A notice that comes while the watch waits is seen when it comes."""
+    noticed = threading.Event()
+    watch_preemption(MetadataServer(emu.metadata_host), noticed.set)
+    assert not noticed.wait(0.5)
+    emu.set_preempted(0)
+    assert noticed.wait(5)
 
 
 def test_unknown_key_is_none(emu: Emulator) -> None:

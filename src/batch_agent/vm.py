@@ -52,7 +52,20 @@ class MetadataServer:
         BLOCKS up to `timeout`. Raises MetadataError when the server cannot be reached or
         answers anything but 200/404.
         """
-        return self._get(key, {}, self.timeout)
+        return self._get(key, {}, self.timeout)[0]
+
+    def read_versioned(
+        self, key: str, *, wait: timedelta | None = None, last_etag: str | None = None
+    ) -> tuple[str | None, str | None]:
+        """(value, ETag) of `key`; with `wait`, once it differs from the value `last_etag`
+        names (at once if it already does), or after `wait`. BLOCKS like `wait_for_change`."""
+        if wait is None:
+            return self._get(key, {}, self.timeout)
+        seconds = max(1, round(wait.total_seconds()))
+        query = {"wait_for_change": "true", "timeout_sec": str(seconds)}
+        if last_etag is not None:
+            query["last_etag"] = last_etag
+        return self._get(key, query, timedelta(seconds=seconds) + self.timeout)
 
     def wait_for_change(self, key: str, timeout: timedelta) -> str | None:
         """The value of `key` once it changes, or its current value after `timeout`.
@@ -63,9 +76,11 @@ class MetadataServer:
         """
         seconds = max(1, round(timeout.total_seconds()))
         query = {"wait_for_change": "true", "timeout_sec": str(seconds)}
-        return self._get(key, query, timedelta(seconds=seconds) + self.timeout)
+        return self._get(key, query, timedelta(seconds=seconds) + self.timeout)[0]
 
-    def _get(self, key: str, query: dict[str, str], timeout: timedelta) -> str | None:
+    def _get(
+        self, key: str, query: dict[str, str], timeout: timedelta
+    ) -> tuple[str | None, str | None]:
         url = f"http://{self.host}/computeMetadata/v1/{key.lstrip('/')}"
         if query:
             url += "?" + urllib.parse.urlencode(query)
@@ -73,11 +88,12 @@ class MetadataServer:
         try:
             with self._opener.open(request, timeout=timeout.total_seconds()) as response:
                 flavor = response.headers.get("Metadata-Flavor")
+                etag = response.headers.get("ETag")
                 body: bytes = response.read()
         except urllib.error.HTTPError as error:
             error.close()
             if error.code == HTTPStatus.NOT_FOUND:
-                return None
+                return None, None
             raise MetadataError(f"metadata server answered {error.code} for {key}") from None
         except (OSError, ValueError) as error:  # URLError, timeouts, refused; bad host
             raise MetadataError(f"cannot read {key} from the metadata server: {error}") from error
@@ -85,7 +101,7 @@ class MetadataServer:
         if flavor != "Google":
             raise MetadataError(f"{url} answered without Metadata-Flavor: Google")
         try:
-            return body.decode()
+            return body.decode(), etag
         except UnicodeDecodeError as error:
             raise MetadataError(f"metadata value of {key} is not UTF-8: {error}") from None
 
@@ -254,13 +270,16 @@ def _unquote(raw: str) -> str:
 
 
 def watch_preemption(server: MetadataServer, on_notice: Callable[[], None]) -> None:
-    """Long-poll `instance/preempted` in a daemon thread (it must not delay the agent's exit);
-    call `on_notice` (from that thread) once, when it turns TRUE."""
+    """Watch `instance/preempted` in a daemon thread (it must not delay the agent's exit); call
+    `on_notice` (from that thread) once, when it is TRUE: at once if it already is. Each wait
+    names the ETag of the value last seen, so a change between two waits is never missed."""
 
     def watch() -> None:
+        etag: str | None = None
+        wait: timedelta | None = None  # the first read does not wait: it may be TRUE already
         while True:
             try:
-                value = server.wait_for_change("instance/preempted", timeout=timedelta(seconds=60))
+                value, etag = server.read_versioned("instance/preempted", wait=wait, last_etag=etag)
             except MetadataError as error:
                 log.warning("preemption watch: %s", error)
                 time.sleep(5)
@@ -268,5 +287,6 @@ def watch_preemption(server: MetadataServer, on_notice: Callable[[], None]) -> N
             if value is not None and value.strip().upper() == "TRUE":
                 on_notice()
                 return
+            wait = timedelta(seconds=60)
 
     threading.Thread(target=watch, name="preemption-watch", daemon=True).start()
