@@ -22,6 +22,7 @@ from batch_agent import __version__
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlane, ControlPlaneError
 from batch_agent.outputlog import OutputLog
+from batch_agent.statedir import claim_state_dir
 from batch_agent.store import TaskStore
 from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.taskset import TaskSet, TaskSettings
@@ -77,6 +78,9 @@ class Reporter:
             metadata_host=config.metadata_host,
         )
         self._metadata = MetadataServer(config.metadata_host)
+        # The lock first: a second agent must touch nothing (raises StateDirBusy). Held for the
+        # life of the process, never released: tasks outlive the agent, not its claim.
+        self._state_lock = claim_state_dir(config.state_dir)
         self._store = TaskStore(config.state_dir / "state.db")
         self._tasks: TaskSet | None = None
         self._changed = asyncio.Event()  # a task changed: report early
