@@ -69,6 +69,9 @@ class Outcome:
 
 class Reporter:
     def __init__(self, config: Config, *, stop: asyncio.Event) -> None:
+        # The lock before anything: a second agent must touch nothing (raises StateDirBusy).
+        # Held for the life of the process, never released.
+        self._state_lock = claim_state_dir(config.state_dir)
         self._config = config
         self._stop = stop
         self._control = ControlPlane(
@@ -78,9 +81,6 @@ class Reporter:
             metadata_host=config.metadata_host,
         )
         self._metadata = MetadataServer(config.metadata_host)
-        # The lock first: a second agent must touch nothing (raises StateDirBusy). Held for the
-        # life of the process, never released: tasks outlive the agent, not its claim.
-        self._state_lock = claim_state_dir(config.state_dir)
         self._store = TaskStore(config.state_dir / "state.db")
         self._tasks: TaskSet | None = None
         self._changed = asyncio.Event()  # a task changed: report early
