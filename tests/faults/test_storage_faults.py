@@ -136,6 +136,30 @@ def test_a_full_state_dir_fails_new_tasks_and_recovers(make_emulator, start_agen
     assert emu.invalid_reports == []
 
 
+def test_an_agent_restarted_on_a_full_state_dir_stays_up(make_emulator, start_agent, small_disk):
+    """An agent started on a full state dir reads its records, reports, fails a new task with
+    50000, and runs tasks again once there is space (no crash loop)."""
+    emu = make_emulator(None, auto_delete=False)
+    agent = start_agent(emu)
+    done = emu.add_task(agent_task(script("true")))
+    wait_until(lambda: emu.task_state(done) == "SUCCEEDED", 60, what="a task before the fill")
+    assert agent.terminate() == 0, agent.log()
+    filler = fill(small_disk)
+    agent = start_agent(emu)
+    count = len(emu.reports)
+    wait_until(lambda: len(emu.reports) >= count + 3, 30, what="reports while full")
+    assert emu.reports[-1].body["agentInfo"]["tasks"][0]["taskId"] == done
+    refused = emu.add_task(agent_task(script("true")))
+    wait_until(lambda: emu.task_state(refused) == "FAILED", 60, what="the new task FAILED")
+    assert exit_code(emu, refused) == 50000
+    assert agent.proc.poll() is None, agent.log()
+    filler.unlink()
+    after = emu.add_task(agent_task(script("true")))
+    wait_until(lambda: emu.task_state(after) == "SUCCEEDED", 60, what="a task after the space")
+    assert agent.terminate() == 0, agent.log()
+    assert emu.invalid_reports == []
+
+
 def test_a_corrupt_database_is_set_aside(make_emulator, start_agent, tmp_path):
     """A state.db of garbage is renamed state.db.corrupt-<time> (kept, logged) and the agent
     starts with an empty store and runs its task."""
