@@ -70,8 +70,8 @@ class TaskStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db = self._executor.submit(_open, path).result()
         self._stored: set[str] = set()  # task ids whose raw spec is on disk already
-        # Writes the state dir refused, oldest first, by what they write ("task <id>"): a
-        # newer write of the same thing replaces an older one.
+        # Writes the state dir refused, by what they write ("task <id>"), in the order last
+        # asked for: a newer write of the same thing replaces an older one.
         self._pending: dict[str, Callable[[], None]] = {}
         self._refusing = False  # the last write failed (for logging the change only)
         self._retrying: asyncio.Task[None] | None = None
