@@ -1,11 +1,20 @@
-"""TaskStore: records survive closing and reopening the database, as after a crash."""
+"""TaskStore: records survive closing and reopening the database, as after a crash; the state
+dir is private, locked, and survives a full disk and a corrupt database."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import os
+import sqlite3
+import stat
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from batch_agent.store import TaskStore
+import pytest
+
+from batch_agent.store import StorageError, TaskStore
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.wire import TaskState
 
@@ -54,3 +63,124 @@ def test_a_terminal_record_cannot_change_state():
         raise AssertionError("a FAILED task became RUNNING")
     assert record.exit_code == 3
     assert record.events[-1]["taskExecution"] == {"exitCode": 3}
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file into `disk` until it is full; returns the file."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as error:
+        assert error.errno == 28, error  # ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_database_files_are_private(tmp_path):
+    """An older 0644 database becomes 0600, its -wal is 0600 and a new database is made so."""
+    sqlite3.connect(tmp_path / "old.db").close()
+    (tmp_path / "old.db").chmod(0o644)
+    old = TaskStore(tmp_path / "old.db")
+    fresh = TaskStore(tmp_path / "fresh" / "state.db")
+    try:
+        asyncio.run(old.save(TaskRecord(task_id="a", raw={"env": "secret"})))
+        for path in (tmp_path / "old.db", tmp_path / "old.db-wal", tmp_path / "fresh/state.db"):
+            assert mode(path) == 0o600, path
+    finally:
+        old.close()
+        fresh.close()
+
+
+def damaged_page(path: Path) -> bytes:
+    """A real database with tasks, one page of which is overwritten."""
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE tasks (task_id TEXT PRIMARY KEY, raw TEXT, record TEXT)")
+    db.executemany("INSERT INTO tasks VALUES (?, '{}', '{}')", [(str(i),) for i in range(300)])
+    db.commit()
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[2 * 4096 + 100 : 2 * 4096 + 400] = b"\xff" * 300
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "damaged page"])
+def test_a_corrupt_database_is_set_aside_and_replaced(tmp_path, caplog, damage):
+    """A database sqlite cannot read (not a database, or failing its quick check) is renamed
+    state.db.corrupt-<time> with its -wal, logged, and an empty store starts in its place."""
+    path = tmp_path / "state.db"
+    content = b"garbage" * 1000 if damage == "garbage" else damaged_page(path)
+    path.write_bytes(content)
+    (tmp_path / "state.db-wal").write_bytes(b"wal")
+    store = TaskStore(path)
+    try:
+        assert store.load_all() == []
+        asyncio.run(store.save(TaskRecord(task_id="a", raw={})))
+    finally:
+        store.close()
+    [aside] = tmp_path.glob("state.db.corrupt-*[0-9]Z")
+    assert aside.read_bytes() == content
+    assert Path(f"{aside}-wal").read_bytes() == b"wal"
+    assert f"set aside as {aside}" in caplog.text
+    assert [r.levelname for r in caplog.records if "corrupt" in r.message] == ["ERROR"]
+
+
+def test_refused_writes_are_kept_and_written_when_space_returns(small_disk):
+    """On a full disk save raises StorageError (no space), delete and set_fact do not; the
+    database can still be opened and read; once there is space the retry writes it all."""
+    path = small_disk / "state.db"
+
+    async def scenario() -> None:
+        store = TaskStore(path)
+        await store.save(TaskRecord(task_id="kept", raw={}))
+        await store.save(TaskRecord(task_id="gone", raw={}))
+        store.close()
+        filler = fill(small_disk)
+        store = TaskStore(path, retry_every=timedelta(seconds=0.05))  # as a restart on it
+        assert [r.task_id for r in store.load_all()] == ["kept", "gone"]
+        record = TaskRecord(task_id="new", raw={"x": "y" * 10000})
+        with pytest.raises(StorageError, match=f"no space left in {small_disk}") as refused:
+            await store.save(record)
+        assert refused.value.no_space
+        record.transition(TaskState.FAILED, at=datetime.now(UTC), where="w", exit_code=50000)
+        with pytest.raises(StorageError):
+            await store.save(record)
+        await store.delete("gone")
+        await store.set_fact("boot_time", "b")
+        filler.unlink()
+        for _ in range(200):  # no other write: the retry alone must carry them
+            await asyncio.sleep(0.05)
+            if store.fact("boot_time") == "b":
+                break
+        store.close()
+
+    asyncio.run(scenario())
+    store = TaskStore(path)
+    try:
+        records = {r.task_id: r for r in store.load_all()}
+        assert sorted(records) == ["kept", "new"]
+        assert records["new"].state is TaskState.FAILED
+        assert records["new"].raw == {"x": "y" * 10000}
+        assert store.fact("boot_time") == "b"
+    finally:
+        store.close()

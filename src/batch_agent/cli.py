@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from batch_agent.config import ConfigError, load_config
     from batch_agent.reporter import Rejected, Reporter, Unreachable
+    from batch_agent.statedir import StateDirBusy
 
     try:
         config = load_config(
@@ -89,6 +90,9 @@ def _run(args: argparse.Namespace) -> int:
         except Rejected as error:
             log.error("control plane rejected the report, not retrying: %s", error)
             return EXIT_REJECTED
+        except StateDirBusy as error:  # two agents on one state dir: a configuration error
+            log.error("%s; exiting", error)
+            return EXIT_USAGE
         if args.once and outcome.failed:
             return EXIT_TASK_FAILED
         return EXIT_OK

@@ -23,6 +23,7 @@ from batch_agent import __version__
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlane, ControlPlaneError
 from batch_agent.outputlog import OutputLog
+from batch_agent.statedir import claim_state_dir
 from batch_agent.store import TaskStore
 from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.taskset import TaskSet, TaskSettings
@@ -69,6 +70,9 @@ class Outcome:
 
 class Reporter:
     def __init__(self, config: Config, *, stop: asyncio.Event) -> None:
+        # The lock before anything: a second agent must touch nothing (raises StateDirBusy).
+        # Held for the life of the process, never released.
+        self._state_lock = claim_state_dir(config.state_dir)
         self._config = config
         self._stop = stop
         self._control = ControlPlane(

@@ -2,18 +2,36 @@
 
 Writes go through one worker thread so the event loop never blocks on an fsync and writes keep
 their order; `await save(...)` returns only once the record is on disk, which is what lets the
-agent persist before it reports. Knows nothing of processes or HTTP.
+agent persist before it reports. A write the state dir cannot take (a full disk, an I/O error)
+stays pending in memory and is written before the next write, or by a retry every
+`retry_every`: `save` raises StorageError so that its caller can decide about the task,
+`delete` and `set_fact` only log. A database sqlite cannot read is set aside
+(`state.db.corrupt-<UTC time>`) and an empty one is started: never a crash loop. The records
+hold task environments and registry passwords, so the files are 0600 (the state dir itself is
+`statedir`'s). Knows nothing of processes or HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
+import os
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from batch_agent.tasks.record import TaskRecord
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600  # the records hold task environments and registry passwords
+RETRY_EVERY = timedelta(seconds=5)  # pending writes retried while the state dir refuses them
+_SIDE_FILES = ("-wal", "-shm", "-journal")  # sqlite's companions of a database file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -25,49 +43,62 @@ CREATE TABLE IF NOT EXISTS facts (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+class StorageError(Exception):
+    """The state dir did not take a write; str() says why (`no space left in <dir>`)."""
+
+    def __init__(self, reason: str, *, no_space: bool) -> None:
+        super().__init__(reason)
+        self.no_space = no_space
+
+
+class _Corrupt(Exception):
+    """sqlite cannot read the database file; `db` is still open (see `_open`)."""
+
+    def __init__(self, db: sqlite3.Connection, reason: str) -> None:
+        super().__init__(reason)
+        self.db = db
+
+
 class TaskStore:
-    """Not thread-safe itself: every call runs on its single writer thread."""
+    """Not thread-safe itself: every call runs on its single writer thread, which alone
+    touches the connection, `_stored` and `_pending`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, retry_every: timedelta = RETRY_EVERY) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._retry_every = retry_every
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._db = self._executor.submit(self._open, path).result()
+        self._db = self._executor.submit(_open, path).result()
         self._stored: set[str] = set()  # task ids whose raw spec is on disk already
-
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        return db
+        # Writes the state dir refused, by what they write ("task <id>"), in the order last
+        # asked for: a newer write of the same thing replaces an older one.
+        self._pending: dict[str, Callable[[], None]] = {}
+        self._refusing = False  # the last write failed (for logging the change only)
+        self._retrying: asyncio.Task[None] | None = None
 
     def load_all(self) -> list[TaskRecord]:
         """Every record, oldest first. Blocks: call at start-up, before the loop runs tasks."""
-        rows = self._executor.submit(
-            lambda: self._db.execute("SELECT raw, record FROM tasks ORDER BY rowid").fetchall()
-        ).result()
-        records = [TaskRecord.from_json(text, json.loads(raw)) for raw, text in rows]
-        self._stored = {r.task_id for r in records}
-        return records
+
+        def load() -> list[Any]:
+            rows = self._db.execute("SELECT task_id, raw, record FROM tasks ORDER BY rowid")
+            found = rows.fetchall()
+            self._stored = {task_id for task_id, _, _ in found}
+            return found
+
+        rows = self._executor.submit(load).result()
+        return [TaskRecord.from_json(text, json.loads(raw)) for _, raw, text in rows]
 
     async def save(self, record: TaskRecord) -> None:
-        """Insert or update; returns once durable. Cheap: the spec is written only once."""
-        text = record.to_json()
-        if record.task_id in self._stored:
-            await self._run("UPDATE tasks SET record = ? WHERE task_id = ?", (text, record.task_id))
-            return
-        raw = json.dumps(record.raw)
-        await self._run(
-            "INSERT INTO tasks (task_id, raw, record) VALUES (?, ?, ?) "
-            "ON CONFLICT(task_id) DO UPDATE SET raw = excluded.raw, record = excluded.record",
-            (record.task_id, raw, text),
-        )
-        self._stored.add(record.task_id)
+        """Insert or update; returns once durable. Cheap: the spec is written only once.
+        Raises StorageError if the state dir refused it: the record is then written at the
+        next chance (the next write, or a retry)."""
+        text = record.to_json()  # here, on the loop: the record changes only there
+        write = functools.partial(self._write_record, record.task_id, record.raw, text)
+        await self._write(f"task {record.task_id}", write)
 
     async def delete(self, task_id: str) -> None:
-        await self._run("DELETE FROM tasks WHERE task_id = ?", (task_id,))
-        self._stored.discard(task_id)
+        """Forget a task. A deletion the state dir refuses is logged and done later."""
+        await self._write_later(f"task {task_id}", functools.partial(self._delete, task_id))
 
     def fact(self, key: str) -> str | None:
         """A small durable value (e.g. the boot time seen last). Blocks briefly."""
@@ -77,16 +108,162 @@ class TaskStore:
         return None if row is None else str(row[0])
 
     async def set_fact(self, key: str, value: str) -> None:
-        await self._run(
+        """Record a fact. One the state dir refuses is logged and written later."""
+        await self._write_later(f"fact {key}", functools.partial(self._write_fact, key, value))
+
+    def close(self) -> None:
+        """A last try at what is pending, then close. Blocks."""
+        if self._retrying is not None:
+            self._retrying.cancel()
+        try:
+            self._executor.submit(self._flush).result()
+        except StorageError as error:
+            log.error("state dir: %d changes lost at exit: %s", len(self._pending), error)
+        self._executor.submit(self._db.close).result()
+        self._executor.shutdown()
+
+    # -- writes, on the writer thread ---------------------------------------------------------
+
+    async def _write(self, key: str, write: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._queue_and_flush, key, write)
+        except StorageError:
+            if self._retrying is None or self._retrying.done():
+                self._retrying = asyncio.create_task(self._retry())
+            raise
+
+    async def _write_later(self, key: str, write: Callable[[], None]) -> None:
+        try:
+            await self._write(key, write)
+        except StorageError as error:
+            log.warning("state dir: %s not written yet: %s", key, error)
+
+    async def _retry(self) -> None:
+        """Write what is pending every `retry_every` until it goes through (an idle agent
+        has no other write to carry it)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._retry_every.total_seconds())
+            try:
+                await loop.run_in_executor(self._executor, self._flush)
+                return
+            except StorageError:
+                continue
+
+    def _queue_and_flush(self, key: str, write: Callable[[], None]) -> None:
+        self._pending.pop(key, None)  # the newer write goes last, after what it may depend on
+        self._pending[key] = write
+        self._flush()
+
+    def _flush(self) -> None:
+        """Every pending write, oldest first; raises StorageError at the first the state dir
+        refuses (it and the rest stay pending)."""
+        count = len(self._pending)
+        while self._pending:
+            key, write = next(iter(self._pending.items()))
+            try:
+                write()
+            except sqlite3.OperationalError as error:
+                raise self._refused(error) from error
+            del self._pending[key]
+        if self._refusing:
+            self._refusing = False
+            log.warning("state dir: writable again; %d pending changes written", count)
+
+    def _refused(self, error: sqlite3.OperationalError) -> StorageError:
+        if self._db.in_transaction:  # sqlite may leave one open after SQLITE_FULL or IOERR
+            self._db.rollback()
+        no_space = error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
+        where = self._path.parent
+        refused = StorageError(
+            f"no space left in {where}" if no_space else f"{error} in {where}", no_space=no_space
+        )
+        if not self._refusing:
+            self._refusing = True
+            log.error(
+                "state dir: %s; changes kept in memory and retried every %ss",
+                refused,
+                self._retry_every.total_seconds(),
+            )
+        return refused
+
+    def _write_record(self, task_id: str, raw: dict[str, Any], text: str) -> None:
+        if task_id in self._stored:
+            self._db.execute("UPDATE tasks SET record = ? WHERE task_id = ?", (text, task_id))
+            return
+        self._db.execute(
+            "INSERT INTO tasks (task_id, raw, record) VALUES (?, ?, ?) "
+            "ON CONFLICT(task_id) DO UPDATE SET raw = excluded.raw, record = excluded.record",
+            (task_id, json.dumps(raw), text),
+        )
+        self._stored.add(task_id)
+
+    def _write_fact(self, key: str, value: str) -> None:
+        self._db.execute(
             "INSERT INTO facts (key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
-    async def _run(self, sql: str, params: tuple[str, ...]) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, lambda: self._db.execute(sql, params))
+    def _delete(self, task_id: str) -> None:
+        self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+        self._stored.discard(task_id)
 
-    def close(self) -> None:
-        self._executor.submit(self._db.close).result()
-        self._executor.shutdown()
+
+# -- opening ----------------------------------------------------------------------------------
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The database at `path`, made if missing; a corrupt one is set aside and replaced."""
+    try:
+        return _connect(path)
+    except _Corrupt as corrupt:
+        # Renamed while sqlite still has it open: closing the connection deletes a -wal.
+        aside = _set_aside(path)
+        corrupt.db.close()
+        log.error(
+            "state dir: %s is corrupt (%s); set aside as %s, starting with an empty store",
+            path,
+            corrupt,
+            aside,
+        )
+    return _connect(path)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    for name in (path.name, *(path.name + s for s in _SIDE_FILES)):
+        if (path.parent / name).exists():
+            os.chmod(path.parent / name, FILE_MODE)
+    # Made 0600 from the start (sqlite gives -wal/-shm the database's mode). The umask is the
+    # process's: this runs at start-up, before anything else makes files.
+    umask = os.umask(0o077)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        # One agent per state dir (the lock): an exclusive sqlite lock keeps the WAL index in
+        # memory, so the database can still be read on a full disk (no -shm to grow).
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise _Corrupt(db, " ".join(" ".join(problems).split())[:300])
+        db.executescript(_SCHEMA)
+    except sqlite3.DatabaseError as error:
+        if error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise _Corrupt(db, str(error)) from error
+        db.close()
+        raise
+    finally:
+        os.umask(umask)
+    return db
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename the database and its side files to `<name>.corrupt-<UTC time>[-wal...]`."""
+    aside = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    for suffix in ("", *_SIDE_FILES):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(f"{aside}{suffix}")
+    return aside

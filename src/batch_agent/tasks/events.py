@@ -123,3 +123,7 @@ def custom_event(line: str) -> str | None:
         return None
     value = entry.get(CUSTOM_EVENT_KEY) if isinstance(entry, dict) else None
     return value if isinstance(value, str) and value else None
+
+
+# `reason` is the store's: `no space left in /var/lib/batch-agent`, or the error and the dir.
+CANNOT_RECORD = "the agent cannot record the task: {reason}"

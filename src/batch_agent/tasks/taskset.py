@@ -13,6 +13,7 @@ Knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_agent.names import parse_task_name
-from batch_agent.store import TaskStore
+from batch_agent.store import StorageError, TaskStore
 from batch_agent.tasks import events
 from batch_agent.tasks.container_driver import (
     ContainerDriver,
@@ -194,12 +195,20 @@ class TaskSet:
         IllegalTransition for an edge the state machine does not have."""
         now = self._settings.now()
         record.transition(new, at=now, where=self._settings.where, exit_code=exit_code, cause=cause)
-        await self._store.save(record)
+        try:
+            await self._store.save(record)
+        except StorageError as error:
+            # Reported from memory all the same; the store writes it at its next chance.
+            log.error("task %s: %s not recorded yet: %s", record.task_id, new, error)
         log.info("task %s: %s", record.task_id, record.events[-1]["description"])
         self._on_change()
 
     async def persist(self, record: TaskRecord) -> None:
-        await self._store.save(record)
+        """Save the record; one the state dir refuses (the store logs it) is written at the
+        store's next chance, and the task goes on: failing a running task for our disk would
+        be worse than the rare second start a crash in the meantime could bring."""
+        with contextlib.suppress(StorageError):
+            await self._store.save(record)
 
     def notify(self) -> None:
         self._on_change()
@@ -211,10 +220,22 @@ class TaskSet:
         record = TaskRecord(task_id=task.task, raw=dict(raw))
         slot = self._slots[task.task] = _Slot(record)
         plan = await self._plan_or_fail(record, task)  # a bad spec: one save, of its failure
-        if plan is not None:
+        if plan is None:
+            return slot
+        try:
             await self._store.save(record)
-            log.info("task %s: accepted", task.task)
-            self._launch(slot, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
+        except StorageError as error:
+            # ASSIGNED -> FAILED: a task the agent cannot record must not run (a crash would
+            # forget it and the server's next answer would start it a second time)
+            await self.transition(
+                record,
+                TaskState.FAILED,
+                exit_code=ExitCode.AGENT_FAILURE,
+                cause=events.CANNOT_RECORD.format(reason=error),
+            )
+            return slot
+        log.info("task %s: accepted", task.task)
+        self._launch(slot, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
         return slot
 
     async def _plan_or_fail(

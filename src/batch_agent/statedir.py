@@ -1,0 +1,60 @@
+"""The state dir itself: its modes and the lock that lets one agent at a time use it.
+
+The state dir and its `tasks/` are 0711: a userAccount task passes through to its own folder
+(which the task-folder hook chowns to that user), nobody else lists them or reads the database
+(`store` makes its files 0600). The lock is an exclusive flock on `STATE_DIR/lock`, taken at
+start-up and held for the life of the process: a second agent on the same state dir would run
+the same tasks again. Knows nothing of tasks, sqlite or HTTP.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o711  # others may pass through (to a task folder they own), never list
+LOCK_MODE = 0o600
+
+
+class StateDirBusy(Exception):
+    """Another agent holds the state dir."""
+
+
+class StateDirLock:
+    """An exclusive flock on `STATE_DIR/lock`: held until `release`, or the process ends."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the only descriptor drops the flock
+
+
+def claim_state_dir(state_dir: Path) -> StateDirLock:
+    """Make the state dir and its `tasks/` (0711, existing ones tightened) and take its lock.
+    Raises StateDirBusy while another agent holds it. Blocks briefly: call at start-up."""
+    state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    # O_CLOEXEC: a task's process must never inherit the lock and hold it past the agent.
+    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StateDirBusy(
+            f"state dir {state_dir} is in use by another agent (pid {holder})"
+        ) from None
+    os.fchmod(fd, LOCK_MODE)
+    os.ftruncate(fd, 0)
+    try:
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above; only a hint
+    except OSError as error:
+        log.warning("state dir: pid not written to the lock file: %s", error)
+    for folder in (state_dir, state_dir / "tasks"):
+        folder.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(folder, DIR_MODE)
+    return StateDirLock(fd)
