@@ -65,6 +65,8 @@ RUNS, GO = "/var/tmp/runs", "/var/tmp/go"
 def cached_rootfs() -> Path:
     """The rootfs tarball: made by debootstrap when missing (another session building it is
     waited for), else reused. Skips if debootstrap cannot be had or cannot reach the mirror."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: debootstrap, and its cache in {CACHE}")
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -104,8 +106,6 @@ def _bootstrap() -> None:
 
 
 def _ensure_debootstrap() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("debootstrap needs root")
     if shutil.which("debootstrap") or Path("/usr/sbin/debootstrap").exists():
         return
     if shutil.which("apt-get") is None:
