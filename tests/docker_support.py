@@ -209,6 +209,7 @@ class DockerDaemon:
         if self._rule is not None:
             _iptables("-D", *self._rule)
             self._rule = None
+        _unmount_below(self.dir)  # dockerd leaves its netns bind mounts behind
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _accept_forwarding(self, pool: ipaddress.IPv4Network) -> None:
@@ -375,6 +376,14 @@ class Registry:
                 self._process.kill()
                 self._process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _unmount_below(folder: Path) -> None:
+    """Lazily unmount every mount point under `folder`, deepest first."""
+    prefix = str(folder).rstrip("/") + "/"
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 def serve(
