@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -243,3 +245,17 @@ def test_a_resumed_run_does_not_start_a_finished_runnable_again(tmp_path):
     record = Task(tmp_path, [script(f"echo x >> {counter}"), script("exit 4")], resumed).go()
     assert counter.read_text() == "x\n"
     assert (record.state, record.exit_code) == (TaskState.FAILED, 4)
+
+
+def test_a_script_task_never_loads_the_docker_sdk(tmp_path):
+    """Script-only VMs never pay for the docker SDK, not even at a task's poststop."""
+    program = (
+        "import sys; from pathlib import Path; from tests.test_runner import Task, script; "
+        f"Task(Path({str(tmp_path)!r}), [script('true')]).go(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'docker'))"
+    )
+    root = Path(__file__).parent.parent
+    found = subprocess.run(
+        [sys.executable, "-c", program], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]", found.stderr

@@ -217,7 +217,7 @@ class TaskStore:
 def _open(path: Path) -> sqlite3.Connection:
     """The database at `path`, made if missing; a corrupt one is set aside and replaced."""
     try:
-        return _connect(path)
+        return _connect_shared_or_exclusive(path)
     except _Corrupt as corrupt:
         # Renamed while sqlite still has it open: closing the connection deletes a -wal.
         aside = _set_aside(path)
@@ -228,10 +228,24 @@ def _open(path: Path) -> sqlite3.Connection:
             corrupt,
             aside,
         )
-    return _connect(path)
+    return _connect_shared_or_exclusive(path)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect_shared_or_exclusive(path: Path) -> sqlite3.Connection:
+    """Normally shared, so that `batch-agent status` and people can read the database while
+    the agent runs (one agent per state dir is the lock's business, not sqlite's). On a full
+    disk the WAL index (-shm) cannot be made: then an exclusive lock, which keeps the index in
+    memory, still lets the agent read its records."""
+    try:
+        return _connect(path, exclusive=False)
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+            raise
+        log.warning("state dir: %s opened exclusively (%s)", path, error)
+        return _connect(path, exclusive=True)
+
+
+def _connect(path: Path, *, exclusive: bool) -> sqlite3.Connection:
     for name in (path.name, *(path.name + s for s in _SIDE_FILES)):
         if (path.parent / name).exists():
             os.chmod(path.parent / name, FILE_MODE)
@@ -240,9 +254,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     umask = os.umask(0o077)
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        # One agent per state dir (the lock): an exclusive sqlite lock keeps the WAL index in
-        # memory, so the database can still be read on a full disk (no -shm to grow).
-        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        if exclusive:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]

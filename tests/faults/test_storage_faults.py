@@ -89,7 +89,7 @@ def test_state_dir_is_private_yet_a_user_task_reaches_its_folder(
     name = emu.add_task(agent_task(script(checks), userAccount=user))
     agent = start_agent(emu)
     wait_until(lambda: emu.task_state(name) == "SUCCEEDED", 60, what=f"{name} SUCCEEDED")
-    assert out.read_text() == f"ran as {batch_user.pw_uid} in {name.strip('/').replace('/', '_')}\n"
+    assert out.read_text() == f"ran as {batch_user.pw_uid} in work\n"  # the user's own folder
     assert mode(state) == 0o711
     assert mode(state / "tasks") == 0o711
     files = [p for p in state.iterdir() if p.name.startswith("state.db")]

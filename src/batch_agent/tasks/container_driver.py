@@ -49,12 +49,8 @@ class ContainerDriver:
         return ExitResult(EXIT_CODE_UNKNOWN, reason=events.container_vanished(runnable.label))
 
     async def release(self) -> None:
-        """The task's runnables have ended: remove its internal network, if it had one."""
-        if any(
-            isinstance(r.action, ContainerSpec) and r.action.block_external_network
-            for r in self.context.plan.runnables
-        ):
-            await self.engine().remove_network(self.network)
+        """The task's runnables have ended: remove its internal network."""
+        await self.engine().remove_network(self.network)
 
     @property
     def network(self) -> str:

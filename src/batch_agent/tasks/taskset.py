@@ -335,7 +335,17 @@ def make_run(
         plan,
         lifecycle=lifecycle,
         drivers=drivers,
-        hooks=[TaskFolder(folder, plan.user), ContainerNetwork(containers)],
+        hooks=[TaskFolder(folder, plan.user)]
+        + ([ContainerNetwork(containers)] if _blocks_networks(plan) else []),
         folder=folder,
         settings=RunSettings(settings.output, kill_grace=settings.kill_grace, now=settings.now),
+    )
+
+
+def _blocks_networks(plan: TaskPlan) -> bool:
+    """Whether a container of the task gets the task's own internal network (a script-only
+    task must never load the docker SDK, not even to clean up)."""
+    return any(
+        isinstance(r.action, ContainerSpec) and r.action.block_external_network
+        for r in plan.runnables
     )
