@@ -95,14 +95,13 @@ def main() -> int:
     for name in modules():
         if args.only and name not in args.only:
             continue
-        module = importlib.import_module(name)
-        run = getattr(module, "run", None)
-        if run is None:
-            rows.append((name, "not in the suite: no `run(repeats)`"))
-            continue
         print(f"== {name}", flush=True)
         began = time.monotonic()
         try:
+            run = getattr(importlib.import_module(name), "run", None)
+            if run is None:
+                rows.append((name, "not in the suite: no `run(repeats)`"))
+                continue
             figures = cast(Callable[[int], list[Figure]], run)(args.repeats)
         except Skipped as e:
             rows.append((name, f"skipped: {e}"))
