@@ -1,12 +1,19 @@
-"""Shared by the benchmarks: the real `batch-agent run` as a subprocess, and /proc readings.
+"""Shared by the benchmarks: the real `batch-agent run` as a subprocess, /proc readings, and
+`Figure`, what each benchmark hands to `all.py`.
 
 A benchmark is a plain script (`.venv/bin/python benchmarks/NAME.py`) run from the repository.
+The suite convention: a module `benchmarks/NAME.py` that defines `run(repeats: int) ->
+list[Figure]` is run by `all.py`; it measures ours and its baseline interleaved (`interleaved`),
+`repeats` times each, and raises `Skipped` when this machine cannot run it.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,3 +57,59 @@ def event_time(event: dict[str, Any]) -> datetime:
 
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}ms"
+
+
+class Skipped(Exception):
+    """This machine cannot run the benchmark (no Docker engine, say); the message says why."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure: our samples and the baseline's from the same run, in `unit`.
+
+    `baseline` names what ours is compared with ("" when nothing compares); `target` says what
+    we aim for and `met` whether these samples reach it (None: no target).
+    """
+
+    name: str
+    unit: str
+    ours: Sequence[float]
+    baseline: str = ""
+    baseline_samples: Sequence[float] = ()
+    target: str = ""
+    met: bool | None = None
+
+
+def interleaved(
+    repeats: int, ours: Callable[[], float], baseline: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    """Call ours() then baseline(), `repeats` times; their samples, so that both see the same
+    machine load."""
+    mine: list[float] = []
+    theirs: list[float] = []
+    for _ in range(repeats):
+        mine.append(ours())
+        theirs.append(baseline())
+    return mine, theirs
+
+
+def spread(samples: Sequence[float], unit: str) -> str:
+    """`min / median / max unit` with three significant digits, or "-" without samples."""
+    if not samples:
+        return "-"
+    values = (min(samples), statistics.median(samples), max(samples))
+    return " / ".join(f"{v:.3g}" for v in values) + f" {unit}"
+
+
+def print_figures(figures: Sequence[Figure]) -> None:
+    """Each figure on a few lines: ours, the baseline, the target and whether it is met."""
+    for f in figures:
+        print(f"{f.name}: {spread(f.ours, f.unit)} (min / median / max of {len(f.ours)})")
+        if f.baseline:
+            print(f"  baseline, {f.baseline}: {spread(f.baseline_samples, f.unit)}")
+        if f.target:
+            print(f"  target {f.target}: {verdict(f.met)}")
+
+
+def verdict(met: bool | None) -> str:
+    return "-" if met is None else ("met" if met else "NOT met")

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Agent, event_time, fmt_ms
+from _common import Agent, Figure, Skipped, event_time, fmt_ms
 
 from batch_agent.emulator import Emulator
 from tests import docker_support
@@ -57,6 +57,49 @@ def main() -> None:
     ratio = a / c
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
     print(f"  ratio {ratio:.2f}; target <= {TARGET_RATIO}: {verdict}")
+
+
+def run(repeats: int) -> list[Figure]:
+    """The warm container via the agent and `docker run --rm`, interleaved, in ms; the first
+    container of each agent as a figure of its own. Skipped without a Docker engine."""
+    daemon = None
+    try:
+        host = os.environ.get("DOCKER_HOST") or docker_support.engine_host()
+        if host is None:
+            daemon = docker_support.DockerDaemon()
+            daemon.start()
+            host = daemon.host
+        docker_support.import_busybox(host)
+        through_agent(host)  # warm up the engine's caches
+        runs: list[tuple[float, float]] = []
+        cli: list[float] = []
+        for _ in range(repeats):  # interleaved: both see the same engine and machine load
+            runs.append(through_agent(host))
+            cli.append(1000 * docker_run(host))
+    except docker_support.Unavailable as e:
+        raise Skipped(f"no Docker engine: {e}") from None
+    finally:
+        if daemon is not None:
+            daemon.stop()
+    warm = [1000 * w for _, w in runs]
+    ratio = statistics.median(warm) / statistics.median(cli)
+    base = f"`docker run --rm {BUSYBOX_IMAGE} true`"
+    return [
+        Figure(
+            "container `true`: start to exit through the agent",
+            "ms",
+            warm,
+            base,
+            cli,
+            f"median <= {TARGET_RATIO} x baseline's",
+            ratio <= TARGET_RATIO,
+        ),
+        Figure(
+            "container: an agent's first (docker SDK import, connect)",
+            "ms",
+            [1000 * c for c, _ in runs],
+        ),
+    ]
 
 
 def through_agent(host: str) -> tuple[float, float]:

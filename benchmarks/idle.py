@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import CLOCK_TICKS, Agent, cpu_seconds, rss_bytes
+from _common import CLOCK_TICKS, Agent, Figure, cpu_seconds, rss_bytes
 
 from batch_agent.emulator import Emulator
 
@@ -54,6 +54,44 @@ def main() -> None:
     )
     print(f"  target rss_peak <= {RSS_TARGET_MB:.0f}MB: {verdict(peak <= RSS_TARGET_MB)}")
     print(f"  target cpu <= {CPU_TARGET_PERCENT}%: {verdict(cpu_percent <= CPU_TARGET_PERCENT)}")
+
+
+def run(repeats: int, window: float = 10.0) -> list[Figure]:
+    """Peak RSS (MB) and CPU (% of a core) in each of `repeats` windows of one idle agent."""
+    peaks, cpus = [], []
+    emu = Emulator(None, default_report_interval="10s", log=None)
+    emu.start()
+    agent: Agent | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
+            agent = Agent(emu, Path(tmp) / "state")
+            time.sleep(5.0)  # settle: start-up and the first reports
+            for _ in range(repeats):
+                rss, _reports, wall, cpu = sample(agent.proc.pid, emu, window)
+                peaks.append(max(rss) / 1e6)
+                cpus.append(100 * cpu / wall)
+            agent.close()
+    finally:
+        if agent is not None:
+            agent.close()
+        emu.stop()
+    every = f"idle agent, each of {repeats} windows of {window:.0f}s"
+    return [
+        Figure(
+            f"{every}: peak RSS",
+            "MB",
+            peaks,
+            target=f"<= {RSS_TARGET_MB:.0f} MB",
+            met=max(peaks) <= RSS_TARGET_MB,
+        ),
+        Figure(
+            f"{every}: CPU",
+            "% of a core",
+            cpus,
+            target=f"<= {CPU_TARGET_PERCENT} %",
+            met=statistics.median(cpus) <= CPU_TARGET_PERCENT,
+        ),
+    ]
 
 
 def sample(pid: int, emu: Emulator, seconds: float) -> tuple[list[int], int, float, float]:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Agent, event_time, fmt_ms
+from _common import Agent, Figure, event_time, fmt_ms, interleaved
 
 from batch_agent.emulator import Emulator
 
@@ -44,6 +44,19 @@ def main() -> None:
     met = median <= TARGET
     print(f"overhead: median {fmt_ms(median)} per runnable over {args.repeats} runs")
     print(f"  target <= {fmt_ms(TARGET)} per runnable: {'met' if met else 'NOT met'}")
+
+
+def run(repeats: int, runnables: int = 100) -> list[Figure]:
+    """Per runnable: the agent's task span and bare `sh -c true`, interleaved, in ms."""
+    agent, bare_ = interleaved(
+        repeats,
+        lambda: 1000 * through_agent(runnables) / runnables,
+        lambda: 1000 * bare(runnables) / runnables,
+    )
+    met = statistics.median(agent) - statistics.median(bare_) <= TARGET * 1000
+    name = f"per runnable, a task of {runnables} x `true` (RUNNING -> SUCCEEDED / {runnables})"
+    target = f"median - baseline's <= {fmt_ms(TARGET)}"
+    return [Figure(name, "ms", agent, "`sh -c true`, sequential", bare_, target, met)]
 
 
 def through_agent(runnables: int) -> float:

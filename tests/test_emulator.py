@@ -426,6 +426,22 @@ def test_fail_next_and_raw_responses(make: Any) -> None:
     assert (response["defaultReportInterval"], response["minReportInterval"]) == ("3s", "0.5s")
 
 
+def test_busy_min_report_interval_follows_the_vms_work(make: Any) -> None:
+    """A VM with a task to run or report is answered the busy minReportInterval; idle, the other."""
+    intervals = {"default_report_interval": "2s", "min_report_interval": "1s"}
+    emu = make(job(1), **intervals, busy_min_report_interval="0s")
+    answered = ("defaultReportInterval", "minReportInterval")
+    _, response = post(emu, report())
+    assert sent(response) == {PREFIX + "0": "ASSIGNED"}
+    assert tuple(response[k] for k in answered) == ("2s", "0s")
+    _, response = post(emu, report(task_info(PREFIX + "0", "SUCCEEDED")))
+    assert sent(response) == {PREFIX + "0": "DELETED"}
+    assert tuple(response[k] for k in answered) == ("2s", "0s")
+    _, response = post(emu, report())  # the agent forgot the task: nothing left to change
+    assert response.get("tasks", []) == []
+    assert tuple(response[k] for k in answered) == ("2s", "1s")
+
+
 def test_cancel_delete_and_raw_tasks(make: Any) -> None:
     """cancel/delete change intendedState; add_task sends its JSON unchecked and names it."""
     emu = make(job(2), auto_delete=False)

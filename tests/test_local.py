@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,30 @@ def test_in_order_runs_tasks_one_after_another(tmp_path: Path) -> None:
     assert order == [(i, s) for i in range(3) for s in ("ASSIGNED", "SUCCEEDED")]
     assert outputs(result.stdout) == ["0", "1", "2"]
     assert summary(result.stdout)["tasks"][0]["attempts"] == 1
+
+
+def test_min_report_interval_spaces_the_reports(tmp_path: Path) -> None:
+    """--min-report-interval 0.5s: one after another, each task's end reaches the server at
+    least 0.5 s after the previous one's, since each needs a report of its own."""
+    config = job(script("true"), count=3, parallelism=1)
+    result = local(write(tmp_path, config), "--json", "--min-report-interval", "0.5s")
+    assert result.returncode == 0, result.stderr
+    ends = [
+        e["time"]
+        for e in events(result.stdout)
+        if e["event"] == "task" and e["state"] == "SUCCEEDED"
+    ]
+    assert len(ends) == 3
+    # change times are rounded to the millisecond
+    assert all(later - earlier >= 0.499 for earlier, later in pairwise(ends))
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1m"])
+def test_min_report_interval_must_be_seconds(tmp_path: Path, value: str) -> None:
+    """A --min-report-interval that is not a non-negative number of seconds exits 2."""
+    result = local(write(tmp_path, job(script("true"))), "--min-report-interval", value)
+    assert result.returncode == 2
+    assert "--min-report-interval" in result.stderr and "not a number of seconds" in result.stderr
 
 
 def test_logs_policy_path_and_keep(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 A call is refused unless its body is JSON, its parent is this emulator's project number and
 region, it is a valid `ReportAgentStateRequest` by the real discovery document and its VM can be
 told (by token, instance name or id). A valid report is kept in `reports`, applied to the job and
-answered with its VM's tasks and the report intervals; refusals are kept in `invalid_reports`.
+answered with its VM's tasks and the report intervals (`busy_minimum`, when set, replaces the
+minReportInterval for a VM that has a task to run or report, so that the cadence follows the
+work); refusals are kept in `invalid_reports`.
 Tests may script the next answers (`fail_next`, `respond_raw_next`). Not thread-safe: the
 emulator holds its lock around every call. Must not parse HTTP; its one clock read stamps
 `Report.time`.
@@ -34,12 +36,14 @@ class BatchApi:
         state: JobState,
         *,
         intervals: tuple[str, str],
+        busy_minimum: str | None = None,
         log: Callable[[str], None],
     ) -> None:
         self._site = site
         self._state = state
         self._log = log
         self.intervals = intervals  # (defaultReportInterval, minReportInterval) of each answer
+        self.busy_minimum = busy_minimum  # minReportInterval while the VM has unfinished tasks
         self.reports: list[Report] = []
         self.invalid_reports: list[tuple[object, list[str]]] = []
         # Scripted answers, oldest first: (status, body), body None for a Google error.
@@ -85,12 +89,11 @@ class BatchApi:
         mentioned = self._state.record(vm, vms[vm].name, body)
         if scripted is not None and scripted[1] is not None:
             return Reply(scripted[0], scripted[1])
+        tasks = self._state.response_tasks(vm, mentioned)
         default, minimum = self.intervals
-        response = {
-            "defaultReportInterval": default,
-            "minReportInterval": minimum,
-            "tasks": self._state.response_tasks(vm, mentioned),
-        }
+        if self.busy_minimum is not None and self._state.is_busy(vm):
+            minimum = self.busy_minimum
+        response = {"defaultReportInterval": default, "minReportInterval": minimum, "tasks": tasks}
         return Reply(200, json.dumps(response).encode())
 
     def _reject(self, body: object, errors: list[str]) -> Reply:

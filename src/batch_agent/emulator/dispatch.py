@@ -9,7 +9,6 @@ this bookkeeping (`deleted_sends`, `dropped`); must not schedule, retry or chang
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -49,7 +48,7 @@ def agent_tasks(tasks: Collection[ServerTask], vm: int) -> list[dict[str, Any]]:
             continue
         if task.intended == "DELETED":
             task.deleted_sends += 1
-        sent = copy.deepcopy(task.sent)
+        sent = dict(task.sent)  # only top-level keys change; the answer is serialised at once
         if task.intended is not None:
             sent["intendedState"] = task.intended
         if "reachedBarrier" not in task.sent:

@@ -47,6 +47,7 @@ class Emulator:
         vms: int = 1,
         default_report_interval: str = "10s",
         min_report_interval: str = "1s",
+        busy_min_report_interval: str | None = None,
         project_number: str = "123456789012",
         zone: str = "us-central1-a",
         job_id: str = "job-1",
@@ -55,7 +56,9 @@ class Emulator:
         files_dir: str | Path | None = None,
     ) -> None:
         """`files_dir` receives the files the service provides to tasks (the hosts file of
-        `requireHostsFile`); without it a temporary directory is made, and removed by stop()."""
+        `requireHostsFile`); without it a temporary directory is made, and removed by stop().
+        `busy_min_report_interval`, when given, is the minReportInterval answered to a VM that
+        has a task to run or report (the other answers carry `min_report_interval`)."""
         if vms < 1:
             raise ValueError(f"vms must be at least 1, got {vms}")
         self._host, self._port, self._vm_count = host, port, vms
@@ -81,6 +84,7 @@ class Emulator:
             self.site,
             self._state,
             intervals=(default_report_interval, min_report_interval),
+            busy_minimum=busy_min_report_interval,
             log=self._log,
         )
         self._preemption = Preemption(vms)

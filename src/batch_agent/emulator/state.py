@@ -270,6 +270,14 @@ class JobState:
             line += f": {description}"
         self._log(line)
 
+    def is_busy(self, vm: int) -> bool:
+        """Whether VM `vm` has a task whose state will still change (assigned, running, or
+        finished but not yet forgotten by its agent)."""
+        return any(
+            t.vm == vm and not t.dropped and (t.state not in TERMINAL or t.intended == "DELETED")
+            for t in self.tasks.values()
+        )
+
     def is_deleted(self, name: str) -> bool:
         task = self.tasks[name]
         return task.deleted_sends > 0 or (task.withdrawn and task.intended == "DELETED")

@@ -1,4 +1,5 @@
-"""`batch-agent local JOB.json [--vms N] [--json] [--keep]`: argv -> one local run -> exit status.
+"""`batch-agent local JOB.json [--vms N] [--json] [--keep] [--min-report-interval D]`: argv -> one
+local run -> exit status.
 
 Exit status: 0 the job succeeded, 1 it failed, 2 usage error or a job config Batch would refuse
 (each problem printed as `path: reason`), 130 cancelled by SIGINT/SIGTERM. Fields that cannot
@@ -16,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from batch_agent.emulator import JobConfigError, load_job
@@ -40,7 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (agents' state, logs) and tasks"
     )
+    parser.add_argument(
+        "--min-report-interval",
+        type=_duration,
+        metavar="D",
+        help="the minReportInterval of every answer, in seconds (e.g. 1s, 0.05); default: 0s "
+        "while a VM has tasks to run or report, so that reports follow the work, 0.1s when idle",
+    )
     return parser
+
+
+def _duration(text: str) -> str:
+    """A non-negative number of seconds, `1.5` or `1.5s`, as a google-duration string."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)s?", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds such as 0.05s")
+    return f"{match[1]}s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch-agent local: warning: {warning}", file=sys.stderr, flush=True)
         view.warn(warning)
     options = Options(vms=args.vms or default_vms(plan), keep=args.keep)
+    if args.min_report_interval is not None:
+        interval = args.min_report_interval
+        options = replace(options, min_report_interval=interval, busy_min_report_interval=None)
     work_dir = Path(tempfile.mkdtemp(prefix="batch-local-"))
     try:
         return LocalRun(config, plan, view, options, work_dir, job_id(args.job)).run()

@@ -56,6 +56,8 @@ def wants_colour(environ: dict[str, str] | os._Environ[str] = os.environ) -> boo
 class LiveView(View):
     """The table and the scrolling output on a terminal `out` (a tty)."""
 
+    refresh_every = _REDRAW_EVERY
+
     def __init__(
         self,
         out: TextIO,

@@ -32,12 +32,16 @@ VM_CAP = 8  # default --vms never exceeds this unless barriers need every task a
 
 @dataclass(frozen=True)
 class Options:
-    """How a local run runs. Intervals are short so that a local job takes seconds, not minutes."""
+    """How a local run runs. Intervals are short so that a local job takes seconds, not minutes:
+    a VM with tasks to run or report may report as soon as one changes (`busy_min_report_interval`,
+    one report in flight at a time paces it), an idle VM reports every `default_report_interval`.
+    `busy_min_report_interval` None: `min_report_interval` for every answer."""
 
     vms: int
     keep: bool = False
     default_report_interval: str = "0.5s"
     min_report_interval: str = "0.1s"
+    busy_min_report_interval: str | None = "0s"
     kill_grace: str = "3"
     cancel_timeout: float = 20.0  # seconds to wait for cancelled tasks before stopping agents
     agent_stop_timeout: float = 10.0
@@ -108,6 +112,7 @@ class LocalRun:
             job_id=self._job_id,
             default_report_interval=self._options.default_report_interval,
             min_report_interval=self._options.min_report_interval,
+            busy_min_report_interval=self._options.busy_min_report_interval,
             auto_delete=not self._options.keep,
             log=None,
             files_dir=self._work_dir,
@@ -156,11 +161,16 @@ class LocalRun:
     def _watch(self, emulator: Emulator) -> bool:
         """Feed the view until the job is over; returns whether it was cancelled by a signal."""
         cancel_deadline: float | None = None
+        refreshed = 0.0
         while True:
-            self._pump(emulator)
+            changed = self._pump(emulator)
             now = time.time()
-            self._view.refresh(emulator.task_views(), now)
-            if emulator.job_done:
+            # task_views() copies every task under the emulator's lock: only when a view draws.
+            every = self._view.refresh_every
+            if every is not None and now - refreshed >= every:
+                self._view.refresh(emulator.task_views(), now)
+                refreshed = now
+            if changed and emulator.job_done:
                 return cancel_deadline is not None
             if self._signals and cancel_deadline is None:
                 emulator.cancel_job()  # RUNNING -> FAILED for every task: the agents stop them
@@ -173,8 +183,9 @@ class LocalRun:
             with contextlib.suppress(queue.Empty):
                 self._show(self._lines.get(timeout=0.05))
 
-    def _pump(self, emulator: Emulator) -> None:
-        """Hand every new state change and agent line to the view (and output to the logs)."""
+    def _pump(self, emulator: Emulator) -> bool:
+        """Hand every new state change and agent line to the view (and output to the logs);
+        returns whether there was a state change."""
         changes = emulator.changes_since(self._cursor)
         self._cursor += len(changes)
         for change in changes:
@@ -183,7 +194,7 @@ class LocalRun:
             try:
                 self._show(self._lines.get_nowait())
             except queue.Empty:
-                return
+                return bool(changes)
 
     def _show(self, line: Line) -> None:
         if line.task is not None:

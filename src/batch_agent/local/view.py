@@ -116,6 +116,8 @@ def summary_lines(summary: Summary) -> list[str]:
 class View:
     """The hooks a runner calls, all from one thread; this base ignores every one."""
 
+    refresh_every: float | None = None  # seconds between `refresh` calls; None: never call it
+
     def start(self, info: RunInfo) -> None:
         pass
 

@@ -1,0 +1,106 @@
+"""Many small tasks: 400 x `true` through `batch-agent local` vs `seq 400 | xargs -P 8 sh -c true`.
+
+The job is one task group of 400 tasks, parallelism 8, taskCountPerNode 4 (so `local` starts 2
+emulated VMs, one agent each). Ours is `batch-agent local JOB.json --json` run as a subprocess,
+timed from its start to its exit (Python start-up of `local` and both agents included), and, from
+the same run, the span from the first task's RUNNING to the last task's SUCCEEDED (the emulator's
+change times: the steady state, start-up excluded). The baseline runs the same 400 `sh -c true`
+with xargs, 8 at a time. A third figure runs the job again with `--min-report-interval 0.1s`,
+the fixed cadence `local` had before its cadence followed the work. Runs are interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import Figure, print_figures
+
+TASKS, PARALLELISM, PER_VM = 400, 8, 4
+TARGET = 400.0  # tasks per second
+TIMEOUT = 600.0
+
+
+def job() -> dict[str, object]:
+    spec = {"runnables": [{"script": {"text": "true"}}]}
+    group = {
+        "taskCount": TASKS,
+        "parallelism": PARALLELISM,
+        "taskCountPerNode": PER_VM,
+        "taskSpec": spec,
+    }
+    return {"taskGroups": [group]}
+
+
+def through_local(config: Path, *flags: str) -> tuple[float, float]:
+    """(end to end, first RUNNING to last SUCCEEDED) in tasks per second for one local run."""
+    began = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "batch_agent.cli", "local", str(config), "--json", *flags],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - began
+    if done.returncode != 0:
+        raise SystemExit(f"batch-agent local exited {done.returncode}:\n{done.stderr[-3000:]}")
+    changes = [json.loads(line) for line in done.stdout.splitlines()]
+    tasks = [c for c in changes if c["event"] == "task"]
+    first = min(c["time"] for c in tasks if c["state"] == "RUNNING")
+    last = max(c["time"] for c in tasks if c["state"] == "SUCCEEDED")
+    return TASKS / wall, TASKS / max(last - first, 0.001)
+
+
+def xargs() -> float:
+    """Tasks per second of `seq 400 | xargs -P 8 -n 1 sh -c true`."""
+    began = time.perf_counter()
+    subprocess.run(f"seq {TASKS} | xargs -P {PARALLELISM} -n 1 sh -c true", shell=True, check=True)
+    return TASKS / (time.perf_counter() - began)
+
+
+def run(repeats: int) -> list[Figure]:
+    """The three figures, each run `repeats` times, interleaved with the xargs baseline."""
+    end_to_end: list[float] = []
+    steady: list[float] = []
+    fixed: list[float] = []
+    baseline: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
+        config = Path(tmp, "many-small-tasks.json")
+        config.write_text(json.dumps(job()))
+        for _ in range(repeats):
+            whole, running = through_local(config)
+            end_to_end.append(whole)
+            steady.append(running)
+            baseline.append(xargs())
+            fixed.append(through_local(config, "--min-report-interval", "0.1s")[0])
+    name = f"{TASKS} x `true`, parallelism {PARALLELISM}, {PER_VM} per VM"
+    base = f"`seq {TASKS} | xargs -P {PARALLELISM} -n 1 sh -c true`"
+    target = f"median >= {TARGET:.0f} tasks/s"
+
+    def figure(label: str, samples: list[float]) -> Figure:
+        met = statistics.median(samples) >= TARGET
+        return Figure(f"{name}: {label}", "tasks/s", samples, base, baseline, target, met)
+
+    return [
+        figure("`batch-agent local`, end to end", end_to_end),
+        figure("first task running -> last task done", steady),
+        figure("end to end, `--min-report-interval 0.1s`", fixed),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print_figures(run(args.repeats))
+
+
+if __name__ == "__main__":
+    main()
