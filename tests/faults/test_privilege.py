@@ -122,7 +122,7 @@ def test_a_user_task_cannot_point_the_agent_at_root_files(
     victims.mkdir()
     shadows = [victim(victims / f"shadow-{s}") for s in ("status", "stdout", "stderr")]
     user = {"uid": str(batch_user.pw_uid), "gid": str(batch_user.pw_gid)}
-    emu = make_emulator(None)
+    emu = make_emulator(None, auto_delete=False)  # its folder is inspected after
     name = emu.add_task(
         task(
             "victim", script(PLANT.format(victims=victims)), script("echo second"), userAccount=user
