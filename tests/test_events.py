@@ -3,12 +3,16 @@ our own where Google says nothing, and docs/events.md listing them all."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from batch_agent.store import TaskStore
 from batch_agent.tasks import events
 from batch_agent.tasks.events import ExitCode
+from batch_agent.tasks.record import IllegalTransition, TaskRecord
+from batch_agent.tasks.taskset import TaskSet, TaskSettings
 from batch_agent.wire import TaskState
 
 WHERE = "zones/us-central1-a/instances/1234567890123456789"
@@ -106,3 +110,38 @@ def test_docs_list_every_reserved_sentence_and_our_constants() -> None:
     ]
     for text in fixed:
         assert text in table, text
+
+
+def test_the_task_set_puts_the_detail_just_before_the_failure(tmp_path: Path) -> None:
+    """transition: one detail event then Google's sentence, both saved; none on a refused edge
+    and none for a code Google documents no sentence for."""
+    store = TaskStore(tmp_path / "state.db")
+    settings = TaskSettings(workdir=tmp_path, where=WHERE, base_env={}, output=lambda *_: None)
+    tasks = TaskSet(store, settings, on_change=lambda: None)
+    timed_out, failed = TaskRecord(task_id="a", raw={}), TaskRecord(task_id="b", raw={})
+    cause = events.timed_out(events.max_run_duration("2s"))
+
+    async def go() -> None:
+        await tasks.transition(timed_out, TaskState.RUNNING)
+        await tasks.transition(timed_out, TaskState.FAILED, exit_code=50005, cause=cause)
+        with pytest.raises(IllegalTransition):
+            await tasks.transition(timed_out, TaskState.FAILED, exit_code=50005, cause=cause)
+        await tasks.transition(failed, TaskState.FAILED, exit_code=50000, cause="ours")
+
+    try:
+        asyncio.run(go())
+        saved = {record.task_id: record for record in store.load_all()}
+    finally:
+        store.close()
+    assert saved["a"].events == timed_out.events  # the refused edge left no trace either
+    descriptions = [e["description"] for e in timed_out.events]
+    assert descriptions[1:] == [
+        "Exit code 50005: maxRunDuration 2s exceeded.",
+        f"Task state is updated from RUNNING to FAILED on {WHERE} due to task runs over the"
+        " maximum runtime with exit code 50005.",
+    ]
+    assert "taskState" not in saved["a"].events[1]
+    assert [e["description"] for e in saved["b"].events] == [
+        f"Task state is updated from ASSIGNED to FAILED on {WHERE} due to ours"
+        " with exit code 50000."
+    ]

@@ -151,7 +151,9 @@ class TaskSet:
         return [s.record.info() for s in self._slots.values() if s.teardown is None]
 
     def job_and_group(self) -> tuple[str | None, str | None]:
-        """The job and task group of this VM's tasks, as far as their names tell."""
+        """`AgentInfo.jobId`/`taskGroupId` ("the assigned Job ID", "task group ID"), as far as
+        the tasks' names tell: the job's uid (`j-...`) from `task/JOB_UID-GROUP-INDEX/...`, the
+        job id from a resource name; the group id from either (docs/choices.md)."""
         for slot in self._slots.values():
             name = parse_task_name(slot.record.task_id)
             if name.job is not None:
