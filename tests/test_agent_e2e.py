@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import alive, exit_code, final_event, job, script, wait_until
+from batch_agent import REPORTED_VERSION, __version__
+from batch_agent.emulator import tasknames
+from tests.helpers import AGENT, alive, exit_code, final_event, job, script, wait_until
 
+# The Task's resource name: the emulator finds a task by it (the agent sees `task/JOB_UID-...`).
 TASK0 = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/0"
 
 
@@ -334,3 +339,73 @@ def test_sigterm_while_the_metadata_server_is_unreachable(make_emulator, start_a
     agent = start_agent(emu, GCE_METADATA_HOST="127.0.0.1:9")
     wait_until(lambda: "metadata server" in agent.log(), what="retrying the metadata server")
     assert agent.terminate(timeout=10) == 0
+
+
+def reported_task_ids(emu) -> list[str]:
+    """Every taskId the agent reported, in the order first seen."""
+    seen: dict[str, None] = {}
+    for report in emu.reports:
+        for task in report.body["agentInfo"].get("tasks", []):
+            seen.setdefault(task["taskId"], None)
+    return list(seen)
+
+
+def test_documented_task_names_job_uid_and_version_are_reported(make_emulator, start_agent):
+    """The agent echoes `task/JOB_UID-group0-0/0/0`, reports the job uid and group it names,
+    and the default version in Google's shape."""
+    emu, agent, status = run_once(make_emulator, start_agent, job(script("true")))
+    assert status == 0, agent.log()
+    assert reported_task_ids(emu) == [f"task/{emu.job_uid}-group0-0/0/0"]
+    info = next(r.body for r in emu.reports if r.body["agentInfo"].get("tasks"))
+    assert (info["agentInfo"]["jobId"], info["agentInfo"]["taskGroupId"]) == (
+        emu.job_uid,
+        "group0",
+    )
+    assert {r.body["metadata"]["version"] for r in emu.reports} == {REPORTED_VERSION}
+    assert emu.invalid_reports == []
+
+
+def test_a_retry_comes_under_the_next_attempts_name(make_emulator, start_agent, tmp_path):
+    """A failed attempt is retried as `.../1/0`: same index, BATCH_TASK_RETRY_ATTEMPT=1."""
+    out = tmp_path / "attempts"
+    text = f'echo "$BATCH_TASK_INDEX $BATCH_TASK_RETRY_ATTEMPT" >> {out}; '
+    text += '[ "$BATCH_TASK_RETRY_ATTEMPT" = 1 ]'
+    emu = make_emulator(job(script(text), maxRetryCount=1))
+    agent = start_agent(emu)  # not --once: that would end with the first attempt's failure
+    wait_until(lambda: emu.task_state(TASK0) == "SUCCEEDED", what="the retry SUCCEEDED")
+    assert agent.terminate() == 0
+    assert out.read_text() == "0 0\n0 1\n"
+    first, retry = (tasknames.agent_name(emu.job_uid, 0, attempt) for attempt in (0, 1))
+    assert reported_task_ids(emu) == [first, retry]
+    assert emu.task_state(retry) == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_reported_version_is_configurable(make_emulator, start_agent, how):
+    """--reported-version (or BATCH_AGENT_REPORTED_VERSION) is what metadata.version says."""
+    wanted = "cloud-batch-agent_20991231.00_p00"
+    emu = make_emulator(job(script("true")))
+    if how == "flag":
+        agent = start_agent(emu, "--once", "--reported-version", wanted)
+    else:
+        agent = start_agent(emu, "--once", BATCH_AGENT_REPORTED_VERSION=wanted)
+    assert agent.wait(60) == 0, agent.log()
+    assert {r.body["metadata"]["version"] for r in emu.reports} == {wanted}
+
+
+def test_version_prints_ours_and_the_reported_one():
+    """`batch-agent version`: our version, then the one `run` would report here."""
+    done = subprocess.run(
+        [*AGENT, "version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "BATCH_AGENT_REPORTED_VERSION": "v-test"},
+    )
+    assert done.stdout == f"batch-agent {__version__}\nreported as v-test\n"
+    clean = {k: v for k, v in os.environ.items() if k != "BATCH_AGENT_REPORTED_VERSION"}
+    done = subprocess.run(
+        [*AGENT, "version"], capture_output=True, text=True, timeout=60, env=clean
+    )
+    assert done.stdout.splitlines()[1] == f"reported as {REPORTED_VERSION}"

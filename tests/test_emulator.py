@@ -12,6 +12,7 @@ import textwrap
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,19 @@ from typing import Any
 import pytest
 
 from batch_agent import discovery
-from batch_agent.emulator import Emulator, service
+from batch_agent.emulator import Emulator, service, tasknames
 from batch_agent.emulator.job import JobConfigError, load_job, plan_assignments, reached_barrier
 from batch_agent.emulator.preemption import Preemption
+from batch_agent.names import TaskName, parse_task_name
 
 PARENT = "projects/123456789012/locations/us-central1"
-PREFIX = PARENT + "/jobs/job-1/taskGroups/group0/tasks/"
+PREFIX = PARENT + "/jobs/job-1/taskGroups/group0/tasks/"  # + INDEX: a Task's resource name
 SCRIPT = {"runnables": [{"script": {"text": "echo hi"}}]}
+
+
+def name(emu: Emulator, index: int, attempt: int = 0) -> str:
+    """The name attempt `attempt` of task `index` is sent under."""
+    return tasknames.agent_name(emu.job_uid, index, attempt)
 
 
 def job(count: int = 1, **group: Any) -> dict[str, Any]:
@@ -102,6 +109,45 @@ def sent(response: dict[str, Any]) -> dict[str, str]:
     """Task name -> intendedState of a response, after checking it against the schema."""
     assert discovery.validate("ReportAgentStateResponse", response) == []
     return {t["task"]: t["intendedState"] for t in response["tasks"]}
+
+
+# -- task names (pure) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("index", "attempt"), [(0, 0), (2, 1), (999_999_999, 999_999_999)])
+def test_issued_names_read_the_same_to_the_agent(index: int, attempt: int) -> None:
+    """The agent's parser reads the job uid, group, index and attempt the emulator put in."""
+    uid = tasknames.new_job_uid()
+    issued = tasknames.agent_name(uid, index, attempt)
+    assert issued == f"task/{uid}-group0-{index}/{attempt}/0"
+    assert tasknames.parse(issued) == tasknames.Parts(uid, "group0", index, attempt)
+    assert parse_task_name(issued) == TaskName(
+        job=uid, group="group0", index=index, attempt=attempt
+    )
+
+
+def test_resource_names_read_the_same_to_the_agent() -> None:
+    """A Task's resource name: both parsers read its job id, group and index, and no attempt."""
+    resource = tasknames.resource_name("123", "us-central1", "job-1", 7)
+    assert resource == "projects/123/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/7"
+    assert tasknames.parse(resource) == tasknames.Parts("job-1", "group0", 7, None)
+    assert parse_task_name(resource) == TaskName(job="job-1", group="group0", index=7)
+
+
+@pytest.mark.parametrize(
+    "odd", ["", "task/j-1-group0-x/0/0", "task/j-1-group0-1/0", "tasks/7", "task/-1/0/0"]
+)
+def test_other_names_have_no_parts_for_either(odd: str) -> None:
+    """A name in neither form has no known parts, for the emulator as for the agent."""
+    assert tasknames.parse(odd) is None
+    assert parse_task_name(odd) == TaskName()
+
+
+def test_job_uid_has_batch_shape() -> None:
+    """A job uid is `j-` and a UUID, new for each job."""
+    uid = tasknames.new_job_uid()
+    assert uid.startswith("j-") and str(uuid.UUID(uid[2:])) == uid[2:]
+    assert tasknames.new_job_uid() != uid
 
 
 # -- job configs, scheduling and barriers (pure) -----------------------------------------------
@@ -304,7 +350,7 @@ def test_google_auth_and_googleapiclient_work_against_the_emulator(make: Any) ->
     result = json.loads(done.stdout)
     assert result["token"] == "emu-token-vm-0"
     assert result["email"] == "123456789012-compute@developer.gserviceaccount.com"
-    assert sent(result["response"]) == {PREFIX + "0": "ASSIGNED"}
+    assert sent(result["response"]) == {name(emu, 0): "ASSIGNED"}
     assert [r.vm for r in emu.reports] == [0]
 
 
@@ -314,7 +360,7 @@ def test_google_auth_and_googleapiclient_work_against_the_emulator(make: Any) ->
 def test_job_runs_to_done_with_parallelism_and_auto_delete(make: Any, lines: list[str]) -> None:
     """Tasks are handed out within parallelism; finished ones are DELETED, then dropped."""
     emu = make(job(3, parallelism=2), default_report_interval="7s")
-    t0, t1, t2 = (PREFIX + str(i) for i in range(3))
+    t0, t1, t2 = (name(emu, i) for i in range(3))
     status, response = post(emu, report(state="AGENT_STARTING"))
     assert status == 200 and sent(response) == {t0: "ASSIGNED", t1: "ASSIGNED"}
     assert response["defaultReportInterval"] == "7s" and response["minReportInterval"] == "1s"
@@ -346,9 +392,9 @@ def test_tasks_spread_over_vms(make: Any) -> None:
     """With two VMs each gets its share; a VM without a token is found by metadata.instance."""
     emu = make(job(2), vms=2)
     _, response = post(emu, report(), vm=0)
-    assert sent(response) == {PREFIX + "0": "ASSIGNED"}
+    assert sent(response) == {name(emu, 0): "ASSIGNED"}
     _, response = post(emu, {**report(), "metadata": {"instance": "vm-1"}}, vm=None)
-    assert sent(response) == {PREFIX + "1": "ASSIGNED"}
+    assert sent(response) == {name(emu, 1): "ASSIGNED"}
     assert [r.vm for r in emu.reports] == [0, 1]
 
 
@@ -356,7 +402,7 @@ def test_barrier_is_reached_when_every_task_is_at_it(make: Any) -> None:
     """reachedBarrier rises to k once every task of the group reported runnable >= k."""
     spec = {"runnables": [{"script": {"text": "true"}}, {"barrier": {"name": "b"}}]}
     emu = make({"taskGroups": [{"taskCount": 2, "taskSpec": spec}]})
-    t0, t1 = PREFIX + "0", PREFIX + "1"
+    t0, t1 = name(emu, 0), name(emu, 1)
     _, response = post(emu, report(task_info(t0, "RUNNING", 2), task_info(t1, "RUNNING", 1)))
     assert {t["reachedBarrier"] for t in response["tasks"]} == {"0"}
     _, response = post(emu, report(task_info(t0, "RUNNING", 2), task_info(t1, "RUNNING", 2)))
@@ -445,9 +491,9 @@ def test_busy_min_report_interval_follows_the_vms_work(make: Any) -> None:
 def test_cancel_delete_and_raw_tasks(make: Any) -> None:
     """cancel/delete change intendedState; add_task sends its JSON unchecked and names it."""
     emu = make(job(2), auto_delete=False)
-    t0, t1 = PREFIX + "0", PREFIX + "1"
+    t0, t1 = name(emu, 0), name(emu, 1)
     raw = emu.add_task({"spec": {"runnables": [{"script": 5}]}})
-    assert raw == PREFIX + "2"
+    assert raw == name(emu, 2)
     emu.cancel_task(t0)
     emu.delete_task(t1)
     _, response = post(emu, report())
@@ -477,10 +523,13 @@ def run_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def cli_post(endpoint: str, body: dict[str, Any]) -> None:
+def cli_post(endpoint: str, body: dict[str, Any]) -> Any:
+    """POST a report as VM 0; returns the parsed response."""
     headers = {"Authorization": "Bearer emu-token-vm-0", "Content-Type": "application/json"}
     url = f"{endpoint}v1/{PARENT}/state:report"
-    assert http(url, json.dumps(body).encode(), headers)[0] == 200
+    status, _, answer = http(url, json.dumps(body).encode(), headers)
+    assert status == 200
+    return json.loads(answer)
 
 
 @pytest.mark.parametrize(("outcome", "code"), [("SUCCEEDED", 0), ("FAILED", 1)])
@@ -492,9 +541,12 @@ def test_cli_exits_when_done(tmp_path: Path, outcome: str, code: int) -> None:
         assert proc.stdout is not None
         endpoint = proc.stdout.readline().removeprefix("endpoint: ").strip()
         assert proc.stdout.readline().startswith("metadata: 127.0.0.1:")
-        cli_post(endpoint, report(task_info(PREFIX + "0", outcome, 1)))
+        (task,) = cli_post(endpoint, report())["tasks"]
+        parts = tasknames.parse(task["task"])
+        assert parts is not None and (parts.group, parts.index, parts.attempt) == ("group0", 0, 0)
+        cli_post(endpoint, report(task_info(task["task"], outcome, 1)))
         assert proc.wait(timeout=30) == code
-        assert f"task 0 ({PREFIX}0): UNREPORTED -> {outcome}" in proc.stdout.read()
+        assert f"task 0 ({task['task']}): UNREPORTED -> {outcome}" in proc.stdout.read()
 
 
 def test_cli_stops_on_sigterm() -> None:
@@ -645,17 +697,22 @@ def test_strict_checks_only_when_asked() -> None:
 # -- retries, job states, hosts file over HTTP -------------------------------------------------
 
 
-def failed(name: str, code: int) -> dict[str, Any]:
-    info = task_info(name, "FAILED", 1, f"exit {code}")
+def exit_codes(events: list[dict[str, Any]]) -> list[int]:
+    return [e["taskExecution"]["exitCode"] for e in events if "taskExecution" in e]
+
+
+def failed(task: str, code: int) -> dict[str, Any]:
+    info = task_info(task, "FAILED", 1, f"exit {code}")
     info["taskStatus"]["statusEvents"][0]["taskExecution"] = {"exitCode": code}
     return info
 
 
 def test_failed_attempt_is_deleted_then_assigned_again_with_the_next_attempt(make: Any) -> None:
-    """A retried task is DELETED; once unreported it comes back, same name, attempt + 1."""
+    """A retried task is DELETED; once unreported it comes back as attempt + 1, under the name
+    with RETRIES + 1; its resource name and earlier names still find it."""
     spec = {**SCRIPT, "maxRetryCount": 1}
     emu = make({"taskGroups": [{"taskSpec": spec}]})
-    t0 = PREFIX + "0"
+    t0, retry = name(emu, 0), name(emu, 0, 1)
     _, response = post(emu, report(task_info(t0, "RUNNING", 1)))
     assert (
         response["tasks"][0]["spec"]["environment"]["variables"]["BATCH_TASK_RETRY_ATTEMPT"] == "0"
@@ -664,12 +721,15 @@ def test_failed_attempt_is_deleted_then_assigned_again_with_the_next_attempt(mak
     assert sent(response) == {t0: "DELETED"}
     assert not emu.job_done and emu.task_views()[0].retrying
     _, response = post(emu, report())  # the agent forgot it: the next attempt goes out
-    assert sent(response) == {t0: "ASSIGNED"}
+    assert sent(response) == {retry: "ASSIGNED"}
     variables = response["tasks"][0]["spec"]["environment"]["variables"]
     assert variables["BATCH_TASK_RETRY_ATTEMPT"] == "1"
-    _, response = post(emu, report(failed(t0, 1)))  # no retries left
-    assert sent(response) == {t0: "DELETED"}
+    _, response = post(emu, report(failed(t0, 7), failed(retry, 1)))  # no retries left
+    assert sent(response) == {retry: "DELETED"}
     assert emu.job_done and emu.job_failed and emu.job_state == "FAILED"
+    assert emu.task_names() == [retry]
+    assert emu.task_state(PREFIX + "0") == emu.task_state(t0) == "FAILED"
+    assert exit_codes(emu.task_events(PREFIX + "0")) == [1]  # the old attempt's report ignored
     tasks = [
         (c["from"], c["state"], c["attempt"]) for c in emu.changes_since(0) if c["event"] == "task"
     ]
@@ -692,7 +752,7 @@ def test_job_states_and_events(make: Any) -> None:
     assert emu.job_state == "QUEUED"
     post(emu, report(state="AGENT_STARTING"))
     assert emu.job_state == "SCHEDULED"
-    post(emu, report(task_info(PREFIX + "0", "SUCCEEDED", 1)))
+    post(emu, report(task_info(name(emu, 0), "SUCCEEDED", 1)))
     jobs = [c for c in emu.changes_since(0) if c["event"] == "job"]
     assert [j["state"] for j in jobs] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
     assert jobs[-1]["description"] == (
@@ -703,7 +763,7 @@ def test_job_states_and_events(make: Any) -> None:
 def test_cancel_job_withdraws_pending_and_cancels_assigned(make: Any) -> None:
     """cancel_job: pending tasks never run (UNEXECUTED), assigned ones get CANCELLED."""
     emu = make(job(2, parallelism=1, taskSpec={**SCRIPT, "maxRetryCount": 3}))
-    t0 = PREFIX + "0"
+    t0 = name(emu, 0)
     post(emu, report(task_info(t0, "RUNNING", 1)))
     emu.cancel_job()
     assert emu.job_state == "CANCELLATION_IN_PROGRESS"
@@ -727,7 +787,7 @@ def test_hosts_file_is_written_and_passed(make: Any, tmp_path: Path) -> None:
 def test_in_order_hands_out_one_task_at_a_time(make: Any) -> None:
     """IN_ORDER: task i+1 is assigned only after task i finished, even with spare VMs."""
     emu = make(job(2, schedulingPolicy="IN_ORDER"), vms=2)
-    t0, t1 = PREFIX + "0", PREFIX + "1"
+    t0, t1 = name(emu, 0), name(emu, 1)
     assert sent(post(emu, report(), vm=0)[1]) == {t0: "ASSIGNED"}
     assert sent(post(emu, report(), vm=1)[1]) == {}
     _, response = post(emu, report(task_info(t0, "SUCCEEDED", 1)), vm=0)

@@ -21,12 +21,27 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.timeout(180)
 
+# Tasks' resource names: the emulator finds a task by it (the agent sees `task/JOB_UID-...`).
 TASK = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/{}"
 TASK0 = TASK.format(0)
 
 
 def event_time(event: dict) -> float:
     return datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")).timestamp()
+
+
+def reserved_failure(emu, code: int, reason: str, before: str = "RUNNING") -> str:
+    """Google's documented FAILED sentence for a reserved exit code, on the emulator's VM 0."""
+    where = f"zones/{emu.site.zone}/instances/{emu.vms[0].instance_id}"
+    return (
+        f"Task state is updated from {before} to FAILED on {where} due to {reason}"
+        f" with exit code {code}."
+    )
+
+
+def last_two(emu, name: str) -> list[str]:
+    """The descriptions of the task's last two events: our detail, then Google's sentence."""
+    return [e["description"] for e in emu.task_events(name)[-2:]]
 
 
 def test_background_is_stopped_after_the_foreground(make_emulator, start_agent, tmp_path):
@@ -68,17 +83,19 @@ def test_a_failed_background_fails_the_task_only_if_nothing_else_did(
 def test_runnable_timeout_fails_with_50005_and_always_run_still_runs(
     make_emulator, start_agent, tmp_path
 ):
-    """A runnable over its timeout is killed; 50005 says which limit fired; alwaysRun runs."""
+    """A runnable over its timeout is killed; 50005 in Google's words, our event before it says
+    which limit fired; alwaysRun runs."""
     cleanup = tmp_path / "cleanup"
     emu = make_emulator(
         job(script("sleep 60", timeout="1s"), script(f"touch {cleanup}", alwaysRun=True))
     )
     agent = start_agent(emu, "--once")
     assert agent.wait(60) == 1, agent.log()
-    event = final_event(emu, TASK0)
-    assert event["taskExecution"]["exitCode"] == 50005
-    assert "due to task runs over the maximum runtime" in event["description"]
-    assert "runnables[0].timeout 1s exceeded" in event["description"]
+    assert exit_code(emu, TASK0) == 50005
+    assert last_two(emu, TASK0) == [
+        "Exit code 50005: runnables[0].timeout 1s exceeded.",
+        reserved_failure(emu, 50005, "task runs over the maximum runtime"),
+    ]
     assert cleanup.exists()
 
 
@@ -94,9 +111,11 @@ def test_max_run_duration_skips_always_run(make_emulator, start_agent, tmp_path)
     )
     agent = start_agent(emu, "--once")
     assert agent.wait(60) == 1, agent.log()
-    event = final_event(emu, TASK0)
-    assert event["taskExecution"]["exitCode"] == 50005
-    assert "maxRunDuration 1.5s exceeded" in event["description"]
+    assert exit_code(emu, TASK0) == 50005
+    assert last_two(emu, TASK0) == [
+        "Exit code 50005: maxRunDuration 1.5s exceeded.",
+        reserved_failure(emu, 50005, "task runs over the maximum runtime"),
+    ]
     assert not cleanup.exists()
 
 
@@ -121,7 +140,7 @@ def test_max_run_duration_survives_an_agent_restart(make_emulator, start_agent, 
     wait_until(lambda: emu.task_state(TASK0) == "FAILED", timeout=60, what="FAILED")
     events = emu.task_events(TASK0)
     assert events[-1]["taskExecution"]["exitCode"] == 50005
-    assert f"maxRunDuration {budget:g}s exceeded" in events[-1]["description"]
+    assert events[-2]["description"] == f"Exit code 50005: maxRunDuration {budget:g}s exceeded."
     # A budget counted afresh from the restart could not have run out before this.
     waited = event_time(events[-1]) - restarted
     assert waited < budget, f"the restart reset the budget: FAILED {waited:.1f}s after it"
@@ -243,7 +262,8 @@ def test_kill_9_ten_times_never_restarts_the_task(make_emulator, start_agent, tm
 
 
 def test_reboot_fails_unfinished_tasks_with_50003(make_emulator, start_agent, tmp_path):
-    """A new bootTime with an unfinished task means the VM rebooted: the task fails with 50003."""
+    """A new bootTime with an unfinished task means the VM rebooted: the task fails with 50003,
+    in Google's words."""
     stat = tmp_path / "stat"
     stat.write_text("cpu 1 2 3\nbtime 1700000000\n")
     started = tmp_path / "started"
@@ -254,15 +274,17 @@ def test_reboot_fails_unfinished_tasks_with_50003(make_emulator, start_agent, tm
     stat.write_text("cpu 1 2 3\nbtime 1700000500\n")
     agent = start_agent(emu, BATCH_AGENT_PROC_STAT=str(stat))
     wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
-    event = final_event(emu, TASK0)
-    assert event["taskExecution"]["exitCode"] == 50003
-    assert "rebooted" in event["description"]
+    assert exit_code(emu, TASK0) == 50003
+    assert last_two(emu, TASK0) == [
+        "Exit code 50003: the VM booted again since the task was started.",
+        reserved_failure(emu, 50003, "VM is rebooted during task execution"),
+    ]
     assert agent.terminate() == 0
 
 
 def test_preemption_notice_is_reported_at_once(make_emulator, start_agent, tmp_path):
     """instance/preempted TRUE is reported at once, not at the next interval, and the kill that
-    follows is reported as preemption (50001), not as the user's failure."""
+    follows is reported as preemption (50001, in Google's words), not as the user's failure."""
     pid_file = tmp_path / "pid"
     interval = 60.0  # the next idle report, far later than any early one
     emu = make_emulator(
@@ -288,6 +310,10 @@ def test_preemption_notice_is_reported_at_once(make_emulator, start_agent, tmp_p
     os.kill(int(pid_file.read_text()), 9)  # what the VM's shutdown would do
     wait_until(lambda: emu.task_state(TASK0) == "FAILED", what="FAILED")
     assert exit_code(emu, TASK0) == 50001
+    assert last_two(emu, TASK0) == [
+        "Exit code 50001: the VM got its preemption notice.",
+        reserved_failure(emu, 50001, "Spot Preemption"),
+    ]
     assert agent.terminate() == 0
 
 

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from batch_agent import __version__
+from batch_agent import REPORTED_VERSION, __version__
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 
@@ -30,9 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, help="durable state (env BATCH_AGENT_STATE_DIR)")
     run.add_argument("--config", type=Path, help="a JSON file of settings")
     run.add_argument("--log-format", choices=["text", "json"])
+    run.add_argument(
+        "--reported-version",
+        help="the agent version told to the server (env BATCH_AGENT_REPORTED_VERSION)",
+    )
     commands.add_parser("emulator", help="the local control plane", add_help=False)
     commands.add_parser("local", help="run a Batch job config on this machine", add_help=False)
-    commands.add_parser("version", help="print the version")
+    commands.add_parser("version", help="print our version and the one reported to the server")
     return parser
 
 
@@ -52,8 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
     if args.command == "version":
         print(f"batch-agent {__version__}")
+        print(f"reported as {_reported_version()}")
         return EXIT_OK
     return _run(args)
+
+
+def _reported_version() -> str:
+    """What `run` would report as its version here (the environment may set it)."""
+    from batch_agent.config import ConfigError, load_config
+
+    try:
+        return load_config().reported_version
+    except ConfigError:
+        return REPORTED_VERSION
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -67,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
             endpoint=args.endpoint,
             state_dir=args.state_dir,
             log_format=args.log_format,
+            reported_version=args.reported_version,
         )
     except ConfigError as error:
         print(f"batch-agent: configuration: {error}", file=sys.stderr)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from batch_agent import REPORTED_VERSION
 from batch_agent.vm import DEFAULT_METADATA_HOST
 
 DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
@@ -63,6 +64,8 @@ class Config(BaseSettings):
         default=None, validation_alias=AliasChoices("docker_host", "DOCKER_HOST")
     )
     log_format: str = "text"
+    # The agent version reported to the server (`metadata.version`), not ours: README.
+    reported_version: str = REPORTED_VERSION
     # Used until the server says otherwise (our choice: docs/choices.md).
     default_report_interval: Seconds = timedelta(seconds=10)
     min_report_interval: Seconds = timedelta(seconds=1)
@@ -98,6 +101,8 @@ def load_config(file: Path | None = None, **overrides: Any) -> Config:
         raise ConfigError(str(error)) from None
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: {config.log_format!r} is not one of text, json")
+    if not config.reported_version.strip():
+        raise ConfigError("reported_version: must not be empty")
     if not config.endpoint.endswith("/"):
         config = config.model_copy(update={"endpoint": config.endpoint + "/"})
     return config

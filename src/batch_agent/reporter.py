@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from batch_agent import __version__
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlane, ControlPlaneError
 from batch_agent.outputlog import OutputLog
@@ -124,7 +123,9 @@ class Reporter:
         )
         os_release = read_os_release(self._config.os_release)
         self._static = await self._metadata_read(
-            lambda: collect_metadata(self._metadata, version=__version__, os_release=os_release),
+            lambda: collect_metadata(
+                self._metadata, version=self._config.reported_version, os_release=os_release
+            ),
             once=once,
         )
         self._boot_time = read_boot_time(self._config.proc_stat)

@@ -188,20 +188,28 @@ class Emulator:
     # -- inspection ----------------------------------------------------------------------------
 
     def task_names(self) -> list[str]:
+        """The name each task's current attempt is sent under (`AgentTask.task`). The methods
+        below that take a `name` also accept an earlier attempt's or the Task's resource name
+        (`projects/P/locations/L/jobs/JOB/taskGroups/group0/tasks/INDEX`)."""
         with self._lock:
-            return list(self._state.tasks)
+            return [task.name for task in self._state.tasks.values()]
+
+    @property
+    def job_uid(self) -> str:
+        """The job's uid (`j-<uuid4>`), the JOB_UID of its task names."""
+        return self._state.job_uid
 
     def task_state(self, name: str) -> str | None:
         with self._lock:
-            return self._state.tasks[name].state
+            return self._state.task(name).state
 
     def task_events(self, name: str) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._state.tasks[name].events)
+            return list(self._state.task(name).events)
 
     def task_runnable(self, name: str) -> int:
         with self._lock:
-            return self._state.tasks[name].runnable
+            return self._state.task(name).runnable
 
     @property
     def job_state(self) -> str | None:

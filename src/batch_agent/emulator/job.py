@@ -18,7 +18,6 @@ from typing import Any
 from batch_agent import discovery
 from batch_agent.emulator import checks
 
-GROUP = "group0"
 _SNAKE = re.compile(r"_([a-z0-9])")
 
 
@@ -58,12 +57,6 @@ class JobPlan:
         if self.task_count_per_node is not None:
             return self.task_count_per_node
         return max(1, math.ceil(self.task_count / max(vms, 1)))
-
-
-def task_name(project_number: str, region: str, job_id: str, index: int) -> str:
-    """Full task name, as sent in `AgentTask.task` and reported back as `AgentTaskInfo.taskId`."""
-    job = f"projects/{project_number}/locations/{region}/jobs/{job_id}"
-    return f"{job}/taskGroups/{GROUP}/tasks/{index}"
 
 
 def camelize(value: Any, schema: str = "Job") -> Any:

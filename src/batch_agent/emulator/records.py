@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from batch_agent.emulator import tasknames
+
 TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 
 
@@ -26,11 +28,14 @@ class Report:
 class ServerTask:
     """One task: the AgentTask JSON we send (verbatim for `add_task`) and what was reported.
 
+    `name` is the current attempt's (`AgentTask.task`; a retry gets a new one), `resource` the
+    Task's API name, the same for every attempt (for `add_task`, the name it was given).
     `state` is what the agent last reported for the current attempt (None before its first
     report); `phase` adds the server's own states (PENDING, ASSIGNED, UNEXECUTED).
     """
 
     name: str
+    resource: str
     sent: dict[str, Any]
     in_plan: bool
     index: int
@@ -66,7 +71,10 @@ class ServerTask:
 
     @property
     def group(self) -> str:
-        return self.name.rsplit("/tasks/", 1)[0]
+        """Which task group it is in (tasks of one group share barriers); an unknown form of
+        name is a group of its own."""
+        parts = tasknames.parse(self.name)
+        return self.name if parts is None else f"{parts.job}/{parts.group}"
 
     def view(self) -> TaskView:
         """A frozen copy of what a watcher needs."""

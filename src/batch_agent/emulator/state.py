@@ -2,10 +2,11 @@
 
 `JobState` applies valid reports, assigns pending tasks to VMs, retries failed attempts as
 `maxRetryCount`/`lifecyclePolicies` say, moves the job through its states and hands each response
-its VM's tasks (`dispatch` writes them). Every state change of the job or a task is
-written to `changes`, so that a watcher misses none. It is not thread-safe: the caller holds one
-lock around every call. It must not do I/O (other than the `log` callback), parse HTTP or validate
-JSON (reports reach it already valid).
+its VM's tasks (`dispatch` writes them). Tasks are kept by their resource name; each attempt is
+sent under a name of its own (`tasknames`), and `task` finds a task by any of them. Every state
+change of the job or a task is written to `changes`, so that a watcher misses none. It is not
+thread-safe: the caller holds one lock around every call. It must not do I/O (other than the `log`
+callback), parse HTTP or validate JSON (reports reach it already valid).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from batch_agent.emulator import dispatch, service
+from batch_agent.emulator import dispatch, service, tasknames
 from batch_agent.emulator import job as jobs
 from batch_agent.emulator.changes import ChangeLog, last_description
 from batch_agent.emulator.metadata import Site
@@ -46,7 +47,9 @@ class JobState:
         self._plan = plan
         self._hosts_path = hosts_path
         self._clock = clock
-        self.tasks: dict[str, ServerTask] = {}
+        self.job_uid = tasknames.new_job_uid()
+        self.tasks: dict[str, ServerTask] = {}  # by resource name
+        self._issued: dict[str, str] = {}  # every name a task was sent under -> its resource
         self.changes = ChangeLog(clock)
         self._pending: list[str] = []
         self._agent_states: dict[int, str] = {}
@@ -58,10 +61,13 @@ class JobState:
         self.job_state = service.QUEUED
         self.changes.job(None, service.QUEUED)
         for i in range(plan.task_count):
-            name = jobs.task_name(site.project_number, site.region, site.job_id, i)
-            task = ServerTask(name=name, sent=self._agent_task(name, i, 0), in_plan=True, index=i)
-            self.tasks[name] = task
-            self._pending.append(name)
+            resource = tasknames.resource_name(site.project_number, site.region, site.job_id, i)
+            name = tasknames.agent_name(self.job_uid, i, 0)
+            sent = self._agent_task(name, i, 0)
+            task = ServerTask(name=name, resource=resource, sent=sent, in_plan=True, index=i)
+            self.tasks[resource] = task
+            self._issued[name] = resource
+            self._pending.append(resource)
             self.changes.task(task, None)
         self.schedule()
 
@@ -77,6 +83,11 @@ class JobState:
         variables.update(service.batch_variables(self._plan.task_count, attempt, self._hosts_path))
         return {"task": name, "intendedState": "ASSIGNED", "spec": spec, "taskSource": "USER"}
 
+    def task(self, name: str) -> ServerTask:
+        """The task with this resource name or sent under this name (any attempt's); KeyError
+        if none."""
+        return self.tasks[self._issued.get(name, name)]
+
     # -- steering ------------------------------------------------------------------------------
 
     def add(self, raw: dict[str, Any], vm: int) -> str:
@@ -84,24 +95,23 @@ class JobState:
         sent = copy.deepcopy(raw)
         index = len(self.tasks)
         while "task" not in sent:
-            name = jobs.task_name(
-                self._site.project_number, self._site.region, self._site.job_id, index
-            )
-            if name not in self.tasks:
+            name = tasknames.agent_name(self.job_uid, index, 0)
+            if name not in self._issued and name not in self.tasks:
                 sent["task"] = name
             index += 1
         name = str(sent["task"])
         sent.setdefault("intendedState", "ASSIGNED")
-        number = name.rsplit("/tasks/", 1)[-1]
-        index = int(number) if number.isdigit() else -1
-        task = ServerTask(name=name, sent=sent, in_plan=False, vm=vm, index=index)
+        parts = tasknames.parse(name)
+        index = -1 if parts is None else parts.index
+        task = ServerTask(name=name, resource=name, sent=sent, in_plan=False, vm=vm, index=index)
         self.tasks[name] = task
+        self._issued[name] = name
         self.changes.task(task, None)
         return name
 
     def cancel(self, name: str) -> None:
         """Send CANCELLED for the task from now on (unless it is being deleted); no retry."""
-        task = self.tasks[name]
+        task = self.task(name)
         before = task.phase
         self._withdraw(task)
         if task.retrying:
@@ -118,12 +128,12 @@ class JobState:
         self._cancelling = True
         for task in list(self.tasks.values()):
             if not task.is_finished:
-                self.cancel(task.name)
+                self.cancel(task.resource)
         self._advance_job()
 
     def delete(self, name: str) -> None:
         """Send DELETED for the task from now on."""
-        task = self.tasks[name]
+        task = self.task(name)
         before = task.phase
         self._withdraw(task)
         task.intended = "DELETED"
@@ -132,8 +142,8 @@ class JobState:
 
     def _withdraw(self, task: ServerTask) -> None:
         """A task not yet assigned to a VM never will be."""
-        if task.name in self._pending:
-            self._pending.remove(task.name)
+        if task.resource in self._pending:
+            self._pending.remove(task.resource)
             task.withdrawn = True
 
     def schedule(self) -> None:
@@ -167,10 +177,12 @@ class JobState:
         mentioned: set[str] = set()
         for reported in info.get("tasks", []):
             name = reported.get("taskId", "")
-            task = self.tasks.get(name)
+            task = self.tasks.get(self._issued.get(name, ""))
             if task is None:
                 log.warning("%s reported unknown task %r", vm_name, name)
                 continue
+            if task.name != name:
+                continue  # an earlier attempt, already forgotten by the server
             mentioned.add(name)
             if task.retrying or task.dropped:
                 continue  # an attempt already judged; its successor is a new task
@@ -232,15 +244,18 @@ class JobState:
         return dispatch.agent_tasks(list(self.tasks.values()), vm)
 
     def _requeue(self, task: ServerTask) -> None:
-        """FAILED -> PENDING: the same task name, a new attempt, BATCH_TASK_RETRY_ATTEMPT + 1."""
+        """FAILED -> PENDING: a new attempt, BATCH_TASK_RETRY_ATTEMPT + 1, under a new name
+        (RETRIES + 1 in it)."""
         before = task.phase
         task.attempt += 1
+        task.name = tasknames.agent_name(self.job_uid, task.index, task.attempt)
+        self._issued[task.name] = task.resource
         task.sent = self._agent_task(task.name, task.index, task.attempt)
         task.vm = task.intended = task.state = task.attempt_started = None
         task.retrying = task.dropped = False
         task.events, task.runnable, task.deleted_sends = [], 0, 0
-        position = sum(1 for name in self._pending if self.tasks[name].index < task.index)
-        self._pending.insert(position, task.name)
+        position = sum(1 for key in self._pending if self.tasks[key].index < task.index)
+        self._pending.insert(position, task.resource)
         self.changes.task(task, before)
 
     # -- the job -------------------------------------------------------------------------------
@@ -264,8 +279,7 @@ class JobState:
             self._log(f"job {self._site.job_id}: {old} -> {new}")
 
     def _log_change(self, task: ServerTask, new: str) -> None:
-        index = task.name.rsplit("/", 1)[-1]
-        line = f"task {index} ({task.name}): {task.state or 'UNREPORTED'} -> {new}"
+        line = f"task {task.index} ({task.name}): {task.state or 'UNREPORTED'} -> {new}"
         if description := last_description(task):
             line += f": {description}"
         self._log(line)
@@ -279,7 +293,7 @@ class JobState:
         )
 
     def is_deleted(self, name: str) -> bool:
-        task = self.tasks[name]
+        task = self.task(name)
         return task.deleted_sends > 0 or (task.withdrawn and task.intended == "DELETED")
 
     @property

@@ -1,7 +1,11 @@
 """All wording of task status events: an interface users grep for, so it lives only here.
 
-The sentences follow Batch's own (`Task state is updated from RUNNING to FAILED on
-zones/<zone>/instances/<id> with exit code 3.`); where Batch says nothing, ours name the cause.
+State changes use Batch's sentence (`Task state is updated from RUNNING to FAILED on
+zones/<zone>/instances/<id> with exit code 3.`). For a reserved exit code (50001-50006) the
+sentence is exactly the one Google's troubleshooting guide documents, `due to REASON` and all;
+what we know beyond it (which limit fired...) is a separate event, `reserved_detail`, just
+before. Where Batch says nothing (50000, a cancel), our own cause follows `due to`. Every text
+is listed in docs/events.md. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -26,6 +30,23 @@ class ExitCode(IntEnum):
     VM_RECREATED = 50006
 
 
+# Google's REASON for each reserved code, word for word (troubleshooting, "Task failure exit
+# codes"); 50002 and 50006 are the server's to give, listed so the table is whole.
+RESERVED_REASONS: dict[int, str] = {
+    ExitCode.PREEMPTED: "Spot Preemption",
+    ExitCode.NO_REPORTS: "Batch no longer receives VM updates",
+    ExitCode.VM_REBOOTED: "VM is rebooted during task execution",
+    ExitCode.NOT_CANCELLABLE: "tasks cannot be canceled",
+    ExitCode.TIMED_OUT: "task runs over the maximum runtime",
+    ExitCode.VM_RECREATED: "VM is recreated during task execution",
+}
+
+
+def is_reserved(exit_code: int | None) -> bool:
+    """Whether Google documents the exact FAILED sentence for `exit_code`."""
+    return exit_code in RESERVED_REASONS
+
+
 def state_changed(
     old: TaskState,
     new: TaskState,
@@ -34,8 +55,13 @@ def state_changed(
     exit_code: int | None = None,
     cause: str | None = None,
 ) -> str:
-    """`Task state is updated from A to B on <where>[ due to <cause>][ with exit code N].`"""
+    """`Task state is updated from A to B on <where>[ due to <cause>][ with exit code N].`
+
+    For a reserved exit code the cause is Google's REASON and `cause` is left out (it belongs in
+    `reserved_detail`)."""
     text = f"Task state is updated from {old} to {new} on {where}"
+    if exit_code is not None and exit_code in RESERVED_REASONS:
+        cause = RESERVED_REASONS[exit_code]
     if cause:
         text += f" due to {cause}"
     if exit_code is not None:
@@ -43,13 +69,19 @@ def state_changed(
     return text + "."
 
 
+def reserved_detail(exit_code: int, cause: str) -> str:
+    """The event just before a reserved code's FAILED one: what Google's sentence leaves out."""
+    return f"Exit code {exit_code}: {cause}."
+
+
 def invalid_spec(problems: list[str]) -> str:
     return "invalid task spec (" + "; ".join(problems) + ")"
 
 
 def timed_out(limit: str) -> str:
-    """`limit` says which fired: Google's event does not, ours does."""
-    return f"task runs over the maximum runtime ({limit})"
+    """The cause of a 50005: which limit fired (Google's sentence does not say; our detail
+    event does)."""
+    return limit
 
 
 def runnable_timeout(index: int, timeout: str) -> str:
@@ -89,9 +121,9 @@ def cannot_start(index: int, reason: str) -> str:
     return f"runnables[{index - 1}] could not start: {reason}"
 
 
-PREEMPTED = "the VM was preempted"
+PREEMPTED = "the VM got its preemption notice"
 INTERNAL_ERROR = "an internal error of the agent"
-VM_REBOOTED = "the VM rebooted during the task"
+VM_REBOOTED = "the VM booted again since the task was started"
 
 
 def runnable_started(name: str) -> str:
