@@ -2,13 +2,14 @@
 
 Writes go through one worker thread so the event loop never blocks on an fsync and writes keep
 their order; `await save(...)` returns only once the record is on disk, which is what lets the
-agent persist before it reports. A write the state dir cannot take (a full disk, an I/O error)
-stays pending in memory and is written before the next write, or by a retry every
-`retry_every`: `save` raises StorageError so that its caller can decide about the task,
-`delete` and `set_fact` only log. A database sqlite cannot read is set aside
-(`state.db.corrupt-<UTC time>`) and an empty one is started: never a crash loop. The records
-hold task environments and registry passwords, so the files are 0600 (the state dir itself is
-`statedir`'s). Knows nothing of processes or HTTP.
+agent persist before it reports. `save_many` puts several records on disk in one commit (one
+fsync): the tasks of one response are accepted together. A write the state dir cannot take
+(a full disk, an I/O error) stays pending in memory and is written (all pending writes in one
+commit) before the next write, or by a retry every `retry_every`: `save` raises StorageError
+so that its caller can decide about the task, `delete` and `set_fact` only log. A database
+sqlite cannot read is set aside (`state.db.corrupt-<UTC time>`) and an empty one is started:
+never a crash loop. The records hold task environments and registry passwords, so the files
+are 0600 (the state dir itself is `statedir`'s). Knows nothing of processes or HTTP.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,9 +93,21 @@ class TaskStore:
         """Insert or update; returns once durable. Cheap: the spec is written only once.
         Raises StorageError if the state dir refused it: the record is then written at the
         next chance (the next write, or a retry)."""
-        text = record.to_json()  # here, on the loop: the record changes only there
-        write = functools.partial(self._write_record, record.task_id, record.raw, text)
-        await self._write(f"task {record.task_id}", write)
+        await self.save_many([record])
+
+    async def save_many(self, records: Sequence[TaskRecord]) -> None:
+        """Save every record in one commit; returns once all are durable. Raises StorageError
+        if the state dir refused them: none is on disk then, all are written at the next
+        chance."""
+        writes: list[tuple[str, Callable[[], None]]] = [
+            # to_json here, on the loop: a record changes only there
+            (
+                f"task {r.task_id}",
+                functools.partial(self._write_record, r.task_id, r.raw, r.to_json()),
+            )
+            for r in records
+        ]
+        await self._write(writes)
 
     async def delete(self, task_id: str) -> None:
         """Forget a task. A deletion the state dir refuses is logged and done later."""
@@ -124,10 +137,10 @@ class TaskStore:
 
     # -- writes, on the writer thread ---------------------------------------------------------
 
-    async def _write(self, key: str, write: Callable[[], None]) -> None:
+    async def _write(self, writes: list[tuple[str, Callable[[], None]]]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._queue_and_flush, key, write)
+            await loop.run_in_executor(self._executor, self._queue_and_flush, writes)
         except StorageError:
             if self._retrying is None or self._retrying.done():
                 self._retrying = asyncio.create_task(self._retry())
@@ -135,7 +148,7 @@ class TaskStore:
 
     async def _write_later(self, key: str, write: Callable[[], None]) -> None:
         try:
-            await self._write(key, write)
+            await self._write([(key, write)])
         except StorageError as error:
             log.warning("state dir: %s not written yet: %s", key, error)
 
@@ -151,22 +164,33 @@ class TaskStore:
             except StorageError:
                 continue
 
-    def _queue_and_flush(self, key: str, write: Callable[[], None]) -> None:
-        self._pending.pop(key, None)  # the newer write goes last, after what it may depend on
-        self._pending[key] = write
+    def _queue_and_flush(self, writes: list[tuple[str, Callable[[], None]]]) -> None:
+        for key, write in writes:
+            self._pending.pop(key, None)  # the newer write goes last, after what it may depend on
+            self._pending[key] = write
         self._flush()
 
     def _flush(self) -> None:
-        """Every pending write, oldest first; raises StorageError at the first the state dir
-        refuses (it and the rest stay pending)."""
+        """Every pending write, oldest first, in one commit; raises StorageError if the state
+        dir refuses it (all stay pending)."""
         count = len(self._pending)
-        while self._pending:
-            key, write = next(iter(self._pending.items()))
-            try:
+        if not count:
+            return
+        stored = set(self._stored)  # as it was, should the transaction roll back
+        try:
+            self._db.execute("BEGIN")
+            for write in self._pending.values():
                 write()
-            except sqlite3.OperationalError as error:
-                raise self._refused(error) from error
-            del self._pending[key]
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            self._stored = stored
+            raise self._refused(error) from error
+        except BaseException:
+            self._stored = stored
+            if self._db.in_transaction:
+                self._db.rollback()
+            raise
+        self._pending.clear()
         if self._refusing:
             self._refusing = False
             log.warning("state dir: writable again; %d pending changes written", count)
