@@ -7,7 +7,6 @@ and systemd restarts us.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -59,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio  # here: `version` and `--help` need no event loop
+
     from batch_agent.config import ConfigError, load_config
     from batch_agent.reporter import Rejected, Reporter, Unreachable
     from batch_agent.statedir import StateDirBusy
@@ -116,6 +117,8 @@ def _watch_children_by_pidfd() -> None:
     """Python 3.11's asyncio waits for each child process in a thread of its own (64 tasks, 64
     threads); a pidfd watcher waits on the loop instead. 3.12 and later do so by themselves;
     where the kernel has no pidfd_open the default stays."""
+    import asyncio
+
     if sys.version_info >= (3, 12):
         return
     try:
