@@ -89,6 +89,27 @@ def test_save_many_is_one_commit(tmp_path):
         store.close()
 
 
+def test_saves_asked_for_together_share_one_commit(tmp_path):
+    """Saves that queue while none is being committed go to disk in one commit (a group
+    commit), and each returns only once its record is there."""
+    path = tmp_path / "state.db"
+
+    async def write() -> None:
+        store = TaskStore(path)
+        before = _commits(Path(f"{path}-wal"))
+        records = [TaskRecord(task_id=f"t{i}", raw={}) for i in range(20)]
+        await asyncio.gather(*(store.save(r) for r in records))
+        assert _commits(Path(f"{path}-wal")) == before + 1
+        store.close()
+
+    asyncio.run(write())
+    store = TaskStore(path)
+    try:
+        assert [r.task_id for r in store.load_all()] == [f"t{i}" for i in range(20)]
+    finally:
+        store.close()
+
+
 def test_a_terminal_record_cannot_change_state():
     """transition() refuses to leave SUCCEEDED/FAILED: terminal means terminal."""
     record = TaskRecord(task_id="a", raw={})

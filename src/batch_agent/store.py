@@ -3,7 +3,9 @@
 Writes go through one worker thread so the event loop never blocks on an fsync and writes keep
 their order; `await save(...)` returns only once the record is on disk, which is what lets the
 agent persist before it reports. `save_many` puts several records on disk in one commit (one
-fsync): the tasks of one response are accepted together. A write the state dir cannot take
+fsync): the tasks of one response are accepted together. Saves asked for while a commit is
+under way share the next one (a group commit: 64 tasks starting at once do not queue for 64
+fsyncs), each still returning only once its own record is on disk. A write the state dir cannot take
 (a full disk, an I/O error) stays pending in memory and is written (all pending writes in one
 commit) before the next write, or by a retry every `retry_every`: `save` raises StorageError
 so that its caller can decide about the task, `delete` and `set_fact` only log. A database
@@ -34,6 +36,8 @@ FILE_MODE = 0o600  # the records hold task environments and registry passwords
 RETRY_EVERY = timedelta(seconds=5)  # pending writes retried while the state dir refuses them
 _SIDE_FILES = ("-wal", "-shm", "-journal")  # sqlite's companions of a database file
 
+_Write = tuple[str, Callable[[], None]]  # what it writes ("task <id>"), and how
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
@@ -62,7 +66,8 @@ class _Corrupt(Exception):
 
 class TaskStore:
     """Not thread-safe itself: every call runs on its single writer thread, which alone
-    touches the connection, `_stored` and `_pending`."""
+    touches the connection, `_stored` and `_pending`; `_queued` and `_committing` belong to
+    the event loop."""
 
     def __init__(self, path: Path, *, retry_every: timedelta = RETRY_EVERY) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,9 @@ class TaskStore:
         self._pending: dict[str, Callable[[], None]] = {}
         self._refusing = False  # the last write failed (for logging the change only)
         self._retrying: asyncio.Task[None] | None = None
+        # Writes waiting for the next commit, each caller's with the future it awaits.
+        self._queued: list[tuple[list[_Write], asyncio.Future[None]]] = []
+        self._committing: asyncio.Task[None] | None = None
 
     def load_all(self) -> list[TaskRecord]:
         """Every record, oldest first. Blocks: call at start-up, before the loop runs tasks."""
@@ -99,7 +107,7 @@ class TaskStore:
         """Save every record in one commit; returns once all are durable. Raises StorageError
         if the state dir refused them: none is on disk then, all are written at the next
         chance."""
-        writes: list[tuple[str, Callable[[], None]]] = [
+        writes: list[_Write] = [
             # to_json here, on the loop: a record changes only there
             (
                 f"task {r.task_id}",
@@ -128,8 +136,12 @@ class TaskStore:
         """A last try at what is pending, then close. Blocks."""
         if self._retrying is not None:
             self._retrying.cancel()
+        if self._committing is not None:
+            self._committing.cancel()
+        queued = [write for writes, _ in self._queued for write in writes]
+        self._queued = []
         try:
-            self._executor.submit(self._flush).result()
+            self._executor.submit(self._queue_and_flush, queued).result()
         except StorageError as error:
             log.error("state dir: %d changes lost at exit: %s", len(self._pending), error)
         self._executor.submit(self._db.close).result()
@@ -137,14 +149,38 @@ class TaskStore:
 
     # -- writes, on the writer thread ---------------------------------------------------------
 
-    async def _write(self, writes: list[tuple[str, Callable[[], None]]]) -> None:
+    async def _write(self, writes: list[_Write]) -> None:
+        """Queue `writes` for the next commit and wait for it."""
+        done = asyncio.get_running_loop().create_future()
+        self._queued.append((writes, done))
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_queued())
+        await done
+
+    async def _commit_queued(self) -> None:
+        """Commit what is queued, batch after batch, until the queue is empty."""
         loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._queue_and_flush, writes)
-        except StorageError:
-            if self._retrying is None or self._retrying.done():
-                self._retrying = asyncio.create_task(self._retry())
-            raise
+        while self._queued:
+            batches, self._queued = self._queued, []
+            writes = [write for batch, _ in batches for write in batch]
+            failure: Exception | None = None
+            try:
+                await loop.run_in_executor(self._executor, self._queue_and_flush, writes)
+            except StorageError as error:
+                if self._retrying is None or self._retrying.done():
+                    self._retrying = asyncio.create_task(self._retry())
+                failure = error
+            except Exception as error:  # a bug: every caller hears of it, none waits forever
+                failure = error
+            for _, done in batches:
+                if done.done():  # its caller was cancelled
+                    continue
+                if failure is None:
+                    done.set_result(None)
+                elif isinstance(failure, StorageError):  # one of its own per caller
+                    done.set_exception(StorageError(str(failure), no_space=failure.no_space))
+                else:
+                    done.set_exception(failure)
 
     async def _write_later(self, key: str, write: Callable[[], None]) -> None:
         try:
@@ -164,7 +200,7 @@ class TaskStore:
             except StorageError:
                 continue
 
-    def _queue_and_flush(self, writes: list[tuple[str, Callable[[], None]]]) -> None:
+    def _queue_and_flush(self, writes: list[_Write]) -> None:
         for key, write in writes:
             self._pending.pop(key, None)  # the newer write goes last, after what it may depend on
             self._pending[key] = write
