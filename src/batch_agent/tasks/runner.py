@@ -15,9 +15,10 @@ What is saved when (each save is one fsync; the in-process tests pin these down)
   intent comes first: a barrier first, or nothing starts). A save writes the whole record, so
   after a crash the disk holds both or neither. Neither: the task is ASSIGNED with no runnable,
   and nothing ran (a runnable starts only once its intent is on disk): the next agent starts
-  it from the top. Both: the next agent recovers runnable 1 from its handle and never starts it
-  again, and the RUNNING event, on disk with the record, is reported then; the early report is
-  asked for only after the save, so the server never hears of RUNNING before the disk has it;
+  it from the top. Both: the next agent recovers that runnable from its handle and never
+  starts it again, and the RUNNING event, on disk with the record, is reported then; the early
+  report is asked for only after the save, so the server never hears of RUNNING before the
+  disk has it. A save the state dir refuses leaves both in memory, written together later;
 - a container's start and end: at once (it is found by labels, and removed after it ends);
 - a script's pid and exit code: with the next save; until then the waiter's command line and
   its status file let a restarted agent find both;
