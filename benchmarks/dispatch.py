@@ -73,6 +73,16 @@ class FifoClock:
             if line == token:
                 return stamp
 
+    def expect_all(self, tokens: set[str], timeout: float = TIMEOUT) -> float:
+        """Block until every line of `tokens` arrived, in any order; returns when the last was
+        read."""
+        deadline = time.monotonic() + timeout
+        left, last = set(tokens), 0.0
+        while left:
+            line, last = self._lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            left.discard(line)
+        return last
+
     def close(self) -> None:
         os.close(self._fd)
 

@@ -69,9 +69,10 @@ class Task:
         tmp_path: Path,
         runnables: list[dict[str, Any]],
         record: TaskRecord | None = None,
+        recorder: Recorder | None = None,
         **spec: Any,
     ) -> None:
-        self.recorder = Recorder()
+        self.recorder = recorder or Recorder()
         self.lines: list[str] = []
         agent_task = AgentTask.model_validate(
             {"task": NAME, "spec": {"runnables": runnables, **spec.pop("spec", {})}, **spec}
@@ -105,16 +106,17 @@ def script(text: str, **fields: Any) -> dict[str, Any]:
     return {"script": {"text": text}, **fields}
 
 
-def test_two_silent_scripts_cost_four_saves(tmp_path):
-    """RUNNING, each runnable's intent (before it starts), SUCCEEDED; exit codes and pids ride
-    on the next save, never on a save of their own."""
+def test_two_silent_scripts_cost_three_saves(tmp_path):
+    """RUNNING with runnable 1's intent, runnable 2's intent (each before its start),
+    SUCCEEDED; exit codes and pids ride on the next save, never on a save of their own."""
     task = Task(tmp_path, [script("exit 0"), script("exit 0")])
     record = task.go()
     assert record.state is TaskState.SUCCEEDED
     saves = task.recorder.saves
-    assert task.recorder.states == ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]
-    intent_1, intent_2 = saves[1]["runnables"]["1"], saves[2]["runnables"]
+    assert task.recorder.states == ["RUNNING", "RUNNING", "SUCCEEDED"]
+    intent_1, intent_2 = saves[0]["runnables"]["1"], saves[1]["runnables"]
     assert intent_1["pid"] is None and intent_1["exit_code"] is None  # saved before the start
+    assert "ASSIGNED to RUNNING" in saves[0]["events"][-1]["description"]
     assert intent_2["1"]["exit_code"] == 0 and intent_2["1"]["pid"] is not None
     assert intent_2["2"]["pid"] is None
     assert saves[-1]["runnables"]["2"]["exit_code"] == 0
@@ -243,7 +245,8 @@ def test_a_resumed_run_does_not_start_a_finished_runnable_again(tmp_path):
     counter = tmp_path / "runs"
     first = Task(tmp_path, [script(f"echo x >> {counter}"), script("exit 4")])
     first.go()
-    resumed = TaskRecord.from_json(json.dumps(first.recorder.saves[2]), raw={})
+    resumed = TaskRecord.from_json(json.dumps(first.recorder.saves[1]), raw={})
+    assert resumed.runnables[1].exit_code == 0
     resumed.runnables.pop(2)  # as if the agent died before runnable 2's intent
     record = Task(tmp_path, [script(f"echo x >> {counter}"), script("exit 4")], resumed).go()
     assert counter.read_text() == "x\n"
@@ -262,3 +265,45 @@ def test_a_script_task_never_loads_the_docker_sdk(tmp_path):
         [sys.executable, "-c", program], cwd=root, capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "[]", found.stderr
+
+
+class _Crash(Exception):
+    """The agent dying, as far as one run can tell."""
+
+
+class CrashAfterRunning(Recorder):
+    """Keeps the save of ASSIGNED -> RUNNING, then dies before anything else happens."""
+
+    async def transition(self, record: TaskRecord, new: TaskState, **details: Any) -> None:
+        await super().transition(record, new, **details)
+        if new is TaskState.RUNNING:
+            raise _Crash
+
+
+def test_a_crash_after_the_running_save_starts_nothing_twice(tmp_path):
+    """RUNNING is saved with runnable 1's intent, before it starts: an agent that dies right
+    after that save leaves the RUNNING event on disk, and the next one does not start runnable
+    1 (it has no status: 50000), nor anything after it."""
+    counter = tmp_path / "runs"
+    runnables = [script(f"echo x >> {counter}"), script(f"echo y >> {counter}")]
+    first = Task(tmp_path, runnables, recorder=CrashAfterRunning())
+    with pytest.raises(_Crash):
+        first.go()
+    [saved] = first.recorder.saves
+    assert saved["state"] == "RUNNING" and saved["runnables"]["1"]["pid"] is None
+    assert "ASSIGNED to RUNNING" in saved["events"][-1]["description"]
+    resumed = TaskRecord.from_json(json.dumps(saved), raw={})
+    record = Task(tmp_path, runnables, resumed).go()
+    assert not counter.exists()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 50000)
+    assert "ASSIGNED to RUNNING" in record.events[0]["description"]
+
+
+def test_a_barrier_first_saves_running_on_its_own(tmp_path):
+    """With no intent to carry it, RUNNING is saved before the task waits at a barrier."""
+    task = Task(tmp_path, [{"barrier": {}}, script("exit 0")])
+    task.run.update_barrier(1)
+    record = task.go()
+    assert record.state is TaskState.SUCCEEDED
+    assert task.recorder.states == ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]
+    assert task.recorder.saves[0]["runnables"] == {}

@@ -50,6 +50,66 @@ def test_records_survive_reopen_and_delete(tmp_path):
         store.close()
 
 
+def _commits(wal: Path) -> int:
+    """How many commits the WAL file holds: frames of the current salt with a database size."""
+    data = wal.read_bytes()
+    page_size = int.from_bytes(data[8:12], "big")
+    salt = data[16:24]
+    count, offset = 0, 32
+    while offset + 24 + page_size <= len(data) and data[offset + 8 : offset + 16] == salt:
+        count += int.from_bytes(data[offset + 4 : offset + 8], "big") != 0
+        offset += 24 + page_size
+    return count
+
+
+def test_save_many_is_one_commit(tmp_path):
+    """Records given to save_many reach the disk in a single commit (one fsync), with their
+    specs; a later save of one of them only updates it."""
+    path = tmp_path / "state.db"
+
+    async def write() -> None:
+        store = TaskStore(path)
+        before = _commits(Path(f"{path}-wal"))
+        await store.save_many([TaskRecord(task_id=i, raw={"task": i}) for i in "abcd"])
+        assert _commits(Path(f"{path}-wal")) == before + 1
+        record = TaskRecord(task_id="c", raw={"task": "ignored"})
+        record.transition(TaskState.RUNNING, at=datetime.now(UTC), where="zones/z/instances/1")
+        await store.save(record)
+        assert _commits(Path(f"{path}-wal")) == before + 2
+        store.close()
+
+    asyncio.run(write())
+    store = TaskStore(path)
+    try:
+        records = {r.task_id: r for r in store.load_all()}
+        assert sorted(records) == ["a", "b", "c", "d"]
+        assert records["c"].state is TaskState.RUNNING
+        assert records["c"].raw == {"task": "c"}  # the spec is written once
+    finally:
+        store.close()
+
+
+def test_saves_asked_for_together_share_one_commit(tmp_path):
+    """Saves that queue while none is being committed go to disk in one commit (a group
+    commit), and each returns only once its record is there."""
+    path = tmp_path / "state.db"
+
+    async def write() -> None:
+        store = TaskStore(path)
+        before = _commits(Path(f"{path}-wal"))
+        records = [TaskRecord(task_id=f"t{i}", raw={}) for i in range(20)]
+        await asyncio.gather(*(store.save(r) for r in records))
+        assert _commits(Path(f"{path}-wal")) == before + 1
+        store.close()
+
+    asyncio.run(write())
+    store = TaskStore(path)
+    try:
+        assert [r.task_id for r in store.load_all()] == [f"t{i}" for i in range(20)]
+    finally:
+        store.close()
+
+
 def test_a_terminal_record_cannot_change_state():
     """transition() refuses to leave SUCCEEDED/FAILED: terminal means terminal."""
     record = TaskRecord(task_id="a", raw={})

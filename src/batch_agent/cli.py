@@ -7,11 +7,12 @@ and systemd restarts us.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from batch_agent import REPORTED_VERSION, __version__
@@ -72,6 +73,8 @@ def _reported_version() -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio  # here: `version` and `--help` need no event loop
+
     from batch_agent.config import ConfigError, load_config
     from batch_agent.reporter import Rejected, Reporter, Unreachable
     from batch_agent.statedir import StateDirBusy
@@ -88,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"batch-agent: configuration: {error}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(config.log_format)
+    _watch_children_by_pidfd()
 
     async def go() -> int:
         stop = asyncio.Event()
@@ -123,6 +127,23 @@ def _run(args: argparse.Namespace) -> int:
     for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signo, signal.SIG_IGN)
     return status
+
+
+def _watch_children_by_pidfd() -> None:
+    """Python 3.11's asyncio waits for each child process in a thread of its own (64 tasks, 64
+    threads); a pidfd watcher waits on the loop instead. 3.12 and later do so by themselves;
+    where the kernel has no pidfd_open the default stays."""
+    import asyncio
+
+    if sys.version_info >= (3, 12):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return
+    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+    # Tasks outlive the agent: their waiters are still being watched when the loop closes.
+    warnings.filterwarnings("ignore", "A loop is being detached from a child watcher")
 
 
 class _JsonFormatter(logging.Formatter):

@@ -2,13 +2,16 @@
 
 Writes go through one worker thread so the event loop never blocks on an fsync and writes keep
 their order; `await save(...)` returns only once the record is on disk, which is what lets the
-agent persist before it reports. A write the state dir cannot take (a full disk, an I/O error)
-stays pending in memory and is written before the next write, or by a retry every
-`retry_every`: `save` raises StorageError so that its caller can decide about the task,
-`delete` and `set_fact` only log. A database sqlite cannot read is set aside
-(`state.db.corrupt-<UTC time>`) and an empty one is started: never a crash loop. The records
-hold task environments and registry passwords, so the files are 0600 (the state dir itself is
-`statedir`'s). Knows nothing of processes or HTTP.
+agent persist before it reports. `save_many` puts several records on disk in one commit (one
+fsync): the tasks of one response are accepted together. Saves asked for while a commit is
+under way share the next one (a group commit: 64 tasks starting at once do not queue for 64
+fsyncs), each still returning only once its own record is on disk. A write the state dir cannot take
+(a full disk, an I/O error) stays pending in memory and is written (all pending writes in one
+commit) before the next write, or by a retry every `retry_every`: `save` raises StorageError
+so that its caller can decide about the task, `delete` and `set_fact` only log. A database
+sqlite cannot read is set aside (`state.db.corrupt-<UTC time>`) and an empty one is started:
+never a crash loop. The records hold task environments and registry passwords, so the files
+are 0600 (the state dir itself is `statedir`'s). Knows nothing of processes or HTTP.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 FILE_MODE = 0o600  # the records hold task environments and registry passwords
 RETRY_EVERY = timedelta(seconds=5)  # pending writes retried while the state dir refuses them
 _SIDE_FILES = ("-wal", "-shm", "-journal")  # sqlite's companions of a database file
+
+_Write = tuple[str, Callable[[], None]]  # what it writes ("task <id>"), and how
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -61,7 +66,8 @@ class _Corrupt(Exception):
 
 class TaskStore:
     """Not thread-safe itself: every call runs on its single writer thread, which alone
-    touches the connection, `_stored` and `_pending`."""
+    touches the connection, `_stored` and `_pending`; `_queued` and `_committing` belong to
+    the event loop."""
 
     def __init__(self, path: Path, *, retry_every: timedelta = RETRY_EVERY) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +81,9 @@ class TaskStore:
         self._pending: dict[str, Callable[[], None]] = {}
         self._refusing = False  # the last write failed (for logging the change only)
         self._retrying: asyncio.Task[None] | None = None
+        # Writes waiting for the next commit, each caller's with the future it awaits.
+        self._queued: list[tuple[list[_Write], asyncio.Future[None]]] = []
+        self._committing: asyncio.Task[None] | None = None
 
     def load_all(self) -> list[TaskRecord]:
         """Every record, oldest first. Blocks: call at start-up, before the loop runs tasks."""
@@ -92,9 +101,21 @@ class TaskStore:
         """Insert or update; returns once durable. Cheap: the spec is written only once.
         Raises StorageError if the state dir refused it: the record is then written at the
         next chance (the next write, or a retry)."""
-        text = record.to_json()  # here, on the loop: the record changes only there
-        write = functools.partial(self._write_record, record.task_id, record.raw, text)
-        await self._write(f"task {record.task_id}", write)
+        await self.save_many([record])
+
+    async def save_many(self, records: Sequence[TaskRecord]) -> None:
+        """Save every record in one commit; returns once all are durable. Raises StorageError
+        if the state dir refused them: none is on disk then, all are written at the next
+        chance."""
+        writes: list[_Write] = [
+            # to_json here, on the loop: a record changes only there
+            (
+                f"task {r.task_id}",
+                functools.partial(self._write_record, r.task_id, r.raw, r.to_json()),
+            )
+            for r in records
+        ]
+        await self._write(writes)
 
     async def delete(self, task_id: str) -> None:
         """Forget a task. A deletion the state dir refuses is logged and done later."""
@@ -115,8 +136,12 @@ class TaskStore:
         """A last try at what is pending, then close. Blocks."""
         if self._retrying is not None:
             self._retrying.cancel()
+        if self._committing is not None:
+            self._committing.cancel()
+        queued = [write for writes, _ in self._queued for write in writes]
+        self._queued = []
         try:
-            self._executor.submit(self._flush).result()
+            self._executor.submit(self._queue_and_flush, queued).result()
         except StorageError as error:
             log.error("state dir: %d changes lost at exit: %s", len(self._pending), error)
         self._executor.submit(self._db.close).result()
@@ -124,18 +149,42 @@ class TaskStore:
 
     # -- writes, on the writer thread ---------------------------------------------------------
 
-    async def _write(self, key: str, write: Callable[[], None]) -> None:
+    async def _write(self, writes: list[_Write]) -> None:
+        """Queue `writes` for the next commit and wait for it."""
+        done = asyncio.get_running_loop().create_future()
+        self._queued.append((writes, done))
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_queued())
+        await done
+
+    async def _commit_queued(self) -> None:
+        """Commit what is queued, batch after batch, until the queue is empty."""
         loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._queue_and_flush, key, write)
-        except StorageError:
-            if self._retrying is None or self._retrying.done():
-                self._retrying = asyncio.create_task(self._retry())
-            raise
+        while self._queued:
+            batches, self._queued = self._queued, []
+            writes = [write for batch, _ in batches for write in batch]
+            failure: Exception | None = None
+            try:
+                await loop.run_in_executor(self._executor, self._queue_and_flush, writes)
+            except StorageError as error:
+                if self._retrying is None or self._retrying.done():
+                    self._retrying = asyncio.create_task(self._retry())
+                failure = error
+            except Exception as error:  # a bug: every caller hears of it, none waits forever
+                failure = error
+            for _, done in batches:
+                if done.done():  # its caller was cancelled
+                    continue
+                if failure is None:
+                    done.set_result(None)
+                elif isinstance(failure, StorageError):  # one of its own per caller
+                    done.set_exception(StorageError(str(failure), no_space=failure.no_space))
+                else:
+                    done.set_exception(failure)
 
     async def _write_later(self, key: str, write: Callable[[], None]) -> None:
         try:
-            await self._write(key, write)
+            await self._write([(key, write)])
         except StorageError as error:
             log.warning("state dir: %s not written yet: %s", key, error)
 
@@ -151,22 +200,33 @@ class TaskStore:
             except StorageError:
                 continue
 
-    def _queue_and_flush(self, key: str, write: Callable[[], None]) -> None:
-        self._pending.pop(key, None)  # the newer write goes last, after what it may depend on
-        self._pending[key] = write
+    def _queue_and_flush(self, writes: list[_Write]) -> None:
+        for key, write in writes:
+            self._pending.pop(key, None)  # the newer write goes last, after what it may depend on
+            self._pending[key] = write
         self._flush()
 
     def _flush(self) -> None:
-        """Every pending write, oldest first; raises StorageError at the first the state dir
-        refuses (it and the rest stay pending)."""
+        """Every pending write, oldest first, in one commit; raises StorageError if the state
+        dir refuses it (all stay pending)."""
         count = len(self._pending)
-        while self._pending:
-            key, write = next(iter(self._pending.items()))
-            try:
+        if not count:
+            return
+        stored = set(self._stored)  # as it was, should the transaction roll back
+        try:
+            self._db.execute("BEGIN")
+            for write in self._pending.values():
                 write()
-            except sqlite3.OperationalError as error:
-                raise self._refused(error) from error
-            del self._pending[key]
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            self._stored = stored
+            raise self._refused(error) from error
+        except BaseException:
+            self._stored = stored
+            if self._db.in_transaction:
+                self._db.rollback()
+            raise
+        self._pending.clear()
         if self._refusing:
             self._refusing = False
             log.warning("state dir: writable again; %d pending changes written", count)

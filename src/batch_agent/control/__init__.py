@@ -4,14 +4,24 @@
 This package is the only importer of googleapiclient, httplib2, google.auth and
 google_auth_httplib2 in the project; everything else talks to the names below and the wire
 models. Its modules: `client` (ControlPlane), `errors` (what a failure means, Retry-After),
-`credentials` (tokens from a metadata server), `deadline` (the per-call watchdog), `backoff`.
+`credentials` (tokens from a metadata server), `deadline` (the per-call watchdog), `backoff`,
+`deferred` (two modules of the client libraries loaded only if used).
 Nothing here retries or reads the environment.
 """
 
-from batch_agent.control.backoff import Backoff
-from batch_agent.control.client import CLOUD_PLATFORM_SCOPE, DEFAULT_DEADLINE, ControlPlane
-from batch_agent.control.credentials import MetadataServerCredentials
-from batch_agent.control.errors import (
+from batch_agent.control.deferred import defer_unused_imports
+
+defer_unused_imports()  # before httplib2 and googleapiclient are imported (see `deferred`)
+
+# ruff: isort: split
+from batch_agent.control.backoff import Backoff  # noqa: E402
+from batch_agent.control.client import (  # noqa: E402
+    CLOUD_PLATFORM_SCOPE,
+    DEFAULT_DEADLINE,
+    ControlPlane,
+)
+from batch_agent.control.credentials import MetadataServerCredentials  # noqa: E402
+from batch_agent.control.errors import (  # noqa: E402
     MAX_RETRY_AFTER,
     ControlPlaneError,
     is_retryable_status,

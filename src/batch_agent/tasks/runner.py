@@ -8,9 +8,17 @@ to the run); the run knows nothing of HTTP or of the store's form. After an agen
 same code resumes from the record: finished runnables are not run again, started ones are
 recovered from their handle.
 
-What is saved when (each `persist` is one fsync; the in-process tests pin these down):
+What is saved when (each save is one fsync; the in-process tests pin these down):
 - a state change or an event: at once, before it is reported (`transition`, `_event`);
 - a runnable's intent to start: before it starts, so a crash never leads to a second start;
+- ASSIGNED -> RUNNING: in one save with the first runnable's intent (on its own only when no
+  intent comes first: a barrier first, or nothing starts). A save writes the whole record, so
+  after a crash the disk holds both or neither. Neither: the task is ASSIGNED with no runnable,
+  and nothing ran (a runnable starts only once its intent is on disk): the next agent starts
+  it from the top. Both: the next agent recovers that runnable from its handle and never
+  starts it again, and the RUNNING event, on disk with the record, is reported then; the early
+  report is asked for only after the save, so the server never hears of RUNNING before the
+  disk has it. A save the state dir refuses leaves both in memory, written together later;
 - a container's start and end: at once (it is found by labels, and removed after it ends);
 - a script's pid and exit code: with the next save; until then the waiter's command line and
   its status file let a restarted agent find both;
@@ -130,8 +138,6 @@ class TaskRun:
                 await self._poststop()
                 await self._transition_to_failed(ExitResult(ExitCode.AGENT_FAILURE, reason=problem))
                 return
-        if self.record.state is TaskState.ASSIGNED:
-            await self._lifecycle.transition(self.record, TaskState.RUNNING)
         shipping = asyncio.create_task(self._output.follow())
         try:
             outcome = await self._run_sequence()
@@ -139,6 +145,7 @@ class TaskRun:
             shipping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shipping
+        await self._enter_running()  # when no runnable started, RUNNING comes before the end
         await self._output.ship(final=True)
         await self._poststop()
         if not outcome.ok and self._preempted:
@@ -255,7 +262,11 @@ class TaskRun:
         self.record.runnables[k] = RunnableRecord()
         self.record.runnables[k].adopt(prepared.handle)
         self.record.runnable = max(self.record.runnable, k)
-        await self._lifecycle.persist(self.record)
+        if self.record.state is TaskState.ASSIGNED:
+            # ASSIGNED -> RUNNING: saved with this first intent, in one commit
+            await self._lifecycle.transition(self.record, TaskState.RUNNING)
+        else:
+            await self._lifecycle.persist(self.record)
         started = await prepared.start()
         if isinstance(started, ExitResult):
             self.record.runnables[k].exit_code = task_code(started)
@@ -296,6 +307,7 @@ class TaskRun:
     async def _wait_barrier(self, runnable: RunnablePlan) -> None:
         """Report `runnable = k` and wait for `reachedBarrier >= k`, cancel or the deadline."""
         k = runnable.index
+        await self._enter_running()
         self.record.runnable = max(self.record.runnable, k)
         assert isinstance(runnable.action, BarrierSpec)
         if runnable.display_name:
@@ -304,6 +316,12 @@ class TaskRun:
             await self._lifecycle.persist(self.record)
         self._lifecycle.notify()
         await self._barriers.wait(k, cancelled=self._cancelled, remaining=self._remaining)
+
+    async def _enter_running(self) -> None:
+        """ASSIGNED -> RUNNING on its own save, when no runnable's intent carried it."""
+        if self.record.state is TaskState.ASSIGNED:
+            # ASSIGNED -> RUNNING: the first runnable is a barrier, or none started
+            await self._lifecycle.transition(self.record, TaskState.RUNNING)
 
     async def _stop(self, execution: Execution) -> bool:
         return await stop_within(execution, self._settings.kill_grace)

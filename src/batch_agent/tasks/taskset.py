@@ -113,8 +113,10 @@ class TaskSet:
                 self._launch(slot, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
 
     async def apply(self, tasks: list[dict[str, Any]]) -> int:
-        """Apply a response's tasks; returns how many were new."""
-        new = 0
+        """Apply a response's tasks; returns how many were new. The new ones are saved in one
+        commit, before any of them starts."""
+        seen: list[tuple[_Slot, AgentTask | BadAgentTask]] = []
+        new: list[tuple[_Slot, AgentTask | BadAgentTask]] = []
         for raw in tasks:
             task = parse_agent_task(raw)
             name = task.task
@@ -129,15 +131,18 @@ class TaskSet:
             if slot is not None and slot.teardown is not None:
                 continue  # the same name again (a retry): accepted once the old one is gone
             if slot is None:
-                new += 1
-                slot = await self._accept(task, raw)
+                slot = self._slots[name] = _Slot(TaskRecord(task_id=name, raw=dict(raw)))
+                new.append((slot, task))
+            seen.append((slot, task))
+        await self._accept(new)
+        for slot, task in seen:
             if slot.run is None:
                 continue
             if task.intended_state is IntendedState.CANCELLED:
                 slot.run.cancel()
             if isinstance(task, AgentTask):
                 slot.run.update_barrier(task.reached_barrier)
-        return new
+        return len(new)
 
     def preempted(self) -> None:
         """The VM got its preemption notice: the failures that follow are the preemption's."""
@@ -219,28 +224,34 @@ class TaskSet:
 
     # -- one task's life ----------------------------------------------------------------------
 
-    async def _accept(self, task: AgentTask | BadAgentTask, raw: dict[str, Any]) -> _Slot:
-        """A task seen for the first time: persist it before anything runs, then start it."""
-        record = TaskRecord(task_id=task.task, raw=dict(raw))
-        slot = self._slots[task.task] = _Slot(record)
-        plan = await self._plan_or_fail(record, task)  # a bad spec: one save, of its failure
-        if plan is None:
-            return slot
+    async def _accept(self, tasks: list[tuple[_Slot, AgentTask | BadAgentTask]]) -> None:
+        """Tasks seen for the first time (their slots just made): persist them, in one commit,
+        before anything runs, then start them."""
+        accepted: list[tuple[_Slot, TaskPlan, AgentTask | BadAgentTask]] = []
+        for slot, task in tasks:
+            plan = await self._plan_or_fail(
+                slot.record, task
+            )  # a bad spec: one save, of its failure
+            if plan is not None:
+                accepted.append((slot, plan, task))
+        if not accepted:
+            return
         try:
-            await self._store.save(record)
+            await self._store.save_many([slot.record for slot, _, _ in accepted])
         except StorageError as error:
-            # ASSIGNED -> FAILED: a task the agent cannot record must not run (a crash would
-            # forget it and the server's next answer would start it a second time)
-            await self.transition(
-                record,
-                TaskState.FAILED,
-                exit_code=ExitCode.AGENT_FAILURE,
-                cause=events.CANNOT_RECORD.format(reason=error),
-            )
-            return slot
-        log.info("task %s: accepted", task.task)
-        self._launch(slot, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
-        return slot
+            for slot, _, _ in accepted:
+                # ASSIGNED -> FAILED: a task the agent cannot record must not run (a crash would
+                # forget it and the server's next answer would start it a second time)
+                await self.transition(
+                    slot.record,
+                    TaskState.FAILED,
+                    exit_code=ExitCode.AGENT_FAILURE,
+                    cause=events.CANNOT_RECORD.format(reason=error),
+                )
+            return
+        for slot, plan, task in accepted:
+            log.info("task %s: accepted", task.task)
+            self._launch(slot, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
 
     async def _plan_or_fail(
         self, record: TaskRecord, task: AgentTask | BadAgentTask

@@ -1,0 +1,146 @@
+"""64 tasks at once: from the response that assigns them to all 64 running, vs 64 bare Popens.
+
+Each repeat starts a fresh emulator and agent, waits for the agent's first reports, then adds
+64 one-runnable tasks mid-interval (all carried by one response; a report arriving while they
+are added voids the repeat). Each task's script is `echo N > CLOCK; read _ < GATE`: its first
+command stamps a line on `dispatch.FifoClock`, then it blocks until released. The agent's
+figure runs from that response's `Report.time` to the 64th line read; with all 64 running, the
+agent's thread count and VmRSS are read from /proc/PID/status. The gate is then opened (64
+newlines, one per blocked `read`) and the tasks end. The baseline, in the same repeat: the same
+script started 64 times by `subprocess.Popen(["/bin/sh", SCRIPT])` from this process, from the
+first Popen to the 64th line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from _common import Agent, fmt_ms, rss_bytes
+from dispatch import AFTER_REPORT, FifoClock, wait_for
+
+from batch_agent.emulator import Emulator
+
+TASKS = 64
+TARGET_RATIO = 2.0  # the agent within 2x of bare Popen
+TIMEOUT = 60.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=TASKS)
+    parser.add_argument("--repeats", type=int, default=5, help="agent/bare pairs, interleaved")
+    args = parser.parse_args()
+
+    agent_s, bare_s, threads, rss = [], [], [], []
+    for i in range(args.repeats):
+        took, thread_count, rss_mb = through_agent(args.tasks)
+        bare_took = bare(args.tasks)
+        agent_s.append(took)
+        bare_s.append(bare_took)
+        threads.append(thread_count)
+        rss.append(rss_mb)
+        print(
+            f"start{args.tasks} run {i + 1}: agent={fmt_ms(took)} bare={fmt_ms(bare_took)} "
+            f"threads={thread_count} rss={rss_mb:.1f}MB"
+        )
+    print(f"start{args.tasks}: agent {summary(agent_s)}")
+    print(f"  bare Popen {summary(bare_s)}")
+    print(f"  agent threads with {args.tasks} running: {min(threads)}..{max(threads)}")
+    print(f"  agent VmRSS with {args.tasks} running: {min(rss):.1f}..{max(rss):.1f}MB")
+    ratio = statistics.median(agent_s) / statistics.median(bare_s)
+    met = ratio <= TARGET_RATIO
+    print(
+        f"  target median within {TARGET_RATIO}x of bare: {ratio:.2f}x", "met" if met else "NOT met"
+    )
+
+
+def through_agent(tasks: int) -> tuple[float, int, float]:
+    """(seconds from the assigning response to all running, threads, VmRSS MB then)."""
+    emu = Emulator(None, default_report_interval="1s", min_report_interval="0.2s", log=None)
+    emu.start()
+    agent: Agent | None = None
+    with tempfile.TemporaryDirectory(prefix="bench-start64-") as tmp:
+        clock = FifoClock(Path(tmp) / "clock")
+        gate = Path(tmp) / "gate"
+        os.mkfifo(gate)
+        gate_fd = os.open(gate, os.O_RDWR)  # a writer always exists: `read` waits for a line
+        try:
+            agent = Agent(emu, Path(tmp) / "state")
+            wait_for(lambda: len(emu.reports) >= 2, "the agent's first reports")
+            count = len(emu.reports)
+            wait_for(lambda: len(emu.reports) > count, "a report")
+            time.sleep(AFTER_REPORT)
+            before = len(emu.reports)
+            names = [emu.add_task(task(f"t{i}", clock.path, gate)) for i in range(tasks)]
+            if len(emu.reports) != before:
+                raise SystemExit("a report arrived while adding the tasks; rerun")
+            ran = clock.expect_all({f"t{i}" for i in range(tasks)})
+            took = ran - emu.reports[before].time
+            thread_count = threads_of(agent.proc.pid)
+            rss_mb = rss_bytes(agent.proc.pid) / 1e6
+            os.write(gate_fd, b"\n" * tasks)
+            wait_for(lambda: all(emu.task_state(n) == "SUCCEEDED" for n in names), "all to end")
+            agent.close()
+        finally:
+            if agent is not None:
+                agent.close()
+            emu.stop()
+            clock.close()
+            os.close(gate_fd)
+    return took, thread_count, rss_mb
+
+
+def bare(tasks: int) -> float:
+    """Seconds from the first of `tasks` Popen(["/bin/sh", SCRIPT]) to the last one running."""
+    with tempfile.TemporaryDirectory(prefix="bench-start64-bare-") as tmp:
+        clock = FifoClock(Path(tmp) / "clock")
+        gate = Path(tmp) / "gate"
+        os.mkfifo(gate)
+        gate_fd = os.open(gate, os.O_RDWR)
+        scripts = []
+        for i in range(tasks):
+            script = Path(tmp) / f"b{i}.sh"
+            script.write_text(f"echo b{i} > {clock.path}; read _ < {gate}\n")
+            scripts.append(script)
+        try:
+            start = time.monotonic()
+            processes = [
+                subprocess.Popen(["/bin/sh", str(s)], stdin=subprocess.DEVNULL) for s in scripts
+            ]
+            ran = clock.expect_all({f"b{i}" for i in range(tasks)})
+            os.write(gate_fd, b"\n" * tasks)
+            for process in processes:
+                process.wait()
+        finally:
+            clock.close()
+            os.close(gate_fd)
+    return ran - start
+
+
+def task(token: str, clock: Path, gate: Path) -> dict[str, object]:
+    text = f"echo {token} > {clock}; read _ < {gate}"
+    return {"intendedState": "ASSIGNED", "spec": {"runnables": [{"script": {"text": text}}]}}
+
+
+def threads_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Threads for pid {pid}")
+
+
+def summary(samples: list[float]) -> str:
+    return (
+        f"min={fmt_ms(min(samples))} median={fmt_ms(statistics.median(samples))} "
+        f"max={fmt_ms(max(samples))}"
+    )
+
+
+if __name__ == "__main__":
+    main()
