@@ -15,10 +15,17 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 from typing import TextIO
 
 from batch_agent.tasks.output import Lines
+
+# Bytes of formatted log a write makes at most (one line may make more): a batch of short lines
+# grows several times over once each line has its head; kept in slices this size, the memory it
+# takes is reused by the allocator instead of being mapped, faulted in and given back each time.
+WRITE_SIZE = 64 * 1024
 
 
 class OutputLog:
@@ -34,35 +41,53 @@ class OutputLog:
         """Log `lines` of a runnable's `stream` ("stdout" or "stderr"), each tagged with `tag`."""
         now = datetime.now().astimezone()
         severity = "INFO" if stream == "stdout" else "ERROR"
+        data = lines.data
+        if not data.isascii():  # the common case skips a decode and an encode
+            data = lines.text().encode()
+        form: Callable[[bytes], bytes]
         if self._json:
-            blob = _json_lines(lines, now, severity, tag, stream)
+            json_head = _json_head(lines, now, severity, tag, stream)
+            # JSON makes four strings of a slice's size on the way: slices a quarter the size
+            form, head, size = partial(_json_lines, json_head), len(json_head), WRITE_SIZE // 4
         else:
-            blob = _text_lines(lines, now, severity, tag, stream)
+            millis = now.microsecond // 1000
+            part = "" if not lines.part else f" part {lines.part}{' end' * lines.last}"
+            text_head = f"{now:%Y-%m-%d %H:%M:%S},{millis:03d} {severity} [{tag} {stream}{part}] "
+            form, head, size = partial(_text_lines, text_head.encode()), len(text_head), WRITE_SIZE
         out = self._stream or sys.stderr
         with self._lock:
             out.flush()  # whatever the logging module wrote to the text layer goes first
-            out.buffer.write(blob)
+            for piece in _slices(data, head, size):
+                out.buffer.write(form(piece))
             out.buffer.flush()
 
 
-def _text_lines(lines: Lines, now: datetime, severity: str, tag: str, stream: str) -> bytes:
-    """One text log line a line: each newline becomes a newline and the next line's head."""
-    millis = now.microsecond // 1000
-    part = "" if not lines.part else f" part {lines.part}{' end' * lines.last}"
-    head = f"{now:%Y-%m-%d %H:%M:%S},{millis:03d} {severity} [{tag} {stream}{part}] ".encode()
-    data = lines.data
-    if not data.isascii():  # the common case skips a decode and an encode
-        data = lines.text().encode()
+def _slices(data: bytes, head: int, size: int) -> Iterator[bytes]:
+    """`data` in runs of whole lines that make about `size` bytes each with a `head`-byte head
+    a line."""
+    lines = data.count(b"\n") + 1
+    if len(data) + lines * head <= size:
+        yield data
+        return
+    step = max(1, size * len(data) // (len(data) + lines * head))  # input bytes a slice
+    start = 0
+    while len(data) - start > step:
+        end = data.rfind(b"\n", start, start + step)
+        if end < 0:
+            end = data.find(b"\n", start + step)
+            if end < 0:
+                break
+        yield data[start:end]
+        start = end + 1
+    yield data[start:]
+
+
+def _text_lines(head: bytes, data: bytes) -> bytes:
+    """One text log line a line of `data`: each newline becomes a newline and the next head."""
     return head + data.replace(b"\n", b"\n" + head) + b"\n"
 
 
-# Stands for a line break while a batch is JSON-escaped as one string: JSON leaves it as is
-# (unlike an escaped newline, it cannot be confused with the user's own backslashes).
-_BREAK = "\ue000"
-
-
-def _json_lines(lines: Lines, now: datetime, severity: str, tag: str, stream: str) -> bytes:
-    """One JSON object a line; the batch's text is escaped in one call, not line by line."""
+def _json_head(lines: Lines, now: datetime, severity: str, tag: str, stream: str) -> str:
     entry: dict[str, object] = {
         "time": now.isoformat(timespec="milliseconds"),
         "severity": severity,
@@ -72,8 +97,18 @@ def _json_lines(lines: Lines, now: datetime, severity: str, tag: str, stream: st
     }
     if lines.part:
         entry |= {"part": lines.part, "end": lines.last}
-    head = json.dumps(entry)[:-1] + ', "message": '
-    text = lines.text()
+    return json.dumps(entry)[:-1] + ', "message": '
+
+
+# Stands for a line break while a batch is JSON-escaped as one string: JSON leaves it as is
+# (unlike an escaped newline, it cannot be confused with the user's own backslashes), and, below
+# U+0100, it keeps an ASCII batch's string at one byte a character.
+_BREAK = "\x85"
+
+
+def _json_lines(head: str, data: bytes) -> bytes:
+    """One JSON object a line of `data` (valid UTF-8); escaped in one call, not line by line."""
+    text = data.decode()
     if _BREAK in text:  # the user printed our stand-in: line by line, then
         return "".join(f"{head}{json.dumps(line)}}}\n" for line in text.split("\n")).encode()
     escaped = json.dumps(text.replace("\n", _BREAK), ensure_ascii=False)

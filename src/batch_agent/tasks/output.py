@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_LINE = 16 * 1024  # bytes: a longer line is cut into pieces of at most this many
-READ_CHUNK = 256 * 1024  # bytes per read: bounds one batch, and so the sink's memory too
+READ_CHUNK = 32 * 1024  # bytes per read: bounds a batch; small enough to be reused by malloc
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,10 @@ runnable ends, and the custom status events the lines carry.
 `Shipping` is the tick: one timer for the whole agent, however many tasks run. Each tick
 looks at the sizes of the followed tasks' output files (a stat each, nothing opened) and ships
 only the tasks whose files changed, concurrently, each in a worker thread, each up to the end
-of its files as they were. `LiveOutput` is one task's side: it wraps `TaskOutput` (the
-blocking reads) with the task's record: the shipped offsets advance in the record and the
-tick saves them at once, so a restarted agent goes on where the last one stopped; custom
+of its files as they were; while a task floods, rounds follow each other without a pause.
+`LiveOutput` is one task's side: it wraps `TaskOutput` (the blocking reads) with the task's
+record: the shipped offsets advance in the record and the tick saves them after its round (at
+most once per SHIP_EVERY), so a restarted agent goes on where the last one stopped; custom
 events are recorded up to MAX_CUSTOM_EVENTS per task, and one more event says how many were
 dropped beyond that (a runnable printing 20,000 of them must not grow every report and every
 save). One shipment at a time per task: the tick and the final shipments take turns on a lock.
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SHIP_EVERY = 0.5  # seconds between output shipments while runnables run
 MAX_CUSTOM_EVENTS = 100  # custom status events recorded per task
+BUSY = 1024 * 1024  # bytes shipped of one task in a round that make the next round start at once
 
 
 class LiveOutput:
@@ -45,17 +47,19 @@ class LiveOutput:
         self._lifecycle = lifecycle
         self._now = now
         self._turn = asyncio.Lock()
+        self._saved = self._offsets()  # as last saved here (or loaded)
 
     def pending(self) -> bool:
         """Whether a running runnable's files changed size and no shipment is under way."""
         return not self._turn.locked() and self._output.pending(self._running())
 
-    async def ship(self, *, final: bool, only: int | None = None, save: bool = False) -> None:
-        """Ship new lines of the running runnables (or of runnable `only`), then record the
-        custom events they held. `final`: also an unterminated last line (the writer ended).
-        `save`: persist the record when its offsets moved (otherwise the next save does)."""
+    async def ship(self, *, final: bool, only: int | None = None) -> int:
+        """Ship new lines of the running runnables (or of runnable `only`), then record (and
+        save at once) the custom events they held; return how many bytes were shipped.
+        `final`: also an unterminated last line (the writer ended). The moved offsets are
+        saved by `save_if_moved` or by the task's next save."""
         chosen = self._running() if only is None else {only: self._record.runnables[only]}
-        before = self._offsets()
+        before = sum(map(sum, self._offsets()))
         async with self._turn:
             # A shipment in a worker thread cannot be interrupted: let it finish even if the
             # caller is cancelled, so that two never overlap.
@@ -70,10 +74,18 @@ class LiveOutput:
                 raise
         if custom:
             self._record_custom(custom)
-        if custom or (save and self._offsets() != before):
-            await self._lifecycle.persist(self._record)
-        if custom:
+            await self._save()
             self._lifecycle.notify()
+        return sum(map(sum, self._offsets())) - before
+
+    async def save_if_moved(self) -> None:
+        """Persist the record if its offsets moved since this object last saved it."""
+        if self._offsets() != self._saved:
+            await self._save()
+
+    async def _save(self) -> None:
+        self._saved = self._offsets()
+        await self._lifecycle.persist(self._record)
 
     def _running(self) -> dict[int, RunnableRecord]:
         """Runnables still running; a finished one was shipped to its end already."""
@@ -116,13 +128,22 @@ class Shipping:
             self._tick = None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        saved_at, flooding = loop.time(), False
         while True:
-            await asyncio.sleep(self._every)
+            # A task that printed BUSY bytes since the last round is likely still printing:
+            # go again at once, or a fast writer would outrun us by half a second each round.
+            await asyncio.sleep(0 if flooding else self._every)
             changed = [live for live in self._following if live.pending()]
-            if not changed:
-                continue
-            shipments = (live.ship(final=False, save=True) for live in changed)
-            results = await asyncio.gather(*shipments, return_exceptions=True)
+            results = await asyncio.gather(
+                *(live.ship(final=False) for live in changed), return_exceptions=True
+            )
             for result in results:
                 if isinstance(result, Exception):
                     log.error("output shipment failed", exc_info=result)
+            flooding = any(isinstance(r, int) and r >= BUSY for r in results)
+            if not flooding or loop.time() - saved_at >= self._every:
+                # Offsets are saved at most once per SHIP_EVERY, so a flood costs no more saves.
+                for live in list(self._following):
+                    await live.save_if_moved()
+                saved_at = loop.time()
