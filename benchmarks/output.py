@@ -64,7 +64,7 @@ def main() -> None:
             f"  run {i + 1}: " + " ".join(f"{k}={v:.2f}" for k, v in figures.items()),
             f"(idle RSS {idle_rss / 1e6:.1f} MB)",
         )
-    for key, values in rows.items():
+    for key, values in rows.items() if args.repeats else ():
         low, mid, high = min(values), statistics.median(values), max(values)
         line = f"{key:>12}: min {low:8.2f}  median {mid:8.2f}  max {high:8.2f}"
         if key in TARGETS:
