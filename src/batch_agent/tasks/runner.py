@@ -14,7 +14,7 @@ What is saved when (each `persist` is one fsync; the in-process tests pin these 
 - a container's start and end: at once (it is found by labels, and removed after it ends);
 - a script's pid and exit code: with the next save; until then the waiter's command line and
   its status file let a restarted agent find both;
-- output offsets: by the agent's shipping tick, right after a shipment that moved them.
+- output offsets: by the agent's shipping tick after a round that moved them (<= every 0.5 s).
 """
 
 from __future__ import annotations
