@@ -1,14 +1,15 @@
-"""Shipping a runnable's output file to a sink, line by line, from a durable offset.
+"""Shipping a runnable's output file to a sink, in batches of lines, from a durable offset.
 
 The runnable appends to a file; an `OutputShipper` reads what is new since the last call and
-hands each line to `emit`. Memory stays bounded whatever the child prints: reads are bounded
-chunks, a call reads at most a bounded amount, and a line longer than `max_line` bytes is cut
-into `max_line`-byte pieces instead of being accumulated. The returned offset counts only bytes
-fully shipped, so a restarted agent that resumes from it re-ships at most one partial line.
+hands it on as `Lines`: a block of whole lines as the bytes the file holds (no per-line
+objects), or one piece of a line longer than `max_line`, which is cut into numbered pieces
+instead of being accumulated. Memory stays bounded whatever the child prints: one read chunk
+plus at most `max_line` bytes kept between calls. The returned offset counts only bytes fully
+shipped, so a restarted agent that resumes from it re-ships at most one partial line.
 
 This module must not know about tasks, processes or where lines go (agent log, Cloud Logging),
-and must not hold more than about `max_line` + one read chunk of output at any time. Its file
-I/O is blocking, in small bounded reads; the caller decides whether to run it in a thread.
+and never follows a symlink or reads anything but a regular file. Its file I/O is blocking, in
+bounded reads; the caller decides whether to run it in a thread.
 """
 
 from __future__ import annotations
@@ -16,108 +17,151 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-READ_CHUNK = 64 * 1024
-READ_BUDGET = 4 * 1024 * 1024  # per non-final call, so one flooding runnable can't starve others
+MAX_LINE = 16 * 1024  # bytes: a longer line is cut into pieces of at most this many
+READ_CHUNK = 32 * 1024  # bytes per read: bounds a batch; small enough to be reused by malloc
+
+
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """What a shipper hands on: `data` is one or more lines joined by b"\\n" (no final newline;
+    b"" is one empty line), or, when `part` > 0, the part-th piece of one cut line (`last`: the
+    line ends with this piece). Iterating yields the lines decoded (invalid UTF-8 replaced)."""
+
+    data: bytes
+    part: int = 0
+    last: bool = True
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.text().split("\n"))
+
+
+Deliver = Callable[[Lines], None]
 
 
 class OutputShipper:
-    """Ships complete lines of one output file to `emit`, resuming from `offset`.
-
-    Not thread-safe; `emit` is called synchronously, with the line decoded as UTF-8 (invalid
-    bytes replaced) and without its newline. A call reads at most `read_budget` bytes (unless
-    final); `max_line` (>= 4) bounds both an emitted line and the bytes kept between calls.
-    """
+    """Ships one output file, resuming from `offset`. Not thread-safe; `deliver` is called
+    synchronously; `max_line` (>= 4) bounds a delivered line and the bytes kept between calls."""
 
     def __init__(
         self,
         path: Path,
         *,
-        emit: Callable[[str], None],
         offset: int = 0,
-        max_line: int = 16384,
-        read_budget: int = READ_BUDGET,
+        max_line: int = MAX_LINE,
+        read_chunk: int = READ_CHUNK,
     ) -> None:
-        if max_line < 4 or read_budget < 1:
-            raise ValueError("max_line must be at least 4 bytes and read_budget positive")
+        if max_line < 4 or read_chunk < 1:
+            raise ValueError("max_line must be at least 4 bytes and read_chunk positive")
         self.path = path
-        self._emit = emit
         self._max_line = max_line
-        self._read_budget = read_budget
+        self._read_chunk = read_chunk
         self._offset = offset  # first byte not yet shipped: what the caller persists
         self._tail = b""  # bytes read after _offset, not yet a line (<= max_line of them)
+        self._part = 0  # pieces of the current (cut) line shipped so far
 
     @property
     def offset(self) -> int:
         """The durable offset: every byte before it has been shipped."""
         return self._offset
 
-    def ship(self, *, final: bool = False) -> int:
-        """Emit the lines appended since the last call; return the new durable offset.
+    def pending(self) -> bool:
+        """Whether the file's size differs from what was read (grown, or truncated): one
+        lstat, no open. A missing file, a symlink or a non-regular file has nothing pending."""
+        try:
+            found = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(found.st_mode):
+            return False
+        return found.st_size != self._offset + len(self._tail)
 
-        Reads at most `read_budget` bytes per call (call again to catch up), except with
-        `final=True`, which reads up to the end of file as it was when the call began and
-        then emits the incomplete last line too (for when the writer has exited). A missing
-        file ships nothing, and so does a symlink or anything else that is not a regular file
-        (never followed or read). A file shorter than the offset (truncated) is shipped again
-        from its start. Blocks on local reads; raises OSError only for unexpected I/O errors.
-        """
-        f = _open_regular(self.path)
-        if f is None:
+    def ship(self, deliver: Deliver, *, final: bool = False) -> int:
+        """Deliver what was appended since the last call, up to the end of file as it was when
+        the call began; return the new durable offset. Complete lines go out; an unterminated
+        last line waits, unless `final` (the writer has ended). A missing file ships nothing,
+        and so does a symlink or anything else that is not a regular file (never followed or
+        read). A file shorter than the offset (truncated) is shipped again from its start.
+        Blocks on local reads; raises OSError only for unexpected I/O errors."""
+        fd = _open_regular(self.path)
+        if fd is None:
             return self._offset
-        with f:
-            size = os.fstat(f.fileno()).st_size
+        try:
+            size = os.fstat(fd).st_size
             position = self._offset + len(self._tail)
             if size < position:  # truncated behind our back: start over
-                self._offset, self._tail, position = 0, b"", 0
-            f.seek(position)
-            budget = size - position if final else min(self._read_budget, size - position)
-            while budget > 0:
-                chunk = f.read(min(READ_CHUNK, budget))
+                self._offset, self._tail, self._part, position = 0, b"", 0, 0
+            while position < size:
+                chunk = os.pread(fd, min(self._read_chunk, size - position), position)
                 if not chunk:
                     break
-                budget -= len(chunk)
-                self._consume(chunk)
-        if final and self._tail:
-            self._send(self._tail)
+                position += len(chunk)
+                self._consume(chunk, deliver)
+        finally:
+            os.close(fd)
+        if final and (self._tail or self._part):
+            piece = self._part + 1 if self._part else 0
+            deliver(Lines(self._tail, piece))
             self._offset += len(self._tail)
-            self._tail = b""
+            self._tail, self._part = b"", 0
         return self._offset
 
-    def _consume(self, chunk: bytes) -> None:
-        """Emit every complete line of tail+chunk; keep the rest (< max_line bytes) as tail."""
-        data = self._tail + chunk
-        start = 0
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            self._send(data[start:end])
-            self._offset += end + 1 - start
-            start = end + 1
-        while len(data) - start > self._max_line:
-            cut = start + _cut_point(data, start, self._max_line)
-            self._emit(data[start:cut].decode("utf-8", errors="replace"))
-            self._offset += cut - start
-            start = cut
+    def _consume(self, chunk: bytes, deliver: Deliver) -> None:
+        """Deliver every complete line of tail+chunk; cut the rest down to max_line bytes."""
+        data = self._tail + chunk if self._tail else chunk
+        end = data.rfind(b"\n") + 1  # data[:end] is whole lines
+        if end:
+            self._whole_lines(data, end, deliver)
+        start = end
+        while len(data) - start > self._max_line:  # no newline in sight: ship a piece
+            start = self._piece(data, start, len(data), deliver, last=False)
+        self._offset += start
         self._tail = data[start:]
 
-    def _send(self, line: bytes) -> None:
-        """Emit one line (no newline), in max_line pieces if it is longer; offset unchanged."""
-        start = 0
-        while len(line) - start > self._max_line:
-            cut = start + _cut_point(line, start, self._max_line)
-            self._emit(line[start:cut].decode("utf-8", errors="replace"))
-            start = cut
-        self._emit(line[start:].decode("utf-8", errors="replace"))
+    def _whole_lines(self, data: bytes, end: int, deliver: Deliver) -> None:
+        """Deliver data[:end] (ending in a newline): runs of lines of at most max_line bytes as
+        blocks, a longer line (or the end of a line already cut) as pieces."""
+        limit, pos, block = self._max_line, 0, 0
+        while pos < end:
+            if not self._part:
+                # The last newline within max_line + 1 bytes: every line up to it is short.
+                newline = data.rfind(b"\n", pos, min(pos + limit + 1, end))
+                if newline >= 0:
+                    pos = newline + 1
+                    continue
+            if block < pos:
+                deliver(Lines(data[block : pos - 1]))
+            newline = data.find(b"\n", pos, end)
+            while pos < newline or self._part:
+                pos = self._piece(data, pos, newline, deliver, last=True)
+                if not self._part:
+                    break
+            pos = block = newline + 1
+        if block < end:
+            deliver(Lines(data[block : end - 1]))
+
+    def _piece(self, data: bytes, start: int, stop: int, deliver: Deliver, *, last: bool) -> int:
+        """Deliver the next piece of the cut line data[start:stop]; return where it ended.
+        With `last`, stop is the line's end, and a piece reaching it ends the line."""
+        if stop - start <= self._max_line and last:
+            deliver(Lines(data[start:stop], self._part + 1, last=True))
+            self._part = 0
+            return stop
+        cut = start + _cut_point(data, start, self._max_line)
+        self._part += 1
+        deliver(Lines(data[start:cut], self._part, last=False))
+        return cut
 
 
-def _open_regular(path: Path) -> BinaryIO | None:
-    """`path` opened for reading if it is a regular file and no symlink; None if it is not
-    (or is missing)."""
+def _open_regular(path: Path) -> int | None:
+    """A read-only descriptor for `path` if it is a regular file and no symlink; None if it is
+    not (or is missing)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
@@ -130,7 +174,7 @@ def _open_regular(path: Path) -> BinaryIO | None:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         return None
-    return os.fdopen(fd, "rb")
+    return fd
 
 
 def _cut_point(data: bytes, start: int, limit: int) -> int:

@@ -22,13 +22,12 @@ What is saved when (each save is one fsync; the in-process tests pin these down)
 - a container's start and end: at once (it is found by labels, and removed after it ends);
 - a script's pid and exit code: with the next save; until then the waiter's command line and
   its status file let a restarted agent find both;
-- output offsets: by the shipping tick, when they moved.
+- output offsets: by the agent's shipping tick after a round that moved them (<= every 0.5 s).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from batch_agent.tasks.hooks import Hook
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.plan import BarrierSpec, RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
-from batch_agent.tasks.shipping import LiveOutput
+from batch_agent.tasks.shipping import LiveOutput, Shipping
 from batch_agent.tasks.taskoutput import Sink, TaskOutput
 from batch_agent.wire import TaskState
 
@@ -54,6 +53,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RunSettings:
     output: Sink  # where runnables' output lines go
+    shipping: Shipping = field(default_factory=Shipping)  # the agent's one shipping tick
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
@@ -138,13 +138,11 @@ class TaskRun:
                 await self._poststop()
                 await self._transition_to_failed(ExitResult(ExitCode.AGENT_FAILURE, reason=problem))
                 return
-        shipping = asyncio.create_task(self._output.follow())
+        self._settings.shipping.follow(self._output)
         try:
             outcome = await self._run_sequence()
         finally:
-            shipping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await shipping
+            self._settings.shipping.unfollow(self._output)
         await self._enter_running()  # when no runnable started, RUNNING comes before the end
         await self._output.ship(final=True)
         await self._poststop()

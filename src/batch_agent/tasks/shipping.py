@@ -1,28 +1,37 @@
-"""A running task's output on its way out: a shipping tick while runnables run, a last
-shipment when one ends, and the custom status events the lines carry.
+"""Running tasks' output on its way out: one agent-wide shipping tick, a last shipment when a
+runnable ends, and the custom status events the lines carry.
 
-Wraps `TaskOutput` (the blocking file reads, run in a worker thread) with the task's record:
-the shipped offsets advance in the record and are saved when they moved, so a restarted agent
-goes on where the last one stopped; custom events are recorded up to MAX_CUSTOM_EVENTS per
-task, and one more event says how many were dropped beyond that (a runnable printing 20,000
-of them must not grow every report and every save). One shipment at a time: `TaskOutput` is
-not thread-safe, so the tick and the final shipments take turns on a lock.
+`Shipping` is the tick: one timer for the whole agent, however many tasks run. Each tick
+looks at the sizes of the followed tasks' output files (a stat each, nothing opened) and ships
+only the tasks whose files changed, concurrently, each in a worker thread, each up to the end
+of its files as they were; while a task floods, rounds follow each other without a pause.
+`LiveOutput` is one task's side: it wraps `TaskOutput` (the blocking reads) with the task's
+record: the shipped offsets advance in the record and the tick saves them after its round (at
+most once per SHIP_EVERY), so a restarted agent goes on where the last one stopped; custom
+events are recorded up to MAX_CUSTOM_EVENTS per task, and one more event says how many were
+dropped beyond that (a runnable printing 20,000 of them must not grow every report and every
+save). One shipment at a time per task: the tick and the final shipments take turns on a lock.
+Knows nothing of processes, drivers or HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from datetime import datetime
 
 from batch_agent.tasks import events
 from batch_agent.tasks.lifecycle import Lifecycle
-from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.tasks.taskoutput import TaskOutput
 
-SHIP_EVERY = 0.5  # seconds between output shipments while a runnable runs
+log = logging.getLogger(__name__)
+
+SHIP_EVERY = 0.5  # seconds between output shipments while runnables run
 MAX_CUSTOM_EVENTS = 100  # custom status events recorded per task
+BUSY = 1024 * 1024  # bytes shipped of one task in a round that make the next round start at once
 
 
 class LiveOutput:
@@ -38,26 +47,19 @@ class LiveOutput:
         self._lifecycle = lifecycle
         self._now = now
         self._turn = asyncio.Lock()
+        self._saved = self._offsets()  # as last saved here (or loaded)
 
-    async def follow(self) -> None:
-        """Ship while runnables run, until cancelled; save the offsets when they moved."""
-        shipped = self._offsets()
-        while True:
-            await asyncio.sleep(SHIP_EVERY)
-            await self.ship(final=False)
-            offsets = self._offsets()
-            if offsets != shipped:
-                shipped = offsets
-                await self._lifecycle.persist(self._record)
+    def pending(self) -> bool:
+        """Whether a running runnable's files changed size and no shipment is under way."""
+        return not self._turn.locked() and self._output.pending(self._running())
 
-    async def ship(self, *, final: bool, only: int | None = None) -> None:
-        """Ship new lines of the running runnables (or of runnable `only`), then record the
-        custom events they held. `final`: also an unterminated last line (the writer ended)."""
-        runnables = self._record.runnables
-        if only is not None:
-            chosen = {only: runnables[only]}
-        else:  # those still running; a finished one was shipped to its end already
-            chosen = {k: r for k, r in runnables.items() if r.exit_code is None}
+    async def ship(self, *, final: bool, only: int | None = None) -> int:
+        """Ship new lines of the running runnables (or of runnable `only`), then record (and
+        save at once) the custom events they held; return how many bytes were shipped.
+        `final`: also an unterminated last line (the writer ended). The moved offsets are
+        saved by `save_if_moved` or by the task's next save."""
+        chosen = self._running() if only is None else {only: self._record.runnables[only]}
+        before = sum(map(sum, self._offsets()))
         async with self._turn:
             # A shipment in a worker thread cannot be interrupted: let it finish even if the
             # caller is cancelled, so that two never overlap.
@@ -72,8 +74,22 @@ class LiveOutput:
                 raise
         if custom:
             self._record_custom(custom)
-            await self._lifecycle.persist(self._record)
+            await self._save()
             self._lifecycle.notify()
+        return sum(map(sum, self._offsets())) - before
+
+    async def save_if_moved(self) -> None:
+        """Persist the record if its offsets moved since this object last saved it."""
+        if self._offsets() != self._saved:
+            await self._save()
+
+    async def _save(self) -> None:
+        self._saved = self._offsets()
+        await self._lifecycle.persist(self._record)
+
+    def _running(self) -> dict[int, RunnableRecord]:
+        """Runnables still running; a finished one was shipped to its end already."""
+        return {k: r for k, r in self._record.runnables.items() if r.exit_code is None}
 
     def _record_custom(self, descriptions: list[str]) -> None:
         record, at = self._record, self._now()
@@ -86,3 +102,48 @@ class LiveOutput:
 
     def _offsets(self) -> list[tuple[int, int]]:
         return [(r.stdout_offset, r.stderr_offset) for r in self._record.runnables.values()]
+
+
+class Shipping:
+    """The agent-wide tick over the followed tasks; it runs only while there are some. Must
+    be used from one event loop."""
+
+    def __init__(self, every: float = SHIP_EVERY) -> None:
+        self._every = every
+        self._following: dict[LiveOutput, None] = {}  # insertion-ordered set
+        self._tick: asyncio.Task[None] | None = None
+
+    def follow(self, live: LiveOutput) -> None:
+        """Ship `live` on every tick from now on (until `unfollow`)."""
+        self._following[live] = None
+        if self._tick is None:
+            self._tick = asyncio.create_task(self._run())
+
+    def unfollow(self, live: LiveOutput) -> None:
+        """Stop shipping `live` on ticks; a shipment of it under way finishes on its own lock.
+        The tick stops with the last task followed."""
+        self._following.pop(live, None)
+        if not self._following and self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        saved_at, flooding = loop.time(), False
+        while True:
+            # A task that printed BUSY bytes since the last round is likely still printing:
+            # go again at once, or a fast writer would outrun us by half a second each round.
+            await asyncio.sleep(0 if flooding else self._every)
+            changed = [live for live in self._following if live.pending()]
+            results = await asyncio.gather(
+                *(live.ship(final=False) for live in changed), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("output shipment failed", exc_info=result)
+            flooding = any(isinstance(r, int) and r >= BUSY for r in results)
+            if not flooding or loop.time() - saved_at >= self._every:
+                # Offsets are saved at most once per SHIP_EVERY, so a flood costs no more saves.
+                for live in list(self._following):
+                    await live.save_if_moved()
+                saved_at = loop.time()

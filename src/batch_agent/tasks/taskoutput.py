@@ -1,24 +1,25 @@
-"""One task's runnable output: from its per-runnable files to the agent's log, in bounded batches.
+"""One task's runnable output: from its per-runnable files to the agent's log, in batches.
 
 Reads with OutputShipper from the offsets the task record keeps (so a restarted agent goes on
-where the last one stopped), hands each batch of lines to the sink, and picks out the custom
-status events (`{"batch/custom/event": ...}` lines) for the runner to record. Blocking file
-I/O: call it from a worker thread. Knows nothing of processes, states or HTTP.
+where the last one stopped), hands each batch to the sink, and picks out the custom status
+events (`{"batch/custom/event": ...}` lines) for the runner to record: a batch is searched
+once for the key, and only the lines that hold it are decoded. Blocking file I/O in `ship`:
+call it from a worker thread. Knows nothing of processes, states or HTTP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from batch_agent.tasks import events
-from batch_agent.tasks.output import OutputShipper
+from batch_agent.tasks.output import Lines, OutputShipper
 from batch_agent.tasks.record import RunnableRecord
 
-SHIP_BATCH = 256 * 1024  # bytes read per batch: bounds the agent's memory in a flood
 STREAMS = ("stdout", "stderr")
+_KEY = events.CUSTOM_EVENT_KEY.encode()
 
-Sink = Callable[[str, str, Sequence[str]], None]  # (tag, stream, lines)
+Sink = Callable[[str, str, Lines], None]  # (tag, stream, lines)
 
 
 def output_path(folder: Path, k: int, stream: str) -> Path:
@@ -27,50 +28,59 @@ def output_path(folder: Path, k: int, stream: str) -> Path:
 
 
 class TaskOutput:
-    """Not thread-safe: one shipment at a time."""
+    """Not thread-safe: one shipment at a time (`pending` may run beside one: it only stats)."""
 
     def __init__(self, folder: Path, tag: str, sink: Sink) -> None:
         self._folder = folder
         self._tag = tag  # `task 3`, to which ` r2` is added per runnable
         self._sink = sink
-        self._shippers: dict[tuple[int, str], tuple[OutputShipper, list[str]]] = {}
+        self._shippers: dict[tuple[int, str], OutputShipper] = {}
+
+    def pending(self, runnables: Mapping[int, RunnableRecord]) -> bool:
+        """Whether any of these runnables' files changed size since shipped: stats only."""
+        return any(
+            self._shipper(k, stream, record).pending()
+            for k, record in runnables.items()
+            for stream in STREAMS
+        )
 
     def ship(self, runnables: Mapping[int, RunnableRecord], *, final: bool) -> list[str]:
-        """Ship what the runnables wrote since the last call, until caught up; advance the
-        records' offsets; return the custom event descriptions found on the way. `final` also
-        ships an unterminated last line (the writer has ended)."""
+        """Ship what the runnables wrote since the last call, up to the ends of their files;
+        advance the records' offsets; return the custom event descriptions found on the way.
+        `final` also ships an unterminated last line (the writer has ended)."""
         custom: list[str] = []
         for k, record in runnables.items():
             for stream in STREAMS:
-                shipper, lines = self._shipper(k, stream, record)
-                while True:
-                    before = shipper.offset
-                    after = shipper.ship()
-                    custom += self._deliver(k, stream, lines)
-                    if after - before < SHIP_BATCH:
-                        break
-                if final:
-                    after = shipper.ship(final=True)
-                    custom += self._deliver(k, stream, lines)
-                setattr(record, f"{stream}_offset", after)
+                tag = f"{self._tag} r{k}"
+
+                def deliver(lines: Lines, tag: str = tag, stream: str = stream) -> None:
+                    self._sink(tag, stream, lines)
+                    if _KEY in lines.data:
+                        custom.extend(_custom_events(lines.data))
+
+                offset = self._shipper(k, stream, record).ship(deliver, final=final)
+                setattr(record, f"{stream}_offset", offset)
         return custom
 
-    def _deliver(self, k: int, stream: str, lines: list[str]) -> list[str]:
-        self._sink(f"{self._tag} r{k}", stream, lines)
-        found = [d for d in map(events.custom_event, lines) if d is not None]
-        lines.clear()
-        return found
+    def _shipper(self, k: int, stream: str, record: RunnableRecord) -> OutputShipper:
+        shipper = self._shippers.get((k, stream))
+        if shipper is None:
+            path = output_path(self._folder, k, stream)
+            shipper = OutputShipper(path, offset=getattr(record, f"{stream}_offset"))
+            self._shippers[k, stream] = shipper
+        return shipper
 
-    def _shipper(
-        self, k: int, stream: str, record: RunnableRecord
-    ) -> tuple[OutputShipper, list[str]]:
-        if (k, stream) not in self._shippers:
-            lines: list[str] = []
-            shipper = OutputShipper(
-                output_path(self._folder, k, stream),
-                emit=lines.append,
-                offset=getattr(record, f"{stream}_offset"),
-                read_budget=SHIP_BATCH,
-            )
-            self._shippers[k, stream] = (shipper, lines)
-        return self._shippers[k, stream]
+
+def _custom_events(data: bytes) -> list[str]:
+    """The custom event descriptions of the lines of `data` that hold the key, in order."""
+    found: list[str] = []
+    at = data.find(_KEY)
+    while at >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        end = data.find(b"\n", at)
+        end = len(data) if end < 0 else end
+        description = events.custom_event(data[start:end].decode("utf-8", errors="replace"))
+        if description is not None:
+            found.append(description)
+        at = data.find(_KEY, end)
+    return found

@@ -38,6 +38,7 @@ from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPla
 from batch_agent.tasks.record import EDGES, TaskRecord
 from batch_agent.tasks.runner import RunSettings, TaskRun
 from batch_agent.tasks.script_driver import ScriptDriver
+from batch_agent.tasks.shipping import Shipping
 from batch_agent.tasks.taskoutput import Sink
 from batch_agent.wire import (
     AgentTask,
@@ -64,6 +65,7 @@ class TaskSettings:
     where: str  # `zones/<zone>/instances/<id>`, for event wording and container labels
     base_env: Mapping[str, str]
     output: Sink
+    shipping: Shipping = field(default_factory=Shipping)  # one output tick for all tasks
     docker_host: str | None = None
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -365,7 +367,9 @@ def make_run(
         hooks=[TaskFolder(folder, plan.user)]
         + ([ContainerNetwork(containers)] if _blocks_networks(plan) else []),
         folder=folder,
-        settings=RunSettings(settings.output, kill_grace=settings.kill_grace, now=settings.now),
+        settings=RunSettings(
+            settings.output, settings.shipping, kill_grace=settings.kill_grace, now=settings.now
+        ),
     )
 
 
