@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,11 +35,13 @@ from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
 from batch_agent.tasks.hooks import ContainerNetwork, TaskFolder
 from batch_agent.tasks.lifecycle import Lifecycle
+from batch_agent.tasks.mounts import MountSettings
 from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import RunSettings, TaskRun
 from batch_agent.tasks.script_driver import ScriptDriver
 from batch_agent.tasks.taskoutput import Sink
+from batch_agent.tasks.volumes import MountTable, Volumes
 from batch_agent.wire import (
     AgentTask,
     AgentTaskInfo,
@@ -67,6 +70,12 @@ class TaskSettings:
     docker_host: str | None = None
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    mounts: MountSettings = field(default_factory=MountSettings)
+
+    @functools.cached_property
+    def mount_table(self) -> MountTable:
+        """The VM's one table of task volumes (shared by every task of the agent)."""
+        return MountTable(self.workdir.parent / "mounts.json", self.mounts)
 
 
 @dataclass
@@ -335,7 +344,11 @@ def make_run(
         plan,
         lifecycle=lifecycle,
         drivers=drivers,
-        hooks=[TaskFolder(folder, plan.user), ContainerNetwork(containers)],
+        hooks=[
+            TaskFolder(folder, plan.user),
+            Volumes(settings.mount_table, record.task_id, plan.mounts, plan.user),
+            ContainerNetwork(containers),
+        ],
         folder=folder,
         settings=RunSettings(settings.output, kill_grace=settings.kill_grace, now=settings.now),
     )
