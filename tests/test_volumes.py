@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from batch_agent.tasks.mounts import MountSettings, gcsfuse_command, nfs_command
+from batch_agent.tasks.mounts import (
+    MountSettings,
+    container_volumes,
+    gcsfuse_command,
+    nfs_command,
+)
 from batch_agent.tasks.plan import VolumeSpec, make_plan
 from batch_agent.tasks.volumes import MountTable, Volumes
 from batch_agent.wire import parse_agent_task
@@ -171,6 +176,23 @@ def test_a_read_only_disk_is_mounted_read_only(tmp_path, cleanup) -> None:
     assert mounted(point) == 1
     with pytest.raises(OSError, match="Read-only"):
         (point / "x").write_text("no")
+
+
+@needs_root
+def test_containers_get_existing_disks_read_only_and_the_rest_read_write(tmp_path, cleanup) -> None:
+    """Default container binds: `:ro` for a disk attached read-only, rw otherwise, options aside."""
+    device_dir = loop_disk(tmp_path, cleanup, "old", read_only=True, filesystem=True)
+    loop_disk(tmp_path, cleanup, "new")
+    volumes = (
+        VolumeSpec(0, "/mnt/old", "disk", "old"),
+        VolumeSpec(1, "/mnt/new", "disk", "new", ("ro",)),
+        VolumeSpec(2, "/mnt/gcs", "gcs", "bkt", ("-o ro",)),
+    )
+    assert container_volumes(volumes, MountSettings(device_dir=device_dir)) == (
+        "/mnt/old:/mnt/old:ro",
+        "/mnt/new:/mnt/new",
+        "/mnt/gcs:/mnt/gcs",
+    )
 
 
 @needs_root

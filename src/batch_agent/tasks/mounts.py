@@ -47,6 +47,19 @@ def source(volume: VolumeSpec, settings: MountSettings) -> str:
     return volume.remote or volume.mount_path
 
 
+def container_volumes(volumes: tuple[VolumeSpec, ...], settings: MountSettings) -> tuple[str, ...]:
+    """The task volumes as `docker run --volume` binds for containers that name none: at the
+    same path, read-only for an existing persistent disk (Batch attaches those read-only, which
+    the device says) and read-write for the rest, whatever mountOptions say (Batch's rule,
+    Container.volumes). Reads sysfs only."""
+    binds = []
+    for v in volumes:
+        existing = v.kind == "disk" and settings.volume_root is None
+        existing = existing and _read_only(settings.device_dir / f"google-{v.remote}")
+        binds.append(f"{v.mount_path}:{v.mount_path}" + (":ro" if existing else ""))
+    return tuple(binds)
+
+
 def gcsfuse_command(
     volume: VolumeSpec, settings: MountSettings, user: tuple[int, int] | None
 ) -> list[str]:

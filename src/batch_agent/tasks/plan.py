@@ -299,9 +299,9 @@ def _mounts(volumes: list[Volume], problems: list[str]) -> tuple[VolumeSpec, ...
 
 def _volumes(mounts: tuple[VolumeSpec, ...]) -> tuple[str, ...]:
     """Each task volume's mountPath, mounted at the same path in containers that name no
-    volumes: read-write whatever its mountOptions say (Batch's rule, Container.volumes). An
-    existing persistent disk, which Batch attaches read-only, stays read-only all the same: its
-    host mount is (see mounts.py), and a bind mount cannot write through it."""
+    volumes: read-write whatever its mountOptions say (Batch's rule, Container.volumes). Which
+    disks are existing ones, read-only there, only the VM can tell: `mounts.container_volumes`
+    refines this when the task's run is made."""
     return tuple(f"{m.mount_path}:{m.mount_path}" for m in mounts)
 
 

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
 from batch_agent.tasks.hooks import ContainerNetwork, TaskFolder
 from batch_agent.tasks.lifecycle import Lifecycle
-from batch_agent.tasks.mounts import MountSettings
+from batch_agent.tasks.mounts import MountSettings, container_volumes
 from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import RunSettings, TaskRun
@@ -329,6 +329,8 @@ def make_run(
 ) -> TaskRun:
     """A task's run with its drivers and hooks, in the task's folder under the workdir."""
     folder = task_dir(settings.workdir, record.task_id)
+    if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
+        plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
     context = TaskContext(
         plan=plan,
         folder=folder,
