@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from batch_agent.wire import parse_agent_task
 from tests.helpers import exit_code, final_event, job, script, wait_until
 
 FAKE_GCSFUSE = str(Path(__file__).parent / "fakes" / "gcsfuse")
+LOCAL = [sys.executable, "-m", "batch_agent.cli", "local"]
 TASK = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/{}"
 
 needs_root = pytest.mark.skipif(
@@ -306,3 +308,28 @@ def test_two_tasks_on_one_vm_share_one_bucket_mount(
     wait_until(lambda: mounted(point) == 0, what="the mount released")
     assert sorted(p.name for p in (buckets / "bkt").iterdir()) == ["0", "1"]
     assert len((buckets / ".calls").read_text().splitlines()) == 1
+
+
+@needs_root
+def test_local_maps_a_bucket_to_a_folder_of_the_volume_root(tmp_path, cleanup) -> None:
+    """`local --volume-root DIR`: the task reads bucket B from DIR/gcs/B at its mountPath."""
+    root = tmp_path / "volumes"
+    (root / "gcs" / "bkt" / "in").mkdir(parents=True)
+    (root / "gcs" / "bkt" / "in" / "data.txt").write_text("from the bucket\n")
+    point = tmp_path / "mnt" / "data"
+    config = job(
+        script(f"cp {point}/data.txt {point}/copy.txt"),
+        volumes=[{"gcs": {"remotePath": "bkt/in"}, "mountPath": str(point)}],
+    )
+    (tmp_path / "job.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [*LOCAL, str(tmp_path / "job.json"), "--volume-root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "volumes" not in done.stderr  # applied, so not warned about
+    assert (root / "gcs" / "bkt" / "in" / "copy.txt").read_text() == "from the bucket\n"
+    assert mounted(point) == 0
