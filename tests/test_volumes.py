@@ -229,6 +229,30 @@ def test_tasks_share_a_bucket_mount_and_the_last_one_unmounts(tmp_path, cleanup)
 
 
 @needs_root
+def test_a_mount_path_holds_one_source_and_a_reboot_leftover_is_replaced(tmp_path, cleanup) -> None:
+    """Another source at a mounted path fails; an entry whose mount a reboot took is replaced."""
+    buckets = tmp_path / "buckets"
+    for name in ("a", "b"):
+        (buckets / name).mkdir(parents=True)
+    os.environ["FAKE_GCSFUSE_BUCKETS"] = str(buckets)
+    try:
+        mounts = table(tmp_path, gcsfuse=FAKE_GCSFUSE)
+        point = tmp_path / "mnt" / "gcs"
+        assert (
+            asyncio.run(mounts.acquire("t1", VolumeSpec(0, str(point), "gcs", "a"), None)) is None
+        )
+        error = asyncio.run(mounts.acquire("t2", VolumeSpec(0, str(point), "gcs", "b"), None))
+        assert error == f"{point} already holds gs://a (used by t1)"
+        subprocess.run(["umount", str(point)], check=True)  # as a reboot would
+        assert (
+            asyncio.run(mounts.acquire("t3", VolumeSpec(0, str(point), "gcs", "b"), None)) is None
+        )
+        assert mounts.users() == {str(point): ["t3"]} and mounted(point) == 1
+    finally:
+        del os.environ["FAKE_GCSFUSE_BUCKETS"]
+
+
+@needs_root
 def test_a_failed_volume_releases_the_ones_before_it(tmp_path, cleanup) -> None:
     """The hook names the failing volume; the task's poststop unmounts those it had mounted."""
     device_dir = loop_disk(tmp_path, cleanup, "data")

@@ -53,21 +53,22 @@ class MountTable:
                 log.info("volumes: %s was mounted by someone else; used as it is", path)
                 return None
             if entry is not None and entry["source"] != source:
-                if entry["tasks"] or mounts.is_mounted(path):
-                    return f"{path} already holds {entry['source']} for another task"
-                entry = None  # a released leftover: ours to replace
+                if mounts.is_mounted(path):
+                    users = ", ".join(entry["tasks"]) or "no task"
+                    return f"{path} already holds {entry['source']} (used by {users})"
+                entry = None  # a leftover (a reboot took its mount): ours to replace
             if entry is not None and mounts.is_mounted(path):
                 if task_id not in entry["tasks"]:
                     entry["tasks"].append(task_id)
-                    self._save(table)
+                    await self._save(table)
                 return None
             # Not mounted (new, or gone with a reboot): earlier users are long finished.
             table[path] = {"source": source, "tasks": [task_id]}
-            self._save(table)  # the intent first: a crash from here on is found on restart
+            await self._save(table)  # the intent first: a crash from here on is found on restart
             error = await mounts.mount(volume, self.settings, user)
             if error is not None:
                 del table[path]
-                self._save(table)
+                await self._save(table)
             return error
 
     async def release(self, task_id: str) -> None:
@@ -85,7 +86,7 @@ class MountTable:
                     del table[path]
                 else:
                     log.warning("volumes: %s stays mounted: %s", path, error)
-            self._save(table)
+            await self._save(table)
 
     def users(self) -> dict[str, list[str]]:
         """mountPath -> the tasks using it, as recorded."""
@@ -98,8 +99,11 @@ class MountTable:
             return {}
         return table if isinstance(table, dict) else {}
 
-    def _save(self, table: dict[str, Any]) -> None:
-        """Replace the file atomically (write, fsync, rename)."""
+    async def _save(self, table: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._write, table)
+
+    def _write(self, table: dict[str, Any]) -> None:
+        """Replace the file atomically (write, fsync, rename). Blocks."""
         self.file.parent.mkdir(parents=True, exist_ok=True)
         part = self.file.with_name(self.file.name + ".part")
         with part.open("w") as out:
@@ -107,6 +111,11 @@ class MountTable:
             out.flush()
             os.fsync(out.fileno())
         os.replace(part, self.file)
+        folder = os.open(self.file.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a crash
+        finally:
+            os.close(folder)
 
 
 class Volumes:
