@@ -79,6 +79,11 @@ class Config(BaseSettings):
     # Where /proc/stat is read for bootTime (tests point it elsewhere to simulate a reboot).
     proc_stat: Path = Path("/proc/stat")
     os_release: Path = Path("/etc/os-release")
+    # Task volumes: the gcsfuse binary, where attached disks' `google-<deviceName>` links are,
+    # and (`batch-agent local --volume-root`) the folder standing in for buckets and shares.
+    gcsfuse: str = "gcsfuse"
+    device_dir: Path = Path("/dev/disk/by-id")
+    volume_root: Path | None = None
     # The agent's own environment, read once here: runnables inherit a clean part of it.
     environ: dict[str, str] = Field(default_factory=dict, exclude=True)
 

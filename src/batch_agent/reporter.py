@@ -25,6 +25,7 @@ from batch_agent.outputlog import OutputLog
 from batch_agent.statedir import claim_state_dir
 from batch_agent.store import TaskStore
 from batch_agent.tasks.env import base_environment
+from batch_agent.tasks.mounts import MountSettings
 from batch_agent.tasks.taskset import TaskSet, TaskSettings
 from batch_agent.vm import (
     MetadataError,
@@ -137,6 +138,11 @@ class Reporter:
             output=OutputLog(self._config.log_format).write,
             docker_host=self._config.docker_host,
             kill_grace=self._config.kill_grace,
+            mounts=MountSettings(
+                gcsfuse=self._config.gcsfuse,
+                device_dir=self._config.device_dir,
+                volume_root=self._config.volume_root,
+            ),
         )
         self._tasks = TaskSet(self._store, settings, on_change=self._changed.set)
         rebooted = recorded_boot is not None and recorded_boot != format_time(self._boot_time)

@@ -1,5 +1,5 @@
-"""`batch-agent local JOB.json [--vms N] [--json] [--keep] [--min-report-interval D]`: argv -> one
-local run -> exit status.
+"""`batch-agent local JOB.json [--vms N] [--json] [--keep] [--min-report-interval D]
+[--volume-root DIR]`: argv -> one local run -> exit status.
 
 Exit status: 0 the job succeeded, 1 it failed, 2 usage error or a job config Batch would refuse
 (each problem printed as `path: reason`), 130 cancelled by SIGINT/SIGTERM. Fields that cannot
@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the minReportInterval of every answer, in seconds (e.g. 1s, 0.05); default: 0s "
         "while a VM has tasks to run or report, so that reports follow the work, 0.1s when idle",
     )
+    parser.add_argument(
+        "--volume-root",
+        metavar="DIR",
+        help="folders standing in for the tasks' volumes: bucket B is DIR/gcs/B, NFS S:/P is "
+        "DIR/nfs/S/P, disk D is DIR/disks/D (bind-mounted at each mountPath; linked there "
+        "when not run as root)",
+    )
     return parser
 
 
@@ -80,11 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         lines = "".join(f"\n  {problem}" for problem in e.problems)
         return _refuse(f"{args.job} is not a valid Batch job config:{lines}")
     view = _view(args.json)
-    if plan.not_applied:
-        warning = "not applied locally: " + ", ".join(plan.not_applied)
+    # Volumes do apply: mounted for real, or from the folders of --volume-root.
+    not_applied = [f for f in plan.not_applied if not f.endswith(".taskSpec.volumes")]
+    if len(not_applied) < len(plan.not_applied) and args.volume_root is None:
+        not_applied.append("volumes are mounted for real (--volume-root DIR maps them to folders)")
+    if not_applied:
+        warning = "not applied locally: " + ", ".join(not_applied)
         print(f"batch-agent local: warning: {warning}", file=sys.stderr, flush=True)
         view.warn(warning)
-    options = Options(vms=args.vms or default_vms(plan), keep=args.keep)
+    volume_root = Path(args.volume_root).resolve() if args.volume_root else None
+    options = Options(vms=args.vms or default_vms(plan), keep=args.keep, volume_root=volume_root)
     if args.min_report_interval is not None:
         interval = args.min_report_interval
         options = replace(options, min_report_interval=interval, busy_min_report_interval=None)

@@ -39,6 +39,7 @@ class Options:
 
     vms: int
     keep: bool = False
+    volume_root: Path | None = None  # folders standing in for buckets, NFS shares and disks
     default_report_interval: str = "0.5s"
     min_report_interval: str = "0.1s"
     busy_min_report_interval: str | None = "0s"
@@ -154,6 +155,8 @@ class LocalRun:
             env = agent_env(
                 vm.metadata_host, emulator.url, directory / "state", self._options.kill_grace
             )
+            if self._options.volume_root is not None:
+                env["BATCH_AGENT_VOLUME_ROOT"] = str(self._options.volume_root)
             agent = AgentProcess(vm.index, directory, env, self._lines)
             self._agents.append(agent)
             self._view.agent(vm.index, agent.pid, "started")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,12 +35,14 @@ from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
 from batch_agent.tasks.hooks import ContainerNetwork, TaskFolder
 from batch_agent.tasks.lifecycle import Lifecycle
+from batch_agent.tasks.mounts import MountSettings, container_volumes
 from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
 from batch_agent.tasks.record import EDGES, TaskRecord
 from batch_agent.tasks.runner import RunSettings, TaskRun
 from batch_agent.tasks.script_driver import ScriptDriver
 from batch_agent.tasks.shipping import Shipping
 from batch_agent.tasks.taskoutput import Sink
+from batch_agent.tasks.volumes import MountTable, Volumes
 from batch_agent.wire import (
     AgentTask,
     AgentTaskInfo,
@@ -69,6 +72,12 @@ class TaskSettings:
     docker_host: str | None = None
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    mounts: MountSettings = field(default_factory=MountSettings)
+
+    @functools.cached_property
+    def mount_table(self) -> MountTable:
+        """The VM's one table of task volumes (shared by every task of the agent)."""
+        return MountTable(self.workdir.parent / "mounts.json", self.mounts)
 
 
 @dataclass
@@ -349,6 +358,8 @@ def make_run(
 ) -> TaskRun:
     """A task's run with its drivers and hooks, in the task's folder under the workdir."""
     folder = task_dir(settings.workdir, record.task_id)
+    if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
+        plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
     context = TaskContext(
         plan=plan,
         folder=folder,
@@ -364,8 +375,11 @@ def make_run(
         plan,
         lifecycle=lifecycle,
         drivers=drivers,
-        hooks=[TaskFolder(folder, plan.user)]
-        + ([ContainerNetwork(containers)] if _blocks_networks(plan) else []),
+        hooks=[
+            TaskFolder(folder, plan.user),
+            Volumes(settings.mount_table, record.task_id, plan.mounts, plan.user),
+            *([ContainerNetwork(containers)] if _blocks_networks(plan) else []),
+        ],
         folder=folder,
         settings=RunSettings(
             settings.output, settings.shipping, kill_grace=settings.kill_grace, now=settings.now
