@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from batch_agent.vm import DEFAULT_METADATA_HOST
 
 DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
+# API roots for tasks' secretVariables and encryptedVariables (control/secrets.py).
+DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
+DEFAULT_KMS_ENDPOINT = "https://cloudkms.googleapis.com/"
 
 
 def _seconds(value: object) -> object:
@@ -47,6 +50,8 @@ class Config(BaseSettings):
     )
 
     endpoint: str = DEFAULT_ENDPOINT
+    secretmanager_endpoint: str = DEFAULT_SECRETMANAGER_ENDPOINT
+    kms_endpoint: str = DEFAULT_KMS_ENDPOINT
     state_dir: Path = Path("/var/lib/batch-agent")
     # host:port of the GCE metadata server; google-auth reads the same variable.
     metadata_host: str = Field(

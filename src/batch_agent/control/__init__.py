@@ -4,8 +4,9 @@
 This package is the only importer of googleapiclient, httplib2, google.auth and
 google_auth_httplib2 in the project; everything else talks to the names below and the wire
 models. Its modules: `client` (ControlPlane), `errors` (what a failure means, Retry-After),
-`credentials` (tokens from a metadata server), `deadline` (the per-call watchdog), `backoff`.
-Nothing here retries or reads the environment.
+`credentials` (tokens from a metadata server), `deadline` (the per-call watchdog), `backoff`,
+`secrets` (Secret Manager and Cloud KMS for tasks' variables: the one client that retries,
+within a stated budget). Nothing here reads the environment.
 """
 
 from batch_agent.control.backoff import Backoff
@@ -17,15 +18,25 @@ from batch_agent.control.errors import (
     is_retryable_status,
     parse_retry_after,
 )
+from batch_agent.control.secrets import (
+    DEFAULT_KMS_ENDPOINT,
+    DEFAULT_SECRETMANAGER_ENDPOINT,
+    SecretError,
+    SecretsClient,
+)
 
 __all__ = [
     "CLOUD_PLATFORM_SCOPE",
     "DEFAULT_DEADLINE",
+    "DEFAULT_KMS_ENDPOINT",
+    "DEFAULT_SECRETMANAGER_ENDPOINT",
     "MAX_RETRY_AFTER",
     "Backoff",
     "ControlPlane",
     "ControlPlaneError",
     "MetadataServerCredentials",
+    "SecretError",
+    "SecretsClient",
     "is_retryable_status",
     "parse_retry_after",
 ]
