@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from batch_agent.emulator import JobConfigError, load_job
+from batch_agent.emulator.secrets import load_secrets
 from batch_agent.local.live import LiveView, wants_colour
 from batch_agent.local.session import LocalRun, Options, default_vms
 from batch_agent.local.view import JsonView, PlainView, View
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (agents' state, logs) and tasks"
+    )
+    parser.add_argument(
+        "--secrets",
+        metavar="FILE",
+        type=Path,
+        help="JSON of Secret Manager version path -> value, for secretVariables",
     )
     return parser
 
@@ -62,12 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     except JobConfigError as e:
         lines = "".join(f"\n  {problem}" for problem in e.problems)
         return _refuse(f"{args.job} is not a valid Batch job config:{lines}")
+    try:
+        secrets = load_secrets(args.secrets) if args.secrets is not None else {}
+    except OSError as e:
+        return _refuse(f"cannot read {args.secrets}: {e.strerror or e}")
+    except ValueError as e:
+        return _refuse(f"--secrets: {e}")
     view = _view(args.json)
     if plan.not_applied:
         warning = "not applied locally: " + ", ".join(plan.not_applied)
         print(f"batch-agent local: warning: {warning}", file=sys.stderr, flush=True)
         view.warn(warning)
-    options = Options(vms=args.vms or default_vms(plan), keep=args.keep)
+    options = Options(vms=args.vms or default_vms(plan), keep=args.keep, secrets=secrets)
     work_dir = Path(tempfile.mkdtemp(prefix="batch-local-"))
     try:
         return LocalRun(config, plan, view, options, work_dir, job_id(args.job)).run()

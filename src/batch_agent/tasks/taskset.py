@@ -29,11 +29,12 @@ from batch_agent.tasks.container_driver import (
     EngineFactory,
     remove_task_containers,
 )
-from batch_agent.tasks.driver import Driver, TaskContext
+from batch_agent.tasks.driver import Driver, SecretValues, TaskContext
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
-from batch_agent.tasks.hooks import ContainerNetwork, TaskFolder
+from batch_agent.tasks.hooks import ContainerNetwork, Secrets, SecretSource, TaskFolder
 from batch_agent.tasks.lifecycle import Lifecycle
+from batch_agent.tasks.masking import MaskedEvents, Masker
 from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import RunSettings, TaskRun
@@ -67,6 +68,8 @@ class TaskSettings:
     docker_host: str | None = None
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    secrets: SecretSource | None = None  # Secret Manager and KMS; None: tasks using them fail
+    masker: Masker = field(default_factory=Masker)  # every resolved value, masked everywhere
 
 
 @dataclass
@@ -320,6 +323,7 @@ def make_run(
 ) -> TaskRun:
     """A task's run with its drivers and hooks, in the task's folder under the workdir."""
     folder = task_dir(settings.workdir, record.task_id)
+    secrets = SecretValues()  # filled by the Secrets hook, read by the drivers
     context = TaskContext(
         plan=plan,
         folder=folder,
@@ -327,15 +331,20 @@ def make_run(
         instance=settings.where,
         base_env=settings.base_env,
         kill_grace=settings.kill_grace,
+        secrets=secrets,
     )
     containers = ContainerDriver(context, engine)
     drivers: dict[type, Driver] = {ScriptSpec: ScriptDriver(context), ContainerSpec: containers}
     return TaskRun(
         record,
         plan,
-        lifecycle=lifecycle,
+        lifecycle=MaskedEvents(lifecycle, settings.masker),
         drivers=drivers,
-        hooks=[TaskFolder(folder, plan.user), ContainerNetwork(containers)],
+        hooks=[
+            TaskFolder(folder, plan.user),
+            Secrets(plan, secrets, settings.secrets, settings.masker),
+            ContainerNetwork(containers),
+        ],
         folder=folder,
         settings=RunSettings(settings.output, kill_grace=settings.kill_grace, now=settings.now),
     )

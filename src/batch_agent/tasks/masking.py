@@ -1,0 +1,127 @@
+"""Secret masking: every secret value the agent resolved becomes `***` in what it ships or logs.
+
+`mask(text, values)` is the pure rule; `Masker` holds the values this agent resolved (the
+Secrets hook adds them, in memory only) and applies the rule to runnables' output lines (the
+sink), status event descriptions (the task's lifecycle) and the agent's own log
+(`MaskingFilter`, a logging.Filter the reporter installs on the root handlers);
+`MaskedEvents` wraps a task's Lifecycle so that events are masked before they are saved. A
+multi-line secret is also masked line by line, since output is shipped line by line. Must not
+store values anywhere but in memory, nor log them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batch_agent.tasks.lifecycle import Lifecycle
+    from batch_agent.tasks.record import TaskRecord
+    from batch_agent.wire import TaskState
+
+MASK = "***"
+MIN_LENGTH = 3  # shorter values (`1`, `on`) would mask every digit and word of the output
+
+
+def mask(text: str, values: Iterable[str]) -> str:
+    """`text` with every occurrence of each value replaced by `***`, longest values first (so a
+    value containing another is masked whole)."""
+    for value in sorted(values, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+class Masker:
+    """The secret values to mask; thread-safe (`add` from the event loop, `mask` from the
+    shipping threads and any thread that logs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: tuple[str, ...] = ()
+
+    def add(self, value: str) -> None:
+        """Mask `value` from now on (and each of its lines, for a multi-line value)."""
+        parts = {value.strip(), *(line.strip() for line in value.splitlines())}
+        fresh = {p for p in parts if len(p) >= MIN_LENGTH} - set(self._values)
+        if fresh:
+            with self._lock:
+                self._values = tuple(sorted({*self._values, *fresh}, key=len, reverse=True))
+
+    def __bool__(self) -> bool:
+        """Whether there is anything to mask yet."""
+        return bool(self._values)
+
+    def mask(self, text: str) -> str:
+        values = self._values  # one immutable snapshot: no lock on the hot path
+        if not values:
+            return text
+        return mask(text, values)
+
+    def sink(
+        self, write: Callable[[str, str, Sequence[str]], None]
+    ) -> Callable[[str, str, Sequence[str]], None]:
+        """`write` (a (tag, stream, lines) output sink) with every line masked first."""
+
+        def masked(tag: str, stream: str, lines: Sequence[str]) -> None:
+            write(tag, stream, [self.mask(line) for line in lines] if self else lines)
+
+        return masked
+
+
+class MaskingFilter(logging.Filter):
+    """Masks each log record's message (formatted with its arguments) and exception text."""
+
+    def __init__(self, masker: Masker) -> None:
+        super().__init__()
+        self._masker = masker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._masker:
+            message = record.getMessage()
+            masked = self._masker.mask(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = self._masker.mask(record.exc_text)
+        return True
+
+
+class MaskedEvents:
+    """A task's `Lifecycle` whose status event descriptions are masked before they are saved
+    or reported (a runnable's custom event, a failure's cause may quote a secret)."""
+
+    def __init__(self, inner: Lifecycle, masker: Masker) -> None:
+        self._inner = inner
+        self._masker = masker
+
+    async def transition(
+        self,
+        record: TaskRecord,
+        new: TaskState,
+        *,
+        exit_code: int | None = None,
+        cause: str | None = None,
+    ) -> None:
+        self._mask(record)
+        if cause is not None:
+            cause = self._masker.mask(cause)
+        await self._inner.transition(record, new, exit_code=exit_code, cause=cause)
+
+    async def persist(self, record: TaskRecord) -> None:
+        self._mask(record)
+        await self._inner.persist(record)
+
+    def notify(self) -> None:
+        self._inner.notify()
+
+    def _mask(self, record: TaskRecord) -> None:
+        if self._masker:
+            for event in record.events:
+                description = event.get("description")
+                if isinstance(description, str):
+                    event["description"] = self._masker.mask(description)

@@ -1,0 +1,238 @@
+"""Secret Manager and Cloud KMS variables, end to end: the real agent against the emulator,
+values in the runnables' environments, masked in what the agent logs and reports, never on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_agent.emulator.secrets import SecretStore, encrypt
+from batch_agent.tasks.masking import Masker, mask
+from tests.helpers import exit_code, final_event, script
+
+PROJECT = "projects/123456789012"
+DB = f"{PROJECT}/secrets/db/versions/1"
+TOKEN = f"{PROJECT}/secrets/token/versions/latest"
+KEY = f"{PROJECT}/locations/global/keyRings/ring/cryptoKeys/key"
+DB_VALUE = "db-VALUE-hunter2"
+TOKEN_VALUE = "token-VALUE-42"
+KMS_TASK_VALUE = "kms-task-VALUE-x"
+KMS_RUNNABLE_VALUE = "kms-runnable-VALUE-y"
+EVERY_VALUE = (DB_VALUE, TOKEN_VALUE, KMS_TASK_VALUE, KMS_RUNNABLE_VALUE)
+
+
+def kms(**variables: str) -> dict[str, str]:
+    return {"keyName": KEY, "cipherText": encrypt(KEY, json.dumps(variables).encode())}
+
+
+def grep_state(state_dir: Path, value: str) -> str:
+    """What `grep -r VALUE STATE_DIR` finds (empty when nothing)."""
+    found = subprocess.run(["grep", "-r", value, str(state_dir)], capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr
+    return found.stdout
+
+
+def run_task(make_emulator, start_agent, task: dict[str, Any], **secrets: str):
+    emu = make_emulator(
+        None, secrets={DB: DB_VALUE, f"{PROJECT}/secrets/token/versions/2": TOKEN_VALUE, **secrets}
+    )
+    name = emu.add_task(task)
+    agent = start_agent(emu, "--once")
+    status = agent.wait(90)
+    return emu, name, agent, status
+
+
+def test_secret_and_kms_variables_reach_both_levels(make_emulator, start_agent, tmp_path):
+    """Task- and runnable-level secretVariables and encryptedVariables, in spec and
+    agentTaskSpec, are in the runnable's environment; the state dir holds none of them."""
+    out = tmp_path / "out"
+    names = ("DB", "TOKEN", "KMS_TASK", "KMS_RUNNABLE", "PLAIN", "AGENT_PLAIN")
+    show = " ".join(f'"${name}"' for name in names)
+    runnable = script(
+        f"printf '%s\\n' {show} > {out}",
+        environment={
+            "secretVariables": {"TOKEN": TOKEN},
+            "encryptedVariables": kms(KMS_RUNNABLE=KMS_RUNNABLE_VALUE),
+        },
+    )
+    task = {
+        "spec": {
+            "runnables": [runnable],
+            "environment": {"variables": {"PLAIN": "p"}, "secretVariables": {"DB": DB}},
+        },
+        "agentTaskSpec": {
+            "runnables": [runnable],
+            "environment": {
+                "variables": {"AGENT_PLAIN": "a"},
+                "encryptedVariables": kms(KMS_TASK=KMS_TASK_VALUE),
+            },
+        },
+    }
+    emu, name, agent, status = run_task(make_emulator, start_agent, task)
+    assert status == 0, agent.log()
+    assert out.read_text().splitlines() == [
+        DB_VALUE,
+        TOKEN_VALUE,
+        KMS_TASK_VALUE,
+        KMS_RUNNABLE_VALUE,
+        "p",
+        "a",
+    ]
+    assert emu.task_state(name) == "SUCCEEDED"
+    for value in EVERY_VALUE:
+        assert grep_state(tmp_path / "state", value) == ""
+        assert value not in agent.log()
+
+
+def test_printed_secret_is_masked_in_log_and_events(make_emulator, start_agent):
+    """A value the task prints is `***` in the agent's log and in its custom status event."""
+    event = '{"batch/custom/event": "connected with %s"}'
+    runnable = script(
+        f'echo "password is $DB"; printf \'{event}\\n\' "$DB"',
+        environment={"secretVariables": {"DB": DB}},
+    )
+    emu, name, agent, status = run_task(
+        make_emulator, start_agent, {"spec": {"runnables": [runnable]}}
+    )
+    log = agent.log()
+    assert status == 0, log
+    assert "password is ***" in log
+    assert DB_VALUE not in log
+    descriptions = [e["description"] for e in emu.task_events(name)]
+    assert "connected with ***" in descriptions, descriptions
+    assert not any(DB_VALUE in d for d in descriptions)
+
+
+def test_missing_secret_fails_the_task_before_any_runnable(make_emulator, start_agent, tmp_path):
+    """A secret Secret Manager does not have fails the task with 50000, the event naming the
+    variable, the path and the API's error; no runnable ran."""
+    marker = tmp_path / "ran"
+    missing = f"{PROJECT}/secrets/nope/versions/3"
+    task = {
+        "spec": {
+            "runnables": [
+                script(f"touch {marker}", environment={"secretVariables": {"X": missing}})
+            ],
+            "environment": {"secretVariables": {"DB": DB}},
+        }
+    }
+    emu, name, agent, status = run_task(make_emulator, start_agent, task)
+    assert status == 1, agent.log()
+    assert exit_code(emu, name) == 50000
+    description = final_event(emu, name)["description"]
+    assert "variable X of runnables[0]" in description
+    assert missing in description
+    assert "404 NOT_FOUND: Secret [projects/123456789012/secrets/nope] not found" in description
+    assert not marker.exists()
+    assert DB_VALUE not in agent.log()
+
+
+def test_bad_ciphertext_fails_the_task_naming_the_key(make_emulator, start_agent, tmp_path):
+    """A ciphertext the KMS key cannot decrypt fails the task with 50000 naming the key."""
+    marker = tmp_path / "ran"
+    other = KEY.rsplit("/", 1)[0] + "/other"
+    bad = {"keyName": KEY, "cipherText": encrypt(other, b'{"A": "b"}')}
+    task = {
+        "spec": {
+            "runnables": [script(f"touch {marker}")],
+            "environment": {"encryptedVariables": bad},
+        }
+    }
+    emu, name, agent, status = run_task(make_emulator, start_agent, task)
+    assert status == 1, agent.log()
+    assert exit_code(emu, name) == 50000
+    description = final_event(emu, name)["description"]
+    assert f"encryptedVariables of the task from {KEY}" in description
+    assert "Decryption failed" in description
+    assert not marker.exists()
+
+
+def test_local_runs_a_job_with_secrets_from_a_file(tmp_path):
+    """`batch-agent local --secrets FILE` serves the secrets, and a ciphertext made with
+    `batch-agent emulator encrypt` decrypts, so the job config runs unchanged."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batch_agent.cli",
+            "emulator",
+            "encrypt",
+            "--key",
+            KEY,
+            json.dumps({"K": KMS_TASK_VALUE}),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ciphertext = made.stdout.strip()
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({DB: DB_VALUE}))
+    check = f'test "$DB" = {DB_VALUE} && test "$K" = {KMS_TASK_VALUE} && echo "got $DB"'
+    config = {
+        "taskGroups": [
+            {
+                "taskSpec": {
+                    "runnables": [script(check)],
+                    "environment": {
+                        "secretVariables": {"DB": DB},
+                        "encryptedVariables": {"keyName": KEY, "cipherText": ciphertext},
+                    },
+                }
+            }
+        ]
+    }
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps(config))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batch_agent.cli",
+            "local",
+            str(job),
+            "--json",
+            "--secrets",
+            str(secrets),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "got ***" in result.stdout
+    assert DB_VALUE not in result.stdout
+
+
+def test_mask_replaces_every_value_longest_first():
+    """A value that contains another is masked whole; text without values is unchanged."""
+    assert mask("a=secret-long b=secret", ["secret", "secret-long"]) == "a=*** b=***"
+    assert mask("nothing here", ["secret"]) == "nothing here"
+
+
+def test_masker_masks_each_line_of_a_multiline_value_and_skips_tiny_ones():
+    """Output is shipped line by line, so each line of a multi-line secret is masked; values
+    too short to be secrets (`1`) are not, or every digit would be."""
+    masker = Masker()
+    masker.add("first-line\nsecond-line")
+    masker.add("1")
+    assert masker.mask("x second-line 1") == "x *** 1"
+
+
+def test_emulator_secret_store_validates_like_google():
+    """No bearer token -> 401; an unknown secret -> 404; `latest` is the highest version."""
+    store = SecretStore(
+        {f"{PROJECT}/secrets/s/versions/1": "one", f"{PROJECT}/secrets/s/versions/2": "two"}
+    )
+    assert store.access(f"{PROJECT}/secrets/s/versions/1", None).status == 401
+    assert store.access(f"{PROJECT}/secrets/t/versions/1", "Bearer x").status == 404
+    latest = store.access(f"{PROJECT}/secrets/s/versions/latest", "Bearer x")
+    assert json.loads(latest.body)["payload"]["data"] == "dHdv"  # base64 of "two"
+    with pytest.raises(ValueError):
+        SecretStore({"secrets/s": "x"})
