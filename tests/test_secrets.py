@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from batch_agent.control import SecretError, SecretsClient
 from batch_agent.emulator.secrets import SecretStore, encrypt
 from batch_agent.tasks.masking import Masker, mask
-from tests.helpers import exit_code, final_event, script
+from tests.helpers import exit_code, final_event, script, wait_until
+from tests.test_container_e2e import remove_image
 
 PROJECT = "projects/123456789012"
 DB = f"{PROJECT}/secrets/db/versions/1"
@@ -106,6 +108,65 @@ def test_printed_secret_is_masked_in_log_and_events(make_emulator, start_agent):
     descriptions = [e["description"] for e in emu.task_events(name)]
     assert "connected with ***" in descriptions, descriptions
     assert not any(DB_VALUE in d for d in descriptions)
+
+
+def test_a_restarted_agent_fetches_the_secrets_again(make_emulator, start_agent, tmp_path):
+    """After kill -9 the new agent's prestart asks Secret Manager again (nothing was kept on
+    disk) and the next runnable still gets the value."""
+    started, go, out = tmp_path / "started", tmp_path / "go", tmp_path / "out"
+    wait = f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done"
+    task = {
+        "spec": {
+            "runnables": [script(wait), script(f'echo "$DB" > {out}')],
+            "environment": {"secretVariables": {"DB": DB}},
+        }
+    }
+    emu = make_emulator(None, secrets={DB: DB_VALUE})
+    name = emu.add_task(task)
+    first = start_agent(emu)
+    wait_until(started.exists, timeout=60, what="first runnable started")
+    first.kill()
+    assert emu.secrets.accessed == [DB]
+    second = start_agent(emu)
+    wait_until(lambda: len(emu.secrets.accessed) == 2, timeout=60, what="secret fetched again")
+    go.touch()
+    wait_until(lambda: emu.task_state(name) == "SUCCEEDED", timeout=60, what="SUCCEEDED")
+    assert out.read_text() == DB_VALUE + "\n"
+    assert grep_state(tmp_path / "state", DB_VALUE) == ""
+    assert second.terminate() == 0
+
+
+@pytest.mark.timeout(180)
+def test_registry_login_and_container_env_from_secrets(
+    make_emulator, start_agent, docker_engine, registry, tmp_path
+):
+    """A container's username/password given as Secret Manager paths authenticate the pull,
+    and its secret variables reach the container's environment."""
+    user, password = f"{PROJECT}/secrets/user/versions/1", f"{PROJECT}/secrets/pw/versions/1"
+    container = {
+        "imageUri": registry.image,
+        "entrypoint": "/bin/sh",
+        "commands": ["-c", f'test "$DB" = {DB_VALUE}'],
+        "username": user,
+        "password": password,
+    }
+    task = {
+        "spec": {
+            "runnables": [{"container": container}],
+            "environment": {"secretVariables": {"DB": DB}},
+        }
+    }
+    remove_image(docker_engine, registry.image)
+    emu = make_emulator(
+        None, secrets={DB: DB_VALUE, user: registry.username, password: registry.password}
+    )
+    name = emu.add_task(task)
+    agent = start_agent(emu, "--once", DOCKER_HOST=docker_engine)
+    status = agent.wait(150)
+    assert status == 0, agent.log()
+    assert emu.task_state(name) == "SUCCEEDED"
+    assert set(emu.secrets.accessed) == {DB, user, password}
+    assert grep_state(tmp_path / "state", registry.password) == ""
 
 
 def test_missing_secret_fails_the_task_before_any_runnable(make_emulator, start_agent, tmp_path):
@@ -208,6 +269,31 @@ def test_local_runs_a_job_with_secrets_from_a_file(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "got ***" in result.stdout
     assert DB_VALUE not in result.stdout
+
+
+def test_client_retries_transient_failures_and_not_permanent_ones(make_emulator):
+    """Over real HTTP: two 503s are retried within the budget; a 403 fails at once, permanent,
+    with the API's error; a 404 too."""
+    emu = make_emulator(None, secrets={DB: DB_VALUE})
+    client = SecretsClient(
+        secretmanager_endpoint=emu.url, kms_endpoint=emu.url, metadata_host=emu.metadata_host
+    )
+    try:
+        emu.secrets.fail_next(2, 503)
+        assert client.access_secret(DB) == DB_VALUE
+        assert emu.secrets.accessed == [DB]  # the two failures were answered before the store
+        emu.secrets.fail_next(1, 403)
+        with pytest.raises(SecretError) as denied:
+            client.access_secret(DB)
+        assert denied.value.permanent
+        assert str(denied.value) == "403 PERMISSION_DENIED: injected failure"
+        with pytest.raises(SecretError) as missing:
+            client.decrypt(KEY, encrypt(KEY.rsplit("/", 1)[0] + "/other", b"x"))
+        assert missing.value.permanent
+        assert "400 INVALID_ARGUMENT: Decryption failed" in str(missing.value)
+        assert client.decrypt(KEY, encrypt(KEY, b"plain")) == b"plain"
+    finally:
+        client.close()
 
 
 def test_mask_replaces_every_value_longest_first():

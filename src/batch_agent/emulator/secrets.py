@@ -51,6 +51,8 @@ class SecretStore:
     def __init__(self, versions: Mapping[str, str] | None = None) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, str] = {}
+        self.accessed: list[str] = []  # every version name asked for, in order (for tests)
+        self._failures: list[int] = []  # statuses to answer the next calls with
         for path, value in (versions or {}).items():
             self.add(path, value)
 
@@ -61,13 +63,19 @@ class SecretStore:
         with self._lock:
             self._versions[path] = value
 
+    def fail_next(self, n: int, status: int = 503) -> None:
+        """Answer the next `n` Secret Manager or KMS calls with HTTP `status`."""
+        with self._lock:
+            self._failures.extend([status] * n)
+
     def access(self, name: str, authorization: str | None) -> Reply:
         """`GET v1/{name}:access`: the payload, base64 as the API sends it."""
-        if (denied := _unauthenticated(authorization)) is not None:
+        if (denied := self._injected() or _unauthenticated(authorization)) is not None:
             return denied
         if not (match := _VERSION.match(name)):
             return google_error(400, f"Invalid resource name: {name}")
         with self._lock:
+            self.accessed.append(name)
             value = self._versions.get(name)
             if value is None and match[1] == "latest":
                 value = self._latest(name.rsplit("/", 1)[0] + "/")
@@ -79,7 +87,7 @@ class SecretStore:
 
     def decrypt(self, name: str, body: bytes, authorization: str | None) -> Reply:
         """`POST v1/{name}:decrypt` with `{"ciphertext": base64}`."""
-        if (denied := _unauthenticated(authorization)) is not None:
+        if (denied := self._injected() or _unauthenticated(authorization)) is not None:
             return denied
         if not _KEY.match(name):
             return google_error(400, f"Invalid resource name: {name}")
@@ -93,6 +101,11 @@ class SecretStore:
             return google_error(400, "Decryption failed: the ciphertext is invalid.")
         plaintext = base64.b64encode(ciphertext[len(head) :]).decode()
         return Reply(200, json.dumps({"plaintext": plaintext}).encode())
+
+    def _injected(self) -> Reply | None:
+        with self._lock:
+            status = self._failures.pop(0) if self._failures else None
+        return google_error(status, "injected failure") if status is not None else None
 
     def _latest(self, prefix: str) -> str | None:
         numbered = [
