@@ -4,6 +4,7 @@ values in the runnables' environments, masked in what the agent logs and reports
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from batch_agent.control import SecretError, SecretsClient
 from batch_agent.emulator.secrets import SecretStore, encrypt
-from batch_agent.tasks.masking import Masker, mask
+from batch_agent.tasks.masking import Masker, MaskingFilter, mask
 from tests.helpers import exit_code, final_event, script, wait_until
 from tests.test_container_e2e import remove_image
 
@@ -309,6 +310,22 @@ def test_masker_masks_each_line_of_a_multiline_value_and_skips_tiny_ones():
     masker.add("first-line\nsecond-line")
     masker.add("1")
     assert masker.mask("x second-line 1") == "x *** 1"
+
+
+def test_log_filter_masks_messages_arguments_and_tracebacks():
+    """The agent's log filter masks a value passed as an argument and one in a traceback."""
+    masker = Masker()
+    masker.add("hunter2")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "value %s", ("hunter2",), None)
+    assert MaskingFilter(masker).filter(record)
+    assert record.getMessage() == "value ***"
+    try:
+        raise RuntimeError("boom hunter2")
+    except RuntimeError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    MaskingFilter(masker).filter(failed)
+    assert "hunter2" not in logging.Formatter().format(failed)
+    assert "RuntimeError: boom ***" in failed.getMessage()
 
 
 def test_emulator_secret_store_validates_like_google():

@@ -72,22 +72,26 @@ class Masker:
 
 
 class MaskingFilter(logging.Filter):
-    """Masks each log record's message (formatted with its arguments) and exception text."""
+    """Masks each log record's message (formatted with its arguments); a traceback that holds
+    a secret is masked and folded into the message, since formatters format `exc_info` anew."""
 
     def __init__(self, masker: Masker) -> None:
         super().__init__()
         self._masker = masker
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._masker:
-            message = record.getMessage()
-            masked = self._masker.mask(message)
-            if masked != message:
-                record.msg, record.args = masked, None
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            if record.exc_text:
-                record.exc_text = self._masker.mask(record.exc_text)
+        if not self._masker:
+            return True
+        message = record.getMessage()
+        masked = self._masker.mask(message)
+        if record.exc_info:
+            trace = logging.Formatter().formatException(record.exc_info)
+            masked_trace = self._masker.mask(trace)
+            if masked_trace != trace:
+                masked = f"{masked}\n{masked_trace}"
+                record.exc_info, record.exc_text = None, None
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
 
 
