@@ -33,9 +33,11 @@ def kms(**variables: str) -> dict[str, str]:
     return {"keyName": KEY, "cipherText": encrypt(KEY, json.dumps(variables).encode())}
 
 
-def grep_state(state_dir: Path, value: str) -> str:
+def grep_state(state_dir: Path, value: str, *options: str) -> str:
     """What `grep -r VALUE STATE_DIR` finds (empty when nothing)."""
-    found = subprocess.run(["grep", "-r", value, str(state_dir)], capture_output=True, text=True)
+    found = subprocess.run(
+        ["grep", "-r", *options, value, str(state_dir)], capture_output=True, text=True
+    )
     assert found.returncode in (0, 1), found.stderr
     return found.stdout
 
@@ -92,7 +94,7 @@ def test_secret_and_kms_variables_reach_both_levels(make_emulator, start_agent, 
         assert value not in agent.log()
 
 
-def test_printed_secret_is_masked_in_log_and_events(make_emulator, start_agent):
+def test_printed_secret_is_masked_in_log_and_events(make_emulator, start_agent, tmp_path):
     """A value the task prints is `***` in the agent's log and in its custom status event."""
     event = '{"batch/custom/event": "connected with %s"}'
     runnable = script(
@@ -109,6 +111,8 @@ def test_printed_secret_is_masked_in_log_and_events(make_emulator, start_agent):
     descriptions = [e["description"] for e in emu.task_events(name)]
     assert "connected with ***" in descriptions, descriptions
     assert not any(DB_VALUE in d for d in descriptions)
+    # The events were saved masked; a runnable's own output files (tasks/) are its, not ours.
+    assert grep_state(tmp_path / "state", DB_VALUE, "--exclude-dir=tasks") == ""
 
 
 def test_a_restarted_agent_fetches_the_secrets_again(make_emulator, start_agent, tmp_path):
