@@ -129,7 +129,9 @@ class Secrets:
         return None
 
     async def poststop(self) -> None:
-        return None  # values stay until the run ends: an alwaysRun runnable may still start
+        """Every runnable has ended: drop the values (the masker keeps masking them)."""
+        values = self._values
+        values.task, values.runnables, values.logins = {}, {}, {}
 
     def _resolve_all(self) -> None:
         values, cache = self._values, _Cache(self._source)
