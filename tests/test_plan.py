@@ -8,9 +8,12 @@ import pytest
 
 from batch_agent.tasks.plan import (
     BarrierSpec,
+    ContainerSpec,
+    Encrypted,
     PlanError,
     RunnablePlan,
     ScriptSpec,
+    SecretRefs,
     make_plan,
 )
 from batch_agent.tasks.runner import next_runnable
@@ -86,7 +89,16 @@ def test_agent_task_spec_alone_is_enough():
                 "runnables": [{"script": {"text": "a"}}],
                 "environment": {"secretVariables": {"S": "p"}},
             },
-            "environment.secretVariables: not supported by this agent yet",
+            "environment.secretVariables.S: 'p' is not a Secret Manager version "
+            "(projects/P/secrets/S/versions/V)",
+        ),
+        (
+            {
+                "runnables": [{"script": {"text": "a"}}],
+                "environment": {"encryptedVariables": {"keyName": "k", "cipherText": "c"}},
+            },
+            "environment.encryptedVariables.keyName: 'k' is not a Cloud KMS key "
+            "(projects/P/locations/L/keyRings/R/cryptoKeys/K)",
         ),
     ],
 )
@@ -114,14 +126,61 @@ def test_index_and_attempt_come_from_the_name():
     assert (plan.task_index, plan.retry_attempt) == (4, 3)
 
 
-def test_a_secret_manager_registry_password_is_refused_by_name():
-    """Container credentials from Secret Manager fail the task naming the field, for now."""
+def test_a_secret_manager_registry_password_is_kept_as_a_path():
+    """Container credentials given as Secret Manager paths plan fine; the prestart resolves them."""
     secret = "projects/p/secrets/s/versions/1"
-    with pytest.raises(PlanError) as caught:
-        plan_of(spec={"runnables": [{"container": {"imageUri": "i", "password": secret}}]})
-    assert caught.value.problems == [
-        f"runnables[0].container.password: Secret Manager paths are not supported yet ({secret})"
-    ]
+    plan = plan_of(spec={"runnables": [{"container": {"imageUri": "i", "password": secret}}]})
+    assert plan.runnables[0].action == ContainerSpec(image_uri="i", password=secret)
+
+
+KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/k"
+
+
+def test_both_specs_environments_merge_with_spec_winning():
+    """agentTaskSpec.environment is no longer dropped when spec.environment has variables."""
+    plan = plan_of(
+        spec={
+            "runnables": [{"script": {"text": "a"}}],
+            "environment": {
+                "variables": {"A": "spec", "B": "spec"},
+                "secretVariables": {"S": "projects/p/secrets/s/versions/1"},
+            },
+        },
+        agentTaskSpec={
+            "runnables": [{"script": {"text": "a"}}],
+            "environment": {
+                "variables": {"B": "agent", "C": "agent"},
+                "secretVariables": {"T": "projects/p/secrets/t/versions/2"},
+                "encryptedVariables": {"keyName": KEY, "cipherText": "Y2lwaGVy"},
+            },
+        },
+    )
+    assert plan.variables == {"A": "spec", "B": "spec", "C": "agent"}
+    assert plan.secrets == SecretRefs(
+        {"T": "projects/p/secrets/t/versions/2", "S": "projects/p/secrets/s/versions/1"},
+        (Encrypted(KEY, "Y2lwaGVy"),),
+    )
+
+
+def test_runnable_secrets_are_planned_by_path():
+    """A runnable's secretVariables and encryptedVariables become its SecretRefs (no values)."""
+    plan = plan_of(
+        spec={
+            "runnables": [
+                {
+                    "script": {"text": "a"},
+                    "environment": {
+                        "secretVariables": {"R": "projects/p/secrets/r/versions/latest"},
+                        "encryptedVariables": {"keyName": KEY, "cipherText": "eA=="},
+                    },
+                }
+            ]
+        }
+    )
+    assert plan.runnables[0].secrets == SecretRefs(
+        {"R": "projects/p/secrets/r/versions/latest"}, (Encrypted(KEY, "eA=="),)
+    )
+    assert not plan.secrets
 
 
 def r(index, *, always_run=False):

@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the agent (a daemon, or one cycle with --once)")
     run.add_argument("--once", action="store_true", help="run the tasks received to their end")
     run.add_argument("--endpoint", help="Batch API root (env BATCH_AGENT_ENDPOINT)")
+    run.add_argument(
+        "--secretmanager-endpoint",
+        help="Secret Manager API root (env BATCH_AGENT_SECRETMANAGER_ENDPOINT)",
+    )
+    run.add_argument("--kms-endpoint", help="Cloud KMS API root (env BATCH_AGENT_KMS_ENDPOINT)")
     run.add_argument("--state-dir", type=Path, help="durable state (env BATCH_AGENT_STATE_DIR)")
     run.add_argument("--config", type=Path, help="a JSON file of settings")
     run.add_argument("--log-format", choices=["text", "json"])
@@ -83,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(
             args.config,
             endpoint=args.endpoint,
+            secretmanager_endpoint=args.secretmanager_endpoint,
+            kms_endpoint=args.kms_endpoint,
             state_dir=args.state_dir,
             log_format=args.log_format,
             reported_version=args.reported_version,

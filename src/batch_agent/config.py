@@ -18,6 +18,9 @@ from batch_agent import REPORTED_VERSION
 from batch_agent.vm import DEFAULT_METADATA_HOST
 
 DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
+# API roots for tasks' secretVariables and encryptedVariables (control/secrets.py).
+DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
+DEFAULT_KMS_ENDPOINT = "https://cloudkms.googleapis.com/"
 
 
 def _seconds(value: object) -> object:
@@ -48,6 +51,8 @@ class Config(BaseSettings):
     )
 
     endpoint: str = DEFAULT_ENDPOINT
+    secretmanager_endpoint: str = DEFAULT_SECRETMANAGER_ENDPOINT
+    kms_endpoint: str = DEFAULT_KMS_ENDPOINT
     state_dir: Path = Path("/var/lib/batch-agent")
     # host:port of the GCE metadata server; google-auth reads the same variable.
     metadata_host: str = Field(

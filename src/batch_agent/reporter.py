@@ -20,11 +20,19 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from batch_agent.config import Config
-from batch_agent.control import Backoff, ControlPlane, ControlPlaneError
+from batch_agent.control import (
+    Backoff,
+    ControlPlane,
+    ControlPlaneError,
+    SecretError,
+    SecretsClient,
+)
 from batch_agent.outputlog import OutputLog
 from batch_agent.statedir import claim_state_dir
 from batch_agent.store import TaskStore
 from batch_agent.tasks.env import base_environment
+from batch_agent.tasks.hooks import SecretUnavailable
+from batch_agent.tasks.masking import Masker, MaskingFilter
 from batch_agent.tasks.mounts import MountSettings
 from batch_agent.tasks.taskset import TaskSet, TaskSettings
 from batch_agent.vm import (
@@ -81,6 +89,16 @@ class Reporter:
             application_default=config.credentials_file is not None,
             metadata_host=config.metadata_host,
         )
+        self._secrets = SecretsClient(
+            secretmanager_endpoint=config.secretmanager_endpoint,
+            kms_endpoint=config.kms_endpoint,
+            timeout=config.request_timeout,
+            application_default=config.credentials_file is not None,
+            metadata_host=config.metadata_host,
+        )
+        # Every secret value a task resolves is masked in the agent's log from then on.
+        self._masker = Masker()
+        self._log_filter = MaskingFilter(self._masker)
         self._metadata = MetadataServer(config.metadata_host)
         self._store = TaskStore(config.state_dir / "state.db")
         self._tasks: TaskSet | None = None
@@ -100,6 +118,9 @@ class Reporter:
     async def run(self, *, once: bool = False) -> Outcome:
         """Report until stopped (or, with once, until every task received has ended and its
         final state was reported). Raises Unreachable or Rejected as the class docs say."""
+        handlers = logging.getLogger().handlers
+        for handler in handlers:
+            handler.addFilter(self._log_filter)
         try:
             tasks = await self._start_up(once=once)
             while not self._stop.is_set():
@@ -115,6 +136,8 @@ class Reporter:
             return Outcome(failed=tasks.any_failed())
         finally:
             await self._shut_down()
+            for handler in handlers:
+                handler.removeFilter(self._log_filter)
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -135,7 +158,8 @@ class Reporter:
             workdir=self._config.state_dir / "tasks",
             where=f"zones/{identity.zone}/instances/{identity.instance_id}",
             base_env=base_environment(self._config.environ),
-            output=OutputLog(self._config.log_format).write,
+            # The one place output lines are masked: at the sink, before the agent's log.
+            output=self._masker.sink(OutputLog(self._config.log_format).write),
             docker_host=self._config.docker_host,
             kill_grace=self._config.kill_grace,
             mounts=MountSettings(
@@ -143,6 +167,8 @@ class Reporter:
                 device_dir=self._config.device_dir,
                 volume_root=self._config.volume_root,
             ),
+            secrets=_SecretSource(self._secrets),
+            masker=self._masker,
         )
         self._tasks = TaskSet(self._store, settings, on_change=self._changed.set)
         rebooted = recorded_boot is not None and recorded_boot != format_time(self._boot_time)
@@ -262,6 +288,7 @@ class Reporter:
             except ControlPlaneError as error:
                 log.warning("last report (AGENT_STOPPED) failed: %s", error)
         self._control.close()
+        self._secrets.close()
         self._store.close()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -308,3 +335,22 @@ class Reporter:
             for w in waits:
                 w.cancel()
         return self._stop.is_set()
+
+
+class _SecretSource:
+    """control's SecretsClient as the tasks' `hooks.SecretSource` (the tasks never see control)."""
+
+    def __init__(self, client: SecretsClient) -> None:
+        self._client = client
+
+    def access(self, version_path: str) -> str:
+        try:
+            return self._client.access_secret(version_path)
+        except SecretError as error:
+            raise SecretUnavailable(str(error)) from None
+
+    def decrypt(self, key_name: str, cipher_text: str) -> bytes:
+        try:
+            return self._client.decrypt(key_name, cipher_text)
+        except SecretError as error:
+            raise SecretUnavailable(str(error)) from None

@@ -5,8 +5,9 @@ This package is the only importer of googleapiclient, httplib2, google.auth and
 google_auth_httplib2 in the project; everything else talks to the names below and the wire
 models. Its modules: `client` (ControlPlane), `errors` (what a failure means, Retry-After),
 `credentials` (tokens from a metadata server), `deadline` (the per-call watchdog), `backoff`,
-`deferred` (two modules of the client libraries loaded only if used).
-Nothing here retries or reads the environment.
+`deferred` (two modules of the client libraries loaded only if used), `secrets` (Secret
+Manager and Cloud KMS for tasks' variables: the one client that retries, within a stated
+budget). Nothing here reads the environment.
 """
 
 from batch_agent.control.deferred import defer_unused_imports
@@ -27,15 +28,25 @@ from batch_agent.control.errors import (  # noqa: E402
     is_retryable_status,
     parse_retry_after,
 )
+from batch_agent.control.secrets import (  # noqa: E402
+    DEFAULT_KMS_ENDPOINT,
+    DEFAULT_SECRETMANAGER_ENDPOINT,
+    SecretError,
+    SecretsClient,
+)
 
 __all__ = [
     "CLOUD_PLATFORM_SCOPE",
     "DEFAULT_DEADLINE",
+    "DEFAULT_KMS_ENDPOINT",
+    "DEFAULT_SECRETMANAGER_ENDPOINT",
     "MAX_RETRY_AFTER",
     "Backoff",
     "ControlPlane",
     "ControlPlaneError",
     "MetadataServerCredentials",
+    "SecretError",
+    "SecretsClient",
     "is_retryable_status",
     "parse_retry_after",
 ]

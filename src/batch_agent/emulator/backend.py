@@ -59,3 +59,11 @@ class Backend(Protocol):
         """A `projects/{project}/locations/{location}/state:report` call with this raw body and
         `Authorization` header (which names the reporting VM by its emulated token)."""
         ...
+
+    def answer_secret_access(self, name: str, authorization: str | None) -> Reply:
+        """Secret Manager's `GET v1/{name}:access` (`name`: a secret version path)."""
+        ...
+
+    def answer_kms_decrypt(self, name: str, body: bytes, authorization: str | None) -> Reply:
+        """Cloud KMS's `POST v1/{name}:decrypt` (`name`: a crypto key) with this raw body."""
+        ...

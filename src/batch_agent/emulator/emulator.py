@@ -25,6 +25,7 @@ from batch_agent.emulator.job import load_job
 from batch_agent.emulator.metadata import Site, Vm
 from batch_agent.emulator.preemption import Preemption
 from batch_agent.emulator.records import Report, TaskView
+from batch_agent.emulator.secrets import SecretStore
 from batch_agent.emulator.state import JobState
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,13 @@ class Emulator:
         auto_delete: bool = True,
         log: Callable[[str], None] | None = print,
         files_dir: str | Path | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         """`files_dir` receives the files the service provides to tasks (the hosts file of
         `requireHostsFile`); without it a temporary directory is made, and removed by stop().
         `busy_min_report_interval`, when given, is the minReportInterval answered to a VM that
-        has a task to run or report (the other answers carry `min_report_interval`)."""
+        has a task to run or report (the other answers carry `min_report_interval`).
+        `secrets`: Secret Manager versions served (path -> value; see `secrets.SecretStore`)."""
         if vms < 1:
             raise ValueError(f"vms must be at least 1, got {vms}")
         self._host, self._port, self._vm_count = host, port, vms
@@ -88,6 +91,7 @@ class Emulator:
             log=self._log,
         )
         self._preemption = Preemption(vms)
+        self.secrets = SecretStore(secrets)  # Secret Manager and KMS (thread-safe on its own)
         self._listeners: Listeners | None = None
         self.vms: list[Vm] = []
         self.reports: list[Report] = self._api.reports
@@ -278,3 +282,11 @@ class Emulator:
             reply = self._api.answer(self.vms, project, location, body, authorization)
             self._lock.notify_all()
             return reply
+
+    def answer_secret_access(self, name: str, authorization: str | None) -> Reply:
+        """Secret Manager's `versions.access` (see `secrets.SecretStore.access`)."""
+        return self.secrets.access(name, authorization)
+
+    def answer_kms_decrypt(self, name: str, body: bytes, authorization: str | None) -> Reply:
+        """Cloud KMS's `cryptoKeys.decrypt` (see `secrets.SecretStore.decrypt`)."""
+        return self.secrets.decrypt(name, body, authorization)

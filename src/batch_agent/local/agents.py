@@ -122,6 +122,9 @@ def agent_env(
     env.update(
         GCE_METADATA_HOST=metadata_host,
         BATCH_AGENT_ENDPOINT=endpoint,
+        # The emulator also plays Secret Manager and Cloud KMS: a job's secrets run unchanged.
+        BATCH_AGENT_SECRETMANAGER_ENDPOINT=endpoint,
+        BATCH_AGENT_KMS_ENDPOINT=endpoint,
         BATCH_AGENT_STATE_DIR=str(state_dir),
         BATCH_AGENT_KILL_GRACE=kill_grace,
         PYTHONUNBUFFERED="1",

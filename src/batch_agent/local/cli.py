@@ -1,5 +1,5 @@
 """`batch-agent local JOB.json [--vms N] [--json] [--keep] [--min-report-interval D]
-[--volume-root DIR]`: argv -> one local run -> exit status.
+[--volume-root DIR] [--secrets FILE]`: argv -> one local run -> exit status.
 
 Exit status: 0 the job succeeded, 1 it failed, 2 usage error or a job config Batch would refuse
 (each problem printed as `path: reason`), 130 cancelled by SIGINT/SIGTERM. Fields that cannot
@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from batch_agent.emulator import JobConfigError, load_job
+from batch_agent.emulator.secrets import load_secrets
 from batch_agent.local.live import LiveView, wants_colour
 from batch_agent.local.session import LocalRun, Options, default_vms
 from batch_agent.local.view import JsonView, PlainView, View
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         "DIR/nfs/S/P, disk D is DIR/disks/D (bind-mounted at each mountPath; linked there "
         "when not run as root)",
     )
+    parser.add_argument(
+        "--secrets",
+        metavar="FILE",
+        type=Path,
+        help="JSON of Secret Manager version path -> value, for secretVariables",
+    )
     return parser
 
 
@@ -86,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     except JobConfigError as e:
         lines = "".join(f"\n  {problem}" for problem in e.problems)
         return _refuse(f"{args.job} is not a valid Batch job config:{lines}")
+    try:
+        secrets = load_secrets(args.secrets) if args.secrets is not None else {}
+    except OSError as e:
+        return _refuse(f"cannot read {args.secrets}: {e.strerror or e}")
+    except ValueError as e:
+        return _refuse(f"--secrets: {e}")
     view = _view(args.json)
     # Volumes do apply: mounted for real, or from the folders of --volume-root.
     not_applied = [f for f in plan.not_applied if not f.endswith(".taskSpec.volumes")]
@@ -96,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch-agent local: warning: {warning}", file=sys.stderr, flush=True)
         view.warn(warning)
     volume_root = Path(args.volume_root).resolve() if args.volume_root else None
-    options = Options(vms=args.vms or default_vms(plan), keep=args.keep, volume_root=volume_root)
+    options = Options(
+        vms=args.vms or default_vms(plan), keep=args.keep, volume_root=volume_root, secrets=secrets
+    )
     if args.min_report_interval is not None:
         interval = args.min_report_interval
         options = replace(options, min_report_interval=interval, busy_min_report_interval=None)

@@ -15,7 +15,8 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -46,6 +47,7 @@ class Options:
     kill_grace: str = "3"
     cancel_timeout: float = 20.0  # seconds to wait for cancelled tasks before stopping agents
     agent_stop_timeout: float = 10.0
+    secrets: Mapping[str, str] = field(default_factory=dict)  # Secret Manager versions served
 
 
 def default_vms(plan: JobPlan, cap: int = VM_CAP) -> int:
@@ -117,6 +119,7 @@ class LocalRun:
             auto_delete=not self._options.keep,
             log=None,
             files_dir=self._work_dir,
+            secrets=self._options.secrets,
         )
         try:
             emulator.start()

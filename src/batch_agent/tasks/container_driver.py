@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from batch_agent.tasks import events
@@ -80,9 +80,18 @@ class PreparedContainer:
         driver, context, k = self.driver, self.driver.context, self.runnable.index
         plan = context.plan
         # Nothing of the agent's environment goes in: the image's own PATH and HOME apply.
-        env = {**plan.variables, **self.runnable.variables, **context.batch_variables()}
+        secrets = context.secrets
+        env = {
+            **secrets.task_variables(plan),
+            **secrets.runnable_variables(self.runnable),
+            **context.batch_variables(),
+        }
+        spec = self.spec
+        if k in secrets.logins:  # Secret Manager paths resolved by the prestart
+            username, password = secrets.logins[k]
+            spec = replace(spec, username=username, password=password)
         started = await driver.engine().start(
-            self.spec,
+            spec,
             env=env,
             labels=driver.labels(k),
             user=plan.user,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +51,25 @@ class Driver(Protocol):
         ...
 
 
+@dataclass
+class SecretValues:
+    """The values of a task's secrets, filled by the Secrets hook before any runnable starts
+    and read by the drivers as they build a runnable's environment; in memory only, never
+    saved (a restarted agent's prestart fetches them again)."""
+
+    task: dict[str, str] = field(default_factory=dict)  # the task level's secret variables
+    runnables: dict[int, dict[str, str]] = field(default_factory=dict)  # by 1-based index
+    logins: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)  # registry
+
+    def task_variables(self, plan: TaskPlan) -> dict[str, str]:
+        """The task level: its variables, then its secrets (later wins)."""
+        return {**plan.variables, **self.task}
+
+    def runnable_variables(self, runnable: RunnablePlan) -> dict[str, str]:
+        """The runnable level: its variables, then its secrets (later wins)."""
+        return {**runnable.variables, **self.runnables.get(runnable.index, {})}
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """What the drivers of one task share."""
@@ -61,6 +80,7 @@ class TaskContext:
     instance: str  # `zones/<zone>/instances/<id>`, a container label
     base_env: Mapping[str, str]
     kill_grace: timedelta = timedelta(seconds=10)
+    secrets: SecretValues = field(default_factory=SecretValues)
 
     @property
     def work(self) -> Path:

@@ -105,6 +105,12 @@ def task_folder_failed(folder: str, error: str) -> str:
     return f"task folder {folder}: {error}"
 
 
+def secret_unavailable(what: str, path: str, error: str) -> str:
+    """`what`: `variable NAME of the task`, `encryptedVariables of runnables[1]`, ...;
+    `path`: the Secret Manager version or the KMS key; `error`: the API's."""
+    return f"cannot resolve {what} from {path}: {error}"
+
+
 def status_lost(label: str) -> str:
     return f"{label}: its exit status was lost while the agent was down"
 

@@ -13,10 +13,12 @@ from datetime import timedelta
 from batch_agent.names import parse_task_name
 from batch_agent.wire import (
     AgentContainer,
+    AgentEnvironment,
     AgentTask,
     AgentTaskRunnable,
     AgentTaskSpec,
     Container,
+    Environment,
     Runnable,
     TaskSpec,
     Volume,
@@ -25,6 +27,35 @@ from batch_agent.wire import (
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_PATH = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
+_KMS_KEY = re.compile(r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
+
+
+def is_secret_path(value: str | None) -> bool:
+    """Whether `value` names a Secret Manager version (`projects/P/secrets/S/versions/V`)."""
+    return bool(value) and _SECRET_PATH.match(value or "") is not None
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """An `encryptedVariables`: a KMS ciphertext of a JSON object of variable names to values."""
+
+    key_name: str
+    cipher_text: str
+
+
+@dataclass(frozen=True)
+class SecretRefs:
+    """Where a level's secret variables come from; paths only, never values. Later wins:
+    `secret` (name -> Secret Manager version path), then each of `encrypted` in order."""
+
+    secret: dict[str, str] = field(default_factory=dict)
+    encrypted: tuple[Encrypted, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.secret or self.encrypted)
+
+    def __or__(self, later: SecretRefs) -> SecretRefs:
+        return SecretRefs(self.secret | later.secret, self.encrypted + later.encrypted)
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,7 @@ class RunnablePlan:
     always_run: bool = False
     timeout: timedelta | None = None
     variables: dict[str, str] = field(default_factory=dict)
+    secrets: SecretRefs = field(default_factory=SecretRefs)
 
     @property
     def label(self) -> str:
@@ -102,6 +134,7 @@ class TaskPlan:
     task_id: str
     runnables: tuple[RunnablePlan, ...]
     variables: dict[str, str] = field(default_factory=dict)
+    secrets: SecretRefs = field(default_factory=SecretRefs)
     max_run_duration: timedelta | None = None
     user: tuple[int, int] | None = None
     task_index: int | None = None  # BATCH_TASK_INDEX, from the task's name
@@ -135,10 +168,12 @@ def make_plan(task: AgentTask) -> TaskPlan:
     runnables = tuple(_runnable(i, r, problems) for i, r in enumerate(raw))
     name = parse_task_name(task.task)
     mounts = _mounts(spec.volumes if spec is not None else [], problems)
+    variables, secrets = _task_variables(spec, agent_spec, problems)
     plan = TaskPlan(
         task_id=task.task,
         runnables=runnables,
-        variables=_task_variables(spec, agent_spec, problems),
+        variables=variables,
+        secrets=secrets,
         max_run_duration=_max_run_duration(spec, agent_spec, problems),
         user=_user(agent_spec, problems),
         task_index=name.index,
@@ -176,7 +211,7 @@ def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> R
     if r.timeout is not None and r.timeout <= timedelta(0):
         problems.append(f"{where}.timeout: {format_duration(r.timeout)} is not positive")
     variables = _variables(r.environment.variables if r.environment else {}, where, problems)
-    _unsupported_secrets(r.environment, where, problems)
+    secrets = _secrets(r.environment, f"{where}.environment", problems)
     return RunnablePlan(
         index=i + 1,
         action=action,
@@ -186,6 +221,7 @@ def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> R
         always_run=r.always_run,
         timeout=r.timeout,
         variables=variables,
+        secrets=secrets,
     )
 
 
@@ -195,13 +231,8 @@ def _container(
     if not c.image_uri:
         problems.append(f'{where}.container: needs "imageUri"')
         return None
+    # username/password given as Secret Manager version paths are resolved in the prestart.
     full = c if isinstance(c, Container) else None
-    for name in ("username", "password"):
-        value = getattr(full, name, None) if full else None
-        if value and _SECRET_PATH.match(value):
-            problems.append(
-                f"{where}.container.{name}: Secret Manager paths are not supported yet ({value})"
-            )
     return ContainerSpec(
         image_uri=c.image_uri,
         commands=tuple(c.commands),
@@ -217,17 +248,21 @@ def _container(
 
 def _task_variables(
     spec: TaskSpec | None, agent_spec: AgentTaskSpec | None, problems: list[str]
-) -> dict[str, str]:
+) -> tuple[dict[str, str], SecretRefs]:
+    """The task level's variables and secrets. Both specs count, later wins (README):
+    `agentTaskSpec.environment`, then `spec.environments`, then `spec.environment`."""
     merged: dict[str, str] = {}
+    secrets = SecretRefs()
+    if agent_spec is not None and agent_spec.environment is not None:
+        where = "agentTaskSpec.environment"
+        merged |= _variables(agent_spec.environment.variables, where, problems)
+        secrets |= _secrets(agent_spec.environment, where, problems)
     if spec is not None:
         merged |= _variables(spec.environments, "environments", problems)
         if spec.environment is not None:
-            merged |= _variables(spec.environment.variables, "environment.variables", problems)
-            _unsupported_secrets(spec.environment, "", problems)
-    if agent_spec is not None and agent_spec.environment is not None and not merged:
-        merged = _variables(agent_spec.environment.variables, "environment.variables", problems)
-        _unsupported_secrets(agent_spec.environment, "", problems)
-    return merged
+            merged |= _variables(spec.environment.variables, "environment", problems)
+            secrets |= _secrets(spec.environment, "environment", problems)
+    return merged, secrets
 
 
 def _variables(values: dict[str, str], where: str, problems: list[str]) -> dict[str, str]:
@@ -239,13 +274,33 @@ def _variables(values: dict[str, str], where: str, problems: list[str]) -> dict[
     return dict(values)
 
 
-def _unsupported_secrets(environment: object, where: str, problems: list[str]) -> None:
-    """Secret Manager and Cloud KMS variables come with a later release; say so, don't ignore."""
-    prefix = f"{where}.environment" if where else "environment"
-    if getattr(environment, "secret_variables", None):
-        problems.append(f"{prefix}.secretVariables: not supported by this agent yet")
-    if getattr(environment, "encrypted_variables", None) is not None:
-        problems.append(f"{prefix}.encryptedVariables: not supported by this agent yet")
+def _secrets(
+    environment: Environment | AgentEnvironment | None, where: str, problems: list[str]
+) -> SecretRefs:
+    """The secretVariables and encryptedVariables of one environment, checked (paths only)."""
+    if environment is None:
+        return SecretRefs()
+    for name, path in environment.secret_variables.items():
+        if not _ENV_NAME.match(name):
+            problems.append(f'{where}.secretVariables: "{name}" is not a valid variable name')
+        elif not is_secret_path(path):
+            problems.append(
+                f"{where}.secretVariables.{name}: {path!r} is not a Secret Manager version "
+                "(projects/P/secrets/S/versions/V)"
+            )
+    encrypted: tuple[Encrypted, ...] = ()
+    kms = environment.encrypted_variables
+    if kms is not None and (kms.key_name or kms.cipher_text):
+        if not kms.key_name or not _KMS_KEY.match(kms.key_name):
+            problems.append(
+                f"{where}.encryptedVariables.keyName: {kms.key_name!r} is not a Cloud KMS key "
+                "(projects/P/locations/L/keyRings/R/cryptoKeys/K)"
+            )
+        elif not kms.cipher_text:
+            problems.append(f"{where}.encryptedVariables.cipherText: empty")
+        else:
+            encrypted = (Encrypted(kms.key_name, kms.cipher_text),)
+    return SecretRefs(dict(environment.secret_variables), encrypted)
 
 
 def _max_run_duration(

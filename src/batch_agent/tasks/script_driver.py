@@ -81,8 +81,8 @@ class PreparedScript:
         user = context.plan.user
         env = runnable_environment(
             context.base_env,
-            context.plan.variables,
-            self.runnable.variables,
+            context.secrets.task_variables(context.plan),
+            context.secrets.runnable_variables(self.runnable),
             context.batch_variables(),
             home=_home_of(user[0]) if user is not None else "/root",
         )

@@ -30,11 +30,12 @@ from batch_agent.tasks.container_driver import (
     EngineFactory,
     remove_task_containers,
 )
-from batch_agent.tasks.driver import Driver, TaskContext
+from batch_agent.tasks.driver import Driver, SecretValues, TaskContext
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
-from batch_agent.tasks.hooks import ContainerNetwork, TaskFolder
+from batch_agent.tasks.hooks import ContainerNetwork, Secrets, SecretSource, TaskFolder
 from batch_agent.tasks.lifecycle import Lifecycle
+from batch_agent.tasks.masking import MaskedEvents, Masker
 from batch_agent.tasks.mounts import MountSettings, container_volumes
 from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
 from batch_agent.tasks.record import EDGES, TaskRecord
@@ -78,6 +79,9 @@ class TaskSettings:
     def mount_table(self) -> MountTable:
         """The VM's one table of task volumes (shared by every task of the agent)."""
         return MountTable(self.workdir.parent / "mounts.json", self.mounts)
+
+    secrets: SecretSource | None = None  # Secret Manager and KMS; None: tasks using them fail
+    masker: Masker = field(default_factory=Masker)  # every resolved value, masked everywhere
 
 
 @dataclass
@@ -360,6 +364,7 @@ def make_run(
     folder = task_dir(settings.workdir, record.task_id)
     if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
         plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
+    secrets = SecretValues()  # filled by the Secrets hook, read by the drivers
     context = TaskContext(
         plan=plan,
         folder=folder,
@@ -367,16 +372,18 @@ def make_run(
         instance=settings.where,
         base_env=settings.base_env,
         kill_grace=settings.kill_grace,
+        secrets=secrets,
     )
     containers = ContainerDriver(context, engine)
     drivers: dict[type, Driver] = {ScriptSpec: ScriptDriver(context), ContainerSpec: containers}
     return TaskRun(
         record,
         plan,
-        lifecycle=lifecycle,
+        lifecycle=MaskedEvents(lifecycle, settings.masker),
         drivers=drivers,
         hooks=[
             TaskFolder(folder, plan.user),
+            Secrets(plan, secrets, settings.secrets, settings.masker),
             Volumes(settings.mount_table, record.task_id, plan.mounts, plan.user),
             *([ContainerNetwork(containers)] if _blocks_networks(plan) else []),
         ],
