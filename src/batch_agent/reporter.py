@@ -22,10 +22,10 @@ from typing import TypeVar
 from batch_agent import __version__
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlane, ControlPlaneError
-from batch_agent.outputlog import OutputLog
 from batch_agent.store import TaskStore
 from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.taskset import TaskSet, TaskSettings
+from batch_agent.telemetry import Telemetry
 from batch_agent.vm import (
     MetadataError,
     MetadataServer,
@@ -92,6 +92,7 @@ class Reporter:
         self._static: AgentMetadata | None = None
         self._boot_time = self._started
         self._last_report = float("-inf")  # loop time of the last answer (or failure)
+        self._telemetry = Telemetry(config, self._store, started=self._started)
 
     async def run(self, *, once: bool = False) -> Outcome:
         """Report until stopped (or, with once, until every task received has ended and its
@@ -129,7 +130,7 @@ class Reporter:
             workdir=self._config.state_dir / "tasks",
             where=f"zones/{identity.zone}/instances/{identity.instance_id}",
             base_env=base_environment(self._config.environ),
-            output=OutputLog(self._config.log_format).write,
+            output=self._telemetry.output_sink(),
             docker_host=self._config.docker_host,
             kill_grace=self._config.kill_grace,
         )
@@ -137,6 +138,7 @@ class Reporter:
         rebooted = recorded_boot is not None and recorded_boot != format_time(self._boot_time)
         await self._tasks.resume(rebooted=rebooted)
         await self._store.set_fact("boot_time", format_time(self._boot_time))
+        await self._telemetry.ready(self._tasks, healthy=self._healthy)
         loop = asyncio.get_running_loop()
 
         def on_notice() -> None:  # called from the watch's thread
@@ -206,14 +208,24 @@ class Reporter:
         assert self._identity is not None
         request = self._request(state)
         parent = self._identity.parent
+        began = asyncio.get_running_loop().time()
+        error: ControlPlaneError | None = None
         try:
             response = await asyncio.to_thread(
                 self._control.report, parent, request, deadline=deadline
             )
+        except ControlPlaneError as failed:
+            error = failed
+            raise
         finally:
             # Counted from the answer, so the server never sees two reports closer than the
             # minimum, whatever the latency.
             self._last_report = asyncio.get_running_loop().time()
+            if error is None:
+                self._last_success = datetime.now(UTC)
+            await self._telemetry.reported(
+                self._last_report - began, error, last_success=self._last_success
+            )
         if response.default_report_interval is not None:
             self._default_interval = max(response.default_report_interval, timedelta(0))
         if response.min_report_interval is not None:
@@ -241,6 +253,7 @@ class Reporter:
 
     async def _shut_down(self) -> None:
         """Leave tasks running (they outlive the agent), send AGENT_STOPPED once, close."""
+        self._telemetry.stopping()
         if self._tasks is not None:
             await self._tasks.close()
         if self._identity is not None and self._state is not AgentState.AGENT_STARTING:
@@ -250,10 +263,15 @@ class Reporter:
                 await self._report(AgentState.AGENT_STOPPED, deadline=STOP_REPORT_DEADLINE)
             except ControlPlaneError as error:
                 log.warning("last report (AGENT_STOPPED) failed: %s", error)
+        await self._telemetry.stopped()
         self._control.close()
         self._store.close()
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _healthy(self) -> bool:
+        """The last successful report is within 3 report intervals (called from a thread)."""
+        return datetime.now(UTC) - self._last_success <= 3 * self._default_interval
 
     def _on_preempted(self) -> None:
         log.warning("preemption notice received: this VM is going away")
@@ -291,8 +309,20 @@ class Reporter:
         waits = [asyncio.ensure_future(self._stop.wait())]
         if wake is not None:
             waits.append(asyncio.ensure_future(wake.wait()))
+        # The loop pings systemd's watchdog while it waits, at least every half WatchdogSec:
+        # a loop wedged anywhere else stops the pings and systemd restarts us.
+        ping = self._telemetry.watchdog_interval
+        slice_ = ping.total_seconds() if ping is not None else float("inf")
+        end = asyncio.get_running_loop().time() + max(seconds, 0)
         try:
-            await asyncio.wait(waits, timeout=max(seconds, 0), return_when="FIRST_COMPLETED")
+            while True:
+                left = end - asyncio.get_running_loop().time()
+                done, _ = await asyncio.wait(
+                    waits, timeout=max(min(left, slice_), 0), return_when="FIRST_COMPLETED"
+                )
+                if done or left <= slice_:
+                    break
+                self._telemetry.watchdog()
         finally:
             for w in waits:
                 w.cancel()

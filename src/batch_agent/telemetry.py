@@ -1,0 +1,151 @@
+"""What the report loop tells the person on the VM: systemd, `batch-agent status`, metrics.
+
+The loop calls one method per step: `ready` after start-up, `reported` after every report
+call (answered or not), `watchdog` while it waits, `stopping` and `stopped` on the way out.
+Here that becomes sd_notify messages (READY, STATUS, WATCHDOG, STOPPING), facts in the store
+for `batch-agent status` (our pid and start; the last report's time, outcome and error) and
+metric updates. Nothing here decides anything about tasks or reports, and a failure here
+(a full disk for a fact, a lost datagram) is logged, never raised into the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+from batch_agent import __version__
+from batch_agent.config import Config
+from batch_agent.control import ControlPlaneError
+from batch_agent.journal import JournalOutput
+from batch_agent.metrics import Metrics, start_metrics
+from batch_agent.notify import Notifier
+from batch_agent.outputlog import OutputLog
+from batch_agent.status import AGENT_FACT, REPORT_FACT, open_readonly, read_records
+from batch_agent.store import TaskStore
+from batch_agent.tasks.procfs import read_stat
+from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.taskoutput import Sink
+from batch_agent.tasks.taskset import TaskSet
+from batch_agent.wire import format_time
+
+log = logging.getLogger(__name__)
+
+
+class Telemetry:
+    def __init__(self, config: Config, store: TaskStore, *, started: datetime) -> None:
+        self._config = config
+        self._store = store
+        self._started = started
+        self._notify = Notifier(config.environ)
+        self._metrics = Metrics()  # off until `ready` starts the real ones (if asked)
+        self._tasks: TaskSet | None = None
+        self._last_report: float | None = None  # time.monotonic() of the last report's end
+        self._last_outcome = ""
+
+    @property
+    def watchdog_interval(self) -> timedelta | None:
+        """How often the loop must call `watchdog` (half of WatchdogSec); None: no watchdog."""
+        return self._notify.watchdog_interval
+
+    def output_sink(self) -> Sink:
+        """Runnables' output to our log stream (in journald's form when that is ours), counted
+        for the metrics."""
+        log_format = self._config.log_format
+        write = JournalOutput().write if log_format == "journal" else OutputLog(log_format).write
+
+        def counted(tag: str, stream: str, lines: Sequence[str]) -> None:
+            write(tag, stream, lines)
+            self._metrics.shipped(stream, sum(len(line.encode()) + 1 for line in lines))
+
+        return counted
+
+    async def ready(self, tasks: TaskSet, *, healthy: Callable[[], bool]) -> None:
+        """Start-up is done: the tasks an earlier agent left are taken up again.
+
+        READY now, not at the first answer: an unreachable control plane must not make systemd
+        kill us in start-up (TimeoutStartSec) while we drive tasks; STATUS says no report yet.
+        """
+        self._tasks = tasks
+        await self._record_agent()
+        if self._config.metrics_port:
+            self._metrics = start_metrics(self._config.metrics_port, healthy)
+            log.info("metrics on http://127.0.0.1:%d/metrics", self._metrics.port)
+        self._notify.ready(self.status_line())
+
+    async def reported(
+        self, seconds: float, error: ControlPlaneError | None, *, last_success: datetime
+    ) -> None:
+        """A report call ended after `seconds`, answered (`error` None) or not."""
+        self._last_report = time.monotonic()
+        self._last_outcome = "ok" if error is None else f"failing ({error})"
+        code = error.status if error is not None else 200
+        self._metrics.report_done("ok" if error is None else "error", code, seconds)
+        if self._config.metrics_port:  # only then: a read of every record
+            self._metrics.tasks_seen(await asyncio.to_thread(self._read_records))
+        fact = {
+            "time": format_time(datetime.now(UTC)),
+            "outcome": "ok" if error is None else "error",
+            "error": None if error is None else str(error),
+            "status": code,
+            "last_success": format_time(last_success),
+        }
+        await self._set_fact(REPORT_FACT, fact)
+        self._notify.status(self.status_line())
+        self._notify.watchdog()
+
+    def watchdog(self) -> None:
+        """The loop is alive: WATCHDOG=1, and a fresh STATUS (its "ago" moves on)."""
+        self._notify.status(self.status_line())
+        self._notify.watchdog()
+
+    def stopping(self) -> None:
+        self._notify.stopping()
+
+    async def stopped(self) -> None:
+        """The last step: record the stop for `batch-agent status`, stop serving metrics."""
+        await self._record_agent(stopped=True)
+        self._metrics.close()
+
+    def status_line(self) -> str:
+        """`2 running, 1 succeeded; last report 3s ago: ok`, for `systemctl status`."""
+        counts: dict[str, int] = {}
+        for info in self._tasks.snapshot() if self._tasks is not None else []:
+            state = info.task_status.state.value.lower() if info.task_status else "unknown"
+            counts[state] = counts.get(state, 0) + 1
+        tasks = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no tasks"
+        if len(counts) == 1 and sum(counts.values()) > 0:
+            tasks = tasks.replace(" ", " task " if sum(counts.values()) == 1 else " tasks ", 1)
+        if self._last_report is None:
+            return f"{tasks}; no report yet"
+        ago = time.monotonic() - self._last_report
+        return f"{tasks}; last report {ago:.0f}s ago: {self._last_outcome}"
+
+    async def _record_agent(self, *, stopped: bool = False) -> None:
+        """Leave our pid and start for `batch-agent status` (and, on the way out, the stop)."""
+        found = read_stat(os.getpid())
+        fact = {
+            "pid": os.getpid(),
+            "start_ticks": found.start_time if found is not None else None,
+            "started": format_time(self._started),
+            "version": __version__,
+            "stopped": format_time(datetime.now(UTC)) if stopped else None,
+        }
+        await self._set_fact(AGENT_FACT, fact)
+
+    async def _set_fact(self, key: str, value: Mapping[str, object]) -> None:
+        try:
+            await self._store.set_fact(key, json.dumps(value))
+        except (sqlite3.Error, OSError) as error:  # the store's trouble is the loop's to see
+            log.warning("fact %s not recorded: %s", key, error)
+
+    def _read_records(self) -> list[TaskRecord]:
+        """The records as stored, through a read-only connection of our own (blocks)."""
+        with contextlib.closing(open_readonly(self._config.state_dir)) as db:
+            return read_records(db)
