@@ -1,8 +1,10 @@
-"""sd_notify: the real agent tells a datagram socket (as systemd would bind it) how it is doing."""
+"""systemd: sd_notify to a datagram socket (as systemd binds it) and the journal log format."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ import pytest
 
 from batch_agent.notify import Notifier
 from tests.helpers import job, script, wait_until
+
+TASK0 = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/0"
 
 
 class Listener:
@@ -92,3 +96,37 @@ def test_agent_sends_ready_status_watchdog_and_stopping(make_emulator, start_age
     assert agent.terminate() == 0, agent.log()
     assert listener.seen("STOPPING", "1")
     assert not any("READY" in m for m in listener.received[1:])  # READY exactly once
+
+
+def test_journal_format_is_detected_from_journal_stream(make_emulator, start_agent, tmp_path):
+    """With stderr the journal's stream: `<N>` priorities, no timestamps, output lines tagged."""
+    emu = make_emulator(job(script("echo out; echo err >&2")))
+    log_path = tmp_path / "state-agent.log"  # where start_agent sends the agent's stderr
+    log_path.touch()
+    found = log_path.stat()
+    agent = start_agent(emu, "--once", JOURNAL_STREAM=f"{found.st_dev}:{found.st_ino}")
+    assert agent.wait() == 0, agent.log()
+    lines = agent.log().splitlines()
+    assert lines and all(re.match(r"<[2-7]>\S", line) for line in lines), lines
+    assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines)  # journald stamps
+    assert "<6>[task 0 r1 stdout] out" in lines
+    assert "<3>[task 0 r1 stderr] err" in lines
+
+
+def test_journal_stream_of_another_file_keeps_text(make_emulator, start_agent):
+    """An inherited JOURNAL_STREAM that is not our stderr leaves the timestamped text format."""
+    emu = make_emulator(job(script("true")))
+    agent = start_agent(emu, "--once", JOURNAL_STREAM="1:1")
+    assert agent.wait() == 0
+    assert all(re.match(r"\d{4}-\d\d-\d\d ", line) for line in agent.log().splitlines())
+
+
+def test_json_lines_about_a_task_carry_its_id_and_runnable(make_emulator, start_agent):
+    """--log-format json: the agent's lines about a task have `task` (and `runnable`) fields."""
+    emu = make_emulator(job(script("exit 3")))
+    agent = start_agent(emu, "--once", "--log-format", "json")
+    assert agent.wait() == 1
+    entries = [json.loads(line) for line in agent.log().splitlines()]
+    about = [e for e in entries if e["logger"] != "batch_agent.output" and "task" in e]
+    assert about and all(e["task"] == TASK0 for e in about), entries
+    assert any(e.get("runnable") == 1 for e in about), about

@@ -33,7 +33,8 @@ def test_status_and_logs_of_a_live_agent(make_emulator, start_agent, tmp_path):
         if not (state / "state.db").exists():
             return None
         tasks = status(state)["tasks"]
-        return tasks and tasks[0]["state"] == "RUNNING" and tasks[0]["runnables"] and tasks[0]
+        runnables = tasks[0]["runnables"] if tasks else []
+        return runnables and runnables[0]["alive"] and tasks[0]
 
     task = wait_until(running_task, what="the task RUNNING in status")
     found = status(state)
@@ -41,7 +42,7 @@ def test_status_and_logs_of_a_live_agent(make_emulator, start_agent, tmp_path):
     assert found["agent"]["pid"] == agent.proc.pid
     assert wait_until(lambda: status(state)["agent"]["last_report"])["outcome"] == "ok"
     assert task["task"] == TASK0 and task["index"] == 0 and task["runnable"] == 1
-    assert task["runnables"][0]["alive"] and task["runnables"][0]["pid"]
+    assert task["state"] == "RUNNING" and task["runnables"][0]["pid"]
     assert found["mounts"] == [] and found["secrets"] == []
     wait_until(lambda: "oops" in cli("logs", "0", "--state-dir", str(state)).stdout)
     logs = cli("logs", "0", "--state-dir", str(state))

@@ -171,7 +171,9 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-_RUNNABLE = re.compile(r"\brunnable (\d+)")
+# Runnables are named `runnables[0]` in log lines (as in the job config); the field is
+# 1-based, as `r1` in output lines, `batch-agent logs --runnable` and AgentTaskInfo.runnable.
+_RUNNABLE = re.compile(r"\brunnables\[(\d+)\]")
 
 
 def _subject(record: logging.LogRecord) -> dict[str, Any]:
@@ -185,7 +187,7 @@ def _subject(record: logging.LogRecord) -> dict[str, Any]:
         fields["task"] = str(task)
     runnable = getattr(record, "runnable", None)
     if runnable is None and (found := _RUNNABLE.search(record.getMessage())):
-        runnable = int(found.group(1))
+        runnable = int(found.group(1)) + 1
     if runnable is not None:
         fields["runnable"] = runnable
     return fields
