@@ -68,7 +68,7 @@ def test_without_notify_socket_nothing_is_sent():
     """Outside systemd every call is a no-op and there is no watchdog."""
     notifier = Notifier({})
     notifier.ready("x")
-    notifier.watchdog()
+    notifier.alive("x")
     assert not notifier.enabled
     assert notifier.watchdog_interval is None
 

@@ -48,7 +48,7 @@ def test_status_and_logs_of_a_live_agent(make_emulator, start_agent, tmp_path):
     logs = cli("logs", "0", "--state-dir", str(state))
     assert logs.stdout.splitlines() == ["[r1 stdout] hello", "[r1 stderr] oops"]
     text = cli("status", "--state-dir", str(state))
-    assert "agent: running" in text.stdout and "task 0: RUNNING" in text.stdout, text.stdout
+    assert "agent: running (pid" in text.stdout and "task 0: RUNNING" in text.stdout, text.stdout
     assert agent.terminate() == 0
 
 
@@ -70,6 +70,9 @@ def test_status_and_logs_of_a_stopped_agent(make_emulator, start_agent, tmp_path
     assert [(x["runnable"], x["line"]) for x in lines] == [(1, "one"), (2, "two")]
     only = cli("logs", "0", "--runnable", "2", "--state-dir", str(state))
     assert only.stdout == "[r2 stdout] two\n"
+    text = cli("status", "--state-dir", str(state)).stdout
+    assert "agent: not running (last pid" in text and "task 0: FAILED, exit code 3" in text, text
+    assert "runnable 2: pid" in text and "exit code 3; stdout 4B, stderr 0B" in text, text
     # Following an ended task prints what is there and returns.
     assert cli("logs", "0", "-f", "--state-dir", str(state)).returncode == 0
 

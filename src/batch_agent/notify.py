@@ -36,9 +36,12 @@ class Notifier:
     def status(self, text: str) -> None:
         self.send(STATUS=text)
 
-    def watchdog(self) -> None:
+    def alive(self, status: str) -> None:
+        """WATCHDOG=1 when systemd watches us, with a fresh STATUS either way."""
         if self.watchdog_interval is not None:
-            self.send(WATCHDOG="1")
+            self.send(WATCHDOG="1", STATUS=status)
+        else:
+            self.send(STATUS=status)
 
     def stopping(self) -> None:
         self.send(STOPPING="1", STATUS="stopping")

@@ -209,23 +209,18 @@ class Reporter:
         request = self._request(state)
         parent = self._identity.parent
         began = asyncio.get_running_loop().time()
-        error: ControlPlaneError | None = None
         try:
             response = await asyncio.to_thread(
                 self._control.report, parent, request, deadline=deadline
             )
-        except ControlPlaneError as failed:
-            error = failed
+        except ControlPlaneError as error:
+            await self._reported(began, error)
             raise
         finally:
             # Counted from the answer, so the server never sees two reports closer than the
             # minimum, whatever the latency.
             self._last_report = asyncio.get_running_loop().time()
-            if error is None:
-                self._last_success = datetime.now(UTC)
-            await self._telemetry.reported(
-                self._last_report - began, error, last_success=self._last_success
-            )
+        await self._reported(began, None)
         if response.default_report_interval is not None:
             self._default_interval = max(response.default_report_interval, timedelta(0))
         if response.min_report_interval is not None:
@@ -268,6 +263,13 @@ class Reporter:
         self._store.close()
 
     # -- helpers ------------------------------------------------------------------------------
+
+    async def _reported(self, began: float, error: ControlPlaneError | None) -> None:
+        """Tell systemd, the metrics and `batch-agent status` how the report went."""
+        if error is None:
+            self._last_success = datetime.now(UTC)
+        seconds = asyncio.get_running_loop().time() - began
+        await self._telemetry.reported(seconds, error, last_success=self._last_success)
 
     def _healthy(self) -> bool:
         """The last successful report is within 3 report intervals (called from a thread)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_agent.names import parse_task_name
+from batch_agent.tasks.container_driver import LABEL_RUNNABLE, LABEL_TASK
 from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.procfs import is_alive
 from batch_agent.tasks.record import TaskRecord
@@ -103,11 +104,14 @@ def _task(record: TaskRecord, folder: Path) -> dict[str, Any]:
             and runnable.start_time is not None
             and is_alive(runnable.pid, runnable.start_time)
         )
+        # Container names are random: the labels find them (`docker ps --filter label=...`).
+        labels = {LABEL_TASK: record.task_id, LABEL_RUNNABLE: str(k)}
         runnables.append(
             {
                 "index": k,
                 "kind": "container" if runnable.container else "script",
                 "pid": runnable.pid,
+                "container_labels": labels if runnable.container else None,
                 "alive": alive,
                 "exit_code": runnable.exit_code,
                 "output_bytes": sizes,
@@ -137,7 +141,11 @@ def _duration(start: str | None, end: str | None) -> float | None:
 def render(status: dict[str, Any]) -> str:
     """The status for a person at a terminal."""
     agent = status["agent"]
-    lines = [f"agent: {agent['state']}" + (f" (pid {agent['pid']})" if agent["pid"] else "")]
+    pid = agent["pid"]
+    if agent["state"] == "running":
+        lines = [f"agent: running (pid {pid})"]
+    else:
+        lines = ["agent: not running" + (f" (last pid {pid})" if pid else "")]
     if agent["started"]:
         lines.append(f"  started       {agent['started']}")
     if agent["stopped"]:
@@ -160,6 +168,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"    {task['task']}")
         for r in task["runnables"]:
             who = f"pid {r['pid']}" if r["pid"] else r["kind"]
+            if r["container_labels"]:
+                who = "container " + ",".join(f"{k}={v}" for k, v in r["container_labels"].items())
             state = "running" if r["alive"] else f"exit code {r['exit_code']}"
             if r["exit_code"] is None and not r["alive"]:
                 state = "not running"

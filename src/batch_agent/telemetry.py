@@ -27,7 +27,7 @@ from batch_agent.journal import JournalOutput
 from batch_agent.metrics import Metrics, start_metrics
 from batch_agent.notify import Notifier
 from batch_agent.outputlog import OutputLog
-from batch_agent.status import AGENT_FACT, REPORT_FACT, open_readonly, read_records
+from batch_agent.status import AGENT_FACT, REPORT_FACT, NoState, open_readonly, read_records
 from batch_agent.store import TaskStore
 from batch_agent.tasks.procfs import read_stat
 from batch_agent.tasks.record import TaskRecord
@@ -88,7 +88,7 @@ class Telemetry:
         code = error.status if error is not None else 200
         self._metrics.report_done("ok" if error is None else "error", code, seconds)
         if self._config.metrics_port:  # only then: a read of every record
-            self._metrics.tasks_seen(await asyncio.to_thread(self._read_records))
+            await self._count_tasks()
         fact = {
             "time": format_time(datetime.now(UTC)),
             "outcome": "ok" if error is None else "error",
@@ -97,13 +97,11 @@ class Telemetry:
             "last_success": format_time(last_success),
         }
         await self._set_fact(REPORT_FACT, fact)
-        self._notify.status(self.status_line())
-        self._notify.watchdog()
+        self.watchdog()
 
     def watchdog(self) -> None:
-        """The loop is alive: WATCHDOG=1, and a fresh STATUS (its "ago" moves on)."""
-        self._notify.status(self.status_line())
-        self._notify.watchdog()
+        """The loop is alive: WATCHDOG=1 (if systemd watches us) with a fresh STATUS."""
+        self._notify.alive(self.status_line())
 
     def stopping(self) -> None:
         self._notify.stopping()
@@ -145,7 +143,14 @@ class Telemetry:
         except (sqlite3.Error, OSError) as error:  # the store's trouble is the loop's to see
             log.warning("fact %s not recorded: %s", key, error)
 
-    def _read_records(self) -> list[TaskRecord]:
-        """The records as stored, through a read-only connection of our own (blocks)."""
-        with contextlib.closing(open_readonly(self._config.state_dir)) as db:
-            return read_records(db)
+    async def _count_tasks(self) -> None:
+        """Tasks by state and runnables' outcomes, from the records as stored."""
+
+        def read() -> list[TaskRecord]:  # a read-only connection of our own, in a thread
+            with contextlib.closing(open_readonly(self._config.state_dir)) as db:
+                return read_records(db)
+
+        try:
+            self._metrics.tasks_seen(await asyncio.to_thread(read))
+        except (sqlite3.Error, OSError, NoState) as error:
+            log.warning("metrics: task records not read: %s", error)
