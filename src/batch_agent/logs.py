@@ -1,8 +1,8 @@
 """`batch-agent logs TASK`: a task's runnable output, read from its files in the state dir.
 
-TASK is the task's name as reported, or its index. Reads the record read-only (as `status`
-does) and each runnable's `runnable-K.stdout`/`.stderr`: per runnable, stdout then stderr
-(the files do not keep the order between them). `follow` polls the files for new complete
+TASK is the task's name as reported, or its index. Reads the record as `status` does, and
+each runnable's `runnable-K.stdout`/`.stderr`: per runnable, stdout then stderr (the files do
+not keep the order between them). `follow` polls the files for new complete
 lines until the task has ended and its files are drained, or the caller interrupts. Never
 writes anything, never talks to the agent.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batch_agent.names import parse_task_name
-from batch_agent.status import open_readonly, read_records
+from batch_agent.status import read_view
 from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.taskoutput import STREAMS, output_path
@@ -45,11 +45,7 @@ class OutputLine:
 
 def find_task(state_dir: Path, which: str) -> TaskRecord:
     """The record of task `which` (its name, or its index); raises TaskNotFound or NoState."""
-    db = open_readonly(state_dir)
-    try:
-        records = read_records(db)
-    finally:
-        db.close()
+    records = read_view(state_dir).records
     for record in records:
         if record.task_id == which:
             return record

@@ -1,16 +1,20 @@
 """`batch-agent status`: what the agent on this VM is doing, read from its state dir.
 
-Read-only and safe while the agent runs: the sqlite db is opened with `mode=ro` (never the
-agent's lock, never a write) and task output files are only stat'ed. The agent leaves facts
-for us in the store (`AGENT_FACT`: pid, start; `REPORT_FACT`: the last report's time, outcome
-and error). Builds a JSON-able dict (`read_status`) and its terminal form (`render`). Must not
-import the report loop or start anything.
+Read-only and safe while the agent runs. The running agent holds its sqlite db in exclusive
+locking mode (one agent per state dir), so nobody else can read it meanwhile: after each
+report it publishes `LIVE_NAME` (our pid and start, the last report's time, outcome and error,
+and the task records without their specs, which hold secrets), and we read that while its
+process lives. Once the agent is gone (stopped, or killed) we read the db itself, opened
+`mode=ro`, where it left the same facts (`AGENT_FACT`, `REPORT_FACT`) and the records. Task
+output files are only stat'ed; the agent's lock is never taken. Builds a JSON-able dict
+(`read_status`) and its terminal form (`render`). Must not import the report loop.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,13 +26,50 @@ from batch_agent.tasks.procfs import is_alive
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.taskoutput import STREAMS, output_path
 
-AGENT_FACT = "agent"  # {"pid", "start_ticks", "started", "version", "stopped"?}
+AGENT_FACT = "agent"  # {"pid", "start_ticks", "started", "version", "stopped"}
 REPORT_FACT = "last_report"  # {"time", "outcome", "error", "status", "last_success"}
+LIVE_NAME = "status.json"  # {"agent", "last_report", "tasks": [record JSON without spec]}
 DB_NAME = "state.db"
 
 
 class NoState(Exception):
-    """There is no agent state to read in that directory."""
+    """There is no agent state to read in that directory (or none yet)."""
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What the state dir says: the agent's facts and its task records (specs left out)."""
+
+    agent: dict[str, Any]
+    last_report: dict[str, Any]
+    records: list[TaskRecord]
+    running: bool
+
+
+def read_view(state_dir: Path) -> AgentView:
+    """The running agent's published status, else what the stopped agent left in its db.
+    Raises NoState when neither can be read."""
+    live = _read_json(state_dir / LIVE_NAME)
+    agent = live.get("agent")
+    if isinstance(agent, dict) and agent_alive(agent):
+        records = [TaskRecord.from_json(json.dumps(r), {}) for r in live.get("tasks", [])]
+        return AgentView(agent, live.get("last_report") or {}, records, running=True)
+    try:
+        db = open_readonly(state_dir)
+        try:
+            agent, report = read_fact(db, AGENT_FACT), read_fact(db, REPORT_FACT)
+            records = read_records(db)
+        finally:
+            db.close()
+    except sqlite3.OperationalError as error:  # held by an agent that has not published yet
+        raise NoState(f"{state_dir / DB_NAME}: {error} (is an agent starting?)") from None
+    return AgentView(agent, report, records, running=agent_alive(agent))
+
+
+def agent_alive(agent: dict[str, Any]) -> bool:
+    """Whether the process the facts name still runs (its pid and start time both match)."""
+    pid, ticks = agent.get("pid"), agent.get("start_ticks")
+    return isinstance(pid, int) and isinstance(ticks, int) and is_alive(pid, ticks)
 
 
 def open_readonly(state_dir: Path) -> sqlite3.Connection:
@@ -43,8 +84,10 @@ def read_records(db: sqlite3.Connection) -> list[TaskRecord]:
     """Every task record, oldest first (a schema the agent has not made yet reads as none)."""
     try:
         rows = db.execute("SELECT raw, record FROM tasks ORDER BY rowid").fetchall()
-    except sqlite3.OperationalError:
-        return []
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return []
+        raise
     return [TaskRecord.from_json(text, json.loads(raw)) for raw, text in rows]
 
 
@@ -52,37 +95,37 @@ def read_fact(db: sqlite3.Connection, key: str) -> dict[str, Any]:
     """A JSON fact the agent left, or {} if none."""
     try:
         row = db.execute("SELECT value FROM facts WHERE key = ?", (key,)).fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return {}
+        raise
+    value = json.loads(row[0]) if row is not None else {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
-    if row is None:
-        return {}
-    value = json.loads(row[0])
     return value if isinstance(value, dict) else {}
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
     """The agent and its tasks as a JSON-able dict; raises NoState."""
-    db = open_readonly(state_dir)
-    try:
-        agent = read_fact(db, AGENT_FACT)
-        report = read_fact(db, REPORT_FACT)
-        records = read_records(db)
-    finally:
-        db.close()
-    pid, ticks = agent.get("pid"), agent.get("start_ticks")
-    running = isinstance(pid, int) and isinstance(ticks, int) and is_alive(pid, ticks)
+    view = read_view(state_dir)
     workdir = state_dir / "tasks"
     return {
         "state_dir": str(state_dir),
         "agent": {
-            "state": "running" if running else "stopped",
-            "pid": pid,
-            "version": agent.get("version"),
-            "started": agent.get("started"),
-            "stopped": None if running else agent.get("stopped"),
-            "last_report": report or None,
+            "state": "running" if view.running else "stopped",
+            "pid": view.agent.get("pid"),
+            "version": view.agent.get("version"),
+            "started": view.agent.get("started"),
+            "stopped": None if view.running else view.agent.get("stopped"),
+            "last_report": view.last_report or None,
         },
-        "tasks": [_task(record, task_dir(workdir, record.task_id)) for record in records],
+        "tasks": [_task(record, task_dir(workdir, record.task_id)) for record in view.records],
         # Seams for volumes and secrets (not built yet): names only, never secret values.
         "mounts": [],
         "secrets": [],

@@ -3,9 +3,10 @@
 The loop calls one method per step: `ready` after start-up, `reported` after every report
 call (answered or not), `watchdog` while it waits, `stopping` and `stopped` on the way out.
 Here that becomes sd_notify messages (READY, STATUS, WATCHDOG, STOPPING), facts in the store
-for `batch-agent status` (our pid and start; the last report's time, outcome and error) and
-metric updates. Nothing here decides anything about tasks or reports, and a failure here
-(a full disk for a fact, a lost datagram) is logged, never raised into the loop.
+(our pid and start; the last report's time, outcome and error), the same facts with the task
+records in `status.LIVE_NAME` for `batch-agent status` while we hold the db, and metrics.
+Nothing here decides anything about tasks or reports, and a failure here (a full disk for a
+fact, a lost datagram) is logged, never raised into the loop.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from batch_agent.journal import JournalOutput
 from batch_agent.metrics import Metrics, start_metrics
 from batch_agent.notify import Notifier
 from batch_agent.outputlog import OutputLog
-from batch_agent.status import AGENT_FACT, REPORT_FACT, NoState, open_readonly, read_records
+from batch_agent.status import AGENT_FACT, LIVE_NAME, REPORT_FACT
 from batch_agent.store import TaskStore
 from batch_agent.tasks.procfs import read_stat
 from batch_agent.tasks.record import TaskRecord
@@ -48,6 +49,8 @@ class Telemetry:
         self._tasks: TaskSet | None = None
         self._last_report: float | None = None  # time.monotonic() of the last report's end
         self._last_outcome = ""
+        self._agent_fact: Mapping[str, object] = {}
+        self._last_fact: Mapping[str, object] = {}
 
     @property
     def watchdog_interval(self) -> timedelta | None:
@@ -74,6 +77,7 @@ class Telemetry:
         """
         self._tasks = tasks
         await self._record_agent()
+        await self._publish(tasks.records())
         if self._config.metrics_port:
             self._metrics = start_metrics(self._config.metrics_port, healthy)
             log.info("metrics on http://127.0.0.1:%d/metrics", self._metrics.port)
@@ -87,8 +91,8 @@ class Telemetry:
         self._last_outcome = "ok" if error is None else f"failing ({error})"
         code = error.status if error is not None else 200
         self._metrics.report_done("ok" if error is None else "error", code, seconds)
-        if self._config.metrics_port:  # only then: a read of every record
-            await self._count_tasks()
+        records = self._tasks.records() if self._tasks is not None else []
+        self._metrics.tasks_seen(records)
         fact = {
             "time": format_time(datetime.now(UTC)),
             "outcome": "ok" if error is None else "error",
@@ -97,6 +101,8 @@ class Telemetry:
             "last_success": format_time(last_success),
         }
         await self._set_fact(REPORT_FACT, fact)
+        self._last_fact = fact
+        await self._publish(records)
         self.watchdog()
 
     def watchdog(self) -> None:
@@ -109,13 +115,15 @@ class Telemetry:
     async def stopped(self) -> None:
         """The last step: record the stop for `batch-agent status`, stop serving metrics."""
         await self._record_agent(stopped=True)
+        with contextlib.suppress(FileNotFoundError):  # from now on `status` reads the db
+            (self._config.state_dir / LIVE_NAME).unlink()
         self._metrics.close()
 
     def status_line(self) -> str:
         """`2 running, 1 succeeded; last report 3s ago: ok`, for `systemctl status`."""
         counts: dict[str, int] = {}
-        for info in self._tasks.snapshot() if self._tasks is not None else []:
-            state = info.task_status.state.value.lower() if info.task_status else "unknown"
+        for record in self._tasks.records() if self._tasks is not None else []:
+            state = record.state.value.lower()
             counts[state] = counts.get(state, 0) + 1
         tasks = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no tasks"
         if len(counts) == 1 and sum(counts.values()) > 0:
@@ -136,6 +144,7 @@ class Telemetry:
             "stopped": format_time(datetime.now(UTC)) if stopped else None,
         }
         await self._set_fact(AGENT_FACT, fact)
+        self._agent_fact = fact
 
     async def _set_fact(self, key: str, value: Mapping[str, object]) -> None:
         try:
@@ -143,14 +152,27 @@ class Telemetry:
         except (sqlite3.Error, OSError) as error:  # the store's trouble is the loop's to see
             log.warning("fact %s not recorded: %s", key, error)
 
-    async def _count_tasks(self) -> None:
-        """Tasks by state and runnables' outcomes, from the records as stored."""
+    async def _publish(self, records: list[TaskRecord]) -> None:
+        """Write `LIVE_NAME` for `batch-agent status` (it cannot read the db we hold): the
+        facts and the records without their specs (which hold secrets). Replaced whole, so a
+        reader never sees half of it; not fsync'd: the db is the durable copy."""
+        text = json.dumps(
+            {
+                "agent": self._agent_fact,
+                "last_report": self._last_fact,
+                "tasks": [json.loads(r.to_json()) for r in records],  # here: they change here
+            }
+        )
+        path = self._config.state_dir / LIVE_NAME
 
-        def read() -> list[TaskRecord]:  # a read-only connection of our own, in a thread
-            with contextlib.closing(open_readonly(self._config.state_dir)) as db:
-                return read_records(db)
+        def write() -> None:
+            partial = path.with_name(f".{path.name}.tmp")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            os.replace(partial, path)
 
         try:
-            self._metrics.tasks_seen(await asyncio.to_thread(read))
-        except (sqlite3.Error, OSError, NoState) as error:
-            log.warning("metrics: task records not read: %s", error)
+            await asyncio.to_thread(write)
+        except OSError as error:
+            log.warning("%s not written: %s", path, error)

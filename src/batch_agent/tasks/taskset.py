@@ -147,6 +147,10 @@ class TaskSet:
         """Every task the server has not deleted, as a report carries it."""
         return [s.record.info() for s in self._slots.values() if s.teardown is None]
 
+    def records(self) -> list[TaskRecord]:
+        """The records of the tasks in `snapshot`, for `batch-agent status`: read, never change."""
+        return [s.record for s in self._slots.values() if s.teardown is None]
+
     def job_and_group(self) -> tuple[str | None, str | None]:
         """The job and task group of this VM's tasks, as far as their names tell."""
         for slot in self._slots.values():
