@@ -22,8 +22,11 @@ from typing import TypeVar
 from batch_agent import __version__
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlane, ControlPlaneError
+from batch_agent.journal import JournalOutput
+from batch_agent.outputlog import OutputLog
 from batch_agent.store import TaskStore
 from batch_agent.tasks.env import base_environment
+from batch_agent.tasks.taskoutput import Sink
 from batch_agent.tasks.taskset import TaskSet, TaskSettings
 from batch_agent.telemetry import Telemetry
 from batch_agent.vm import (
@@ -130,7 +133,7 @@ class Reporter:
             workdir=self._config.state_dir / "tasks",
             where=f"zones/{identity.zone}/instances/{identity.instance_id}",
             base_env=base_environment(self._config.environ),
-            output=self._telemetry.output_sink(),
+            output=self._telemetry.counted(self._output_sink()),
             docker_host=self._config.docker_host,
             kill_grace=self._config.kill_grace,
         )
@@ -270,6 +273,12 @@ class Reporter:
             self._last_success = datetime.now(UTC)
         seconds = asyncio.get_running_loop().time() - began
         await self._telemetry.reported(seconds, error, last_success=self._last_success)
+
+    def _output_sink(self) -> Sink:
+        """Runnables' output into our log stream, in journald's form when that is where it goes."""
+        if self._config.log_format == "journal":
+            return JournalOutput().write
+        return OutputLog(self._config.log_format).write
 
     def _healthy(self) -> bool:
         """The last successful report is within 3 report intervals (called from a thread)."""

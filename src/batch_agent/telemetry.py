@@ -24,10 +24,8 @@ from datetime import UTC, datetime, timedelta
 from batch_agent import __version__
 from batch_agent.config import Config
 from batch_agent.control import ControlPlaneError
-from batch_agent.journal import JournalOutput
 from batch_agent.metrics import Metrics, start_metrics
 from batch_agent.notify import Notifier
-from batch_agent.outputlog import OutputLog
 from batch_agent.status import AGENT_FACT, LIVE_NAME, REPORT_FACT
 from batch_agent.store import TaskStore
 from batch_agent.tasks.procfs import read_stat
@@ -57,11 +55,8 @@ class Telemetry:
         """How often the loop must call `watchdog` (half of WatchdogSec); None: no watchdog."""
         return self._notify.watchdog_interval
 
-    def output_sink(self) -> Sink:
-        """Runnables' output to our log stream (in journald's form when that is ours), counted
-        for the metrics."""
-        log_format = self._config.log_format
-        write = JournalOutput().write if log_format == "journal" else OutputLog(log_format).write
+    def counted(self, write: Sink) -> Sink:
+        """`write`, with the bytes it is given counted for the metrics."""
 
         def counted(tag: str, stream: str, lines: Sequence[str]) -> None:
             write(tag, stream, lines)
