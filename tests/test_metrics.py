@@ -93,6 +93,18 @@ def test_healthz_fails_once_reports_stop_succeeding(make_emulator, start_agent):
     assert agent.terminate() == 0
 
 
+def test_a_taken_port_leaves_metrics_off_and_tasks_running(make_emulator, start_agent):
+    """A metrics port in use is logged as an error; the agent runs its tasks all the same."""
+    emu = make_emulator(job(script("true")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        agent = start_agent(emu, "--once", BATCH_AGENT_METRICS_PORT=str(port))
+        assert agent.wait() == 0, agent.log()
+    assert f"metrics off: cannot listen on 127.0.0.1:{port}" in agent.log()
+
+
 def test_metrics_off_never_imports_prometheus_client():
     """With metrics off (the default) the agent's modules do not import prometheus_client."""
     program = (

@@ -73,9 +73,13 @@ class Telemetry:
         self._tasks = tasks
         await self._record_agent()
         await self._publish(tasks.records())
-        if self._config.metrics_port:
-            self._metrics = start_metrics(self._config.metrics_port, healthy)
-            log.info("metrics on http://127.0.0.1:%d/metrics", self._metrics.port)
+        port = self._config.metrics_port
+        if port:
+            try:
+                self._metrics = start_metrics(port, healthy)
+                log.info("metrics on http://127.0.0.1:%d/metrics", port)
+            except OSError as error:  # a taken port must not keep tasks from running
+                log.error("metrics off: cannot listen on 127.0.0.1:%d: %s", port, error)
         self._notify.ready(self.status_line())
 
     async def reported(
