@@ -178,7 +178,7 @@ _RUNNABLE = re.compile(r"\brunnables\[(\d+)\]")
 
 def _subject(record: logging.LogRecord) -> dict[str, Any]:
     """The task id and runnable a log line is about, as JSON fields: from `extra=` or from the
-    subject-first wording (`log.info("task %s: runnable %d exited", ...)`)."""
+    subject-first wording (`log.info("task %s: runnables[0] exited 3", task_id)`)."""
     fields: dict[str, Any] = {}
     task = getattr(record, "task", None)
     if task is None and isinstance(record.msg, str) and record.msg.startswith("task %s"):
@@ -193,15 +193,11 @@ def _subject(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
-# Control characters a message may carry are shown escaped (journal.ESCAPES says why).
-_ESCAPES = ESCAPES
-
-
 class _TextFormatter(logging.Formatter):
     """One line per message, its control characters escaped (a traceback follows as is)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = record.message.translate(_ESCAPES)
+        record.message = record.message.translate(ESCAPES)  # journal.ESCAPES says why
         return super().formatMessage(record)
 
 
