@@ -68,6 +68,7 @@ HOMES = {
     "httplib2": ["batch_agent.control"],
     "google": ["batch_agent.control"],
     "google_auth_httplib2": ["batch_agent.control"],
+    "prometheus_client": ["batch_agent.metrics"],
 }
 
 

@@ -10,12 +10,15 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from batch_agent import REPORTED_VERSION, __version__
+from batch_agent.journal import ESCAPES, JournalFormatter
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 
@@ -35,11 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kms-endpoint", help="Cloud KMS API root (env BATCH_AGENT_KMS_ENDPOINT)")
     run.add_argument("--state-dir", type=Path, help="durable state (env BATCH_AGENT_STATE_DIR)")
     run.add_argument("--config", type=Path, help="a JSON file of settings")
-    run.add_argument("--log-format", choices=["text", "json"])
+    run.add_argument("--log-format", choices=["auto", "text", "json", "journal"])
     run.add_argument(
         "--reported-version",
         help="the agent version told to the server (env BATCH_AGENT_REPORTED_VERSION)",
     )
+    status = commands.add_parser("status", help="what the agent on this VM is doing (read-only)")
+    status.add_argument("--state-dir", type=Path, help="default: env BATCH_AGENT_STATE_DIR")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    logs = commands.add_parser("logs", help="a task's runnable output, from its files")
+    logs.add_argument("task", metavar="TASK", help="the task's name as reported, or its index")
+    logs.add_argument("--state-dir", type=Path, help="default: env BATCH_AGENT_STATE_DIR")
+    logs.add_argument("--runnable", type=int, metavar="N", help="only runnable N (1-based)")
+    logs.add_argument("-f", "--follow", action="store_true", help="until the task has ended")
+    logs.add_argument("--json", action="store_true", help="one JSON object per line")
     commands.add_parser("emulator", help="the local control plane", add_help=False)
     commands.add_parser("local", help="run a Batch job config on this machine", add_help=False)
     commands.add_parser("version", help="print our version and the one reported to the server")
@@ -64,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch-agent {__version__}")
         print(f"reported as {_reported_version()}")
         return EXIT_OK
+    if args.command == "status":
+        return _status(args)
+    if args.command == "logs":
+        return _logs(args)
     return _run(args)
 
 
@@ -153,6 +169,42 @@ def _watch_children_by_pidfd() -> None:
     warnings.filterwarnings("ignore", "A loop is being detached from a child watcher")
 
 
+def _state_dir(args: argparse.Namespace) -> Path:
+    from batch_agent.config import load_config
+
+    return load_config(state_dir=args.state_dir).state_dir
+
+
+def _status(args: argparse.Namespace) -> int:
+    """`batch-agent status`: read-only; exit 1 when there is no agent state to read."""
+    from batch_agent.status import NoState, read_status, render
+
+    try:
+        found = read_status(_state_dir(args))
+    except NoState as error:
+        print(f"batch-agent: {error}", file=sys.stderr)
+        return EXIT_TASK_FAILED
+    print(json.dumps(found, indent=2) if args.json else render(found))
+    return EXIT_OK
+
+
+def _logs(args: argparse.Namespace) -> int:
+    """`batch-agent logs TASK`: exit 1 when there is no such task; Ctrl-C ends -f quietly."""
+    from batch_agent.logs import TaskNotFound, task_output
+    from batch_agent.status import NoState
+
+    try:
+        lines = task_output(_state_dir(args), args.task, runnable=args.runnable, follow=args.follow)
+        for line in lines:
+            print(line.json() if args.json else line.plain(), flush=args.follow)
+    except (NoState, TaskNotFound) as error:
+        print(f"batch-agent: {error}", file=sys.stderr)
+        return EXIT_TASK_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -161,22 +213,39 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry |= _subject(record)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-# Control characters a message may carry from the server or a runnable (a task name with a
-# newline, a terminal escape), shown escaped: one log call is one line, and none is forged.
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c != 0x09}
-_ESCAPES |= {0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+# Runnables are named `runnables[0]` in log lines (as in the job config); the field is
+# 1-based, as `r1` in output lines, `batch-agent logs --runnable` and AgentTaskInfo.runnable.
+_RUNNABLE = re.compile(r"\brunnables\[(\d+)\]")
+
+
+def _subject(record: logging.LogRecord) -> dict[str, Any]:
+    """The task id and runnable a log line is about, as JSON fields: from `extra=` or from the
+    subject-first wording (`log.info("task %s: runnables[0] exited 3", task_id)`)."""
+    fields: dict[str, Any] = {}
+    task = getattr(record, "task", None)
+    if task is None and isinstance(record.msg, str) and record.msg.startswith("task %s"):
+        task = record.args[0] if isinstance(record.args, tuple) and record.args else None
+    if task is not None:
+        fields["task"] = str(task)
+    runnable = getattr(record, "runnable", None)
+    if runnable is None and (found := _RUNNABLE.search(record.getMessage())):
+        runnable = int(found.group(1)) + 1
+    if runnable is not None:
+        fields["runnable"] = runnable
+    return fields
 
 
 class _TextFormatter(logging.Formatter):
     """One line per message, its control characters escaped (a traceback follows as is)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = record.message.translate(_ESCAPES)
+        record.message = record.message.translate(ESCAPES)  # journal.ESCAPES says why
         return super().formatMessage(record)
 
 
@@ -184,6 +253,8 @@ def _setup_logging(log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(_JsonFormatter())
+    elif log_format == "journal":  # journald stamps each line: no timestamp of ours
+        handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -15,12 +15,14 @@ from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from batch_agent import REPORTED_VERSION
+from batch_agent.journal import is_journal_stream
 from batch_agent.vm import DEFAULT_METADATA_HOST
 
 DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
 # API roots for tasks' secretVariables and encryptedVariables (control/secrets.py).
 DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
 DEFAULT_KMS_ENDPOINT = "https://cloudkms.googleapis.com/"
+LOG_FORMATS = ("auto", "text", "json", "journal")
 
 
 def _seconds(value: object) -> object:
@@ -68,7 +70,11 @@ class Config(BaseSettings):
     docker_host: str | None = Field(
         default=None, validation_alias=AliasChoices("docker_host", "DOCKER_HOST")
     )
-    log_format: str = "text"
+    # text, json, journal (no timestamps, `<N>` priorities), or auto: journal when stderr is
+    # the journal (systemd's `JOURNAL_STREAM`), else text.
+    log_format: str = "auto"
+    # Prometheus metrics and /healthz on 127.0.0.1:PORT; 0 (the default) is off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # The agent version reported to the server (`metadata.version`), not ours: README.
     reported_version: str = REPORTED_VERSION
     # Used until the server says otherwise (our choice: docs/choices.md).
@@ -109,8 +115,13 @@ def load_config(file: Path | None = None, **overrides: Any) -> Config:
         config = Config(**values)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if config.log_format not in ("text", "json"):
-        raise ConfigError(f"log_format: {config.log_format!r} is not one of text, json")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"log_format: {config.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+        )
+    if config.log_format == "auto":
+        journal = is_journal_stream(config.environ)
+        config = config.model_copy(update={"log_format": "journal" if journal else "text"})
     if not config.reported_version.strip():
         raise ConfigError("reported_version: must not be empty")
     if not config.endpoint.endswith("/"):

@@ -27,6 +27,7 @@ from batch_agent.control import (
     SecretError,
     SecretsClient,
 )
+from batch_agent.journal import JournalOutput
 from batch_agent.outputlog import OutputLog
 from batch_agent.statedir import claim_state_dir
 from batch_agent.store import TaskStore
@@ -34,7 +35,9 @@ from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.hooks import SecretUnavailable
 from batch_agent.tasks.masking import Masker, MaskingFilter
 from batch_agent.tasks.mounts import MountSettings
+from batch_agent.tasks.taskoutput import Sink
 from batch_agent.tasks.taskset import TaskSet, TaskSettings
+from batch_agent.telemetry import Telemetry
 from batch_agent.vm import (
     MetadataError,
     MetadataServer,
@@ -114,6 +117,7 @@ class Reporter:
         self._static: AgentMetadata | None = None
         self._boot_time = self._started
         self._last_report = float("-inf")  # loop time of the last answer (or failure)
+        self._telemetry = Telemetry(config, self._store, started=self._started)
 
     async def run(self, *, once: bool = False) -> Outcome:
         """Report until stopped (or, with once, until every task received has ended and its
@@ -159,7 +163,7 @@ class Reporter:
             where=f"zones/{identity.zone}/instances/{identity.instance_id}",
             base_env=base_environment(self._config.environ),
             # The one place output lines are masked: at the sink, before the agent's log.
-            output=self._masker.sink(OutputLog(self._config.log_format).write),
+            output=self._masker.sink(self._telemetry.counted(self._output_sink())),
             docker_host=self._config.docker_host,
             kill_grace=self._config.kill_grace,
             mounts=MountSettings(
@@ -174,6 +178,7 @@ class Reporter:
         rebooted = recorded_boot is not None and recorded_boot != format_time(self._boot_time)
         await self._tasks.resume(rebooted=rebooted)
         await self._store.set_fact("boot_time", format_time(self._boot_time))
+        await self._telemetry.ready(self._tasks, healthy=self._healthy)
         loop = asyncio.get_running_loop()
 
         def on_notice() -> None:  # called from the watch's thread
@@ -243,14 +248,19 @@ class Reporter:
         assert self._identity is not None
         request = self._request(state)
         parent = self._identity.parent
+        began = asyncio.get_running_loop().time()
         try:
             response = await asyncio.to_thread(
                 self._control.report, parent, request, deadline=deadline
             )
+        except ControlPlaneError as error:
+            await self._reported(began, error)
+            raise
         finally:
             # Counted from the answer, so the server never sees two reports closer than the
             # minimum, whatever the latency.
             self._last_report = asyncio.get_running_loop().time()
+        await self._reported(began, None)
         if response.default_report_interval is not None:
             self._default_interval = max(response.default_report_interval, timedelta(0))
         if response.min_report_interval is not None:
@@ -278,6 +288,7 @@ class Reporter:
 
     async def _shut_down(self) -> None:
         """Leave tasks running (they outlive the agent), send AGENT_STOPPED once, close."""
+        self._telemetry.stopping()
         if self._tasks is not None:
             await self._tasks.close()
         if self._identity is not None and self._state is not AgentState.AGENT_STARTING:
@@ -287,11 +298,29 @@ class Reporter:
                 await self._report(AgentState.AGENT_STOPPED, deadline=STOP_REPORT_DEADLINE)
             except ControlPlaneError as error:
                 log.warning("last report (AGENT_STOPPED) failed: %s", error)
+        await self._telemetry.stopped()
         self._control.close()
         self._secrets.close()
         self._store.close()
 
     # -- helpers ------------------------------------------------------------------------------
+
+    async def _reported(self, began: float, error: ControlPlaneError | None) -> None:
+        """Tell systemd, the metrics and `batch-agent status` how the report went."""
+        if error is None:
+            self._last_success = datetime.now(UTC)
+        seconds = asyncio.get_running_loop().time() - began
+        await self._telemetry.reported(seconds, error, last_success=self._last_success)
+
+    def _output_sink(self) -> Sink:
+        """Runnables' output into our log stream, in journald's form when that is where it goes."""
+        if self._config.log_format == "journal":
+            return JournalOutput().write
+        return OutputLog(self._config.log_format).write
+
+    def _healthy(self) -> bool:
+        """The last successful report is within 3 report intervals (called from a thread)."""
+        return datetime.now(UTC) - self._last_success <= 3 * self._default_interval
 
     def _on_preempted(self) -> None:
         log.warning("preemption notice received: this VM is going away")
@@ -329,8 +358,20 @@ class Reporter:
         waits = [asyncio.ensure_future(self._stop.wait())]
         if wake is not None:
             waits.append(asyncio.ensure_future(wake.wait()))
+        # The loop pings systemd's watchdog while it waits, at least every half WatchdogSec:
+        # a loop wedged anywhere else stops the pings and systemd restarts us.
+        ping = self._telemetry.watchdog_interval
+        slice_ = ping.total_seconds() if ping is not None else float("inf")
+        end = asyncio.get_running_loop().time() + max(seconds, 0)
         try:
-            await asyncio.wait(waits, timeout=max(seconds, 0), return_when="FIRST_COMPLETED")
+            while True:
+                left = end - asyncio.get_running_loop().time()
+                done, _ = await asyncio.wait(
+                    waits, timeout=max(min(left, slice_), 0), return_when="FIRST_COMPLETED"
+                )
+                if done or left <= slice_:
+                    break
+                self._telemetry.watchdog()
         finally:
             for w in waits:
                 w.cancel()

@@ -170,6 +170,10 @@ class TaskSet:
         """Every task the server has not deleted, as a report carries it."""
         return [s.record.info() for s in self._slots.values() if s.teardown is None]
 
+    def records(self) -> list[TaskRecord]:
+        """The records of the tasks in `snapshot`, for `batch-agent status`: read, never change."""
+        return [s.record for s in self._slots.values() if s.teardown is None]
+
     def job_and_group(self) -> tuple[str | None, str | None]:
         """`AgentInfo.jobId`/`taskGroupId` ("the assigned Job ID", "task group ID"), as far as
         the tasks' names tell: the job's uid (`j-...`) from `task/JOB_UID-GROUP-INDEX/...`, the
