@@ -23,7 +23,7 @@ from batch_agent.tasks.plan import make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import TaskRun
 from batch_agent.tasks.taskset import TaskSettings, make_run
-from batch_agent.wire import AgentTask, TaskState
+from batch_agent.wire import AgentTask, TaskState, parse_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -259,3 +259,48 @@ def test_a_script_task_never_loads_the_docker_sdk(tmp_path):
         [sys.executable, "-c", program], cwd=root, capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "[]", found.stderr
+
+
+def test_run_time_is_the_sum_of_runnable_run_times(tmp_path):
+    """Three runnables running together use maxRunDuration three times as fast (Batch's "set
+    timeouts" page): the task fails 50005 long before that much wall time has passed."""
+    task = Task(
+        tmp_path,
+        [
+            script("exec sleep 60", background=True),
+            script("exec sleep 60", background=True),
+            script("exec sleep 60"),
+        ],
+        spec={"maxRunDuration": "1.5s"},
+    )
+    record = task.go()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 50005)
+    assert "maxRunDuration 1.5s exceeded" in task.last_event
+    spans = [
+        (parse_time(r.started_at), parse_time(r.ended_at))
+        for r in record.runnables.values()
+        if r.started_at and r.ended_at
+    ]
+    assert len(spans) == 3
+    assert sum((end - start for start, end in spans), timedelta(0)) >= timedelta(seconds=1.5)
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    assert wall < timedelta(seconds=1.5)  # the three spans overlapped
+
+
+def test_a_background_timeout_fails_the_task_and_stops_all_runnables(tmp_path):
+    """A background runnable over its own timeout fails the task with 50005 and stops the
+    foreground too; alwaysRun runnables still run."""
+    marker = tmp_path / "cleanup"
+    task = Task(
+        tmp_path,
+        [
+            script("exec sleep 60", background=True, timeout="0.3s"),
+            script("exec sleep 60"),
+            script(f"touch {marker}", alwaysRun=True),
+        ],
+    )
+    record = task.go()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 50005)
+    assert "runnables[0].timeout 0.3s exceeded" in task.last_event
+    assert record.runnables[2].exit_code == 143  # stopped with SIGTERM
+    assert marker.exists()

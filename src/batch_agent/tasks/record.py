@@ -46,6 +46,8 @@ class RunnableRecord:
     exit_code: int | None = None
     stdout_offset: int = 0
     stderr_offset: int = 0
+    started_at: str | None = None  # RFC 3339: the task's run time is the sum of these spans
+    ended_at: str | None = None
 
     def handle(self) -> Handle:
         return Handle(container=self.container, pid=self.pid, start_time=self.start_time)
