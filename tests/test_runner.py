@@ -23,7 +23,7 @@ from batch_agent.tasks.plan import make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import TaskRun
 from batch_agent.tasks.taskset import TaskSettings, make_run
-from batch_agent.wire import AgentTask, TaskState
+from batch_agent.wire import AgentTask, TaskState, parse_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,6 +97,11 @@ class Task:
     def last_event(self) -> str:
         return str(self.record.events[-1]["description"])
 
+    @property
+    def detail_event(self) -> str:
+        """The event before the last: what a reserved code's sentence leaves out."""
+        return str(self.record.events[-2]["description"])
+
 
 def _no_engine() -> Any:
     raise AssertionError("a script-only task asked for the Docker engine")
@@ -162,6 +167,7 @@ def test_timeout_fails_with_50005_then_always_run_runs(tmp_path):
         f"Task state is updated from RUNNING to FAILED on {WHERE}"
         " due to task runs over the maximum runtime with exit code 50005."
     )
+    assert task.detail_event == "Exit code 50005: runnables[0].timeout 0.2s exceeded."
     assert marker.exists()
 
 
@@ -307,3 +313,48 @@ def test_a_barrier_first_saves_running_on_its_own(tmp_path):
     assert record.state is TaskState.SUCCEEDED
     assert task.recorder.states == ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]
     assert task.recorder.saves[0]["runnables"] == {}
+
+
+def test_run_time_is_the_sum_of_runnable_run_times(tmp_path):
+    """Three runnables running together use maxRunDuration three times as fast (Batch's "set
+    timeouts" page): the task fails 50005 long before that much wall time has passed."""
+    task = Task(
+        tmp_path,
+        [
+            script("exec sleep 60", background=True),
+            script("exec sleep 60", background=True),
+            script("exec sleep 60"),
+        ],
+        spec={"maxRunDuration": "1.5s"},
+    )
+    record = task.go()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 50005)
+    assert task.detail_event == "Exit code 50005: maxRunDuration 1.5s exceeded."
+    spans = [
+        (parse_time(r.started_at), parse_time(r.ended_at))
+        for r in record.runnables.values()
+        if r.started_at and r.ended_at
+    ]
+    assert len(spans) == 3
+    assert sum((end - start for start, end in spans), timedelta(0)) >= timedelta(seconds=1.5)
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    assert wall < timedelta(seconds=1.5)  # the three spans overlapped
+
+
+def test_a_background_timeout_fails_the_task_and_stops_all_runnables(tmp_path):
+    """A background runnable over its own timeout fails the task with 50005 and stops the
+    foreground too; alwaysRun runnables still run."""
+    marker = tmp_path / "cleanup"
+    task = Task(
+        tmp_path,
+        [
+            script("exec sleep 60", background=True, timeout="0.3s"),
+            script("exec sleep 60"),
+            script(f"touch {marker}", alwaysRun=True),
+        ],
+    )
+    record = task.go()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 50005)
+    assert task.detail_event == "Exit code 50005: runnables[0].timeout 0.3s exceeded."
+    assert record.runnables[2].exit_code == 143  # stopped with SIGTERM
+    assert marker.exists()

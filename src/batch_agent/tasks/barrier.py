@@ -1,14 +1,13 @@
 """A task's view of its group's barriers: the highest barrier every task has reached.
 
 The server sends `reachedBarrier` with each response; a run waiting at barrier k goes on once
-it is >= k, or stops waiting on cancel or when its time is up. Knows nothing of reports.
+it is >= k, or stops waiting on cancel or when a time limit is reached. Knows nothing of reports.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Sequence
 
 
 class Barriers:
@@ -22,22 +21,14 @@ class Barriers:
             self._reached = reached
             self._moved.set()
 
-    async def wait(
-        self, k: int, *, cancelled: asyncio.Event, remaining: Callable[[], timedelta | None]
-    ) -> None:
-        """Until barrier `k` is reached, `cancelled` is set or `remaining()` is zero."""
-        while self._reached < k and not cancelled.is_set():
-            left = remaining()
-            if left == timedelta(0):
-                return
+    async def wait(self, k: int, *, interrupts: Sequence[asyncio.Event]) -> None:
+        """Until barrier `k` is reached or one of `interrupts` is set (a cancel, a limit)."""
+        while self._reached < k and not any(i.is_set() for i in interrupts):
             self._moved.clear()
-            waits = [
-                asyncio.ensure_future(self._moved.wait()),
-                asyncio.ensure_future(cancelled.wait()),
-            ]
-            timeout = left.total_seconds() if left is not None else None
+            waits = [asyncio.ensure_future(self._moved.wait())]
+            waits += [asyncio.ensure_future(i.wait()) for i in interrupts]
             try:
-                await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
+                await asyncio.wait(waits, return_when="FIRST_COMPLETED")
             finally:
                 for w in waits:
                     w.cancel()

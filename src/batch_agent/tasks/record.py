@@ -46,6 +46,8 @@ class RunnableRecord:
     exit_code: int | None = None
     stdout_offset: int = 0
     stderr_offset: int = 0
+    started_at: str | None = None  # RFC 3339: the task's run time is the sum of these spans
+    ended_at: str | None = None
 
     def handle(self) -> Handle:
         return Handle(container=self.container, pid=self.pid, start_time=self.start_time)
@@ -80,6 +82,10 @@ class TaskRecord:
         edge `EDGES` does not allow (the record is then unchanged)."""
         if new not in EDGES[self.state]:
             raise IllegalTransition(f"task {self.task_id}: {self.state} -> {new} is not allowed")
+        if cause and exit_code is not None and events.is_reserved(exit_code):
+            # Google's sentence for a reserved code has no room for our cause: it goes in an
+            # event of its own just before.
+            self.add_event(events.reserved_detail(exit_code, cause), at=at)
         description = events.state_changed(
             self.state, new, where=where, exit_code=exit_code, cause=cause
         )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import Future
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from batch_agent.tasks import events, limits
 from batch_agent.tasks.barrier import Barriers
+from batch_agent.tasks.deadlines import Deadlines
 from batch_agent.tasks.driver import Driver, Finished, stop_within
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
@@ -45,9 +47,11 @@ from batch_agent.tasks.plan import BarrierSpec, RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.tasks.shipping import LiveOutput, Shipping
 from batch_agent.tasks.taskoutput import Sink, TaskOutput
-from batch_agent.wire import TaskState
+from batch_agent.wire import TaskState, format_time
 
 log = logging.getLogger(__name__)
+
+Background = tuple[RunnablePlan, "Future[ExitResult]", Execution]  # a background runnable
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class TaskRun:
         self._settings = settings
         self._cancelled = asyncio.Event()
         self._barriers = Barriers()
+        self._deadlines = Deadlines(plan, record, settings.now)
         task_output = TaskOutput(folder, f"task {plan.task_index}", settings.output)
         self._output = LiveOutput(record, task_output, lifecycle, settings.now)
         self._preempted = False
@@ -139,10 +144,13 @@ class TaskRun:
                 await self._transition_to_failed(ExitResult(ExitCode.AGENT_FAILURE, reason=problem))
                 return
         self._settings.shipping.follow(self._output)
+        watch = asyncio.create_task(self._deadlines.watch())
         try:
             outcome = await self._run_sequence()
         finally:
             self._settings.shipping.unfollow(self._output)
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         await self._enter_running()  # when no runnable started, RUNNING comes before the end
         await self._output.ship(final=True)
         await self._poststop()
@@ -166,10 +174,10 @@ class TaskRun:
     async def _run_sequence(self) -> ExitResult:
         """Run runnables in order; the task's outcome (`reason`: why, for reserved codes)."""
         failure: ExitResult | None = None
-        background: list[tuple[RunnablePlan, asyncio.Future[ExitResult], Execution]] = []
+        background: list[Background] = []
         position = 0
         while True:
-            expired = self._remaining() == timedelta(0)
+            expired = self._deadlines.expired()
             if expired and failure is None:
                 failure = ExitResult(ExitCode.TIMED_OUT, reason=limits.max_run_cause(self.plan))
             runnable = next_runnable(
@@ -180,17 +188,18 @@ class TaskRun:
             position = runnable.index
             if isinstance(runnable.action, BarrierSpec):
                 await self._wait_barrier(runnable)
-                continue
-            started = await self._start(runnable)
-            if isinstance(started, ExitResult):
-                failure = failure or started
-                continue
-            if runnable.background:
-                background.append((runnable, asyncio.ensure_future(started.wait()), started))
-                continue
-            outcome = await self._wait(runnable, started)
-            if outcome is not None and failure is None:
-                failure = outcome
+            else:
+                started = await self._start(runnable)
+                if isinstance(started, ExitResult):
+                    failure = failure or started
+                    continue
+                if runnable.background:
+                    background.append((runnable, self._background(runnable, started), started))
+                    continue
+                outcome = await self._wait(runnable, started)
+                failure = failure or outcome
+            limit = await self._limit_reached(background)  # always: it stops what must stop
+            failure = failure or limit
         # A background runnable that failed on its own, before we stop the rest, fails the task
         # only when nothing else did (our choice; Batch does not say).
         background_failure = next(
@@ -201,9 +210,7 @@ class TaskRun:
             ),
             None,
         )
-        stopped = await self._stop_all([execution for _, _, execution in background])
-        for runnable, done, _ in background:
-            await self._finished(runnable, await done)
+        stopped = await self._stop_background(background)
         if self._cancelled.is_set():
             if not stopped:
                 return ExitResult(ExitCode.NOT_CANCELLABLE, reason=events.NOT_CANCELLABLE)
@@ -211,17 +218,52 @@ class TaskRun:
             return ExitResult(code, reason=events.CANCELLED)
         return failure or background_failure or ExitResult(0)
 
+    def _background(self, runnable: RunnablePlan, execution: Execution) -> Future[ExitResult]:
+        """Wait for a background runnable; its run time stops counting when it ends."""
+        done = asyncio.ensure_future(execution.wait())
+
+        def ended(_: object) -> None:
+            record = self.record.runnables[runnable.index]
+            record.ended_at = record.ended_at or format_time(self._settings.now())
+            self._deadlines.ended(runnable)
+
+        done.add_done_callback(ended)
+        return done
+
+    async def _stop_background(self, background: list[Background]) -> bool:
+        """Stop every background runnable still running and record how each ended; False if
+        one could not be stopped."""
+        stopped = await self._stop_all([execution for _, _, execution in background])
+        for runnable, done, _ in background:
+            await self._finished(runnable, await done)
+        background.clear()
+        return stopped
+
+    async def _limit_reached(self, background: list[Background]) -> ExitResult | None:
+        """If a time limit was reached: the first one exceeded fails the task and all of its
+        runnables (Batch's "set timeouts"), so the background ones are stopped too; what is
+        left to run are alwaysRun runnables, unless maxRunDuration was the limit."""
+        if not self._deadlines.reached.is_set():
+            return None
+        cause = self._deadlines.cause
+        log.info("task %s: time limit reached (%s)", self.record.task_id, cause)
+        await self._stop_background(background)
+        self._deadlines.rearm()
+        return ExitResult(ExitCode.TIMED_OUT, reason=cause)
+
     async def _wait(self, runnable: RunnablePlan, execution: Execution) -> ExitResult | None:
-        """Wait for a foreground runnable, enforcing its timeout, maxRunDuration and cancel.
-        Returns the failure it caused, if any."""
-        limit, cause = limits.runnable_limit(self.plan, runnable, self._remaining())
+        """Wait for a foreground runnable, enforcing the time limits and cancel. Returns the
+        failure it caused, if any."""
         waiting = asyncio.ensure_future(execution.wait())
-        cancelled = asyncio.ensure_future(self._cancelled.wait())
-        timeout = limit.total_seconds() if limit is not None else None
+        interrupts = [
+            asyncio.ensure_future(self._cancelled.wait()),
+            asyncio.ensure_future(self._deadlines.reached.wait()),
+        ]
         try:
-            await asyncio.wait({waiting, cancelled}, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait({waiting, *interrupts}, return_when="FIRST_COMPLETED")
         finally:
-            cancelled.cancel()
+            for interrupt in interrupts:
+                interrupt.cancel()
         if not waiting.done():
             stopped = await self._stop(execution)
             if not stopped:
@@ -231,8 +273,7 @@ class TaskRun:
             await self._finished(runnable, result)
             if self._cancelled.is_set():
                 return ExitResult(task_code(result), reason=events.CANCELLED)
-            log.info("task %s: %s timed out (%s)", self.record.task_id, runnable.label, cause)
-            return ExitResult(ExitCode.TIMED_OUT, reason=cause)
+            return ExitResult(ExitCode.TIMED_OUT, reason=self._deadlines.cause)
         result = waiting.result()
         await self._finished(runnable, result)
         if result.ok or runnable.ignore_exit_status:
@@ -252,12 +293,13 @@ class TaskRun:
             found = await driver.recover(runnable, known.handle())
             if isinstance(found, ExitResult):
                 return ExitResult(task_code(found), reason=found.reason)
+            self._deadlines.started(runnable)
             return found
         prepared = driver.prepare(runnable)
         if isinstance(prepared, ExitResult):
             return self._cannot_start(k, prepared)
         # Persist the intent first: a crash after the start must never lead to a second start.
-        self.record.runnables[k] = RunnableRecord()
+        self.record.runnables[k] = RunnableRecord(started_at=format_time(self._settings.now()))
         self.record.runnables[k].adopt(prepared.handle)
         self.record.runnable = max(self.record.runnable, k)
         if self.record.state is TaskState.ASSIGNED:
@@ -268,9 +310,11 @@ class TaskRun:
         started = await prepared.start()
         if isinstance(started, ExitResult):
             self.record.runnables[k].exit_code = task_code(started)
+            self.record.runnables[k].ended_at = self.record.runnables[k].started_at
             await self._lifecycle.persist(self.record)
             return self._cannot_start(k, started)
         self.record.runnables[k].adopt(started.handle)  # a script's pid: saved with the next save
+        self._deadlines.started(runnable)
         if runnable.display_name:
             await self._event(events.runnable_started(runnable.display_name))
         elif started.handle.container:
@@ -288,6 +332,8 @@ class TaskRun:
         if record.exit_code is not None:
             return  # recorded before an agent restart
         record.exit_code = task_code(result)
+        record.ended_at = record.ended_at or format_time(self._settings.now())
+        self._deadlines.ended(runnable)
         await self._output.ship(final=True, only=runnable.index)
         if runnable.display_name:
             await self._event(events.runnable_finished(runnable.display_name, record.exit_code))
@@ -313,7 +359,7 @@ class TaskRun:
         else:
             await self._lifecycle.persist(self.record)
         self._lifecycle.notify()
-        await self._barriers.wait(k, cancelled=self._cancelled, remaining=self._remaining)
+        await self._barriers.wait(k, interrupts=(self._cancelled, self._deadlines.reached))
 
     async def _enter_running(self) -> None:
         """ASSIGNED -> RUNNING on its own save, when no runnable's intent carried it."""
@@ -326,9 +372,6 @@ class TaskRun:
 
     async def _stop_all(self, executions: list[Execution]) -> bool:
         return all(await asyncio.gather(*(self._stop(e) for e in executions)))
-
-    def _remaining(self) -> timedelta | None:
-        return limits.remaining(self.plan, self.record.started_at, self._settings.now())
 
     async def _event(self, description: str) -> None:
         """An informational event: saved at once, like a state change."""

@@ -38,7 +38,7 @@ from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.masking import MaskedEvents, Masker
 from batch_agent.tasks.mounts import MountSettings, container_volumes
 from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
-from batch_agent.tasks.record import EDGES, TaskRecord
+from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import RunSettings, TaskRun
 from batch_agent.tasks.script_driver import ScriptDriver
 from batch_agent.tasks.shipping import Shipping
@@ -220,8 +220,6 @@ class TaskSet:
         """Move `record` to `new`: edge check, event, persist, report early. Raises
         IllegalTransition for an edge the state machine does not have."""
         now = self._settings.now()
-        if cause and exit_code is not None and events.is_reserved(exit_code):
-            _add_reserved_detail(record, new, exit_code, cause, at=now)
         record.transition(new, at=now, where=self._settings.where, exit_code=exit_code, cause=cause)
         try:
             await self._store.save(record)
@@ -342,18 +340,6 @@ class TaskSet:
 
             self._engine = ContainerEngine(self._settings.docker_host)
         return self._engine
-
-
-def _add_reserved_detail(
-    record: TaskRecord, new: TaskState, exit_code: int, cause: str, *, at: datetime
-) -> None:
-    """Google's sentence for a reserved code has no room for our cause: it goes in an event of
-    its own just before (only on an edge that exists, so a refused transition adds nothing)."""
-    if new not in EDGES[record.state]:
-        return
-    detail = events.reserved_detail(exit_code, cause)
-    record.add_event(detail, at=at)
-    log.info("task %s: %s", record.task_id, detail)
 
 
 def make_run(
