@@ -477,11 +477,12 @@ def test_busy_min_report_interval_follows_the_vms_work(make: Any) -> None:
     intervals = {"default_report_interval": "2s", "min_report_interval": "1s"}
     emu = make(job(1), **intervals, busy_min_report_interval="0s")
     answered = ("defaultReportInterval", "minReportInterval")
+    t0 = name(emu, 0)
     _, response = post(emu, report())
-    assert sent(response) == {PREFIX + "0": "ASSIGNED"}
+    assert sent(response) == {t0: "ASSIGNED"}
     assert tuple(response[k] for k in answered) == ("2s", "0s")
-    _, response = post(emu, report(task_info(PREFIX + "0", "SUCCEEDED")))
-    assert sent(response) == {PREFIX + "0": "DELETED"}
+    _, response = post(emu, report(task_info(t0, "SUCCEEDED")))
+    assert sent(response) == {t0: "DELETED"}
     assert tuple(response[k] for k in answered) == ("2s", "0s")
     _, response = post(emu, report())  # the agent forgot the task: nothing left to change
     assert response.get("tasks", []) == []

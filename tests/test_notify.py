@@ -16,8 +16,6 @@ import pytest
 from batch_agent.notify import Notifier
 from tests.helpers import job, script, wait_until
 
-TASK0 = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/0"
-
 
 class Listener:
     """A unix datagram socket standing in for systemd's notify socket."""
@@ -128,5 +126,6 @@ def test_json_lines_about_a_task_carry_its_id_and_runnable(make_emulator, start_
     assert agent.wait() == 1
     entries = [json.loads(line) for line in agent.log().splitlines()]
     about = [e for e in entries if e["logger"] != "batch_agent.output" and "task" in e]
-    assert about and all(e["task"] == TASK0 for e in about), entries
+    task0 = emu.task_names()[0]
+    assert about and all(e["task"] == task0 for e in about), entries
     assert any(e.get("runnable") == 1 for e in about), about

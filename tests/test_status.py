@@ -10,8 +10,6 @@ from pathlib import Path
 
 from tests.helpers import AGENT, job, script, wait_until
 
-TASK0 = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/0"
-
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCH_AGENT_")}
@@ -42,7 +40,7 @@ def test_status_and_logs_of_a_live_agent(make_emulator, start_agent, tmp_path):
     assert found["agent"]["state"] == "running"
     assert found["agent"]["pid"] == agent.proc.pid
     assert wait_until(lambda: status(state)["agent"]["last_report"])["outcome"] == "ok"
-    assert task["task"] == TASK0 and task["index"] == 0 and task["runnable"] == 1
+    assert task["task"] == emu.task_names()[0] and task["index"] == 0 and task["runnable"] == 1
     assert task["state"] == "RUNNING" and task["runnables"][0]["pid"]
     assert found["mounts"] == [] and found["secrets"] == []
     wait_until(lambda: "oops" in cli("logs", "0", "--state-dir", str(state)).stdout)
@@ -78,10 +76,11 @@ def test_status_and_logs_of_a_stopped_agent(make_emulator, start_agent, tmp_path
         assert [r["exit_code"] for r in task["runnables"]] == [3, None]
         assert task["runnables"][0]["output_bytes"] == {"stdout": 4, "stderr": 0}
         assert task["duration_seconds"] is not None
-        logs = cli("logs", TASK0, "--state-dir", str(state), "--json")
+        task0 = emu.task_names()[0]  # as the agent got it, the documented agent form
+        logs = cli("logs", task0, "--state-dir", str(state), "--json")
         lines = [json.loads(line) for line in logs.stdout.splitlines()]
         assert [(x["runnable"], x["line"]) for x in lines] == [(1, "one"), (2, "two")]
-        assert all(x["task"] == TASK0 for x in lines)
+        assert all(x["task"] == task0 for x in lines)
         only = cli("logs", "0", "--runnable", "2", "--state-dir", str(state))
         assert only.stdout == "[r2 stdout] two\n"
         text = cli("status", "--state-dir", str(state)).stdout

@@ -95,9 +95,9 @@ def test_output_shipping_never_follows_a_symlink(tmp_path: Path) -> None:
     secret = victim(tmp_path / "shadow")
     link = tmp_path / "runnable-2.stdout"
     link.symlink_to(secret)
-    lines: list[str] = []
-    assert OutputShipper(link, emit=lines.append).ship(final=True) == 0
-    assert lines == []
+    delivered: list[object] = []
+    assert OutputShipper(link).ship(delivered.append, final=True) == 0
+    assert delivered == []
 
 
 # -- end to end: the real agent, a real user ----------------------------------------------------
