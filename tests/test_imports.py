@@ -33,6 +33,7 @@ DRIVERS = ["batch_agent.tasks.driver", "batch_agent.tasks.script_driver"]
 DRIVERS += ["batch_agent.tasks.container_driver"]
 ABOVE_TASKS = ["batch_agent.cli", "batch_agent.reporter", "batch_agent.local"]
 ABOVE_TASKS += ["batch_agent.emulator", "batch_agent.control", "batch_agent.config"]
+ABOVE_TASKS += ["batch_agent.wiring"]  # the reporter's start-up: builds what the tasks get
 
 # (modules, what they must not import)
 RULES = [

@@ -1,12 +1,13 @@
 """The report loop, a checklist: wait for the cadence -> report the snapshot -> apply the answer.
 
-Wires control (the Batch API), vm (facts about this machine, the preemption watch), the
-store and the task set. Cadence: `defaultReportInterval` between idle reports, an early report
-after a task changed, never two reports closer than `minReportInterval` (counted from the
-previous answer). A failed call is retried with capped, jittered backoff (at least the
-server's Retry-After) while tasks keep running; a call the server rejects for good (a 400,
-say) ends the loop with `Rejected`, and so does `--once` after `unreachable_timeout` without
-an answer (`Unreachable`). Blocking calls run in worker threads; the loop itself never blocks.
+Drives control (the Batch API), vm (facts about this machine, the preemption watch), the
+store and the task set, which wiring.py builds at start-up. Cadence: `defaultReportInterval`
+between idle reports, an early report after a task changed, never two reports closer than
+`minReportInterval` (counted from the previous answer). A failed call is retried with capped,
+jittered backoff (at least the server's Retry-After) while tasks keep running; a call the
+server rejects for good (a 400, say) ends the loop with `Rejected`, and so does `--once` after
+`unreachable_timeout` without an answer (`Unreachable`). Blocking calls run in worker threads;
+the loop itself never blocks.
 """
 
 from __future__ import annotations
@@ -14,43 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
+from batch_agent import wiring
 from batch_agent.config import Config
-from batch_agent.control import (
-    Backoff,
-    ControlPlane,
-    ControlPlaneError,
-    SecretError,
-    SecretsClient,
-)
-from batch_agent.journal import JournalOutput
-from batch_agent.outputlog import OutputLog
+from batch_agent.control import Backoff, ControlPlaneError
 from batch_agent.statedir import claim_state_dir
 from batch_agent.store import TaskStore
-from batch_agent.tasks.env import base_environment
-from batch_agent.tasks.hooks import SecretUnavailable
-from batch_agent.tasks.masking import Masker, MaskingFilter
-from batch_agent.tasks.mounts import MountSettings
-from batch_agent.tasks.taskoutput import Sink
-from batch_agent.tasks.taskset import TaskSet, TaskSettings
+from batch_agent.tasks.masking import Masker
+from batch_agent.tasks.taskset import TaskSet
 from batch_agent.telemetry import Telemetry
-from batch_agent.vm import (
-    MetadataError,
-    MetadataServer,
-    VmIdentity,
-    collect_metadata,
-    read_boot_time,
-    read_identity,
-    read_os_release,
-    watch_preemption,
-)
+from batch_agent.vm import MetadataServer, watch_preemption
 from batch_agent.wire import (
     AgentInfo,
-    AgentMetadata,
     AgentState,
     AgentTimingInfo,
     ReportAgentStateRequest,
@@ -59,7 +37,6 @@ from batch_agent.wire import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 STOP_REPORT_DEADLINE = timedelta(seconds=5)  # the last report (AGENT_STOPPED) on the way out
 
@@ -86,22 +63,9 @@ class Reporter:
         self._state_lock = claim_state_dir(config.state_dir)
         self._config = config
         self._stop = stop
-        self._control = ControlPlane(
-            config.endpoint,
-            timeout=config.request_timeout,
-            application_default=config.credentials_file is not None,
-            metadata_host=config.metadata_host,
-        )
-        self._secrets = SecretsClient(
-            secretmanager_endpoint=config.secretmanager_endpoint,
-            kms_endpoint=config.kms_endpoint,
-            timeout=config.request_timeout,
-            application_default=config.credentials_file is not None,
-            metadata_host=config.metadata_host,
-        )
-        # Every secret value a task resolves is masked in the agent's log from then on.
-        self._masker = Masker()
-        self._log_filter = MaskingFilter(self._masker)
+        self._control = wiring.control_plane(config)
+        self._secrets = wiring.secrets_client(config)
+        self._masker = Masker()  # every secret value a task resolves, masked from then on
         self._metadata = MetadataServer(config.metadata_host)
         self._store = TaskStore(config.state_dir / "state.db")
         self._tasks: TaskSet | None = None
@@ -113,71 +77,53 @@ class Reporter:
         self._started = datetime.now(UTC)
         self._last_success = self._started
         self._state = AgentState.AGENT_STARTING
-        self._identity: VmIdentity | None = None
-        self._static: AgentMetadata | None = None
-        self._boot_time = self._started
+        self._machine: wiring.Machine | None = None  # read in start-up
         self._last_report = float("-inf")  # loop time of the last answer (or failure)
         self._telemetry = Telemetry(config, self._store, started=self._started)
 
     async def run(self, *, once: bool = False) -> Outcome:
         """Report until stopped (or, with once, until every task received has ended and its
         final state was reported). Raises Unreachable or Rejected as the class docs say."""
-        handlers = logging.getLogger().handlers
-        for handler in handlers:
-            handler.addFilter(self._log_filter)
-        try:
-            tasks = await self._start_up(once=once)
-            while not self._stop.is_set():
-                if await self._wait_for_cadence():
-                    break
-                all_done_before = tasks.all_done()
-                response = await self._report_with_retries(once=once)
-                if response is None:  # stopped while retrying
-                    break
-                new = await tasks.apply(response.tasks)
-                if once and all_done_before and not new and tasks.all_done():
-                    break
-            return Outcome(failed=tasks.any_failed())
-        finally:
-            await self._shut_down()
-            for handler in handlers:
-                handler.removeFilter(self._log_filter)
+        with wiring.masked_log(self._masker):
+            try:
+                tasks = await self._start_up(once=once)
+                while not self._stop.is_set():
+                    if await self._wait_for_cadence():
+                        break
+                    all_done_before = tasks.all_done()
+                    response = await self._report_with_retries(once=once)
+                    if response is None:  # stopped while retrying
+                        break
+                    new = await tasks.apply(response.tasks)
+                    if once and all_done_before and not new and tasks.all_done():
+                        break
+                return Outcome(failed=tasks.any_failed())
+            finally:
+                await self._shut_down()
 
     # -- the steps ----------------------------------------------------------------------------
 
     async def _start_up(self, *, once: bool) -> TaskSet:
-        self._identity = identity = await self._metadata_read(
-            lambda: read_identity(self._metadata), once=once
-        )
-        os_release = read_os_release(self._config.os_release)
-        self._static = await self._metadata_read(
-            lambda: collect_metadata(
-                self._metadata, version=self._config.reported_version, os_release=os_release
-            ),
-            once=once,
-        )
-        self._boot_time = read_boot_time(self._config.proc_stat)
+        # One budget for the whole start-up, counted from the agent's start.
+        give_up_at = self._started + self._config.unreachable_timeout if once else None
+        try:
+            self._machine = machine = await wiring.read_machine(
+                self._config, self._metadata, sleep=self._sleep, give_up_at=give_up_at
+            )
+        except wiring.MetadataUnanswered as error:
+            raise Unreachable(str(error)) from error
         recorded_boot = self._store.fact("boot_time")
-        settings = TaskSettings(
-            workdir=self._config.state_dir / "tasks",
-            where=f"zones/{identity.zone}/instances/{identity.instance_id}",
-            base_env=base_environment(self._config.environ),
-            # The one place output lines are masked: at the sink, before the agent's log.
-            output=self._masker.sink(self._telemetry.counted(self._output_sink())),
-            docker_host=self._config.docker_host,
-            kill_grace=self._config.kill_grace,
-            mounts=MountSettings(
-                gcsfuse=self._config.gcsfuse,
-                device_dir=self._config.device_dir,
-                volume_root=self._config.volume_root,
-            ),
-            secrets=_SecretSource(self._secrets),
+        settings = wiring.task_settings(
+            self._config,
+            machine.identity,
+            secrets=self._secrets,
             masker=self._masker,
+            telemetry=self._telemetry,
         )
         self._tasks = TaskSet(self._store, settings, on_change=self._changed.set)
-        rebooted = recorded_boot is not None and recorded_boot != format_time(self._boot_time)
+        rebooted = recorded_boot is not None and recorded_boot != format_time(machine.boot_time)
         await self._tasks.resume(rebooted=rebooted)
-        await self._store.set_fact("boot_time", format_time(self._boot_time))
+        await self._store.set_fact("boot_time", format_time(machine.boot_time))
         await self._telemetry.ready(self._tasks, healthy=self._healthy)
         loop = asyncio.get_running_loop()
 
@@ -245,9 +191,9 @@ class Reporter:
     async def _report(
         self, state: AgentState, *, deadline: timedelta | None = None
     ) -> ReportAgentStateResponse:
-        assert self._identity is not None
-        request = self._request(state)
-        parent = self._identity.parent
+        assert self._machine is not None
+        request = self._request(state, self._machine)
+        parent = self._machine.identity.parent
         began = asyncio.get_running_loop().time()
         try:
             response = await asyncio.to_thread(
@@ -267,7 +213,7 @@ class Reporter:
             self._min_interval = max(response.min_report_interval, timedelta(0))
         return response
 
-    def _request(self, state: AgentState) -> ReportAgentStateRequest:
+    def _request(self, state: AgentState, machine: wiring.Machine) -> ReportAgentStateRequest:
         tasks = self._tasks
         job_id, group_id = tasks.job_and_group() if tasks is not None else (None, None)
         return ReportAgentStateRequest(
@@ -279,11 +225,11 @@ class Reporter:
                 tasks=tasks.snapshot() if tasks is not None else [],
             ),
             agent_timing_info=AgentTimingInfo(
-                boot_time=self._boot_time,
+                boot_time=machine.boot_time,
                 agent_startup_time=self._started,
                 script_startup_time=self._config.script_startup_time,
             ),
-            metadata=self._static,
+            metadata=machine.metadata,
         )
 
     async def _shut_down(self) -> None:
@@ -291,7 +237,7 @@ class Reporter:
         self._telemetry.stopping()
         if self._tasks is not None:
             await self._tasks.close()
-        if self._identity is not None and self._state is not AgentState.AGENT_STARTING:
+        if self._machine is not None and self._state is not AgentState.AGENT_STARTING:
             try:
                 await asyncio.sleep(min(self._until_min_interval(), 2.0))
                 # Bounded in the call itself: a worker thread still blocked would hold up exit.
@@ -312,22 +258,14 @@ class Reporter:
         seconds = asyncio.get_running_loop().time() - began
         await self._telemetry.reported(seconds, error, last_success=self._last_success)
 
-    def _output_sink(self) -> Sink:
-        """Runnables' output into our log stream, in journald's form when that is where it goes."""
-        if self._config.log_format == "journal":
-            return JournalOutput().write
-        return OutputLog(self._config.log_format).write
-
     def _healthy(self) -> bool:
         """The last successful report is within 3 report intervals (called from a thread)."""
         return datetime.now(UTC) - self._last_success <= 3 * self._default_interval
 
     def _on_preempted(self) -> None:
         log.warning("preemption notice received: this VM is going away")
-        if self._static is not None:
-            self._static = self._static.model_copy(
-                update={"instance_preemption_notice_received": True}
-            )
+        if self._machine is not None:
+            self._machine = self._machine.preempted()
         if self._tasks is not None:
             self._tasks.preempted()
         self._urgent.set()
@@ -337,21 +275,6 @@ class Reporter:
         """Seconds to wait so that no report follows the last sooner than minReportInterval."""
         elapsed = asyncio.get_running_loop().time() - self._last_report
         return max(self._min_interval.total_seconds() - elapsed, 0.0)
-
-    async def _metadata_read(self, call: Callable[[], T], *, once: bool) -> T:
-        """Retry a blocking metadata read with backoff; --once gives up after the budget."""
-        backoff = Backoff()
-        while True:
-            try:
-                return await asyncio.to_thread(call)
-            except MetadataError as error:
-                # One budget for the whole start-up, counted from the agent's start.
-                if once and datetime.now(UTC) - self._started > self._config.unreachable_timeout:
-                    raise Unreachable(f"metadata server: {error}") from error
-                delay = backoff.next_delay()
-                log.warning("metadata server: %s; retrying in %.1fs", error, delay.total_seconds())
-                if await self._sleep(delay.total_seconds()):
-                    raise Unreachable("stopped while waiting for the metadata server") from error
 
     async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
         """Sleep, waking early on stop (returns True) or on `wake`."""
@@ -376,22 +299,3 @@ class Reporter:
             for w in waits:
                 w.cancel()
         return self._stop.is_set()
-
-
-class _SecretSource:
-    """control's SecretsClient as the tasks' `hooks.SecretSource` (the tasks never see control)."""
-
-    def __init__(self, client: SecretsClient) -> None:
-        self._client = client
-
-    def access(self, version_path: str) -> str:
-        try:
-            return self._client.access_secret(version_path)
-        except SecretError as error:
-            raise SecretUnavailable(str(error)) from None
-
-    def decrypt(self, key_name: str, cipher_text: str) -> bytes:
-        try:
-            return self._client.decrypt(key_name, cipher_text)
-        except SecretError as error:
-            raise SecretUnavailable(str(error)) from None

@@ -1,0 +1,197 @@
+"""What the agent is made of: its clients, this VM's facts, the task settings, the output sink.
+
+The report loop (reporter.py) builds its parts here at start-up: the Batch API and the Secret
+Manager/KMS clients from the config, the facts of this VM (the metadata server's reads retried
+until it answers), `TaskSettings` (folders, environment, mounts, secrets, masking, where output
+goes), control's `SecretsClient` adapted to the tasks' `SecretSource` (so that tasks never see
+control), and the masking of the agent's own log. Everything here builds and returns; it must
+not report, hold loop state, or decide anything about tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from batch_agent.config import Config
+from batch_agent.control import Backoff, ControlPlane, SecretError, SecretsClient
+from batch_agent.journal import JournalOutput
+from batch_agent.outputlog import OutputLog
+from batch_agent.tasks.env import base_environment
+from batch_agent.tasks.hooks import SecretUnavailable
+from batch_agent.tasks.masking import Masker, MaskingFilter
+from batch_agent.tasks.mounts import MountSettings
+from batch_agent.tasks.taskoutput import Sink
+from batch_agent.tasks.taskset import TaskSettings
+from batch_agent.telemetry import Telemetry
+from batch_agent.vm import (
+    MetadataError,
+    MetadataServer,
+    VmIdentity,
+    collect_metadata,
+    read_boot_time,
+    read_identity,
+    read_os_release,
+)
+from batch_agent.wire import AgentMetadata
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def control_plane(config: Config) -> ControlPlane:
+    """The Batch API client (no call made yet)."""
+    return ControlPlane(
+        config.endpoint,
+        timeout=config.request_timeout,
+        application_default=config.credentials_file is not None,
+        metadata_host=config.metadata_host,
+    )
+
+
+def secrets_client(config: Config) -> SecretsClient:
+    """The Secret Manager and KMS client (no call made yet)."""
+    return SecretsClient(
+        secretmanager_endpoint=config.secretmanager_endpoint,
+        kms_endpoint=config.kms_endpoint,
+        timeout=config.request_timeout,
+        application_default=config.credentials_file is not None,
+        metadata_host=config.metadata_host,
+    )
+
+
+class MetadataUnanswered(Exception):
+    """The metadata server did not answer within the budget, or the agent was told to stop."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """This VM as the reports describe it."""
+
+    identity: VmIdentity
+    metadata: AgentMetadata  # read once at start-up; only a preemption notice changes it
+    boot_time: datetime
+
+    def preempted(self) -> Machine:
+        """This machine, its metadata saying that a preemption notice came."""
+        notice = {"instance_preemption_notice_received": True}
+        return dataclasses.replace(self, metadata=self.metadata.model_copy(update=notice))
+
+
+async def read_machine(
+    config: Config,
+    server: MetadataServer,
+    *,
+    sleep: Callable[[float], Awaitable[bool]],
+    give_up_at: datetime | None,
+) -> Machine:
+    """The VM's identity and metadata from the metadata server, each read retried with backoff
+    until it answers (in worker threads); os-release and the boot time from their files.
+
+    `sleep(seconds)` waits between tries and returns True once the agent is told to stop.
+    Raises MetadataUnanswered past `give_up_at` (None: never) or when told to stop.
+    """
+    identity = await _retried(lambda: read_identity(server), sleep=sleep, give_up_at=give_up_at)
+    os_release = read_os_release(config.os_release)
+    metadata = await _retried(
+        lambda: collect_metadata(server, version=config.reported_version, os_release=os_release),
+        sleep=sleep,
+        give_up_at=give_up_at,
+    )
+    return Machine(identity, metadata, read_boot_time(config.proc_stat))
+
+
+async def _retried(
+    call: Callable[[], T],
+    *,
+    sleep: Callable[[float], Awaitable[bool]],
+    give_up_at: datetime | None,
+) -> T:
+    """A blocking metadata read, retried with backoff; `read_machine` says when it gives up."""
+    backoff = Backoff()
+    while True:
+        try:
+            return await asyncio.to_thread(call)
+        except MetadataError as error:
+            if give_up_at is not None and datetime.now(UTC) > give_up_at:
+                raise MetadataUnanswered(f"metadata server: {error}") from error
+            delay = backoff.next_delay()
+            log.warning("metadata server: %s; retrying in %.1fs", error, delay.total_seconds())
+            if await sleep(delay.total_seconds()):
+                raise MetadataUnanswered("stopped while waiting for the metadata server") from error
+
+
+def task_settings(
+    config: Config,
+    identity: VmIdentity,
+    *,
+    secrets: SecretsClient,
+    masker: Masker,
+    telemetry: Telemetry,
+) -> TaskSettings:
+    """What every task of this agent shares, for the VM `identity` names."""
+    return TaskSettings(
+        workdir=config.state_dir / "tasks",
+        where=f"zones/{identity.zone}/instances/{identity.instance_id}",
+        base_env=base_environment(config.environ),
+        # The one place output lines are masked: at the sink, before the agent's log.
+        output=masker.sink(telemetry.counted(output_sink(config))),
+        docker_host=config.docker_host,
+        kill_grace=config.kill_grace,
+        mounts=MountSettings(
+            gcsfuse=config.gcsfuse,
+            device_dir=config.device_dir,
+            volume_root=config.volume_root,
+        ),
+        secrets=ControlSecrets(secrets),
+        masker=masker,
+    )
+
+
+def output_sink(config: Config) -> Sink:
+    """Runnables' output into our log stream, in journald's form when that is where it goes."""
+    if config.log_format == "journal":
+        return JournalOutput().write
+    return OutputLog(config.log_format).write
+
+
+@contextlib.contextmanager
+def masked_log(masker: Masker) -> Iterator[None]:
+    """Within the block, every value `masker` learns is masked in the agent's log (the root
+    logger's handlers); the filter comes off again on the way out."""
+    log_filter = MaskingFilter(masker)
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(log_filter)
+
+
+class ControlSecrets:
+    """control's SecretsClient as the tasks' `hooks.SecretSource` (the tasks never see control).
+
+    Blocks (the tasks call it in a worker thread); raises only SecretUnavailable.
+    """
+
+    def __init__(self, client: SecretsClient) -> None:
+        self._client = client
+
+    def access(self, version_path: str) -> str:
+        try:
+            return self._client.access_secret(version_path)
+        except SecretError as error:
+            raise SecretUnavailable(str(error)) from None
+
+    def decrypt(self, key_name: str, cipher_text: str) -> bytes:
+        try:
+            return self._client.decrypt(key_name, cipher_text)
+        except SecretError as error:
+            raise SecretUnavailable(str(error)) from None
