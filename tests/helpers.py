@@ -96,7 +96,11 @@ def final_event(emu: Emulator, name: str) -> dict[str, Any]:
 
 
 def exit_code(emu: Emulator, name: str) -> int | None:
-    execution = final_event(emu, name).get("taskExecution") or {}
+    """The task's exit code: 0 when it succeeded (its event carries no taskExecution)."""
+    event = final_event(emu, name)
+    if event.get("taskState") == "SUCCEEDED":
+        return 0
+    execution = event.get("taskExecution") or {}
     code = execution.get("exitCode")
     return int(code) if code is not None else None
 

@@ -102,7 +102,7 @@ def test_private_registry_good_and_bad_credentials(
         return final_event(emu, TASK0)
 
     remove_image(docker_engine, registry.image)
-    assert run(registry.password)["taskExecution"]["exitCode"] == 0
+    assert run(registry.password)["taskState"] == "SUCCEEDED"
     remove_image(docker_engine, registry.image)
     refused = run("wrong-password")
     assert refused["taskExecution"]["exitCode"] == 50000

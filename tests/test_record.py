@@ -47,3 +47,18 @@ def test_every_allowed_transition_appends_its_event(old, new):
     assert record.state is new
     assert record.events[-1]["taskState"] == new.value
     assert f"from {old} to {new}" in record.events[-1]["description"]
+
+
+def test_only_a_failure_carries_task_execution():
+    """taskExecution is "only defined for task-level status events where the task fails"
+    (discovery, StatusEvent): FAILED carries the code, SUCCEEDED and RUNNING do not."""
+    where, now = "zones/z/instances/1", datetime.now(UTC)
+    succeeded, failed = record_in(TaskState.RUNNING), record_in(TaskState.RUNNING)
+    succeeded.transition(TaskState.SUCCEEDED, at=now, where=where, exit_code=0)
+    failed.transition(TaskState.FAILED, at=now, where=where, exit_code=3)
+    assert "taskExecution" not in succeeded.events[-1]
+    assert succeeded.exit_code == 0  # the record still knows it, for status and metrics
+    assert failed.events[-1]["taskExecution"] == {"exitCode": 3}
+    started = record_in(TaskState.ASSIGNED)
+    started.transition(TaskState.RUNNING, at=now, where=where)
+    assert "taskExecution" not in started.events[-1]

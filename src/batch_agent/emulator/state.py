@@ -211,7 +211,9 @@ class JobState:
             self.changes.task(task, before)
             return
         self._ran = True
-        task.exit_code = service.exit_code_of(task.events)
+        # A SUCCEEDED event carries no taskExecution; TaskExecution.exitCode: "If the task
+        # succeeded, the exit code will be 0."
+        task.exit_code = 0 if new == "SUCCEEDED" else service.exit_code_of(task.events)
         plan = self._plan
         if (
             new == "FAILED"

@@ -89,12 +89,15 @@ class TaskRecord:
         description = events.state_changed(
             self.state, new, where=where, exit_code=exit_code, cause=cause
         )
+        # Discovery, StatusEvent.taskExecution: "only defined for task-level status events where
+        # the task fails". A SUCCEEDED task's code is 0 by TaskExecution.exitCode's own text.
+        failed = new is TaskState.FAILED and exit_code is not None
         event = StatusEvent(
             type=events.STATUS_CHANGED,
             description=description,
             event_time=at,
             task_state=new,
-            task_execution=TaskExecution(exit_code=exit_code) if exit_code is not None else None,
+            task_execution=TaskExecution(exit_code=exit_code) if failed else None,
         )
         self.events.append(event.to_wire())
         self.state = new
