@@ -10,6 +10,7 @@ writes anything, never talks to the agent.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,26 +59,34 @@ def find_task(state_dir: Path, which: str) -> TaskRecord:
 
 
 class _Tail:
-    """New complete lines of one file, from where the last read stopped."""
+    """New complete lines of one file, from where the last read stopped. The file stays open
+    once found, so lines written just before the task's folder is removed are still read."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._offset = 0
+        self._fd: int | None = None
         self._partial = b""
 
     def read(self, *, final: bool) -> list[str]:
-        try:
-            with self._path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        if final and self._partial:
-            lines.append(self._partial)
-            self._partial = b""
-        return [line.decode(errors="replace") for line in lines]
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:  # not there yet, or not a plain file
+                return self._flush() if final else []
+        chunks = []
+        while chunk := os.read(self._fd, 1 << 20):
+            chunks.append(chunk)
+        *lines, self._partial = (self._partial + b"".join(chunks)).split(b"\n")
+        return [line.decode(errors="replace") for line in lines] + (self._flush() if final else [])
+
+    def _flush(self) -> list[str]:
+        rest, self._partial = self._partial, b""
+        return [rest.decode(errors="replace")] if rest else []
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def task_output(
@@ -92,6 +101,25 @@ def task_output(
     record = find_task(state_dir, which)
     folder = task_dir(state_dir / "tasks", record.task_id)
     tails: dict[tuple[int, str], _Tail] = {}
+    try:
+        yield from _follow(
+            state_dir, record, folder, tails, runnable=runnable, follow=follow, sleep=sleep
+        )
+    finally:
+        for tail in tails.values():
+            tail.close()
+
+
+def _follow(
+    state_dir: Path,
+    record: TaskRecord,
+    folder: Path,
+    tails: dict[tuple[int, str], _Tail],
+    *,
+    runnable: int | None,
+    follow: bool,
+    sleep: Callable[[float], None],
+) -> Iterator[OutputLine]:
     gone = False  # the server deleted the task while we followed it
     while True:
         ended = record.state.is_terminal or not follow or gone

@@ -85,7 +85,7 @@ class SecretUnavailable(Exception):
 
 
 class SecretSource(Protocol):
-    """Secret Manager and Cloud KMS as the tasks need them (the reporter adapts control's
+    """Secret Manager and Cloud KMS as the tasks need them (the agent's wiring adapts control's
     client). Both BLOCK (retries included) and raise SecretUnavailable."""
 
     def access(self, version_path: str) -> str:
