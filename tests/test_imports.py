@@ -37,6 +37,7 @@ ABOVE_TASKS += ["batch_agent.emulator", "batch_agent.control", "batch_agent.conf
 # (modules, what they must not import)
 RULES = [
     (["batch_agent.wire", "batch_agent.names", "batch_agent.discovery"], ["batch_agent"]),
+    (["batch_agent.dbfile"], ["batch_agent"]),
     (["batch_agent.tasks"], [*ABOVE_TASKS, "batch_agent.vm"]),
     (
         ["batch_agent.store"],
