@@ -38,6 +38,7 @@ ABOVE_TASKS += ["batch_agent.wiring"]  # the reporter's start-up: builds what th
 # (modules, what they must not import)
 RULES = [
     (["batch_agent.wire", "batch_agent.names", "batch_agent.discovery"], ["batch_agent"]),
+    (["batch_agent.dbfile"], ["batch_agent"]),
     (["batch_agent.tasks"], [*ABOVE_TASKS, "batch_agent.vm"]),
     (
         ["batch_agent.store"],

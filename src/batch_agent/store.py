@@ -8,10 +8,9 @@ under way share the next one (a group commit: 64 tasks starting at once do not q
 fsyncs), each still returning only once its own record is on disk. A write the state dir cannot take
 (a full disk, an I/O error) stays pending in memory and is written (all pending writes in one
 commit) before the next write, or by a retry every `retry_every`: `save` raises StorageError
-so that its caller can decide about the task, `delete` and `set_fact` only log. A database
-sqlite cannot read is set aside (`state.db.corrupt-<UTC time>`) and an empty one is started:
-never a crash loop. The records hold task environments and registry passwords, so the files
-are 0600 (the state dir itself is `statedir`'s). Knows nothing of processes or HTTP.
+so that its caller can decide about the task, `delete` and `set_fact` only log. Opening the
+file (its modes, WAL, a corrupt one set aside) is `dbfile`'s. Knows nothing of processes or
+HTTP.
 """
 
 from __future__ import annotations
@@ -20,21 +19,19 @@ import asyncio
 import functools
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from batch_agent.dbfile import open_database
 from batch_agent.tasks.record import TaskRecord
 
 log = logging.getLogger(__name__)
 
-FILE_MODE = 0o600  # the records hold task environments and registry passwords
 RETRY_EVERY = timedelta(seconds=5)  # pending writes retried while the state dir refuses them
-_SIDE_FILES = ("-wal", "-shm", "-journal")  # sqlite's companions of a database file
 
 _Write = tuple[str, Callable[[], None]]  # what it writes ("task <id>"), and how
 
@@ -56,14 +53,6 @@ class StorageError(Exception):
         self.no_space = no_space
 
 
-class _Corrupt(Exception):
-    """sqlite cannot read the database file; `db` is still open (see `_open`)."""
-
-    def __init__(self, db: sqlite3.Connection, reason: str) -> None:
-        super().__init__(reason)
-        self.db = db
-
-
 class TaskStore:
     """Not thread-safe itself: every call runs on its single writer thread, which alone
     touches the connection, `_stored` and `_pending`; `_queued` and `_committing` belong to
@@ -74,7 +63,7 @@ class TaskStore:
         self._path = path
         self._retry_every = retry_every
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._db = self._executor.submit(_open, path).result()
+        self._db = self._executor.submit(open_database, path, _SCHEMA).result()
         self._stored: set[str] = set()  # task ids whose raw spec is on disk already
         # Writes the state dir refused, by what they write ("task <id>"), in the order last
         # asked for: a newer write of the same thing replaces an older one.
@@ -269,74 +258,3 @@ class TaskStore:
     def _delete(self, task_id: str) -> None:
         self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
         self._stored.discard(task_id)
-
-
-# -- opening ----------------------------------------------------------------------------------
-
-
-def _open(path: Path) -> sqlite3.Connection:
-    """The database at `path`, made if missing; a corrupt one is set aside and replaced."""
-    try:
-        return _connect_shared_or_exclusive(path)
-    except _Corrupt as corrupt:
-        # Renamed while sqlite still has it open: closing the connection deletes a -wal.
-        aside = _set_aside(path)
-        corrupt.db.close()
-        log.error(
-            "state dir: %s is corrupt (%s); set aside as %s, starting with an empty store",
-            path,
-            corrupt,
-            aside,
-        )
-    return _connect_shared_or_exclusive(path)
-
-
-def _connect_shared_or_exclusive(path: Path) -> sqlite3.Connection:
-    """Normally shared, so that `batch-agent status` and people can read the database while
-    the agent runs (one agent per state dir is the lock's business, not sqlite's). On a full
-    disk the WAL index (-shm) cannot be made: then an exclusive lock, which keeps the index in
-    memory, still lets the agent read its records."""
-    try:
-        return _connect(path, exclusive=False)
-    except sqlite3.OperationalError as error:
-        if error.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
-            raise
-        log.warning("state dir: %s opened exclusively (%s)", path, error)
-        return _connect(path, exclusive=True)
-
-
-def _connect(path: Path, *, exclusive: bool) -> sqlite3.Connection:
-    for name in (path.name, *(path.name + s for s in _SIDE_FILES)):
-        if (path.parent / name).exists():
-            os.chmod(path.parent / name, FILE_MODE)
-    # Made 0600 from the start (sqlite gives -wal/-shm the database's mode). The umask is the
-    # process's: this runs at start-up, before anything else makes files.
-    umask = os.umask(0o077)
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        if exclusive:
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise _Corrupt(db, " ".join(" ".join(problems).split())[:300])
-        db.executescript(_SCHEMA)
-    except sqlite3.DatabaseError as error:
-        if error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-            raise _Corrupt(db, str(error)) from error
-        db.close()
-        raise
-    finally:
-        os.umask(umask)
-    return db
-
-
-def _set_aside(path: Path) -> Path:
-    """Rename the database and its side files to `<name>.corrupt-<UTC time>[-wal...]`."""
-    aside = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
-    for suffix in ("", *_SIDE_FILES):
-        source = Path(f"{path}{suffix}")
-        if source.exists():
-            source.rename(f"{aside}{suffix}")
-    return aside

@@ -2,60 +2,50 @@
 
 Pure: no processes, no I/O. Every problem is collected with the JSON path of the field, so a bad
 task fails with an event that says what is wrong and where, and nothing else is affected.
+Variables and secret references are checked and merged in `planenv`, volumes in `planvolumes`;
+their types are importable from here too, as parts of the plan.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from batch_agent.names import parse_task_name
+from batch_agent.tasks.planenv import (
+    Encrypted,
+    SecretRefs,
+    check_secrets,
+    check_variables,
+    is_secret_path,
+    task_environment,
+)
+from batch_agent.tasks.planvolumes import VolumeSpec, default_volumes, plan_mounts
 from batch_agent.wire import (
     AgentContainer,
-    AgentEnvironment,
     AgentTask,
     AgentTaskRunnable,
     AgentTaskSpec,
     Container,
-    Environment,
     Runnable,
     TaskSpec,
-    Volume,
     format_duration,
 )
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_PATH = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
-_KMS_KEY = re.compile(r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
-
-
-def is_secret_path(value: str | None) -> bool:
-    """Whether `value` names a Secret Manager version (`projects/P/secrets/S/versions/V`)."""
-    return bool(value) and _SECRET_PATH.match(value or "") is not None
-
-
-@dataclass(frozen=True)
-class Encrypted:
-    """An `encryptedVariables`: a KMS ciphertext of a JSON object of variable names to values."""
-
-    key_name: str
-    cipher_text: str
-
-
-@dataclass(frozen=True)
-class SecretRefs:
-    """Where a level's secret variables come from; paths only, never values. Later wins:
-    `secret` (name -> Secret Manager version path), then each of `encrypted` in order."""
-
-    secret: dict[str, str] = field(default_factory=dict)
-    encrypted: tuple[Encrypted, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.secret or self.encrypted)
-
-    def __or__(self, later: SecretRefs) -> SecretRefs:
-        return SecretRefs(self.secret | later.secret, self.encrypted + later.encrypted)
+__all__ = [
+    "Action",
+    "BarrierSpec",
+    "ContainerSpec",
+    "Encrypted",
+    "PlanError",
+    "RunnablePlan",
+    "ScriptSpec",
+    "SecretRefs",
+    "TaskPlan",
+    "VolumeSpec",
+    "is_secret_path",
+    "make_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -89,26 +79,6 @@ class BarrierSpec:
 
 
 Action = ScriptSpec | ContainerSpec | BarrierSpec
-
-
-@dataclass(frozen=True)
-class VolumeSpec:
-    """One task volume: what to mount (`kind` and `remote`) at `mount_path`, with options.
-
-    `remote` is `bucket[/prefix]` for "gcs", `server:/path` for "nfs", the device name for
-    "disk"; "path" (a volume with only a mountPath) mounts nothing: the VM's folder is shared.
-    """
-
-    index: int  # 0-based, as in spec.volumes
-    mount_path: str
-    kind: str  # "gcs" | "nfs" | "disk" | "path"
-    remote: str = ""
-    options: tuple[str, ...] = ()
-
-    @property
-    def label(self) -> str:
-        """How events name it: `volumes[0] (/mnt/disks/data)`."""
-        return f"volumes[{self.index}] ({self.mount_path})"
 
 
 @dataclass(frozen=True)
@@ -167,8 +137,8 @@ def make_plan(task: AgentTask) -> TaskPlan:
         problems.append("runnables: a task needs at least one runnable")
     runnables = tuple(_runnable(i, r, problems) for i, r in enumerate(raw))
     name = parse_task_name(task.task)
-    mounts = _mounts(spec.volumes if spec is not None else [], problems)
-    variables, secrets = _task_variables(spec, agent_spec, problems)
+    mounts = plan_mounts(spec.volumes if spec is not None else [], problems)
+    variables, secrets = task_environment(spec, agent_spec, problems)
     plan = TaskPlan(
         task_id=task.task,
         runnables=runnables,
@@ -178,7 +148,7 @@ def make_plan(task: AgentTask) -> TaskPlan:
         user=_user(agent_spec, problems),
         task_index=name.index,
         retry_attempt=name.attempt,
-        volumes=_volumes(mounts),
+        volumes=default_volumes(mounts),
         mounts=mounts,
     )
     if problems:
@@ -210,8 +180,8 @@ def _runnable(i: int, r: Runnable | AgentTaskRunnable, problems: list[str]) -> R
         action = _container(r.container, where, problems) or action
     if r.timeout is not None and r.timeout <= timedelta(0):
         problems.append(f"{where}.timeout: {format_duration(r.timeout)} is not positive")
-    variables = _variables(r.environment.variables if r.environment else {}, where, problems)
-    secrets = _secrets(r.environment, f"{where}.environment", problems)
+    variables = check_variables(r.environment.variables if r.environment else {}, where, problems)
+    secrets = check_secrets(r.environment, f"{where}.environment", problems)
     return RunnablePlan(
         index=i + 1,
         action=action,
@@ -246,63 +216,6 @@ def _container(
     )
 
 
-def _task_variables(
-    spec: TaskSpec | None, agent_spec: AgentTaskSpec | None, problems: list[str]
-) -> tuple[dict[str, str], SecretRefs]:
-    """The task level's variables and secrets. Both specs count, later wins (README):
-    `agentTaskSpec.environment`, then `spec.environments`, then `spec.environment`."""
-    merged: dict[str, str] = {}
-    secrets = SecretRefs()
-    if agent_spec is not None and agent_spec.environment is not None:
-        where = "agentTaskSpec.environment"
-        merged |= _variables(agent_spec.environment.variables, where, problems)
-        secrets |= _secrets(agent_spec.environment, where, problems)
-    if spec is not None:
-        merged |= _variables(spec.environments, "environments", problems)
-        if spec.environment is not None:
-            merged |= _variables(spec.environment.variables, "environment", problems)
-            secrets |= _secrets(spec.environment, "environment", problems)
-    return merged, secrets
-
-
-def _variables(values: dict[str, str], where: str, problems: list[str]) -> dict[str, str]:
-    for name, value in values.items():
-        if not _ENV_NAME.match(name):
-            problems.append(f'{where}.variables: "{name}" is not a valid variable name')
-        elif "\0" in value:
-            problems.append(f"{where}.variables.{name}: contains a NUL byte")
-    return dict(values)
-
-
-def _secrets(
-    environment: Environment | AgentEnvironment | None, where: str, problems: list[str]
-) -> SecretRefs:
-    """The secretVariables and encryptedVariables of one environment, checked (paths only)."""
-    if environment is None:
-        return SecretRefs()
-    for name, path in environment.secret_variables.items():
-        if not _ENV_NAME.match(name):
-            problems.append(f'{where}.secretVariables: "{name}" is not a valid variable name')
-        elif not is_secret_path(path):
-            problems.append(
-                f"{where}.secretVariables.{name}: {path!r} is not a Secret Manager version "
-                "(projects/P/secrets/S/versions/V)"
-            )
-    encrypted: tuple[Encrypted, ...] = ()
-    kms = environment.encrypted_variables
-    if kms is not None and (kms.key_name or kms.cipher_text):
-        if not kms.key_name or not _KMS_KEY.match(kms.key_name):
-            problems.append(
-                f"{where}.encryptedVariables.keyName: {kms.key_name!r} is not a Cloud KMS key "
-                "(projects/P/locations/L/keyRings/R/cryptoKeys/K)"
-            )
-        elif not kms.cipher_text:
-            problems.append(f"{where}.encryptedVariables.cipherText: empty")
-        else:
-            encrypted = (Encrypted(kms.key_name, kms.cipher_text),)
-    return SecretRefs(dict(environment.secret_variables), encrypted)
-
-
 def _max_run_duration(
     spec: TaskSpec | None, agent_spec: AgentTaskSpec | None, problems: list[str]
 ) -> timedelta | None:
@@ -312,52 +225,6 @@ def _max_run_duration(
     if value is not None and value <= timedelta(0):
         problems.append(f"maxRunDuration: {format_duration(value)} is not positive")
     return value
-
-
-def _mounts(volumes: list[Volume], problems: list[str]) -> tuple[VolumeSpec, ...]:
-    """spec.volumes as VolumeSpecs: exactly one source each, absolute distinct mountPaths."""
-    specs: list[VolumeSpec] = []
-    for i, v in enumerate(volumes):
-        where = f"volumes[{i}]"
-        path = v.mount_path or ""
-        if not path.startswith("/"):
-            problems.append(f'{where}.mountPath: needs an absolute path, got "{path}"')
-            continue
-        if path.rstrip("/") in (s.mount_path.rstrip("/") for s in specs):
-            problems.append(f"{where}.mountPath: {path} is already another volume's")
-            continue
-        given = [k for k, x in (("gcs", v.gcs), ("nfs", v.nfs), ("deviceName", v.device_name)) if x]
-        if len(given) > 1:
-            problems.append(f"{where}: has both {given[0]} and {given[1]}; give only one")
-            continue
-        options = tuple(v.mount_options)
-        if v.gcs is not None:
-            remote = (v.gcs.remote_path or "").strip("/")
-            if not remote:
-                problems.append(f'{where}.gcs: needs "remotePath" (a bucket or bucket/path)')
-                continue
-            specs.append(VolumeSpec(i, path, "gcs", remote, options))
-        elif v.nfs is not None:
-            if not v.nfs.server or not (v.nfs.remote_path or "").startswith("/"):
-                problems.append(f'{where}.nfs: needs "server" and an absolute "remotePath"')
-                continue
-            specs.append(VolumeSpec(i, path, "nfs", f"{v.nfs.server}:{v.nfs.remote_path}", options))
-        elif v.device_name:
-            if "/" in v.device_name or v.device_name in (".", ".."):
-                problems.append(f'{where}.deviceName: "{v.device_name}" is not a device name')
-                continue
-            specs.append(VolumeSpec(i, path, "disk", v.device_name, options))
-        else:
-            specs.append(VolumeSpec(i, path, "path", "", options))
-    return tuple(specs)
-
-
-def _volumes(mounts: tuple[VolumeSpec, ...]) -> tuple[str, ...]:
-    """Each task volume's mountPath, mounted at the same path in containers that name no
-    volumes: read-write whatever its mountOptions say (Batch's rule, Container.volumes). Which
-    disks are existing ones, read-only there, only the VM can tell: `mounts.container_volumes`
-    refines this when the task's run is made."""
-    return tuple(f"{m.mount_path}:{m.mount_path}" for m in mounts)
 
 
 def _user(agent_spec: AgentTaskSpec | None, problems: list[str]) -> tuple[int, int] | None:
