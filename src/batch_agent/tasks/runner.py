@@ -47,7 +47,13 @@ from batch_agent.tasks.hooks import Hook
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.plan import BarrierSpec, RunnablePlan, TaskPlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
-from batch_agent.tasks.sequence import cannot_start, lost_cause, next_runnable, task_code
+from batch_agent.tasks.sequence import (
+    cannot_start,
+    lost_cause,
+    next_runnable,
+    task_code,
+    task_outcome,
+)
 from batch_agent.tasks.shipping import LiveOutput, Shipping
 from batch_agent.tasks.taskoutput import Sink, TaskOutput
 from batch_agent.wire import TaskState, format_time
@@ -184,16 +190,10 @@ class TaskRun:
                 failure = failure or outcome
             limit = await self._limit_reached()  # always: it stops what must stop
             failure = failure or limit
-        # A background runnable that failed on its own, before we stop the rest, fails the task
-        # only when nothing else did (our choice; Batch does not say).
-        background_failure = self._background.failure()
+        on_its_own = self._background.failure()  # before we stop the rest
         stopped = await self._background.stop()
-        if self._cancelled.is_set():
-            if not stopped:
-                return ExitResult(ExitCode.NOT_CANCELLABLE, reason=events.NOT_CANCELLABLE)
-            code = failure.exit_code if failure else ExitCode.AGENT_FAILURE
-            return ExitResult(code, reason=events.CANCELLED)
-        return failure or background_failure or ExitResult(0)
+        cancelled = self._cancelled.is_set()
+        return task_outcome(failure, on_its_own, cancelled=cancelled, stopped=stopped)
 
     async def _limit_reached(self) -> ExitResult | None:
         """If a time limit was reached: the first one exceeded fails the task and all of its

@@ -3,7 +3,8 @@ result means for the task (its exit code, and the cause to name).
 
 Batch's rules, table-tested without processes: after a failure only alwaysRun runnables start,
 once maxRunDuration is spent nothing does; a runnable without a code of its own (it could not
-start, or its status was lost) gives the task 50000. Pure: no I/O, no clock; the wording of
+start, or its status was lost) gives the task 50000; a failure is the task's outcome before a
+background runnable's, and a cancel fails the task. Pure: no I/O, no clock; the wording of
 the causes comes from `events`.
 """
 
@@ -47,3 +48,22 @@ def cannot_start(k: int, result: ExitResult) -> ExitResult:
     """The task's result when runnable `k` could not start: its code, and the event's cause."""
     code = task_code(result)
     return ExitResult(code, reason=events.cannot_start(k, result.reason or f"exit code {code}"))
+
+
+def task_outcome(
+    failure: ExitResult | None,
+    background_failure: ExitResult | None,
+    *,
+    cancelled: bool,
+    stopped: bool,
+) -> ExitResult:
+    """The task's outcome once the sequence is over: the first failure; else a background
+    runnable that failed on its own before the rest were stopped (our choice; Batch does not
+    say); else success. A cancelled task fails CANCELLED (keeping the failure's code), or
+    NOT_CANCELLABLE when something of it could not be stopped."""
+    if cancelled:
+        if not stopped:
+            return ExitResult(ExitCode.NOT_CANCELLABLE, reason=events.NOT_CANCELLABLE)
+        code = failure.exit_code if failure else ExitCode.AGENT_FAILURE
+        return ExitResult(code, reason=events.CANCELLED)
+    return failure or background_failure or ExitResult(0)
