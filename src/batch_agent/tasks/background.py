@@ -4,8 +4,8 @@ The run adds each background runnable once started; when one ends on its own its
 set and its run time stops counting (`Deadlines.ended`). `failure` names the first that failed
 on its own (exit status not ignored): it fails the task only when nothing else did, our choice
 (Batch does not say). `stop` stops every one still running (SIGTERM, grace, SIGKILL) and hands
-each result to the run's `finished`, which records it. Saves nothing itself and decides no
-state: the run does both.
+each result to `finished` (`Runnables.finished`), which records it. Saves nothing itself and
+decides no state: the run does both.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.sequence import task_code
 from batch_agent.wire import format_time
 
-Finished = Callable[[RunnablePlan, ExitResult], Awaitable[None]]
+RecordEnd = Callable[[RunnablePlan, ExitResult], Awaitable[None]]
 
 
 class BackgroundRunnables:
@@ -34,7 +34,7 @@ class BackgroundRunnables:
         *,
         kill_grace: timedelta,
         now: Callable[[], datetime],
-        finished: Finished,
+        finished: RecordEnd,
     ) -> None:
         self._record = record
         self._deadlines = deadlines
