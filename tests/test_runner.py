@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from batch_agent.tasks import events
+from batch_agent.tasks.assembly import TaskSettings, make_run
 from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.plan import make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import TaskRun
-from batch_agent.tasks.taskset import TaskSettings, make_run
 from batch_agent.wire import AgentTask, TaskState, parse_time
 
 pytestmark = pytest.mark.timeout(60)

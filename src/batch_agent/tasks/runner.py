@@ -2,14 +2,17 @@
 
 Phases, in order: prestart hooks -> ASSIGNED -> RUNNING -> the runnables (order, alwaysRun,
 ignoreExitStatus, background, barriers, timeouts, cancellation) -> poststop hooks -> the
-terminal state. Each runnable runs through the driver of its kind (`driver.Driver`); the run
-never asks how. State changes go through the task set's `transition` (the `Lifecycle` given
-to the run); the run knows nothing of HTTP or of the store's form. After an agent restart the
-same code resumes from the record: finished runnables are not run again, started ones are
-recovered from their handle.
+terminal state. Which runnable comes next and what its result means are `sequence`'s pure
+rules, the time limits `deadlines`', the background runnables' bookkeeping `background`'s.
+Each runnable runs through the driver of its kind (`driver.Driver`), started or recovered and
+its end recorded by `runnables`; the run never asks how. State changes go through the task
+set's `transition` (the `Lifecycle` given to the run); the run knows nothing of HTTP or of the
+store's form. After an agent restart the same code resumes from the record: finished
+runnables are not run again, started ones are recovered from their handle.
 
-What is saved when (each save is one fsync; the in-process tests pin these down):
-- a state change or an event: at once, before it is reported (`transition`, `_event`);
+What is saved when, here and in `runnables` (each save is one fsync; the in-process tests pin
+these down):
+- a state change or an event: at once, before it is reported (`transition`, `Runnables.event`);
 - a runnable's intent to start: before it starts, so a crash never leads to a second start;
 - ASSIGNED -> RUNNING: in one save with the first runnable's intent (on its own only when no
   intent comes first: a barrier first, or nothing starts). A save writes the whole record, so
@@ -29,29 +32,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from asyncio import Future
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from batch_agent.tasks import events, limits
+from batch_agent.tasks.background import BackgroundRunnables
 from batch_agent.tasks.barrier import Barriers
 from batch_agent.tasks.deadlines import Deadlines
-from batch_agent.tasks.driver import Driver, Finished, stop_within
+from batch_agent.tasks.driver import Driver, stop_within
 from batch_agent.tasks.events import ExitCode
-from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult
+from batch_agent.tasks.execution import Execution, ExitResult
 from batch_agent.tasks.hooks import Hook
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.plan import BarrierSpec, RunnablePlan, TaskPlan
-from batch_agent.tasks.record import RunnableRecord, TaskRecord
+from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.runnables import Runnables
+from batch_agent.tasks.sequence import lost_cause, next_runnable, task_code, task_outcome
 from batch_agent.tasks.shipping import LiveOutput, Shipping
 from batch_agent.tasks.taskoutput import Sink, TaskOutput
-from batch_agent.wire import TaskState, format_time
+from batch_agent.wire import TaskState
 
 log = logging.getLogger(__name__)
-
-Background = tuple[RunnablePlan, "Future[ExitResult]", Execution]  # a background runnable
 
 
 @dataclass(frozen=True)
@@ -60,29 +63,6 @@ class RunSettings:
     shipping: Shipping = field(default_factory=Shipping)  # the agent's one shipping tick
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-
-
-def next_runnable(
-    runnables: tuple[RunnablePlan, ...], after: int, *, failed: bool, expired: bool
-) -> RunnablePlan | None:
-    """The next runnable to start after 1-based index `after`, or None when the task is done.
-
-    After a failure only alwaysRun runnables start; once maxRunDuration expired nothing does.
-    """
-    if expired:
-        return None
-    for runnable in runnables[after:]:
-        if failed and not runnable.always_run:
-            continue
-        return runnable
-    return None
-
-
-def task_code(result: ExitResult) -> int:
-    """The task exit code for a runnable's result: 50000 when it has no code of its own."""
-    if not result.started or result.exit_code == EXIT_CODE_UNKNOWN:
-        return ExitCode.AGENT_FAILURE
-    return result.exit_code
 
 
 class TaskRun:
@@ -100,7 +80,6 @@ class TaskRun:
         self.record = record
         self.plan = plan
         self._lifecycle = lifecycle
-        self._drivers = drivers  # by the type of a runnable's action
         self._hooks = hooks
         self._settings = settings
         self._cancelled = asyncio.Event()
@@ -108,6 +87,21 @@ class TaskRun:
         self._deadlines = Deadlines(plan, record, settings.now)
         task_output = TaskOutput(folder, f"task {plan.task_index}", settings.output)
         self._output = LiveOutput(record, task_output, lifecycle, settings.now)
+        self._runnables = Runnables(
+            record,
+            lifecycle=lifecycle,
+            drivers=drivers,
+            deadlines=self._deadlines,
+            output=self._output,
+            now=settings.now,
+        )
+        self._background = BackgroundRunnables(
+            record,
+            self._deadlines,
+            kill_grace=settings.kill_grace,
+            now=settings.now,
+            finished=self._runnables.finished,
+        )
         self._preempted = False
 
     # -- commands from the task set -----------------------------------------------------------
@@ -174,7 +168,6 @@ class TaskRun:
     async def _run_sequence(self) -> ExitResult:
         """Run runnables in order; the task's outcome (`reason`: why, for reserved codes)."""
         failure: ExitResult | None = None
-        background: list[Background] = []
         position = 0
         while True:
             expired = self._deadlines.expired()
@@ -189,57 +182,23 @@ class TaskRun:
             if isinstance(runnable.action, BarrierSpec):
                 await self._wait_barrier(runnable)
             else:
-                started = await self._start(runnable)
+                started = await self._runnables.start(runnable)
                 if isinstance(started, ExitResult):
                     failure = failure or started
                     continue
                 if runnable.background:
-                    background.append((runnable, self._background(runnable, started), started))
+                    self._background.add(runnable, started)
                     continue
                 outcome = await self._wait(runnable, started)
                 failure = failure or outcome
-            limit = await self._limit_reached(background)  # always: it stops what must stop
+            limit = await self._limit_reached()  # always: it stops what must stop
             failure = failure or limit
-        # A background runnable that failed on its own, before we stop the rest, fails the task
-        # only when nothing else did (our choice; Batch does not say).
-        background_failure = next(
-            (
-                ExitResult(task_code(done.result()))
-                for runnable, done, _ in background
-                if done.done() and not done.result().ok and not runnable.ignore_exit_status
-            ),
-            None,
-        )
-        stopped = await self._stop_background(background)
-        if self._cancelled.is_set():
-            if not stopped:
-                return ExitResult(ExitCode.NOT_CANCELLABLE, reason=events.NOT_CANCELLABLE)
-            code = failure.exit_code if failure else ExitCode.AGENT_FAILURE
-            return ExitResult(code, reason=events.CANCELLED)
-        return failure or background_failure or ExitResult(0)
+        on_its_own = self._background.failure()  # before we stop the rest
+        stopped = await self._background.stop()
+        cancelled = self._cancelled.is_set()
+        return task_outcome(failure, on_its_own, cancelled=cancelled, stopped=stopped)
 
-    def _background(self, runnable: RunnablePlan, execution: Execution) -> Future[ExitResult]:
-        """Wait for a background runnable; its run time stops counting when it ends."""
-        done = asyncio.ensure_future(execution.wait())
-
-        def ended(_: object) -> None:
-            record = self.record.runnables[runnable.index]
-            record.ended_at = record.ended_at or format_time(self._settings.now())
-            self._deadlines.ended(runnable)
-
-        done.add_done_callback(ended)
-        return done
-
-    async def _stop_background(self, background: list[Background]) -> bool:
-        """Stop every background runnable still running and record how each ended; False if
-        one could not be stopped."""
-        stopped = await self._stop_all([execution for _, _, execution in background])
-        for runnable, done, _ in background:
-            await self._finished(runnable, await done)
-        background.clear()
-        return stopped
-
-    async def _limit_reached(self, background: list[Background]) -> ExitResult | None:
+    async def _limit_reached(self) -> ExitResult | None:
         """If a time limit was reached: the first one exceeded fails the task and all of its
         runnables (Batch's "set timeouts"), so the background ones are stopped too; what is
         left to run are alwaysRun runnables, unless maxRunDuration was the limit."""
@@ -247,7 +206,7 @@ class TaskRun:
             return None
         cause = self._deadlines.cause
         log.info("task %s: time limit reached (%s)", self.record.task_id, cause)
-        await self._stop_background(background)
+        await self._background.stop()
         self._deadlines.rearm()
         return ExitResult(ExitCode.TIMED_OUT, reason=cause)
 
@@ -265,88 +224,20 @@ class TaskRun:
             for interrupt in interrupts:
                 interrupt.cancel()
         if not waiting.done():
-            stopped = await self._stop(execution)
+            stopped = await stop_within(execution, self._settings.kill_grace)
             if not stopped:
                 waiting.cancel()
                 return ExitResult(ExitCode.NOT_CANCELLABLE, reason=events.NOT_CANCELLABLE)
             result = await waiting
-            await self._finished(runnable, result)
+            await self._runnables.finished(runnable, result)
             if self._cancelled.is_set():
                 return ExitResult(task_code(result), reason=events.CANCELLED)
             return ExitResult(ExitCode.TIMED_OUT, reason=self._deadlines.cause)
         result = waiting.result()
-        await self._finished(runnable, result)
+        await self._runnables.finished(runnable, result)
         if result.ok or runnable.ignore_exit_status:
             return None
-        return ExitResult(task_code(result), reason=_lost(result))
-
-    async def _start(self, runnable: RunnablePlan) -> Execution | ExitResult:
-        """Start (or, after an agent restart, recover) one runnable through its driver; an
-        ExitResult (with the task's code and the event's cause) when it could not start."""
-        k = runnable.index
-        driver = self._drivers[type(runnable.action)]
-        known = self.record.runnables.get(k)
-        if known is not None:
-            log.info("task %s: reattaching to %s", self.record.task_id, runnable.label)
-            if known.exit_code is not None:  # ended and recorded before a restart
-                return Finished(ExitResult(known.exit_code))
-            found = await driver.recover(runnable, known.handle())
-            if isinstance(found, ExitResult):
-                return ExitResult(task_code(found), reason=found.reason)
-            self._deadlines.started(runnable)
-            return found
-        prepared = driver.prepare(runnable)
-        if isinstance(prepared, ExitResult):
-            return self._cannot_start(k, prepared)
-        # Persist the intent first: a crash after the start must never lead to a second start.
-        self.record.runnables[k] = RunnableRecord(started_at=format_time(self._settings.now()))
-        self.record.runnables[k].adopt(prepared.handle)
-        self.record.runnable = max(self.record.runnable, k)
-        if self.record.state is TaskState.ASSIGNED:
-            # ASSIGNED -> RUNNING: saved with this first intent, in one commit
-            await self._lifecycle.transition(self.record, TaskState.RUNNING)
-        else:
-            await self._lifecycle.persist(self.record)
-        started = await prepared.start()
-        if isinstance(started, ExitResult):
-            self.record.runnables[k].exit_code = task_code(started)
-            self.record.runnables[k].ended_at = self.record.runnables[k].started_at
-            await self._lifecycle.persist(self.record)
-            return self._cannot_start(k, started)
-        self.record.runnables[k].adopt(started.handle)  # a script's pid: saved with the next save
-        self._deadlines.started(runnable)
-        if runnable.display_name:
-            await self._event(events.runnable_started(runnable.display_name))
-        elif started.handle.container:
-            await self._lifecycle.persist(self.record)
-        self._lifecycle.notify()
-        log.info("task %s: started %s", self.record.task_id, runnable.label)
-        return started.execution
-
-    def _cannot_start(self, k: int, result: ExitResult) -> ExitResult:
-        code = task_code(result)
-        return ExitResult(code, reason=events.cannot_start(k, result.reason or f"exit code {code}"))
-
-    async def _finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
-        record = self.record.runnables.setdefault(runnable.index, RunnableRecord())
-        if record.exit_code is not None:
-            return  # recorded before an agent restart
-        record.exit_code = task_code(result)
-        record.ended_at = record.ended_at or format_time(self._settings.now())
-        self._deadlines.ended(runnable)
-        await self._output.ship(final=True, only=runnable.index)
-        if runnable.display_name:
-            await self._event(events.runnable_finished(runnable.display_name, record.exit_code))
-        elif record.container:
-            await self._lifecycle.persist(self.record)  # the container is removed after this
-        self._lifecycle.notify()
-        log.info(
-            "task %s: %s exited %d%s",
-            self.record.task_id,
-            runnable.label,
-            result.exit_code,
-            f" ({result.reason})" if result.reason else "",
-        )
+        return ExitResult(task_code(result), reason=lost_cause(result))
 
     async def _wait_barrier(self, runnable: RunnablePlan) -> None:
         """Report `runnable = k` and wait for `reachedBarrier >= k`, cancel or the deadline."""
@@ -355,7 +246,7 @@ class TaskRun:
         self.record.runnable = max(self.record.runnable, k)
         assert isinstance(runnable.action, BarrierSpec)
         if runnable.display_name:
-            await self._event(events.barrier_reached(runnable.display_name))
+            await self._runnables.event(events.barrier_reached(runnable.display_name))
         else:
             await self._lifecycle.persist(self.record)
         self._lifecycle.notify()
@@ -366,19 +257,3 @@ class TaskRun:
         if self.record.state is TaskState.ASSIGNED:
             # ASSIGNED -> RUNNING: the first runnable is a barrier, or none started
             await self._lifecycle.transition(self.record, TaskState.RUNNING)
-
-    async def _stop(self, execution: Execution) -> bool:
-        return await stop_within(execution, self._settings.kill_grace)
-
-    async def _stop_all(self, executions: list[Execution]) -> bool:
-        return all(await asyncio.gather(*(self._stop(e) for e in executions)))
-
-    async def _event(self, description: str) -> None:
-        """An informational event: saved at once, like a state change."""
-        self.record.add_event(description, at=self._settings.now())
-        await self._lifecycle.persist(self.record)
-
-
-def _lost(result: ExitResult) -> str | None:
-    """The cause to name when a runnable's own status was lost (its code becomes 50000)."""
-    return result.reason if result.exit_code == EXIT_CODE_UNKNOWN else None

@@ -7,43 +7,30 @@ each response (accept, cancel, delete, barriers), `preempted`, `snapshot` for ea
 report). A deleted task leaves the reports at once; its teardown (stop, remove containers,
 forget the record and folder) runs in the background, so a task that ignores SIGTERM never
 holds up the reports of the others; its record stays on disk until the teardown is done.
-Knows nothing of HTTP.
+How one task's run is put together (drivers, hooks) is `assembly`'s. Knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from batch_agent.names import parse_task_name
 from batch_agent.store import StorageError, TaskStore
 from batch_agent.tasks import events
-from batch_agent.tasks.container_driver import (
-    ContainerDriver,
-    EngineFactory,
-    remove_task_containers,
-)
-from batch_agent.tasks.driver import Driver, SecretValues, TaskContext
+from batch_agent.tasks.assembly import EngineOnDemand, make_run
+from batch_agent.tasks.assembly import TaskSettings as TaskSettings  # TaskSet's callers make one
+from batch_agent.tasks.container_driver import remove_task_containers
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
-from batch_agent.tasks.hooks import ContainerNetwork, Secrets, SecretSource, TaskFolder
-from batch_agent.tasks.lifecycle import Lifecycle
-from batch_agent.tasks.masking import MaskedEvents, Masker
-from batch_agent.tasks.mounts import MountSettings, container_volumes
-from batch_agent.tasks.plan import ContainerSpec, PlanError, ScriptSpec, TaskPlan, make_plan
+from batch_agent.tasks.plan import PlanError, TaskPlan, make_plan
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.runner import RunSettings, TaskRun
-from batch_agent.tasks.script_driver import ScriptDriver
-from batch_agent.tasks.shipping import Shipping
-from batch_agent.tasks.taskoutput import Sink
-from batch_agent.tasks.volumes import MountTable, Volumes
+from batch_agent.tasks.runner import TaskRun
 from batch_agent.wire import (
     AgentTask,
     AgentTaskInfo,
@@ -53,35 +40,9 @@ from batch_agent.wire import (
     parse_agent_task,
 )
 
-if TYPE_CHECKING:
-    from batch_agent.tasks.docker import ContainerEngine
-
 log = logging.getLogger(__name__)
 
 TEARDOWN_AT_CLOSE = timedelta(seconds=2)  # how long an agent on its way out finishes deletions
-
-
-@dataclass(frozen=True)
-class TaskSettings:
-    """What every task of this agent shares."""
-
-    workdir: Path  # each task gets a folder below it
-    where: str  # `zones/<zone>/instances/<id>`, for event wording and container labels
-    base_env: Mapping[str, str]
-    output: Sink
-    shipping: Shipping = field(default_factory=Shipping)  # one output tick for all tasks
-    docker_host: str | None = None
-    kill_grace: timedelta = timedelta(seconds=10)
-    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    mounts: MountSettings = field(default_factory=MountSettings)
-
-    @functools.cached_property
-    def mount_table(self) -> MountTable:
-        """The VM's one table of task volumes (shared by every task of the agent)."""
-        return MountTable(self.workdir.parent / "mounts.json", self.mounts)
-
-    secrets: SecretSource | None = None  # Secret Manager and KMS; None: tasks using them fail
-    masker: Masker = field(default_factory=Masker)  # every resolved value, masked everywhere
 
 
 @dataclass
@@ -100,7 +61,7 @@ class TaskSet:
         self._settings = settings
         self._on_change = on_change
         self._slots: dict[str, _Slot] = {}
-        self._engine: ContainerEngine | None = None
+        self._containers = EngineOnDemand(settings.docker_host)
         self._preempted = False
         self._deleted_failed = False  # a task that FAILED was since deleted (for --once)
 
@@ -204,8 +165,7 @@ class TaskSet:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        if self._engine is not None:
-            self._engine.close()
+        self._containers.close()
 
     # -- the one state change -----------------------------------------------------------------
 
@@ -246,9 +206,8 @@ class TaskSet:
         before anything runs, then start them."""
         accepted: list[tuple[_Slot, TaskPlan, AgentTask | BadAgentTask]] = []
         for slot, task in tasks:
-            plan = await self._plan_or_fail(
-                slot.record, task
-            )  # a bad spec: one save, of its failure
+            # A bad spec: one save, of its failure.
+            plan = await self._plan_or_fail(slot.record, task)
             if plan is not None:
                 accepted.append((slot, plan, task))
         if not accepted:
@@ -332,62 +291,3 @@ class TaskSet:
         self._deleted_failed |= slot.record.state is TaskState.FAILED
         del self._slots[name]
         log.info("task %s: deleted", name)
-
-    def _containers(self) -> ContainerEngine:
-        """The Docker engine, made (and the docker SDK loaded) only when a task needs it."""
-        if self._engine is None:
-            from batch_agent.tasks.docker import ContainerEngine
-
-            self._engine = ContainerEngine(self._settings.docker_host)
-        return self._engine
-
-
-def make_run(
-    record: TaskRecord,
-    plan: TaskPlan,
-    settings: TaskSettings,
-    *,
-    lifecycle: Lifecycle,
-    engine: EngineFactory,
-) -> TaskRun:
-    """A task's run with its drivers and hooks, in the task's folder under the workdir."""
-    folder = task_dir(settings.workdir, record.task_id)
-    if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
-        plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
-    secrets = SecretValues()  # filled by the Secrets hook, read by the drivers
-    context = TaskContext(
-        plan=plan,
-        folder=folder,
-        task_id=record.task_id,
-        instance=settings.where,
-        base_env=settings.base_env,
-        kill_grace=settings.kill_grace,
-        secrets=secrets,
-    )
-    containers = ContainerDriver(context, engine)
-    drivers: dict[type, Driver] = {ScriptSpec: ScriptDriver(context), ContainerSpec: containers}
-    return TaskRun(
-        record,
-        plan,
-        lifecycle=MaskedEvents(lifecycle, settings.masker),
-        drivers=drivers,
-        hooks=[
-            TaskFolder(folder, plan.user),
-            Secrets(plan, secrets, settings.secrets, settings.masker),
-            Volumes(settings.mount_table, record.task_id, plan.mounts, plan.user),
-            *([ContainerNetwork(containers)] if _blocks_networks(plan) else []),
-        ],
-        folder=folder,
-        settings=RunSettings(
-            settings.output, settings.shipping, kill_grace=settings.kill_grace, now=settings.now
-        ),
-    )
-
-
-def _blocks_networks(plan: TaskPlan) -> bool:
-    """Whether a container of the task gets the task's own internal network (a script-only
-    task must never load the docker SDK, not even to clean up)."""
-    return any(
-        isinstance(r.action, ContainerSpec) and r.action.block_external_network
-        for r in plan.runnables
-    )

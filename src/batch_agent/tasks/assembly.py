@@ -1,0 +1,130 @@
+"""How one task's run is put together: the settings every task shares, and `make_run`.
+
+`make_run` gives a task its folder, its drivers (script, container) sharing one context and one
+set of secret values, its hooks in order (TaskFolder, Secrets, Volumes, and ContainerNetwork
+when a container blocks external networks), its lifecycle behind the masker, and for containers
+the mounts of its volumes; `EngineOnDemand` is the Docker engine the tasks share, made at the
+first need of it. Nothing here starts a runnable or changes a task's state: `TaskRun.run` does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from batch_agent.tasks.container_driver import ContainerDriver, EngineFactory
+from batch_agent.tasks.driver import Driver, SecretValues, TaskContext
+from batch_agent.tasks.folders import task_dir
+from batch_agent.tasks.hooks import ContainerNetwork, Secrets, SecretSource, TaskFolder
+from batch_agent.tasks.lifecycle import Lifecycle
+from batch_agent.tasks.masking import MaskedEvents, Masker
+from batch_agent.tasks.mounts import MountSettings, container_volumes
+from batch_agent.tasks.plan import ContainerSpec, ScriptSpec, TaskPlan
+from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.runner import RunSettings, TaskRun
+from batch_agent.tasks.script_driver import ScriptDriver
+from batch_agent.tasks.shipping import Shipping
+from batch_agent.tasks.taskoutput import Sink
+from batch_agent.tasks.volumes import MountTable, Volumes
+
+if TYPE_CHECKING:
+    from batch_agent.tasks.docker import ContainerEngine
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What every task of this agent shares."""
+
+    workdir: Path  # each task gets a folder below it
+    where: str  # `zones/<zone>/instances/<id>`, for event wording and container labels
+    base_env: Mapping[str, str]
+    output: Sink
+    shipping: Shipping = field(default_factory=Shipping)  # one output tick for all tasks
+    docker_host: str | None = None
+    kill_grace: timedelta = timedelta(seconds=10)
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    mounts: MountSettings = field(default_factory=MountSettings)
+
+    @functools.cached_property
+    def mount_table(self) -> MountTable:
+        """The VM's one table of task volumes (shared by every task of the agent)."""
+        return MountTable(self.workdir.parent / "mounts.json", self.mounts)
+
+    secrets: SecretSource | None = None  # Secret Manager and KMS; None: tasks using them fail
+    masker: Masker = field(default_factory=Masker)  # every resolved value, masked everywhere
+
+
+class EngineOnDemand:
+    """The one Docker engine of the agent's tasks, made (and the docker SDK loaded) only when a
+    task needs it: an agent that runs only scripts never loads the SDK."""
+
+    def __init__(self, docker_host: str | None) -> None:
+        self._docker_host = docker_host
+        self._engine: ContainerEngine | None = None
+
+    def __call__(self) -> ContainerEngine:
+        if self._engine is None:
+            from batch_agent.tasks.docker import ContainerEngine
+
+            self._engine = ContainerEngine(self._docker_host)
+        return self._engine
+
+    def close(self) -> None:
+        """Close the engine, if one was made."""
+        if self._engine is not None:
+            self._engine.close()
+
+
+def make_run(
+    record: TaskRecord,
+    plan: TaskPlan,
+    settings: TaskSettings,
+    *,
+    lifecycle: Lifecycle,
+    engine: EngineFactory,
+) -> TaskRun:
+    """A task's run with its drivers and hooks, in the task's folder under the workdir."""
+    folder = task_dir(settings.workdir, record.task_id)
+    if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
+        plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
+    secrets = SecretValues()  # filled by the Secrets hook, read by the drivers
+    context = TaskContext(
+        plan=plan,
+        folder=folder,
+        task_id=record.task_id,
+        instance=settings.where,
+        base_env=settings.base_env,
+        kill_grace=settings.kill_grace,
+        secrets=secrets,
+    )
+    containers = ContainerDriver(context, engine)
+    drivers: dict[type, Driver] = {ScriptSpec: ScriptDriver(context), ContainerSpec: containers}
+    return TaskRun(
+        record,
+        plan,
+        lifecycle=MaskedEvents(lifecycle, settings.masker),
+        drivers=drivers,
+        hooks=[
+            TaskFolder(folder, plan.user),
+            Secrets(plan, secrets, settings.secrets, settings.masker),
+            Volumes(settings.mount_table, record.task_id, plan.mounts, plan.user),
+            *([ContainerNetwork(containers)] if _blocks_networks(plan) else []),
+        ],
+        folder=folder,
+        settings=RunSettings(
+            settings.output, settings.shipping, kill_grace=settings.kill_grace, now=settings.now
+        ),
+    )
+
+
+def _blocks_networks(plan: TaskPlan) -> bool:
+    """Whether a container of the task gets the task's own internal network (a script-only
+    task must never load the docker SDK, not even to clean up)."""
+    return any(
+        isinstance(r.action, ContainerSpec) and r.action.block_external_network
+        for r in plan.runnables
+    )

@@ -1,0 +1,117 @@
+"""One task's runnables through their drivers: start one (its intent saved first), or recover
+it after an agent restart, and record how each ended.
+
+What is saved and when is the runner's list ("What is saved when"): the intent before the
+start, with ASSIGNED -> RUNNING when it is the first; a container's start and end at once; a
+script's pid and exit code with the next save; an event for a runnable with a display name.
+Decides nothing of the sequence (what runs next, what fails the task): the run does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from batch_agent.tasks import events
+from batch_agent.tasks.deadlines import Deadlines
+from batch_agent.tasks.driver import Driver, Finished
+from batch_agent.tasks.execution import Execution, ExitResult
+from batch_agent.tasks.lifecycle import Lifecycle
+from batch_agent.tasks.plan import RunnablePlan
+from batch_agent.tasks.record import RunnableRecord, TaskRecord
+from batch_agent.tasks.sequence import cannot_start, task_code
+from batch_agent.tasks.shipping import LiveOutput
+from batch_agent.wire import TaskState, format_time
+
+log = logging.getLogger(__name__)
+
+
+class Runnables:
+    def __init__(
+        self,
+        record: TaskRecord,
+        *,
+        lifecycle: Lifecycle,
+        drivers: Mapping[type, Driver],
+        deadlines: Deadlines,
+        output: LiveOutput,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._record = record
+        self._lifecycle = lifecycle
+        self._drivers = drivers  # by the type of a runnable's action
+        self._deadlines = deadlines
+        self._output = output
+        self._now = now
+
+    async def start(self, runnable: RunnablePlan) -> Execution | ExitResult:
+        """Start (or, after an agent restart, recover) one runnable through its driver; an
+        ExitResult (with the task's code and the event's cause) when it could not start."""
+        k = runnable.index
+        driver = self._drivers[type(runnable.action)]
+        known = self._record.runnables.get(k)
+        if known is not None:
+            log.info("task %s: reattaching to %s", self._record.task_id, runnable.label)
+            if known.exit_code is not None:  # ended and recorded before a restart
+                return Finished(ExitResult(known.exit_code))
+            found = await driver.recover(runnable, known.handle())
+            if isinstance(found, ExitResult):
+                return ExitResult(task_code(found), reason=found.reason)
+            self._deadlines.started(runnable)
+            return found
+        prepared = driver.prepare(runnable)
+        if isinstance(prepared, ExitResult):
+            return cannot_start(k, prepared)
+        # Persist the intent first: a crash after the start must never lead to a second start.
+        self._record.runnables[k] = RunnableRecord(started_at=format_time(self._now()))
+        self._record.runnables[k].adopt(prepared.handle)
+        self._record.runnable = max(self._record.runnable, k)
+        if self._record.state is TaskState.ASSIGNED:
+            # ASSIGNED -> RUNNING: saved with this first intent, in one commit
+            await self._lifecycle.transition(self._record, TaskState.RUNNING)
+        else:
+            await self._lifecycle.persist(self._record)
+        started = await prepared.start()
+        if isinstance(started, ExitResult):
+            self._record.runnables[k].exit_code = task_code(started)
+            self._record.runnables[k].ended_at = self._record.runnables[k].started_at
+            await self._lifecycle.persist(self._record)
+            return cannot_start(k, started)
+        self._record.runnables[k].adopt(started.handle)  # a script's pid: saved with the next save
+        self._deadlines.started(runnable)
+        if runnable.display_name:
+            await self.event(events.runnable_started(runnable.display_name))
+        elif started.handle.container:
+            await self._lifecycle.persist(self._record)
+        self._lifecycle.notify()
+        log.info("task %s: started %s", self._record.task_id, runnable.label)
+        return started.execution
+
+    async def finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
+        """Record how `runnable` ended (once: not again after an agent restart), ship the rest
+        of its output, and say so."""
+        record = self._record.runnables.setdefault(runnable.index, RunnableRecord())
+        if record.exit_code is not None:
+            return  # recorded before an agent restart
+        record.exit_code = task_code(result)
+        record.ended_at = record.ended_at or format_time(self._now())
+        self._deadlines.ended(runnable)
+        await self._output.ship(final=True, only=runnable.index)
+        if runnable.display_name:
+            await self.event(events.runnable_finished(runnable.display_name, record.exit_code))
+        elif record.container:
+            await self._lifecycle.persist(self._record)  # the container is removed after this
+        self._lifecycle.notify()
+        log.info(
+            "task %s: %s exited %d%s",
+            self._record.task_id,
+            runnable.label,
+            result.exit_code,
+            f" ({result.reason})" if result.reason else "",
+        )
+
+    async def event(self, description: str) -> None:
+        """An informational event: saved at once, like a state change."""
+        self._record.add_event(description, at=self._now())
+        await self._lifecycle.persist(self._record)
