@@ -413,3 +413,35 @@ def test_stop_reports_agent_stopped_within_the_stop_timeout(installed: Machine, 
     assert installed.show("Result") == "success", installed.journal()
     assert installed.show("ExecMainStatus") == "0"
     assert agent_states(emulator)[before:][-1:] == ["AGENT_STOPPED"]
+
+
+USER_RUN = """
+import asyncio
+from pathlib import Path
+from batch_agent.tasks.script import start_script, write_script
+
+folder = Path("/var/tmp/scope-user")
+folder.mkdir(mode=0o755, exist_ok=True)
+text = "#!/bin/sh\\nid -u; id -G; echo HOME=$HOME; cat /proc/self/cgroup\\n"
+program = write_script(text, folder, owner=(65534, 65534))
+
+async def main() -> None:
+    started = await start_script(
+        program, env={"PATH": "/usr/bin:/bin", "HOME": "/home-as-given"}, cwd=Path("/tmp"),
+        stdout_path=folder / "out", stderr_path=folder / "err", status_path=folder / "status",
+        user=(65534, 65534),
+    )
+    print((await started.wait()).exit_code)
+
+asyncio.run(main())
+"""
+
+
+def test_a_user_runnable_runs_in_a_scope_as_that_user(installed: Machine):
+    """A runnable with a user runs in a task scope as that uid and gid only (setpriv after
+    systemd-run), with the environment it was given, and its exit status is recorded."""
+    code = installed.check("/opt/batch-agent/bin/python", "-c", USER_RUN).strip()
+    out = installed.check("cat", "/var/tmp/scope-user/out").splitlines()
+    assert code == "0", (out, installed.run("cat", "/var/tmp/scope-user/err")[1])
+    assert out[:3] == ["65534", "65534", "HOME=/home-as-given"], out
+    assert any("/batch-tasks.slice/batch-task-" in line for line in out[3:]), out
