@@ -20,11 +20,14 @@ import pytest
 
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, ExitResult
 from batch_agent.tasks.procfs import read_stat
+from batch_agent.tasks.scope import scope_argv
 from batch_agent.tasks.script import (
+    WAITER_SCRIPT,
     ScriptExecution,
     find_waiter,
     read_status,
     start_script,
+    waiter_argv,
     write_script,
 )
 
@@ -501,3 +504,57 @@ def test_find_waiter_by_its_command_line(tmp_path: Path) -> None:
     waiter, found = asyncio.run(go())
     assert found == waiter
     assert find_waiter(tmp_path / "status") is None
+
+
+def test_scope_command_execs_the_waiter_in_a_transient_scope() -> None:
+    """Under systemd the waiter's command follows systemd-run --scope in batch-tasks.slice,
+    with accounting on, and setpriv drops to a runnable's user just before the waiter."""
+    prefix = scope_argv("batch-task-ab-r2-c0ffee.scope", systemd_run="/usr/bin/systemd-run")
+    argv = waiter_argv(Path("/t/script-1"), Path("/t/runnable-2.status"), prefix)
+    waiter = ["/bin/sh", "-c", WAITER_SCRIPT, "batch-waiter", "/t/runnable-2.status", "/t/script-1"]
+    assert argv == [
+        "/usr/bin/systemd-run",
+        "--scope",
+        "--unit=batch-task-ab-r2-c0ffee.scope",
+        "--slice=batch-tasks.slice",
+        "--collect",
+        "--quiet",
+        "--property=CPUAccounting=yes",
+        "--property=MemoryAccounting=yes",
+        "--",
+        *waiter,
+    ]
+    as_user = scope_argv(
+        "u.scope", systemd_run="/usr/bin/systemd-run", user=(1000, 100), setpriv="/usr/bin/setpriv"
+    )
+    assert as_user[as_user.index("--") + 1 :] == [
+        "/usr/bin/setpriv",
+        "--reuid=1000",
+        "--regid=100",
+        "--clear-groups",
+        "--",
+    ]
+    assert waiter_argv(Path("/p"), Path("/s"), [])[:2] == ["/bin/sh", "-c"]
+
+
+def test_a_prefix_that_execs_in_place_keeps_the_waiter_findable(tmp_path: Path) -> None:
+    """A command put before the waiter that execs it in place (as systemd-run --scope does)
+    leaves the started pid the waiter's: found by its command line, and it records the status."""
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\nwhile [ ! -e go ]; do sleep 0.05; done\nexit 5\n")
+    script.chmod(0o700)
+    status = tmp_path / "status"
+    argv = waiter_argv(script, status, ["/usr/bin/env", "--"])
+    process = subprocess.Popen(argv, cwd=tmp_path, start_new_session=True, env=ENV)
+    try:
+        stat = read_stat(process.pid)
+        assert stat is not None
+        wait_until(lambda: find_waiter(status) == (process.pid, stat.start_time))
+        (tmp_path / "go").touch()
+        assert process.wait(timeout=10) == 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    found = read_status(status)
+    assert found is not None and found.exit_code == 5

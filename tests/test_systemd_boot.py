@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -287,6 +288,84 @@ def test_startup_script_installs_an_enabled_active_unit(installed: Machine, emul
     assert wait_until(reported, timeout=60, what="scriptStartupTime") == written
 
 
+def waiter_pid(box: Machine) -> int:
+    """The pid `batch-agent status` gives for the task's runnable, once it has one."""
+
+    def found() -> int | None:
+        code, out = box.run("batch-agent", "status", "--json")
+        tasks = json.loads(out)["tasks"] if code == 0 else []
+        pid = tasks[0]["runnables"][0]["pid"] if tasks and tasks[0]["runnables"] else None
+        return pid if isinstance(pid, int) else None
+
+    return wait_until(found, timeout=60, what="the runnable's pid in `batch-agent status`")
+
+
+def test_task_runs_in_a_scope_of_its_own(installed: Machine, emulator: Emulator):
+    """A running script runnable's waiter (the pid the agent keeps) is in a transient scope under
+    batch-tasks.slice, not in the agent's unit, and `batch-agent status` shows its accounting."""
+    wait_until(lambda: emulator.task_state(TASK0) == "RUNNING", timeout=60, what="RUNNING")
+    pid = waiter_pid(installed)
+    cmdline = installed.check("cat", f"/proc/{pid}/cmdline").split("\0")
+    assert cmdline[:2] == ["/bin/sh", "-c"] and "batch-waiter" in cmdline, cmdline
+    cgroup = installed.check("cat", f"/proc/{pid}/cgroup")
+    assert "/batch-tasks.slice/batch-task-" in cgroup, cgroup
+    assert UNIT not in cgroup, cgroup
+    (runnable,) = json.loads(installed.check("batch-agent", "status", "--json"))["tasks"][0][
+        "runnables"
+    ]
+    accounting = runnable["accounting"]
+    assert accounting is not None and accounting["unit"].startswith("batch-task-"), (
+        runnable,
+        cgroup,
+    )
+    assert accounting["memory_bytes"] > 0, accounting
+    # CPU time is there on cgroup v2, and on v1 where cpuacct is mounted with cpu (systemd
+    # makes no cgroup in a cpuacct hierarchy of its own, as this test's host may have).
+    assert "cpu_seconds" in accounting
+    unit = accounting["unit"]
+    assert installed.check("systemctl", "show", "--value", "-p", "Slice", unit).strip() == (
+        "batch-tasks.slice"
+    )
+
+
+def test_watchdog_restarts_a_stopped_agent(installed: Machine, emulator: Emulator):
+    """An agent that stops pinging the watchdog (SIGSTOP: a wedged loop) is killed and restarted
+    by systemd after WatchdogSec, and the restarted agent reports the task still running."""
+    dropin = f"/etc/systemd/system/{UNIT}.d"
+    installed.check("mkdir", "-p", dropin)
+    installed.check(
+        "sh",
+        "-c",
+        f"printf '[Service]\\nWatchdogSec=10\\nTimeoutAbortSec=5\\n' > {dropin}/watchdog.conf",
+    )
+    installed.check("systemctl", "daemon-reload")
+    installed.check("systemctl", "restart", UNIT)  # the watchdog time is taken at start
+    restarts, pid = int(installed.show("NRestarts")), installed.show("MainPID")
+    starts = agent_states(emulator).count("AGENT_STARTING")
+    installed.check("sh", "-c", f"kill -STOP {pid}")  # a wedged loop pings no watchdog
+    wait_until(
+        lambda: (
+            installed.show("MainPID") not in (pid, "0")
+            and installed.show("ActiveState") == "active"
+        ),
+        timeout=120,
+        what="systemd to restart the stopped agent",
+    )
+    assert int(installed.show("NRestarts")) > restarts
+    assert "watchdog timeout" in installed.journal().lower(), installed.journal()
+    wait_until(
+        lambda: (
+            agent_states(emulator).count("AGENT_STARTING") > starts
+            and agent_states(emulator)[-1] == "AGENT_RUNNING"
+        ),
+        timeout=60,
+        what="the restarted agent's reports",
+    )
+    assert emulator.task_state(TASK0) == "RUNNING"
+    installed.check("rm", f"{dropin}/watchdog.conf")
+    installed.check("systemctl", "daemon-reload")
+
+
 def test_task_survives_restarts_and_reports_its_exit_code(
     installed: Machine, emulator: Emulator, wheelhouse: Path
 ):
@@ -317,6 +396,9 @@ def test_task_survives_restarts_and_reports_its_exit_code(
     wait_until(lambda: emulator.task_state(TASK0) == "FAILED", timeout=60, what="FAILED")
     assert exit_code(emulator, TASK0) == 7
     assert installed.check("cat", RUNS) == "run\n"
+    # The task was in a scope of its own: no restart found it in the agent's unit.
+    log = installed.check("journalctl", "--no-pager", "-u", UNIT)
+    assert "left-over process" not in log, log
     assert emulator.invalid_reports == []
 
 
@@ -331,3 +413,35 @@ def test_stop_reports_agent_stopped_within_the_stop_timeout(installed: Machine, 
     assert installed.show("Result") == "success", installed.journal()
     assert installed.show("ExecMainStatus") == "0"
     assert agent_states(emulator)[before:][-1:] == ["AGENT_STOPPED"]
+
+
+USER_RUN = """
+import asyncio
+from pathlib import Path
+from batch_agent.tasks.script import start_script, write_script
+
+folder = Path("/var/tmp/scope-user")
+folder.mkdir(mode=0o755, exist_ok=True)
+text = "#!/bin/sh\\nid -u; id -G; echo HOME=$HOME; cat /proc/self/cgroup\\n"
+program = write_script(text, folder, owner=(65534, 65534))
+
+async def main() -> None:
+    started = await start_script(
+        program, env={"PATH": "/usr/bin:/bin", "HOME": "/home-as-given"}, cwd=Path("/tmp"),
+        stdout_path=folder / "out", stderr_path=folder / "err", status_path=folder / "status",
+        user=(65534, 65534),
+    )
+    print((await started.wait()).exit_code)
+
+asyncio.run(main())
+"""
+
+
+def test_a_user_runnable_runs_in_a_scope_as_that_user(installed: Machine):
+    """A runnable with a user runs in a task scope as that uid and gid only (setpriv after
+    systemd-run), with the environment it was given, and its exit status is recorded."""
+    code = installed.check("/opt/batch-agent/bin/python", "-c", USER_RUN).strip()
+    out = installed.check("cat", "/var/tmp/scope-user/out").splitlines()
+    assert code == "0", (out, installed.run("cat", "/var/tmp/scope-user/err")[1])
+    assert out[:3] == ["65534", "65534", "HOME=/home-as-given"], out
+    assert any("/batch-tasks.slice/batch-task-" in line for line in out[3:]), out

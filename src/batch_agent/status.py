@@ -6,8 +6,9 @@ exclusive locking mode, and then nobody else can read it; so after each report i
 without their specs, which hold secrets), and we read that while its process lives. Once the
 agent is gone (stopped, or killed) we read the db itself, opened `mode=ro`, where it left the
 same facts (`AGENT_FACT`, `REPORT_FACT`) and the records. Task output files are only stat'ed;
-the agent's lock is never taken. Builds a JSON-able dict (`read_status`) and its terminal form
-(`render`). Must not import the report loop.
+the agent's lock is never taken. Under systemd a running script runnable's CPU and memory
+are read from its scope's cgroup (`tasks/scope.py`). Builds a JSON-able dict (`read_status`)
+and its terminal form (`render`). Must not import the report loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from batch_agent.tasks.container_driver import LABEL_RUNNABLE, LABEL_TASK
 from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.procfs import is_alive
 from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.scope import cgroup_of, usage
 from batch_agent.tasks.taskoutput import STREAMS, output_path
 
 AGENT_FACT = "agent"  # {"pid", "start_ticks", "started", "version", "stopped"}
@@ -147,6 +149,7 @@ def _task(record: TaskRecord, folder: Path) -> dict[str, Any]:
             and runnable.start_time is not None
             and is_alive(runnable.pid, runnable.start_time)
         )
+        cgroup = cgroup_of(runnable.pid) if alive and runnable.pid is not None else None
         # Container names are random: the labels find them (`docker ps --filter label=...`).
         labels = {LABEL_TASK: record.task_id, LABEL_RUNNABLE: str(k)}
         runnables.append(
@@ -158,6 +161,8 @@ def _task(record: TaskRecord, folder: Path) -> dict[str, Any]:
                 "alive": alive,
                 "exit_code": runnable.exit_code,
                 "output_bytes": sizes,
+                # Its scope's figures when it runs in one (under systemd), else None.
+                "accounting": usage(cgroup) if cgroup is not None else None,
             }
         )
     return {
@@ -217,11 +222,19 @@ def render(status: dict[str, Any]) -> str:
             if r["exit_code"] is None and not r["alive"]:
                 state = "not running"
             sizes = ", ".join(f"{s} {_size(n)}" for s, n in r["output_bytes"].items())
-            lines.append(f"    runnable {r['index']}: {who}, {state}; {sizes}")
+            used = _accounting(r["accounting"])
+            lines.append(f"    runnable {r['index']}: {who}, {state}; {sizes}{used}")
     for kind in ("mounts", "secrets"):
         if status[kind]:
             lines.append(f"{kind}: " + ", ".join(status[kind]))
     return "\n".join(lines)
+
+
+def _accounting(figures: dict[str, Any] | None) -> str:
+    if figures is None:
+        return ""
+    cpu = figures["cpu_seconds"]
+    return f"; cpu {'-' if cpu is None else f'{cpu:.1f}s'}, memory {_size(figures['memory_bytes'])}"
 
 
 def _size(n: int | None) -> str:

@@ -16,6 +16,9 @@ STATUS_FILE is absent (or, for a runnable with a user, empty) until the waiter w
 mean "not ended yet". The waiter's variables are not exported, so nothing of this machinery
 leaks into PROGRAM's environment.
 Output goes to files opened in append mode, never to a pipe the agent reads.
+When systemd is PID 1 the waiter's command is prefixed with `systemd-run --scope` (and, with a
+user, `setpriv`), which put it in a transient scope of its own and exec it in place: the pid
+started is still the waiter's, with its start time and command line (see `scope.py`).
 
 This module starts runnables (`start_script`) and finds an unrecorded waiter by its command line
 (`find_waiter`); `waiter.py` follows a started one (`ScriptExecution`, `read_status`), and is
@@ -37,7 +40,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from batch_agent.tasks import procfs
+from batch_agent.tasks import procfs, scope
 from batch_agent.tasks.execution import ExitResult
 from batch_agent.tasks.waiter import LEFTOVER_GRACE, STATUS_LOST, ScriptExecution, read_status
 
@@ -49,6 +52,7 @@ __all__ = [
     "find_waiter",
     "read_status",
     "start_script",
+    "waiter_argv",
     "write_script",
 ]
 
@@ -109,8 +113,9 @@ async def start_script(
     if problem is not None:
         return problem
 
+    launcher = scope.launcher(status_path, user)
     extra: dict[str, Any] = {}
-    if user is not None:
+    if user is not None and launcher is None:  # in a scope, setpriv drops to the user
         extra = {"user": user[0], "group": user[1], "extra_groups": []}
     fds: list[int] = []
     try:
@@ -126,12 +131,7 @@ async def start_script(
             os.fchown(stdout_fd, user[0], user[1])
             os.fchown(stderr_fd, user[0], user[1])
         process = await asyncio.create_subprocess_exec(
-            SHELL,
-            "-c",
-            WAITER_SCRIPT,
-            WAITER_NAME,
-            str(status_path),
-            str(program),
+            *waiter_argv(program, status_path, launcher or []),
             stdin=subprocess.DEVNULL,
             stdout=stdout_fd,
             stderr=stderr_fd,
@@ -158,6 +158,12 @@ async def start_script(
         process=process,
         leftover_grace=leftover_grace,
     )
+
+
+def waiter_argv(program: Path, status_path: Path, prefix: list[str]) -> list[str]:
+    """The waiter's command for `program`, after `prefix` (a scope's command, or nothing), which
+    must exec what follows it in place. Pure."""
+    return [*prefix, SHELL, "-c", WAITER_SCRIPT, WAITER_NAME, str(status_path), str(program)]
 
 
 def _open_regular(path: Path, flags: int) -> int:
