@@ -16,7 +16,7 @@ from batch_agent.tasks.plan import (
     SecretRefs,
     make_plan,
 )
-from batch_agent.tasks.runner import next_runnable
+from batch_agent.tasks.sequence import next_runnable
 from batch_agent.wire import AgentTask
 
 NAME = "projects/1/locations/r/jobs/j/taskGroups/group0/tasks/7"
