@@ -7,7 +7,6 @@ import asyncio
 import os
 import sqlite3
 import stat
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from batch_agent.store import StorageError, TaskStore
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.wire import TaskState
+from tests.helpers import fill, tmpfs
 
 
 def test_records_survive_reopen_and_delete(tmp_path):
@@ -134,27 +134,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (root only)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tmpfs")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file into `disk` until it is full; returns the file."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError as error:
-        assert error.errno == 28, error  # ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_database_files_are_private(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import exit_code, final_event, job, script, wait_until
+from tests.helpers import exit_code, fill, final_event, job, script, tmpfs, wait_until
 
 TASK0 = "projects/123456789012/locations/us-central1/jobs/job-1/taskGroups/group0/tasks/0"
 
@@ -25,20 +25,6 @@ def mode(path: Path) -> int:
 
 def agent_task(*runnables: dict[str, object], **spec: object) -> dict[str, object]:
     return {"intendedState": "ASSIGNED", "agentTaskSpec": {"runnables": list(runnables), **spec}}
-
-
-def fill(disk: Path) -> Path:
-    """Write a file into `disk` until it is full; returns the file."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError as error:
-        assert error.errno == 28, error  # ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def stored_states(db: Path) -> dict[str, str]:
@@ -56,13 +42,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs mounted where the agent's state dir goes (tmp_path/state)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tmpfs")
-    mount = tmp_path / "state"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "state", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 def test_state_dir_is_private_yet_a_user_task_reaches_its_folder(

@@ -67,3 +67,21 @@ class MetadataServerCredentials(google.auth.credentials.Credentials):
         self.token = token
         # google-auth compares expiry with a naive UTC "now".
         self.expiry = datetime.now(UTC).replace(tzinfo=None) + lifetime
+
+
+def resolve_credentials(
+    given: object | None,
+    *,
+    application_default: bool,
+    metadata_host: str,
+    metadata: httplib2.Http,
+    scope: str,
+) -> object:
+    """The credentials a client authorises with: those `given`, else Application Default
+    Credentials when asked for, else the VM's service account from the metadata server."""
+    if given is not None:
+        return given
+    if application_default:
+        credentials, _project = google.auth.default(scopes=[scope])
+        return credentials
+    return MetadataServerCredentials(metadata_host, http=metadata)

@@ -21,14 +21,13 @@ from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
 
-import google.auth
 import google_auth_httplib2
 import httplib2
 from googleapiclient import discovery
 
 from batch_agent.control.backoff import Backoff
 from batch_agent.control.client import CLOUD_PLATFORM_SCOPE
-from batch_agent.control.credentials import MetadataServerCredentials
+from batch_agent.control.credentials import resolve_credentials
 from batch_agent.control.errors import classify, is_retryable_status
 from batch_agent.vm import DEFAULT_METADATA_HOST
 
@@ -179,12 +178,13 @@ class SecretsClient:
         return self._services[api]
 
     def _resolve_credentials(self, metadata: httplib2.Http) -> object:
-        if self._credentials is not None:
-            return self._credentials
-        if self._application_default:
-            credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-            return credentials
-        return MetadataServerCredentials(self._metadata_host, http=metadata)
+        return resolve_credentials(
+            self._credentials,
+            application_default=self._application_default,
+            metadata_host=self._metadata_host,
+            metadata=metadata,
+            scope=CLOUD_PLATFORM_SCOPE,
+        )
 
 
 # Statuses the report call retries (an IAM binding may propagate) but a secret does not: a
