@@ -37,6 +37,8 @@ from batch_agent.wire import format_time
 
 log = logging.getLogger(__name__)
 
+REPORT_FACT_EVERY = timedelta(seconds=60)  # the last report's durable copy, for a crashed agent
+
 
 class Telemetry:
     def __init__(self, config: Config, store: TaskStore, *, started: datetime) -> None:
@@ -50,6 +52,8 @@ class Telemetry:
         self._last_outcome = ""
         self._agent_fact: Mapping[str, object] = {}
         self._last_fact: Mapping[str, object] = {}
+        self._recording: asyncio.Task[None] | None = None  # the last report's facts being written
+        self._fact_written = float("-inf")  # time.monotonic() of the last durable report fact
 
     @property
     def watchdog_interval(self) -> timedelta | None:
@@ -100,10 +104,20 @@ class Telemetry:
             "status": code,
             "last_success": format_time(last_success),
         }
-        await self._set_fact(REPORT_FACT, fact)
         self._last_fact = fact
-        await self._publish(records)
         self.watchdog()
+        # Off the report's path (a task assigned by this answer must not wait for our disk);
+        # one write at a time: a report that comes while one runs is seen in the next.
+        if self._recording is None or self._recording.done():
+            self._recording = asyncio.create_task(self._record_report(fact, records))
+
+    async def _record_report(self, fact: Mapping[str, object], records: list[TaskRecord]) -> None:
+        """status.json with every report; the database's copy (an fsync) at most every
+        REPORT_FACT_EVERY, and at the stop."""
+        if time.monotonic() - self._fact_written >= REPORT_FACT_EVERY.total_seconds():
+            self._fact_written = time.monotonic()
+            await self._set_fact(REPORT_FACT, fact)
+        await self._publish(records)
 
     def watchdog(self) -> None:
         """The loop is alive: WATCHDOG=1 (if systemd watches us) with a fresh STATUS."""
@@ -114,6 +128,10 @@ class Telemetry:
 
     async def stopped(self) -> None:
         """The last step: record the stop for `batch-agent status`, stop serving metrics."""
+        if self._recording is not None:
+            await asyncio.gather(self._recording, return_exceptions=True)
+        if self._last_fact:
+            await self._set_fact(REPORT_FACT, self._last_fact)
         await self._record_agent(stopped=True)
         with contextlib.suppress(FileNotFoundError):  # from now on `status` reads the db
             (self._config.state_dir / LIVE_NAME).unlink()
