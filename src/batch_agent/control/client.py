@@ -20,7 +20,7 @@ import google_auth_httplib2
 import httplib2
 from googleapiclient import discovery
 
-from batch_agent.control.credentials import resolve_credentials
+from batch_agent.control.credentials import authorized_http
 from batch_agent.control.deadline import deadline_watchdog
 from batch_agent.control.errors import ControlPlaneError, classify, status_error
 from batch_agent.vm import DEFAULT_METADATA_HOST
@@ -174,13 +174,12 @@ class ControlPlane:
 
     def _client(self) -> Any:
         if self._service is None:
-            seconds = self.timeout.total_seconds()
-            # Proxies from the environment, as httplib2 reads them (the default proxy_info).
-            api = httplib2.Http(timeout=seconds)
-            metadata = httplib2.Http(timeout=seconds, proxy_info=None)
-            self._https = [api, metadata]
-            self._authorized = google_auth_httplib2.AuthorizedHttp(
-                self._resolve_credentials(metadata), http=api
+            self._authorized, self._https = authorized_http(
+                self._credentials,
+                application_default=self._application_default,
+                metadata_host=self._metadata_host,
+                timeout=self.timeout,
+                scope=CLOUD_PLATFORM_SCOPE,
             )
             # `http` and `credentials` are mutually exclusive in build(); the credentials
             # travel inside AuthorizedHttp.
@@ -192,12 +191,3 @@ class ControlPlane:
                 client_options={"api_endpoint": self.endpoint},
             )
         return self._service
-
-    def _resolve_credentials(self, metadata: httplib2.Http) -> object:
-        return resolve_credentials(
-            self._credentials,
-            application_default=self._application_default,
-            metadata_host=self._metadata_host,
-            metadata=metadata,
-            scope=CLOUD_PLATFORM_SCOPE,
-        )

@@ -69,19 +69,24 @@ class MetadataServerCredentials(google.auth.credentials.Credentials):
         self.expiry = datetime.now(UTC).replace(tzinfo=None) + lifetime
 
 
-def resolve_credentials(
+def authorized_http(
     given: object | None,
     *,
     application_default: bool,
     metadata_host: str,
-    metadata: httplib2.Http,
+    timeout: timedelta,
     scope: str,
-) -> object:
-    """The credentials a client authorises with: those `given`, else Application Default
-    Credentials when asked for, else the VM's service account from the metadata server."""
-    if given is not None:
-        return given
-    if application_default:
+) -> tuple[google_auth_httplib2.AuthorizedHttp, list[httplib2.Http]]:
+    """An HTTP client that authorises every call, and its connection pools (for a caller that
+    must be able to shut their sockets). Credentials: those `given`, else Application Default
+    Credentials when asked for, else the VM's service account from the metadata server. API
+    calls use the environment's proxies (httplib2's default); the metadata server never does."""
+    seconds = timeout.total_seconds()
+    api = httplib2.Http(timeout=seconds)
+    metadata = httplib2.Http(timeout=seconds, proxy_info=None)
+    credentials: object = given
+    if credentials is None and application_default:
         credentials, _project = google.auth.default(scopes=[scope])
-        return credentials
-    return MetadataServerCredentials(metadata_host, http=metadata)
+    if credentials is None:
+        credentials = MetadataServerCredentials(metadata_host, http=metadata)
+    return google_auth_httplib2.AuthorizedHttp(credentials, http=api), [api, metadata]

@@ -27,7 +27,7 @@ from googleapiclient import discovery
 
 from batch_agent.control.backoff import Backoff
 from batch_agent.control.client import CLOUD_PLATFORM_SCOPE
-from batch_agent.control.credentials import resolve_credentials
+from batch_agent.control.credentials import authorized_http
 from batch_agent.control.errors import classify, is_retryable_status
 from batch_agent.vm import DEFAULT_METADATA_HOST
 
@@ -158,11 +158,12 @@ class SecretsClient:
 
     def _authorized_http(self) -> google_auth_httplib2.AuthorizedHttp:
         if self._authorized is None:
-            seconds = self._timeout.total_seconds()
-            api = httplib2.Http(timeout=seconds)
-            metadata = httplib2.Http(timeout=seconds, proxy_info=None)
-            self._authorized = google_auth_httplib2.AuthorizedHttp(
-                self._resolve_credentials(metadata), http=api
+            self._authorized, _pools = authorized_http(
+                self._credentials,
+                application_default=self._application_default,
+                metadata_host=self._metadata_host,
+                timeout=self._timeout,
+                scope=CLOUD_PLATFORM_SCOPE,
             )
         return self._authorized
 
@@ -176,15 +177,6 @@ class SecretsClient:
                 client_options={"api_endpoint": self._endpoints[api]},
             )
         return self._services[api]
-
-    def _resolve_credentials(self, metadata: httplib2.Http) -> object:
-        return resolve_credentials(
-            self._credentials,
-            application_default=self._application_default,
-            metadata_host=self._metadata_host,
-            metadata=metadata,
-            scope=CLOUD_PLATFORM_SCOPE,
-        )
 
 
 # Statuses the report call retries (an IAM binding may propagate) but a secret does not: a
