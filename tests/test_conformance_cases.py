@@ -16,7 +16,7 @@ import pytest
 from batch_agent.tasks import events
 from batch_agent.tasks.events import ExitCode
 from batch_agent.wire import TaskState
-from tests.test_runner import Task, script
+from tests.test_runner import Task, held_at_barrier, script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,16 +92,7 @@ def test_an_always_run_barrier_is_still_waited_for_after_a_failure(tmp_path: Pat
         ],
     )
 
-    async def scenario() -> None:
-        running = asyncio.create_task(task.run.run())
-        while task.record.runnable < 2:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # time enough to start runnable 3, were it not waiting
-        assert not marker.exists() and not running.done()
-        task.run.update_barrier(2)
-        await asyncio.wait_for(running, STUCK)
-
-    asyncio.run(scenario())
+    held_at_barrier(task, 2, marker, STUCK)
     assert (task.record.state, task.record.exit_code) == (TaskState.FAILED, 3)
     assert marker.exists()
 

@@ -227,21 +227,28 @@ def test_custom_events_are_capped(tmp_path):
     assert record.custom_events == 500
 
 
+def held_at_barrier(task: Task, k: int, marker: Path, timeout: float = 20.0) -> None:
+    """Run `task` until it reports barrier `k`, check that it waits there (`marker`, made by a
+    later runnable, does not appear), then release the barrier and run it to its end."""
+
+    async def scenario() -> None:
+        running = asyncio.create_task(task.run.run())
+        while task.record.runnable < k:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # time enough to start the next runnable, were it not waiting
+        assert not marker.exists() and not running.done()
+        task.run.update_barrier(k)
+        await asyncio.wait_for(running, timeout)
+
+    asyncio.run(scenario())
+
+
 def test_a_barrier_waits_for_the_server(tmp_path):
     """At a barrier the run reports its index and goes on only once reachedBarrier gets there."""
     marker = tmp_path / "after"
     task = Task(tmp_path, [script("true"), {"barrier": {"name": "b"}}, script(f"touch {marker}")])
 
-    async def scenario() -> None:
-        running = asyncio.create_task(task.run.run())
-        while task.record.runnable < 2:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # time enough to start runnable 3, were it not waiting
-        assert not marker.exists() and not running.done()
-        task.run.update_barrier(2)
-        await running
-
-    asyncio.run(scenario())
+    held_at_barrier(task, 2, marker)
     assert task.record.state is TaskState.SUCCEEDED
     assert marker.exists()
 
