@@ -92,23 +92,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="tasks to time")
     args = parser.parse_args()
 
-    emu = Emulator(None, default_report_interval="1s", min_report_interval="0.2s", log=None)
-    emu.start()
-    agent: Agent | None = None
-    with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
-        clock = FifoClock(Path(tmp) / "clock")
-        try:
-            agent = Agent(emu, Path(tmp) / "state")
-            wait_for(lambda: len(emu.reports) >= 2, "the agent's first reports")
-            samples = [dispatch_once(emu, clock, f"task-{i}") for i in range(args.runs)]
-            agent.close()
-            floor = [floor_once(Path(tmp), clock, f"floor-{i}") for i in range(args.runs)]
-        finally:
-            if agent is not None:
-                agent.close()
-            emu.stop()
-            clock.close()
-
+    [figure] = run(args.runs)
+    samples = [ms / 1000 for ms in figure.ours]
+    floor = [ms / 1000 for ms in figure.baseline_samples]
     print(f"dispatch: {summary(samples)} over {len(samples)} tasks (first: {fmt_ms(samples[0])})")
     print(f"  floor (Popen /bin/sh SCRIPT from this process): {summary(floor)}")
     met = statistics.median(samples) <= TARGET
