@@ -22,6 +22,8 @@ DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
 # API roots for tasks' secretVariables and encryptedVariables (control/secrets.py).
 DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
 DEFAULT_KMS_ENDPOINT = "https://cloudkms.googleapis.com/"
+DEFAULT_LOGGING_ENDPOINT = "https://logging.googleapis.com/"  # control/cloudlogging.py
+CLOUD_LOGGING_MODES = ("auto", "always", "never")
 LOG_FORMATS = ("auto", "text", "json", "journal")
 
 
@@ -55,6 +57,10 @@ class Config(BaseSettings):
     endpoint: str = DEFAULT_ENDPOINT
     secretmanager_endpoint: str = DEFAULT_SECRETMANAGER_ENDPOINT
     kms_endpoint: str = DEFAULT_KMS_ENDPOINT
+    logging_endpoint: str = DEFAULT_LOGGING_ENDPOINT
+    # Which tasks' output goes to Cloud Logging: auto (those whose agentTaskSpec has a
+    # loggingOption), always, never (docs/choices.md). The agent's own log follows auto/always.
+    cloud_logging: str = "auto"
     state_dir: Path = Path("/var/lib/batch-agent")
     # host:port of the GCE metadata server; google-auth reads the same variable.
     metadata_host: str = Field(
@@ -122,6 +128,9 @@ def load_config(file: Path | None = None, **overrides: Any) -> Config:
     if config.log_format == "auto":
         journal = is_journal_stream(config.environ)
         config = config.model_copy(update={"log_format": "journal" if journal else "text"})
+    if config.cloud_logging not in CLOUD_LOGGING_MODES:
+        modes = ", ".join(CLOUD_LOGGING_MODES)
+        raise ConfigError(f"cloud_logging: {config.cloud_logging!r} is not one of {modes}")
     if not config.reported_version.strip():
         raise ConfigError("reported_version: must not be empty")
     if not config.endpoint.endswith("/"):
