@@ -159,3 +159,33 @@ def test_tasks_without_logging_option_are_not_shipped(make_emulator, start_agent
     again = start_agent(emu, "--once", "--cloud-logging", "always", **logging_env(emu))
     assert again.wait(90) == 0, again.log()
     assert payloads(emu.logs.entries("batch_task_logs")) == ["loud"]
+
+
+def test_secret_values_are_masked_in_cloud_logging(make_emulator, start_agent) -> None:
+    """A secret the task prints is `***` in its Cloud Logging entries, as in the agent log."""
+    version = "projects/123456789012/secrets/db/versions/1"
+    emu = make_emulator(None, secrets={version: "hunter2-VALUE"})
+    task = logged_task('echo "password is $DB"')
+    task["agentTaskSpec"]["environment"] = {"secretVariables": {"DB": version}}
+    emu.add_task(task)
+    agent = start_agent(emu, "--once", **logging_env(emu))
+    assert agent.wait(90) == 0, agent.log()
+    assert payloads(emu.logs.entries("batch_task_logs")) == ["password is ***"]
+    every = json.dumps(emu.logs.entries())
+    assert "hunter2-VALUE" not in every
+
+
+def test_a_deleted_task_waits_for_its_last_lines(make_emulator, start_agent) -> None:
+    """DELETED while Cloud Logging is failing: the deletion waits (bounded) for the lines,
+    which arrive once the API answers again, before the task's files are removed."""
+    emu = make_emulator(None, auto_delete=False)
+    name = emu.add_task(logged_task("echo last-words"))
+    emu.logs.fail_next(1000, status=503)
+    agent = start_agent(emu, **logging_env(emu))
+    wait_until(lambda: emu.task_state(name) == "SUCCEEDED", 60, "the task to succeed")
+    emu.delete_task(name)
+    wait_until(lambda: emu.logs.requests >= 2, 30, "failed writes")
+    emu.logs.clear_faults()
+    wait_until(lambda: f"task {name}: deleted" in agent.log(), 60, "the deletion")
+    assert payloads(emu.logs.entries("batch_task_logs")) == ["last-words"]
+    assert agent.terminate() == 0

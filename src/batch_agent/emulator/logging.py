@@ -65,6 +65,11 @@ class LogStore:
         with self._lock:
             self._failures.extend([status] * n)
 
+    def clear_faults(self) -> None:
+        """Forget the failures `fail_next` scripted that have not been answered yet."""
+        with self._lock:
+            self._failures.clear()
+
     def deny(self, reason: Literal["permission", "disabled"] | None = "permission") -> None:
         """From now on answer 403 PERMISSION_DENIED as Google does when the writer lacks
         `logging.logEntries.create` ("permission") or the Logging API is off ("disabled");
