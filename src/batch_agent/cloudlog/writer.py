@@ -28,28 +28,22 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from batch_agent.cloudlog.agentlog import AgentLog
-from batch_agent.cloudlog.entries import Segment, entries_for, segment_lines
-from batch_agent.cloudlog.reader import TRUNCATED, file_size, read_again, read_new
-from batch_agent.cloudlog.tasklogs import STREAMS, Site, TaskLog
+from batch_agent.cloudlog.batch import MAX_ENTRIES, build, pick, streams
+from batch_agent.cloudlog.tasklogs import Site, TaskLog
 from batch_agent.control import Backoff, ControlPlaneError
 from batch_agent.store import StorageError
 from batch_agent.tasks import events
-from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.taskoutput import output_path
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 0.5  # seconds between rounds when there was nothing more to send
-REQUEST_BYTES = 1024 * 1024  # output bytes per write: JSON at most ~6x that, under 10 MB
-MAX_ENTRIES = 5000  # entries per write
 DRAIN_TIMEOUT = timedelta(seconds=10)  # how long a task's DELETED waits for its last lines
 
 
@@ -57,15 +51,6 @@ class LogClient(Protocol):
     def write(self, request: dict[str, Any]) -> None: ...  # blocks; raises ControlPlaneError
 
     def abort(self) -> None: ...
-
-
-@dataclass
-class _Write:
-    """One request: the segments of each task, their entries, and the agent's own entries."""
-
-    segments: dict[TaskLog, list[Segment]] = field(default_factory=dict)
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    full: bool = False  # a budget ran out: there is more to send at once
 
 
 class CloudLogWriter:
@@ -99,6 +84,7 @@ class CloudLogWriter:
         self._forgotten: dict[int, TaskRecord] = {}
         self._batch_resource = False
         self._backoff = Backoff()
+        self._delay = timedelta(seconds=1)  # before the next try, after a failed write
         self._denied = False  # the last write was refused with 403 (logged once per streak)
         self._turn = itertools.count()
         self._kick: asyncio.Event | None = None
@@ -177,7 +163,7 @@ class CloudLogWriter:
     async def _round(self) -> str:
         """One write: "idle" (nothing more now), "more" (send again at once) or "failed"."""
         followed = self._followed()
-        picks, full = self._pick(followed)
+        picks, full = pick(followed, self._workdir)
         self._agent_log_on |= self._mode == "always" or any(t.enabled for t in self._logs.values())
         agent_log = self._agent_log if self._agent_log_on else None
         agent_entries = agent_log.take(MAX_ENTRIES // 2) if agent_log is not None else []
@@ -185,7 +171,9 @@ class CloudLogWriter:
             self._wake_drained(followed)
             return "idle"
         now_ns = time.time_ns()
-        write = await asyncio.to_thread(self._build, picks, now_ns)
+        destinations = {t: t.destination(self._site, self._batch_resource) for t in followed}
+        masker = self._masker if self._masker else None
+        write = await asyncio.to_thread(build, picks, self._workdir, destinations, masker, now_ns)
         write.entries.extend(agent_entries)
         write.full |= full
         if not write.entries:
@@ -233,75 +221,6 @@ class CloudLogWriter:
         turn = next(self._turn) % len(ready)
         return ready[turn:] + ready[:turn]
 
-    def _pick(self, followed: list[TaskLog]) -> tuple[list[tuple[TaskLog, Segment, bool]], bool]:
-        """What to read: (task, segment, again). A new segment's `end` is the most it may
-        take (read_new decides); a pending one is sent again as it is."""
-        picks: list[tuple[TaskLog, Segment, bool]] = []
-        budget = REQUEST_BYTES
-        for task_log in followed:
-            pending = task_log.pending()
-            if pending:
-                picks += [(task_log, s, True) for s in pending]
-                budget -= sum(s.end - s.start for s in pending)
-            else:
-                for k, stream, start, size, final in self._streams(task_log):
-                    if size > start or size < start:
-                        end = start + max(min(budget, size - start), 0)
-                        picks.append((task_log, Segment(k, stream, start, end, 0, final), False))
-                        budget -= max(size - start, 0)
-            if budget <= 0:
-                return picks, True
-        return picks, False
-
-    def _streams(self, task_log: TaskLog) -> list[tuple[int, str, int, int, bool]]:
-        """(k, stream, offset, size, final) of each output file of the task's runnables."""
-        record = task_log.record
-        folder = task_dir(self._workdir, record.task_id)
-        out = []
-        for k, runnable in record.runnables.items():
-            final = runnable.exit_code is not None or record.state.is_terminal
-            for stream in STREAMS:
-                size = file_size(output_path(folder, k, stream))
-                if size is not None:
-                    out.append((k, stream, task_log.offset(k, stream), size, final))
-        return out
-
-    def _build(self, picks: list[tuple[TaskLog, Segment, bool]], now_ns: int) -> _Write:
-        """Read, mask and turn into entries (in a worker thread; touches no record)."""
-        write = _Write()
-        for task_log, pick, again in picks:
-            if len(write.entries) >= MAX_ENTRIES:
-                write.full = True
-                break
-            path = output_path(
-                task_dir(self._workdir, task_log.record.task_id), pick.k, pick.stream
-            )
-            if again:
-                segment, data = pick, read_again(path, pick)
-            else:
-                data, end = read_new(path, pick.start, pick.end - pick.start, final=pick.final)
-                if end == TRUNCATED:
-                    task_log.restart_stream(pick.k, pick.stream)
-                    continue
-                if end == pick.start:
-                    continue
-                segment = Segment(pick.k, pick.stream, pick.start, end, now_ns, pick.final)
-            lines = segment_lines(data, segment)
-            room = MAX_ENTRIES - len(write.entries)
-            if not again and len(lines) > room:  # cut the new segment at a line boundary
-                write.full = True
-                cut = lines[room][0]
-                lines, segment = (
-                    lines[:room],
-                    Segment(segment.k, segment.stream, segment.start, cut, now_ns, False),
-                )
-            if self._masker:
-                lines = [(offset, self._masker.mask_bytes(raw)) for offset, raw in lines]
-            destination = task_log.destination(self._site, self._batch_resource)
-            write.entries += entries_for(lines, segment, destination)
-            write.segments.setdefault(task_log, []).append(segment)
-        return write
-
     async def _failed(self, error: ControlPlaneError, touched: list[TaskLog]) -> None:
         self._delay = max(self._backoff.next_delay(), error.retry_after or timedelta(0))
         if error.status != 403:
@@ -341,8 +260,6 @@ class CloudLogWriter:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    _delay = timedelta(seconds=1)
-
     def _task_log(self, record: TaskRecord) -> TaskLog:
         task_log = self._logs.get(record.task_id)
         if task_log is None or task_log.record is not record:
@@ -358,7 +275,7 @@ class CloudLogWriter:
             return False
         if not self._may_read(task_log):
             return True  # its values are unknown to this agent: nothing of it may be sent
-        return all(size <= start for _, _, start, size, _ in self._streams(task_log))
+        return all(size <= start for _, _, start, size, _ in streams(task_log, self._workdir))
 
     def _wake_drained(self, followed: list[TaskLog]) -> None:
         for name, done in self._draining.items():
