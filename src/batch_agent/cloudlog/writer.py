@@ -128,7 +128,11 @@ class CloudLogWriter:
         self._kick = asyncio.Event()
         try:
             while True:
-                outcome = await self._round()
+                try:
+                    outcome = await self._round()
+                except Exception:  # a bug here must not end the shipping of every task
+                    log.exception("cloud logging: a write round failed")
+                    outcome, self._delay = "failed", self._backoff.next_delay()
                 if outcome == "more":
                     continue
                 if outcome == "failed":
@@ -163,11 +167,12 @@ class CloudLogWriter:
         self._logs.pop(name, None)
 
     async def flush(self, timeout: timedelta) -> bool:
-        """Wait (at most `timeout`) until every followed task's output is written; True if it
-        was. For the agent's exit: what is left is sent by the next agent, from the offsets."""
+        """Wait (at most `timeout`) until the output of every ended task is written; True if
+        it was. For the agent's exit: running tasks outlive the agent, and what is left of any
+        task is sent by the next agent, from the offsets."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout.total_seconds()
-        while not all(self._caught_up(t) for t in self._followed()):
+        while not all(self._caught_up(t) for t in self._followed() if t.record.state.is_terminal):
             if loop.time() >= end:
                 return False
             self.wake()
