@@ -141,6 +141,7 @@ def loaded_modules(argv: list[str], env: dict[str, str] | None = None) -> set[st
 
 # Never loaded by `batch-agent version`: it prints two strings.
 NOT_FOR_VERSION = ["asyncio", "pydantic", "googleapiclient", "httplib2", "batch_agent.wire"]
+NOT_FOR_VERSION += ["logging", "argparse"]
 # Never loaded by an agent that gets its token from the metadata server, metrics off, no
 # container: google.oauth2.service_account (cryptography) and httplib2.auth (pyparsing) are
 # deferred by control/deferred.py; the rest are imported where used.

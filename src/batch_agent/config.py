@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from batch_agent import REPORTED_VERSION
-from batch_agent.journal import is_journal_stream
 
 DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
 # API roots for tasks' secretVariables and encryptedVariables (control/secrets.py).
@@ -127,6 +126,8 @@ def _checked(config: Config) -> Config:
             f"log_format: {config.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
         )
     if config.log_format == "auto":
+        from batch_agent.journal import is_journal_stream  # here: it loads the logging module
+
         journal = is_journal_stream(config.environ)
         config = dataclasses.replace(config, log_format="journal" if journal else "text")
     if not config.reported_version.strip():
