@@ -22,8 +22,8 @@ from dataclasses import dataclass
 PROC = "/proc"
 _ENDED = ("Z", "X", "x")  # zombie (ended, not yet reaped) and dead
 _RESERVED_PIDS = 300  # where the kernel's pid counter starts again after pid_max
-# Pids one CPU could hand out per second at the very most: creating a thread costs several
-# microseconds of kernel time, so real rates stay well under a tenth of this.
+# Pids one CPU could hand out per second at the very most: creating a thread or a process
+# costs tens of microseconds of kernel time, so real rates stay well under a tenth of this.
 _PIDS_PER_CPU_SECOND = 250_000
 
 
@@ -149,7 +149,7 @@ def pids_since(pid: int, *, started: float) -> range | None:
         return None
     free = pid_max - _RESERVED_PIDS - threads  # what a full round of the counter takes
     most = (time.monotonic() - started) * (os.cpu_count() or 1) * _PIDS_PER_CPU_SECOND
-    if 2 * most >= free:
+    if most >= free:
         return None
     return range(pid + 1, last + 1)
 
