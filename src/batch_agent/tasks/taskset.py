@@ -135,6 +135,10 @@ class TaskSet:
         """The records of the tasks in `snapshot`, for `batch-agent status`: read, never change."""
         return [s.record for s in self._slots.values() if s.teardown is None]
 
+    def all_records(self) -> list[TaskRecord]:
+        """Every task's record, those being deleted too (their output is still being shipped)."""
+        return [s.record for s in self._slots.values()]
+
     def job_and_group(self) -> tuple[str | None, str | None]:
         """`AgentInfo.jobId`/`taskGroupId` ("the assigned Job ID", "task group ID"), as far as
         the tasks' names tell: the job's uid (`j-...`) from `task/JOB_UID-GROUP-INDEX/...`, the
@@ -291,6 +295,8 @@ class TaskSet:
             error = await remove_task_containers(self._containers(), name)
             if error is not None:
                 log.warning("task %s: containers not removed: %s", name, error)
+        if self._settings.drain_logs is not None:
+            await self._settings.drain_logs(slot.record)  # its last lines, before its files go
         folder = task_dir(self._settings.workdir, name)
         # The server may assign the same name again (a retry): it starts from a clean folder.
         await asyncio.to_thread(remove_task_dir, self._settings.workdir, folder)
