@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
         help="Secret Manager API root (env BATCH_AGENT_SECRETMANAGER_ENDPOINT)",
     )
     run.add_argument("--kms-endpoint", help="Cloud KMS API root (env BATCH_AGENT_KMS_ENDPOINT)")
+    run.add_argument(
+        "--logging-endpoint", help="Cloud Logging API root (env BATCH_AGENT_LOGGING_ENDPOINT)"
+    )
+    run.add_argument(
+        "--cloud-logging",
+        choices=["auto", "always", "never"],
+        help="ship task output to Cloud Logging (env BATCH_AGENT_CLOUD_LOGGING; default auto)",
+    )
     run.add_argument("--state-dir", type=Path, help="durable state (env BATCH_AGENT_STATE_DIR)")
     run.add_argument("--config", type=Path, help="a JSON file of settings")
     run.add_argument("--log-format", choices=["auto", "text", "json", "journal"])
@@ -122,6 +130,8 @@ def _run(args: argparse.Namespace) -> int:
             endpoint=args.endpoint,
             secretmanager_endpoint=args.secretmanager_endpoint,
             kms_endpoint=args.kms_endpoint,
+            logging_endpoint=args.logging_endpoint,
+            cloud_logging=args.cloud_logging,
             state_dir=args.state_dir,
             log_format=args.log_format,
             reported_version=args.reported_version,

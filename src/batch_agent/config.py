@@ -25,6 +25,8 @@ DEFAULT_ENDPOINT = "https://batch.googleapis.com/"
 DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
 DEFAULT_KMS_ENDPOINT = "https://cloudkms.googleapis.com/"
 DEFAULT_METADATA_HOST = "metadata.google.internal"  # host[:port], as GCE_METADATA_HOST says
+DEFAULT_LOGGING_ENDPOINT = "https://logging.googleapis.com/"  # control/cloudlogging.py
+CLOUD_LOGGING_MODES = ("auto", "always", "never")
 LOG_FORMATS = ("auto", "text", "json", "journal")
 ENV_PREFIX = "BATCH_AGENT_"
 # Settings read from the variables other tools read too, not from BATCH_AGENT_<NAME>.
@@ -47,6 +49,10 @@ class Config:
     endpoint: str = DEFAULT_ENDPOINT
     secretmanager_endpoint: str = DEFAULT_SECRETMANAGER_ENDPOINT
     kms_endpoint: str = DEFAULT_KMS_ENDPOINT
+    logging_endpoint: str = DEFAULT_LOGGING_ENDPOINT
+    # Which tasks' output goes to Cloud Logging: auto (those whose agentTaskSpec has a
+    # loggingOption), always, never (docs/choices.md). The agent's own log follows auto/always.
+    cloud_logging: str = "auto"
     state_dir: Path = Path("/var/lib/batch-agent")
     # host:port of the GCE metadata server.
     metadata_host: str = DEFAULT_METADATA_HOST
@@ -130,6 +136,9 @@ def _checked(config: Config) -> Config:
 
         journal = is_journal_stream(config.environ)
         config = dataclasses.replace(config, log_format="journal" if journal else "text")
+    if config.cloud_logging not in CLOUD_LOGGING_MODES:
+        modes = ", ".join(CLOUD_LOGGING_MODES)
+        raise ConfigError(f"cloud_logging: {config.cloud_logging!r} is not one of {modes}")
     if not config.reported_version.strip():
         raise ConfigError("reported_version: must not be empty")
     if not 0 <= config.metrics_port <= 65535:
