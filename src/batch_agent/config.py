@@ -10,7 +10,6 @@ pydantic-settings alone cost 40-100 ms of imports at each start (`python -X impo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -113,6 +112,8 @@ def load_config(file: Path | None = None, **overrides: Any) -> Config:
 
 
 def _read_file(file: Path) -> dict[str, object]:
+    import json  # here: `batch-agent version` reads no file
+
     try:
         values = json.loads(file.read_text())
     except (OSError, ValueError) as error:
