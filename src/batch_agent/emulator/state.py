@@ -208,7 +208,8 @@ class JobState:
             task.attempt_started = min(began or now, now)
             task.started = task.started or task.attempt_started
         if new not in TERMINAL:
-            self.changes.task(task, before)
+            if new != before:  # an agent's first ASSIGNED is no change from the server's
+                self.changes.task(task, before)
             return
         self._ran = True
         # A SUCCEEDED event carries no taskExecution; TaskExecution.exitCode: "If the task
