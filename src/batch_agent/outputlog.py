@@ -5,11 +5,11 @@ string, per line costs the agent seconds of CPU for that. Lines arrive here in b
 the bytes of many lines, or one piece of a cut line) and each batch is formatted as a whole,
 with one timestamp: decoded only when it is not ASCII (invalid UTF-8 replaced), every newline
 replaced by a newline and the next line's head, written once. A batch is small (a shipper's
-read chunk and a line), so its formatted text is too: at most the batch times a head's length
-plus one, for a batch of empty lines. The shape is the agent's own log lines' shape, text
-or JSON. A piece of a line cut at the maximum line length says so: `part N` in the text head,
-`"part": N` in JSON, and the line's last piece adds `end` / `"end": true`. Knows nothing of
-tasks beyond the tag it is given.
+read chunk and a line), so its text is too: B bytes make at most B x (head + 1) bytes, when
+every line is empty. The shape is the agent's own log lines' shape, text or JSON. A piece of
+a line cut at the maximum line length says so: `part N` in the text head, `"part": N` in
+JSON, and the line's last piece adds `end` / `"end": true`. Knows nothing of tasks beyond the
+tag it is given.
 """
 
 from __future__ import annotations
