@@ -91,6 +91,8 @@ class Emulator:
             busy_minimum=busy_min_report_interval,
             log=self._log,
         )
+        if plan is not None:  # the job's logsPolicy.cloudLoggingOption
+            self._api.batch_monitored_resource = plan.batch_monitored_resource
         self._preemption = Preemption(vms)
         self.secrets = SecretStore(secrets)  # Secret Manager and KMS (thread-safe on its own)
         self.logs = LogStore(project_number)  # Cloud Logging (thread-safe on its own)
