@@ -20,11 +20,10 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
 
+from batch_agent.config import DEFAULT_METADATA_HOST as DEFAULT_METADATA_HOST  # vm's default
 from batch_agent.wire import AgentMetadata
 
 log = logging.getLogger(__name__)
-
-DEFAULT_METADATA_HOST = "metadata.google.internal"
 
 
 class MetadataError(Exception):

@@ -190,6 +190,11 @@ class Emulator:
         with self._lock:
             self._api.intervals = (default, minimum)
 
+    def use_batch_monitored_resource(self, value: bool | None = True) -> None:
+        """Answer reports with `useBatchMonitoredResource` (None: leave it out, the default)."""
+        with self._lock:
+            self._api.batch_monitored_resource = value
+
     def set_preempted(self, vm: int = 0, value: bool = True) -> None:
         self._preemption.set(vm, value)
 

@@ -60,6 +60,10 @@ class LogStore:
         self._ids = itertools.count(1)
         self._last_supplied_ns = 0
         self.requests = 0  # entries:write calls answered, refused ones too
+        # Benchmarks: accept any JSON request and only count its entries (no schema check, no
+        # storage), so that the emulator in the same process measures the agent, not itself.
+        self.count_only = False
+        self._counted: dict[str, int] = {}
 
     # -- steering (tests) --------------------------------------------------------------------
 
@@ -67,6 +71,11 @@ class LogStore:
         """Answer the next `n` calls with HTTP `status`, storing nothing."""
         with self._lock:
             self._failures.extend([status] * n)
+
+    def clear_faults(self) -> None:
+        """Forget the failures `fail_next` scripted that have not been answered yet."""
+        with self._lock:
+            self._failures.clear()
 
     def deny(self, reason: Literal["permission", "disabled"] | None = "permission") -> None:
         """From now on answer 403 PERMISSION_DENIED as Google does when the writer lacks
@@ -112,7 +121,8 @@ class LogStore:
         """How many entries were written (of log `log_id` when given), duplicates included."""
         with self._lock:
             logs = [_split_log_name(e["logName"])[1] for e in self._written]
-        return sum(1 for entry_log in logs if log_id is None or entry_log == log_id)
+            counted = sum(n for i, n in self._counted.items() if log_id in (None, i))
+        return counted + sum(1 for entry_log in logs if log_id is None or entry_log == log_id)
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -136,6 +146,8 @@ class LogStore:
             request = json.loads(body)
         except (ValueError, RecursionError) as e:
             return google_error(400, f"Invalid JSON payload received. {e}")
+        if self.count_only:
+            return self._count(request)
         if errors := discovery.validate("WriteLogEntriesRequest", request, discovery.LOGGING):
             return google_error(400, "Invalid WriteLogEntriesRequest: " + "; ".join(errors[:5]))
         return self._store(request)
@@ -185,6 +197,14 @@ class LogStore:
         if unique not in self._keys:
             self._keys.add(unique)
             self._unique.append(entry)
+
+    def _count(self, request: dict[str, Any]) -> Reply:
+        with self._lock:
+            for entry in request.get("entries", []):
+                name = entry.get("logName", request.get("logName", "/logs/"))
+                log_id = unquote(name.rsplit("/logs/", 1)[-1])
+                self._counted[log_id] = self._counted.get(log_id, 0) + 1
+        return Reply(200, b"{}")
 
     def _supply_ids(self, entry: dict[str, Any]) -> dict[str, Any]:
         """`entry` with the timestamp and insertId the API supplies when missing (an earlier

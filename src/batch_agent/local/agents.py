@@ -125,6 +125,7 @@ def agent_env(
         # The emulator also plays Secret Manager and Cloud KMS: a job's secrets run unchanged.
         BATCH_AGENT_SECRETMANAGER_ENDPOINT=endpoint,
         BATCH_AGENT_KMS_ENDPOINT=endpoint,
+        BATCH_AGENT_LOGGING_ENDPOINT=endpoint,  # and Cloud Logging's entries:write
         BATCH_AGENT_STATE_DIR=str(state_dir),
         BATCH_AGENT_KILL_GRACE=kill_grace,
         PYTHONUNBUFFERED="1",

@@ -10,7 +10,7 @@ first need of it. Nothing here starts a runnable or changes a task's state: `Tas
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +56,8 @@ class TaskSettings:
 
     secrets: SecretSource | None = None  # Secret Manager and KMS; None: tasks using them fail
     masker: Masker = field(default_factory=Masker)  # every resolved value, masked everywhere
+    # Waits (bounded) until a deleted task's output is all shipped to Cloud Logging.
+    drain_logs: Callable[[TaskRecord], Awaitable[None]] | None = None
 
 
 class EngineOnDemand:

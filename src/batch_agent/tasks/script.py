@@ -36,6 +36,7 @@ import os
 import stat
 import subprocess
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ async def start_script(
         if user is not None:  # the user may read back what it wrote
             os.fchown(stdout_fd, user[0], user[1])
             os.fchown(stderr_fd, user[0], user[1])
+        started = time.monotonic()  # before the waiter's pid is handed out
         process = await asyncio.create_subprocess_exec(
             *waiter_argv(program, status_path, launcher or []),
             stdin=subprocess.DEVNULL,
@@ -157,6 +159,7 @@ async def start_script(
         status_path=status_path,
         process=process,
         leftover_grace=leftover_grace,
+        started=started,
     )
 
 

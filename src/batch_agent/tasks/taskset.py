@@ -135,6 +135,10 @@ class TaskSet:
         """The records of the tasks in `snapshot`, for `batch-agent status`: read, never change."""
         return [s.record for s in self._slots.values() if s.teardown is None]
 
+    def all_records(self) -> list[TaskRecord]:
+        """Every task's record, those being deleted too (their output is still being shipped)."""
+        return [s.record for s in self._slots.values()]
+
     def job_and_group(self) -> tuple[str | None, str | None]:
         """`AgentInfo.jobId`/`taskGroupId` ("the assigned Job ID", "task group ID"), as far as
         the tasks' names tell: the job's uid (`j-...`) from `task/JOB_UID-GROUP-INDEX/...`, the
@@ -178,11 +182,16 @@ class TaskSet:
         cause: str | None = None,
     ) -> None:
         """Move `record` to `new`: edge check, event, persist, report early. Raises
-        IllegalTransition for an edge the state machine does not have."""
+        IllegalTransition for an edge the state machine does not have.
+
+        A terminal state is fsynced before it is reported: the server hears it once and for
+        good. RUNNING only has to survive an agent crash: after an OS crash or power loss the
+        VM has rebooted, and the next agent fails every unfinished task with 50003 whatever
+        the disk says about it (docs/choices.md, "Durability and restarts")."""
         now = self._settings.now()
         record.transition(new, at=now, where=self._settings.where, exit_code=exit_code, cause=cause)
         try:
-            await self._store.save(record)
+            await self._store.save(record, durable=new.is_terminal)
         except StorageError as error:
             # Reported from memory all the same; the store writes it at its next chance.
             log.error("task %s: %s not recorded yet: %s", record.task_id, new, error)
@@ -190,11 +199,13 @@ class TaskSet:
         self._on_change()
 
     async def persist(self, record: TaskRecord) -> None:
-        """Save the record; one the state dir refuses (the store logs it) is written at the
-        store's next chance, and the task goes on: failing a running task for our disk would
-        be worse than the rare second start a crash in the meantime could bring."""
+        """Save the record (a runnable's intent, an event, output offsets) so that it survives
+        an agent crash; not fsynced, as only a reboot loses it and a reboot fails the task
+        anyway (see `transition`). One the state dir refuses (the store logs it) is written at
+        the store's next chance, and the task goes on: failing a running task for our disk
+        would be worse than the rare second start a crash in the meantime could bring."""
         with contextlib.suppress(StorageError):
-            await self._store.save(record)
+            await self._store.save(record, durable=False)
 
     def notify(self) -> None:
         self._on_change()
@@ -284,6 +295,8 @@ class TaskSet:
             error = await remove_task_containers(self._containers(), name)
             if error is not None:
                 log.warning("task %s: containers not removed: %s", name, error)
+        if self._settings.drain_logs is not None:
+            await self._settings.drain_logs(slot.record)  # its last lines, before its files go
         folder = task_dir(self._settings.workdir, name)
         # The server may assign the same name again (a retry): it starts from a clean folder.
         await asyncio.to_thread(remove_task_dir, self._settings.workdir, folder)

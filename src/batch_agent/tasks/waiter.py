@@ -67,6 +67,8 @@ class ScriptExecution:
     field 22 of /proc/PID/stat at start, which tells the live waiter from a recycled pid.
     `leftover_grace` is the grace between SIGTERM and SIGKILL for what the runnable leaves
     running when its waiter ends. `ended` is the result of a waiter that has already ended.
+    `started` is the `time.monotonic()` taken just before we started the waiter (None when
+    reattached): what it left running is then looked for among the pids handed out since.
     """
 
     def __init__(
@@ -78,12 +80,13 @@ class ScriptExecution:
         process: asyncio.subprocess.Process | None = None,
         leftover_grace: timedelta = LEFTOVER_GRACE,
         ended: ExitResult | None = None,
+        started: float | None = None,
     ) -> None:
         self._pid = pid
         self.start_time = start_time
         self.status_path = status_path
         self._process = process  # None when reattached: we are not the parent
-        self._session = ProcessSession(pid, start_time)
+        self._session = ProcessSession(pid, start_time, started=started)
         self._leftover_grace = leftover_grace
         self._ended = ended
         self._waiting: asyncio.Task[ExitResult] | None = None
