@@ -191,7 +191,8 @@ class Emulator:
             self._api.intervals = (default, minimum)
 
     def use_batch_monitored_resource(self, value: bool | None = True) -> None:
-        """Answer reports with `useBatchMonitoredResource` (None: leave it out, the default)."""
+        """Answer reports with `useBatchMonitoredResource` (None: leave it out). By default a job
+        config's `logsPolicy.cloudLoggingOption` decides; without a job it is left out."""
         with self._lock:
             self._api.batch_monitored_resource = value
 
