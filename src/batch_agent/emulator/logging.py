@@ -107,11 +107,13 @@ class LogStore:
         self, cursor: int, log_id: str | None = None
     ) -> tuple[list[dict[str, Any]], int]:
         """The entries stored after the first `cursor` ones `entries()` would list (of log
-        `log_id` when given; the cursor counts every log's), and the next cursor."""
+        `log_id` when given; the cursor counts every log's), and the next cursor. For a
+        watcher of many entries: shallow copies, whose nested values (labels, resource,
+        jsonPayload) are the store's and must not be changed."""
         with self._lock:
             fresh, end = self._unique[cursor:], len(self._unique)
         out = [
-            copy.deepcopy(entry)
+            dict(entry)
             for entry in fresh
             if log_id is None or _split_log_name(entry["logName"])[1] == log_id
         ]
@@ -248,11 +250,12 @@ class LogStore:
 
 def _with_defaults(entry: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """A copy of `entry` with the request's logName, resource and labels where it has none
-    (an entry's own label wins over the request's)."""
-    filled = copy.deepcopy(entry)
+    (an entry's own label wins over the request's). Shallow: the request was parsed for this
+    call alone, a stored entry's values are never changed, and reads hand out deep copies."""
+    filled = dict(entry)
     for field in ("logName", "resource"):
         if field not in filled and field in request:
-            filled[field] = copy.deepcopy(request[field])
+            filled[field] = request[field]
     if "labels" in request:
         filled["labels"] = {**request["labels"], **filled.get("labels", {})}
     if "logName" in filled:
