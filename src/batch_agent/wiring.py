@@ -24,7 +24,6 @@ from batch_agent.control import Backoff, CloudLogging, ControlPlane, SecretError
 from batch_agent.journal import JournalOutput
 from batch_agent.outputlog import OutputLog
 from batch_agent.tasks.env import base_environment
-from batch_agent.tasks.hooks import SecretUnavailable
 from batch_agent.tasks.masking import Masker, MaskingFilter
 from batch_agent.tasks.mounts import MountSettings
 from batch_agent.tasks.record import TaskRecord
@@ -233,6 +232,8 @@ class ControlSecrets:
     Blocks (the tasks call it in a worker thread); raises only SecretUnavailable.
     """
 
+    # hooks (SecretUnavailable's home) is the task side, imported once tasks use secrets.
+
     def __init__(self, client: SecretsClient) -> None:
         self._client = client
 
@@ -240,10 +241,14 @@ class ControlSecrets:
         try:
             return self._client.access_secret(version_path)
         except SecretError as error:
+            from batch_agent.tasks.hooks import SecretUnavailable
+
             raise SecretUnavailable(str(error)) from None
 
     def decrypt(self, key_name: str, cipher_text: str) -> bytes:
         try:
             return self._client.decrypt(key_name, cipher_text)
         except SecretError as error:
+            from batch_agent.tasks.hooks import SecretUnavailable
+
             raise SecretUnavailable(str(error)) from None
