@@ -34,10 +34,9 @@ from batch_agent.vm import (
     MetadataError,
     MetadataServer,
     VmIdentity,
-    collect_metadata,
     read_boot_time,
-    read_identity,
     read_os_release,
+    read_vm,
 )
 from batch_agent.wire import AgentMetadata
 
@@ -139,16 +138,16 @@ async def read_machine(
     sleep: Callable[[float], Awaitable[bool]],
     give_up_at: datetime | None,
 ) -> Machine:
-    """The VM's identity and metadata from the metadata server, each read retried with backoff
-    until it answers (in worker threads); os-release and the boot time from their files.
+    """The VM's identity and metadata from the metadata server (every key at once), retried
+    with backoff until it answers (in worker threads); os-release and the boot time from
+    their files.
 
     `sleep(seconds)` waits between tries and returns True once the agent is told to stop.
     Raises MetadataUnanswered past `give_up_at` (None: never) or when told to stop.
     """
-    identity = await _retried(lambda: read_identity(server), sleep=sleep, give_up_at=give_up_at)
     os_release = read_os_release(config.os_release)
-    metadata = await _retried(
-        lambda: collect_metadata(server, version=config.reported_version, os_release=os_release),
+    identity, metadata = await _retried(
+        lambda: read_vm(server, version=config.reported_version, os_release=os_release),
         sleep=sleep,
         give_up_at=give_up_at,
     )
