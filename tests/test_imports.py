@@ -163,3 +163,25 @@ def test_an_agent_running_a_task_loads_none_of_what_it_does_not_use(make_emulato
     assert "batch_agent.tasks.runner" in loaded  # and ran the task
     assert not [m for m in loaded if under(m, NOT_FOR_RUN)]
     assert emu.task_events(emu.task_names()[0])[-1]["taskState"] == "SUCCEEDED"
+
+
+# Never loaded before an agent has a task: its first report (the VM's start-up) does not wait
+# for the task side. The task models, plans, runs, drivers, hooks and the process layer come
+# with the first task (tasks/taskset.py, tasks/assembly.py, cloudlog/tasklogs.py).
+NOT_BEFORE_A_TASK = ["batch_agent.wire.task", "batch_agent.tasks.plan", "batch_agent.tasks.runner"]
+NOT_BEFORE_A_TASK += ["batch_agent.tasks.hooks", "batch_agent.tasks.volumes", *DRIVERS]
+NOT_BEFORE_A_TASK += [
+    "batch_agent.tasks.script",
+    "batch_agent.tasks.session",
+    "batch_agent.tasks.docker",
+]
+
+
+def test_an_agent_without_a_task_reports_without_the_task_side(make_emulator, tmp_path):
+    emu = make_emulator()
+    env = agent_env(emu, tmp_path / "state")
+    loaded = loaded_modules(["run", "--once"], env)
+    assert "googleapiclient.discovery" in loaded  # it did report
+    assert emu.reports  # and the server heard it
+    assert "batch_agent.tasks.taskset" in loaded  # with its (empty) task set
+    assert not [m for m in loaded if under(m, NOT_BEFORE_A_TASK)]

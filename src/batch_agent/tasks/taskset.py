@@ -18,27 +18,24 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_agent.names import parse_task_name
 from batch_agent.store import StorageError, TaskStore
 from batch_agent.tasks import events
 from batch_agent.tasks.assembly import EngineOnDemand, make_run
 from batch_agent.tasks.assembly import TaskSettings as TaskSettings  # TaskSet's callers make one
-from batch_agent.tasks.container_driver import remove_task_containers
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
-from batch_agent.tasks.plan import PlanError, TaskPlan, make_plan
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.runner import TaskRun
-from batch_agent.wire import (
-    AgentTask,
-    AgentTaskInfo,
-    BadAgentTask,
-    IntendedState,
-    TaskState,
-    parse_agent_task,
-)
+from batch_agent.wire import AgentTaskInfo, TaskState
+
+# The task side (task models, plans, runs, drivers) is imported where a task needs it: an
+# agent reports (its first report above all) before it has any task, without loading it.
+if TYPE_CHECKING:
+    from batch_agent.tasks.plan import TaskPlan
+    from batch_agent.tasks.runner import TaskRun
+    from batch_agent.wire import AgentTask, BadAgentTask
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +80,8 @@ class TaskSet:
                 )
                 continue
             log.info("task %s: resuming after an agent restart (%s)", record.task_id, record.state)
+            from batch_agent.wire import IntendedState, parse_agent_task
+
             task = parse_agent_task(record.raw)
             plan = await self._plan_or_fail(record, task)
             if plan is not None:
@@ -91,6 +90,10 @@ class TaskSet:
     async def apply(self, tasks: list[dict[str, Any]]) -> int:
         """Apply a response's tasks; returns how many were new. The new ones are saved in one
         commit, before any of them starts."""
+        if not tasks:
+            return 0
+        from batch_agent.wire import AgentTask, IntendedState, parse_agent_task
+
         seen: list[tuple[_Slot, AgentTask | BadAgentTask]] = []
         new: list[tuple[_Slot, AgentTask | BadAgentTask]] = []
         for raw in tasks:
@@ -223,6 +226,8 @@ class TaskSet:
                 accepted.append((slot, plan, task))
         if not accepted:
             return
+        from batch_agent.wire import IntendedState
+
         try:
             await self._store.save_many([slot.record for slot, _, _ in accepted])
         except StorageError as error:
@@ -245,6 +250,9 @@ class TaskSet:
     ) -> TaskPlan | None:
         """The task's plan; or, for a spec that cannot run, None with the task FAILED (50000,
         every problem named)."""
+        from batch_agent.tasks.plan import PlanError, make_plan
+        from batch_agent.wire import AgentTask, BadAgentTask
+
         problems = task.problems if isinstance(task, BadAgentTask) else []
         if isinstance(task, AgentTask):
             try:
@@ -292,6 +300,8 @@ class TaskSet:
             slot.run.cancel()
             await asyncio.gather(slot.driving, return_exceptions=True)
         if any(r.container for r in slot.record.runnables.values()):
+            from batch_agent.tasks.container_driver import remove_task_containers
+
             error = await remove_task_containers(self._containers(), name)
             if error is not None:
                 log.warning("task %s: containers not removed: %s", name, error)
