@@ -24,7 +24,6 @@ from batch_agent.control import Backoff, CloudLogging, ControlPlane, SecretError
 from batch_agent.journal import JournalOutput
 from batch_agent.outputlog import OutputLog
 from batch_agent.tasks.env import base_environment
-from batch_agent.tasks.hooks import SecretUnavailable
 from batch_agent.tasks.masking import Masker, MaskingFilter
 from batch_agent.tasks.mounts import MountSettings
 from batch_agent.tasks.record import TaskRecord
@@ -35,10 +34,9 @@ from batch_agent.vm import (
     MetadataError,
     MetadataServer,
     VmIdentity,
-    collect_metadata,
     read_boot_time,
-    read_identity,
     read_os_release,
+    read_vm,
 )
 from batch_agent.wire import AgentMetadata
 
@@ -140,16 +138,16 @@ async def read_machine(
     sleep: Callable[[float], Awaitable[bool]],
     give_up_at: datetime | None,
 ) -> Machine:
-    """The VM's identity and metadata from the metadata server, each read retried with backoff
-    until it answers (in worker threads); os-release and the boot time from their files.
+    """The VM's identity and metadata from the metadata server (every key at once), retried
+    with backoff until it answers (in worker threads); os-release and the boot time from
+    their files.
 
     `sleep(seconds)` waits between tries and returns True once the agent is told to stop.
     Raises MetadataUnanswered past `give_up_at` (None: never) or when told to stop.
     """
-    identity = await _retried(lambda: read_identity(server), sleep=sleep, give_up_at=give_up_at)
     os_release = read_os_release(config.os_release)
-    metadata = await _retried(
-        lambda: collect_metadata(server, version=config.reported_version, os_release=os_release),
+    identity, metadata = await _retried(
+        lambda: read_vm(server, version=config.reported_version, os_release=os_release),
         sleep=sleep,
         give_up_at=give_up_at,
     )
@@ -233,6 +231,8 @@ class ControlSecrets:
     Blocks (the tasks call it in a worker thread); raises only SecretUnavailable.
     """
 
+    # hooks (SecretUnavailable's home) is the task side, imported once tasks use secrets.
+
     def __init__(self, client: SecretsClient) -> None:
         self._client = client
 
@@ -240,10 +240,14 @@ class ControlSecrets:
         try:
             return self._client.access_secret(version_path)
         except SecretError as error:
+            from batch_agent.tasks.hooks import SecretUnavailable
+
             raise SecretUnavailable(str(error)) from None
 
     def decrypt(self, key_name: str, cipher_text: str) -> bytes:
         try:
             return self._client.decrypt(key_name, cipher_text)
         except SecretError as error:
+            from batch_agent.tasks.hooks import SecretUnavailable
+
             raise SecretUnavailable(str(error)) from None

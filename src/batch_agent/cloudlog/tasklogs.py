@@ -14,14 +14,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_agent.cloudlog.entries import Destination, Segment, task_key
 from batch_agent.names import parse_task_name
-from batch_agent.tasks.hooks import needs_secrets
-from batch_agent.tasks.plan import PlanError, make_plan
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.wire import AgentTask, parse_agent_task
+
+# The task side (its models, plans, hooks) is imported with the first task: the writer is
+# made before the agent's first report, which must not wait for it.
+if TYPE_CHECKING:
+    from batch_agent.wire import AgentTask
 
 TASK_LOGS = "batch_task_logs"
 AGENT_LOGS = "batch_agent_logs"
@@ -40,6 +42,8 @@ class Site:
 class TaskLog:
     def __init__(self, record: TaskRecord, mode: str) -> None:
         self.record = record
+        from batch_agent.wire import AgentTask, parse_agent_task
+
         task = parse_agent_task(record.raw)
         self._task = task if isinstance(task, AgentTask) else None
         self.enabled = self._task is not None and _wanted(self._task, mode)
@@ -96,6 +100,9 @@ def _wanted(task: AgentTask, mode: str) -> bool:
 
 
 def _needs_secrets(task: AgentTask) -> bool:
+    from batch_agent.tasks.hooks import needs_secrets
+    from batch_agent.tasks.plan import PlanError, make_plan
+
     try:
         return needs_secrets(make_plan(task))
     except PlanError:
