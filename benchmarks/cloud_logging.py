@@ -21,7 +21,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import Agent, Figure, event_time, print_figures, rss_bytes, script_task
+from _common import (
+    Agent,
+    Figure,
+    cpu_seconds,
+    event_time,
+    print_figures,
+    rss_bytes,
+    script_task,
+)
 
 from batch_agent.emulator import Emulator
 
@@ -38,9 +46,11 @@ def run(repeats: int, mb: int = 1000, line_bytes: int = 1000) -> list[Figure]:
         bare: list[float] = []
         peaks: list[float] = []
         above: list[float] = []
+        cpu: list[float] = []
         for _ in range(repeats):
-            seconds, peak, idle = through_agent(source, lines, Path(tmp))
+            seconds, peak, idle, used = through_agent(source, lines, Path(tmp))
             ours.append(mb / seconds)
+            cpu.append(used / mb * 100)
             peaks.append(peak / MB)
             above.append((peak - idle) / MB)
             bare.append(mb / cat(source))
@@ -51,11 +61,20 @@ def run(repeats: int, mb: int = 1000, line_bytes: int = 1000) -> list[Figure]:
             ours,
             baseline="cat FILE > /dev/null",
             baseline_samples=bare,
+            target=">= 50 MB/s",
+            met=min(ours) >= 50,
         ),
         Figure(
             "agent peak RSS while shipping", "MB", peaks, target="<= 100 MB", met=max(peaks) <= 100
         ),
-        Figure("agent peak RSS above idle", "MB", above),
+        Figure(
+            "agent peak RSS above idle",
+            "MB",
+            above,
+            target="<= 32 MB",
+            met=max(above) <= 32,
+        ),
+        Figure("agent CPU while shipping, per 100 MB", "CPU s", cpu),
     ]
 
 
@@ -71,8 +90,9 @@ def make_file(path: Path, size: int, line_bytes: int) -> int:
     return count
 
 
-def through_agent(source: Path, lines: int, tmp: Path) -> tuple[float, int, int]:
-    """(seconds from RUNNING to the last entry counted, peak RSS, idle RSS) of one task."""
+def through_agent(source: Path, lines: int, tmp: Path) -> tuple[float, int, int, float]:
+    """(seconds from RUNNING to the last entry counted, peak RSS, idle RSS, the agent's CPU
+    seconds meanwhile) of one task."""
     # No auto-delete: a DELETED task waits only DRAIN_TIMEOUT for its lines, less than 1 GB takes.
     emu = Emulator(
         None,
@@ -96,9 +116,11 @@ def through_agent(source: Path, lines: int, tmp: Path) -> tuple[float, int, int]
         pid = agent.proc.pid
         idle = rss_bytes(pid)
         peak = Peak(pid)
+        cpu = cpu_seconds(pid)
         name = emu.add_task(script_task(f"cat {source}"))
         wait(lambda: emu.logs.received("batch_task_logs") >= lines, "every line counted")
         done = datetime.now(UTC)
+        cpu = cpu_seconds(pid) - cpu
         peak_rss = peak.stop()
         running = next(e for e in emu.task_events(name) if e.get("taskState") == "RUNNING")
         seconds = (done - event_time(running)).total_seconds()
@@ -107,7 +129,7 @@ def through_agent(source: Path, lines: int, tmp: Path) -> tuple[float, int, int]
         if agent is not None:
             agent.close()
         emu.stop()
-    return seconds, peak_rss, idle
+    return seconds, peak_rss, idle, cpu
 
 
 def cat(source: Path) -> float:

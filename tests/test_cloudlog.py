@@ -12,6 +12,7 @@ from pathlib import Path
 
 from batch_agent import discovery
 from batch_agent.cloudlog import AgentLog, Site, report_text
+from batch_agent.cloudlog.body import request
 from batch_agent.cloudlog.entries import (
     MAX_PIECE,
     Destination,
@@ -21,7 +22,6 @@ from batch_agent.cloudlog.entries import (
     segment_lines,
 )
 from batch_agent.cloudlog.reader import TRUNCATED, read_again, read_new
-from batch_agent.cloudlog.writer import request
 from batch_agent.emulator.logging import LogStore
 
 DEST = Destination(

@@ -20,8 +20,8 @@ from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.taskoutput import output_path
 
-REQUEST_BYTES = 1024 * 1024  # output bytes per write: its JSON is at most ~6x that, < 10 MB
-MAX_ENTRIES = 5000  # entries per write
+REQUEST_BYTES = 2 * 1024 * 1024  # output bytes per write (see `body` for its JSON size)
+MAX_ENTRIES = 10_000  # entries per write
 
 Pick = tuple[TaskLog, Segment, bool]  # (task, segment, sent before: send it as it is)
 
@@ -32,6 +32,7 @@ class Write:
 
     segments: dict[TaskLog, list[Segment]] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # the entries' calls, once encoded
     full: bool = False  # a budget ran out: there is more to send at once
 
 

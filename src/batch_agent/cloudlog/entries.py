@@ -12,6 +12,7 @@ its `severity` (when it names one) taken out into the entry's. Pure: no I/O, no 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -141,11 +142,17 @@ def split_text(text: str) -> list[str]:
 def format_ns(ns: int) -> str:
     """RFC 3339 UTC with nanoseconds, from nanoseconds since the epoch."""
     seconds, nanos = divmod(ns, 10**9)
+    return f"{_format_seconds(seconds)}.{nanos:09d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _format_seconds(seconds: int) -> str:
+    """The date and time of day of a second since the epoch (a segment's entries share it)."""
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     year, month, day = _civil(days)
-    return f"{year:04d}-{month:02d}-{day:02d}T{hours:02d}:{minutes:02d}:{secs:02d}.{nanos:09d}Z"
+    return f"{year:04d}-{month:02d}-{day:02d}T{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
 def _civil(days: int) -> tuple[int, int, int]:

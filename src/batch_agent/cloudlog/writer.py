@@ -24,16 +24,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from batch_agent.cloudlog.agentlog import AgentLog
-from batch_agent.cloudlog.batch import MAX_ENTRIES, build, pick, streams
+from batch_agent.cloudlog.batch import (
+    MAX_ENTRIES,
+    Pick,
+    Write,
+    build,
+    pick,
+    streams,
+)
+from batch_agent.cloudlog.body import bodies
+from batch_agent.cloudlog.entries import Destination
 from batch_agent.cloudlog.tasklogs import Site, TaskLog
 from batch_agent.control import Backoff, ControlPlaneError
 from batch_agent.store import StorageError
@@ -43,27 +54,13 @@ from batch_agent.tasks.record import TaskRecord
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 FLUSH_EVERY = 0.5  # seconds between rounds when there was nothing more to send
 DRAIN_TIMEOUT = timedelta(seconds=10)  # how long a task's DELETED waits for its last lines
 
 
-def request(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The WriteLogEntriesRequest for `entries`, what they all share (the same logName,
-    resource or labels: one task's, most of the time) said once at request level, which the
-    API copies into each entry. Takes the fields out of `entries` (made for this request)."""
-    shared: dict[str, Any] = {"partialSuccess": True}
-    first = entries[0]
-    for key in ("logName", "resource", "labels"):
-        value = first.get(key)
-        if value is not None and all(e.get(key) is value for e in entries):
-            shared[key] = value
-            for entry in entries:
-                del entry[key]
-    return {**shared, "entries": entries}
-
-
 class LogClient(Protocol):
-    def write(self, request: dict[str, Any]) -> None: ...  # blocks; raises ControlPlaneError
+    def write(self, body: bytes) -> None: ...  # blocks; raises ControlPlaneError
 
     def abort(self) -> None: ...
 
@@ -104,6 +101,7 @@ class CloudLogWriter:
         self._denied = False  # the last write was refused with 403 (logged once per streak)
         self._turn = itertools.count()
         self._kick: asyncio.Event | None = None
+        self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudlog")
         # The agent's log is shipped once a task of this agent ships its output (auto) or
         # always: on a VM whose jobs do not log to Cloud Logging, it is not either.
         self._agent_log_on = False
@@ -143,6 +141,7 @@ class CloudLogWriter:
                     await asyncio.wait_for(self._kick.wait(), self._every)
         finally:
             self._client.abort()
+            self._threads.shutdown(wait=False)
 
     async def drain(self, record: TaskRecord, timeout: timedelta = DRAIN_TIMEOUT) -> None:
         """Wait until `record`'s output is all in Cloud Logging (at most `timeout`); then the
@@ -184,21 +183,24 @@ class CloudLogWriter:
     async def _round(self) -> str:
         """One write: "idle" (nothing more now), "more" (send again at once) or "failed"."""
         followed = self._followed()
-        picks, full = pick(followed, self._workdir)
+        destinations = {t: t.destination(self._site, self._batch_resource) for t in followed}
         self._agent_log_on |= self._mode == "always" or any(t.enabled for t in self._logs.values())
         agent_log = self._agent_log if self._agent_log_on else None
         agent_entries = agent_log.take(MAX_ENTRIES // 2) if agent_log is not None else []
+        picks, full = pick(followed, self._workdir)
         if not picks and not agent_entries:
             await self._save_unsaved()
             self._wake_drained(followed)
             return "idle"
-        now_ns = time.time_ns()
-        destinations = {t: t.destination(self._site, self._batch_resource) for t in followed}
         masker = self._masker if self._masker else None
-        write = await asyncio.to_thread(build, picks, self._workdir, destinations, masker, now_ns)
-        write.entries.extend(agent_entries)
+        now_ns = time.time_ns()
+        write = await self._in_thread(
+            functools.partial(_prepare, picks, self._workdir, destinations, masker, now_ns)
+        )
         write.full |= full
-        if not write.entries:
+        if agent_entries:  # a call of their own: the rest was encoded in a worker thread
+            write.bodies += bodies(agent_entries)
+        if not write.bodies:
             await self._save_unsaved()
             self._wake_drained(followed)
             return "more" if write.segments else "idle"
@@ -210,7 +212,7 @@ class CloudLogWriter:
         await self._save([*touched, *(t for t in self._unsaved if t not in write.segments)])
         self._unsaved.clear()
         try:
-            await asyncio.to_thread(self._client.write, request(write.entries))
+            await self._in_thread(functools.partial(self._send, write.bodies))
         except ControlPlaneError as error:
             if error.status == 400:
                 log.error("cloud logging refused entries for good (skipped): %s", error)
@@ -233,6 +235,25 @@ class CloudLogWriter:
             await self._save(touched)
         self._wake_drained(followed)
         return "more" if write.full else "idle"
+
+    def _in_thread(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `call` in the writer's own thread (reading, building, sending): its memory
+        stays in one malloc arena, not spread over those of the loop's whole pool."""
+        return asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    def _send(self, calls: list[bytes]) -> None:
+        """Make these `entries.write` calls, in order: in a worker thread. A 400 refuses one
+        call's entries for good: the others are still sent."""
+        refused: ControlPlaneError | None = None
+        for body in calls:
+            try:
+                self._client.write(body)
+            except ControlPlaneError as error:
+                if error.status != 400:
+                    raise
+                refused = error
+        if refused is not None:
+            raise refused
 
     def _followed(self) -> list[TaskLog]:
         """The tasks to ship now, in a rotating order (no task starves the others)."""
@@ -316,3 +337,18 @@ class CloudLogWriter:
             task_log = self._logs.get(name)
             if task_log is None or self._caught_up(task_log):
                 done.set()
+
+
+def _prepare(
+    picks: list[Pick],
+    workdir: Path,
+    destinations: dict[TaskLog, Destination],
+    masker: Masker | None,
+    now_ns: int,
+) -> Write:
+    """`build`, and the calls that write its entries (their JSON), in the same worker thread:
+    the entries themselves are not kept."""
+    write = build(picks, workdir, destinations, masker, now_ns)
+    if write.entries:
+        write.bodies, write.entries = bodies(write.entries), []
+    return write

@@ -2,7 +2,11 @@
 HTTP stack, deadline and error classes as the Batch API client.
 
 It must not retry (the log writer owns retries, with `Backoff`), batch or build entries: it
-sends the `WriteLogEntriesRequest` it is given. It must not read the environment.
+sends the `WriteLogEntriesRequest` it is given, already in JSON (the writer sizes requests by
+their bytes). The discovery client still makes the call (URL, method, headers), with an empty
+body whose place the given bytes take: given a dict, it would also `str()` it whole (its
+parameter casting) and `json.dumps` it, a fifth of the agent's CPU when shipping at full speed.
+It must not read the environment.
 """
 
 from __future__ import annotations
@@ -56,14 +60,14 @@ class CloudLogging:
         self._https: list[httplib2.Http] = []
         self._abort = threading.Event()
 
-    def write(self, request: dict[str, Any]) -> None:
-        """POST `{endpoint}v2/entries:write` with this `WriteLogEntriesRequest` (JSON value).
+    def write(self, body: bytes) -> None:
+        """POST `{endpoint}v2/entries:write` with `body`, a `WriteLogEntriesRequest` in JSON.
 
         BLOCKS for at most about the deadline (call it from a worker thread). One attempt.
         Raises ControlPlaneError and nothing else; `status` 403 is a denial (API disabled or
         no `logging.logEntries.create`), `retryable` as for the Batch API."""
         try:
-            self._write(request)
+            self._write(body)
         except ControlPlaneError:
             raise
         except Exception as error:
@@ -87,16 +91,16 @@ class CloudLogging:
             pool.close()
         self._service, self._authorized, self._https = None, None, []
 
-    def _write(self, request: dict[str, Any]) -> None:
-        call = self._client().entries().write(body=request)
+    def _write(self, body: bytes) -> None:
+        call = self._client().entries().write(body={})
         headers = dict(call.headers)
-        headers.setdefault("content-length", str(call.body_size))
+        headers["content-length"] = str(len(body))
         assert self._authorized is not None
         self._abort.clear()
         with deadline_watchdog(self.deadline, self._https, self._abort) as expired:
             try:
                 response, content = self._authorized.request(
-                    call.uri, method=call.method, body=call.body, headers=headers
+                    call.uri, method=call.method, body=body, headers=headers
                 )
             except Exception as error:
                 if not expired.is_set():

@@ -44,6 +44,8 @@ _PAYLOADS = ("textPayload", "jsonPayload", "protoPayload")
 _PARTIAL = "type.googleapis.com/google.logging.v2.WriteLogEntriesPartialErrors"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _INVALID_ARGUMENT = 3  # google.rpc.Code
+_INSERT_ID = re.compile(rb'"insertId"\s*:')  # count_only
+_LOG_ID_IN_BODY = re.compile(rb'"logName"\s*:\s*"[^"]*/logs/([^"]*)"')  # count_only
 
 
 class LogStore:
@@ -60,8 +62,9 @@ class LogStore:
         self._ids = itertools.count(1)
         self._last_supplied_ns = 0
         self.requests = 0  # entries:write calls answered, refused ones too
-        # Benchmarks: accept any JSON request and only count its entries (no schema check, no
-        # storage), so that the emulator in the same process measures the agent, not itself.
+        # Benchmarks: accept any request and only count its entries (no parsing, no schema
+        # check, no storage), so that the emulator in the same process measures the agent,
+        # not itself.
         self.count_only = False
         self._counted: dict[str, int] = {}
 
@@ -144,12 +147,12 @@ class LogStore:
             return google_error(
                 400, f"Request payload size exceeds the limit: {MAX_REQUEST_BYTES} bytes."
             )
+        if self.count_only:
+            return self._count(body)
         try:
             request = json.loads(body)
         except (ValueError, RecursionError) as e:
             return google_error(400, f"Invalid JSON payload received. {e}")
-        if self.count_only:
-            return self._count(request)
         if errors := discovery.validate("WriteLogEntriesRequest", request, discovery.LOGGING):
             return google_error(400, "Invalid WriteLogEntriesRequest: " + "; ".join(errors[:5]))
         return self._store(request)
@@ -200,12 +203,20 @@ class LogStore:
             self._keys.add(unique)
             self._unique.append(entry)
 
-    def _count(self, request: dict[str, Any]) -> Reply:
+    def _count(self, body: bytes) -> Reply:
+        """Count a request's entries per log without parsing it (parsing 10 MB of JSON costs
+        this process more than the agent's shipping of it): an entry has one `"insertId":`,
+        and a log name is either said once for all entries or in each. Exact for JSON, where a
+        quote inside a string is always escaped; for benchmarks, whose agent sets insertIds."""
+        entries = len(_INSERT_ID.findall(body))
+        names = [unquote(m.decode()) for m in _LOG_ID_IN_BODY.findall(body)]
+        counts = {names[0]: entries} if len(names) == 1 else dict.fromkeys(names, 0)
+        if len(names) != 1:
+            for name in names:
+                counts[name] += 1
         with self._lock:
-            for entry in request.get("entries", []):
-                name = entry.get("logName", request.get("logName", "/logs/"))
-                log_id = unquote(name.rsplit("/logs/", 1)[-1])
-                self._counted[log_id] = self._counted.get(log_id, 0) + 1
+            for log_id, n in counts.items():
+                self._counted[log_id] = self._counted.get(log_id, 0) + n
         return Reply(200, b"{}")
 
     def _supply_ids(self, entry: dict[str, Any]) -> dict[str, Any]:
