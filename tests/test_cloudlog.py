@@ -12,7 +12,7 @@ from pathlib import Path
 
 from batch_agent import discovery
 from batch_agent.cloudlog import AgentLog, Site, report_text
-from batch_agent.cloudlog.body import request
+from batch_agent.cloudlog.body import bodies, request
 from batch_agent.cloudlog.entries import (
     MAX_PIECE,
     Destination,
@@ -183,3 +183,23 @@ def test_a_request_says_what_its_entries_share_once() -> None:
     store = LogStore()
     assert store.write(json.dumps(mixed).encode(), "Bearer t").status == 200
     assert [e["labels"] for e in store.entries()] == [DEST.labels, DEST.labels]
+
+
+def test_a_write_too_big_for_one_call_goes_as_several_valid_ones() -> None:
+    """Bodies past the limit are cut in halves, each a valid request with the shared fields,
+    every entry in exactly one of them, in order."""
+    data = b"".join(b'"quoted" \\ line %d\n' % i for i in range(40))
+    entries = build(data)
+    ids = [e["insertId"] for e in entries]
+    calls = bodies(entries, limit=1500)
+    assert len(calls) > 1 and all(len(body) <= 1500 for body in calls)
+    store = LogStore()
+    for body in calls:
+        request_ = json.loads(body)
+        assert request_["logName"] == DEST.log_name and request_["partialSuccess"] is True
+        assert store.write(body, "Bearer t").status == 200
+    assert [e["insertId"] for e in store.entries()] == ids
+    assert [e["textPayload"] for e in store.entries()][:2] == [
+        '"quoted" \\ line 0',
+        '"quoted" \\ line 1',
+    ]

@@ -3,8 +3,10 @@
 One asyncio task, whatever the number of tasks. Each round it looks at the followed tasks'
 output files (a stat each), picks what is new from each stream's Cloud Logging offset (its
 own, apart from the agent log's) up to one request's worth (`REQUEST_BYTES` of output,
-`MAX_ENTRIES` entries), reads and masks it in a worker thread, saves the chosen segments in
-the task records (`pending`), sends one `entries.write` (partialSuccess), and on success
+`MAX_ENTRIES` entries), reads, masks and encodes it in the writer's thread (`body`: one call,
+or several in order when its JSON would pass the request limit; the agent's own entries in a
+call of their own), saves the chosen segments in the task records (`pending`), sends the
+`entries.write` calls (partialSuccess), and on success
 moves the offsets past them and saves again. A segment sent again (the answer was lost, the
 agent was killed) carries the same insertIds and timestamps (see `entries`), so Cloud Logging
 keeps each line once. Healthy, a line is written within about `FLUSH_EVERY` plus one call;
