@@ -29,7 +29,11 @@ def imported(path: Path) -> set[str]:
 def own_modules(path: Path) -> set[str]:
     """The emulator modules `path` imports, by file stem ("state", "metadata", ...)."""
     stems = {p.stem for p in MODULES}
-    found = {name.removeprefix(PACKAGE + ".").split(".")[0] for name in imported(path)}
+    found = {
+        name.removeprefix(PACKAGE + ".").split(".")[0]
+        for name in imported(path)
+        if name.startswith(PACKAGE + ".")  # not the standard library's `logging`
+    }
     return {stem for stem in found if stem in stems} - {path.stem}
 
 

@@ -1,17 +1,21 @@
 """The import graph, read with `ast`: the layers the design draws, and one home per library.
 
 `cli -> reporter -> tasks -> (drivers | store) -> wire`: a module may import what is below it,
-never what is above. Lazy and TYPE_CHECKING imports count too.
+never what is above. Lazy and TYPE_CHECKING imports count too. Last, what real processes load:
+the imports kept lazy for start-up time and memory stay lazy.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import batch_agent
+from tests.helpers import agent_env, job, script
 
 ROOT = Path(batch_agent.__file__).parent
 MODULES = {
@@ -34,6 +38,7 @@ DRIVERS += ["batch_agent.tasks.container_driver"]
 ABOVE_TASKS = ["batch_agent.cli", "batch_agent.reporter", "batch_agent.local"]
 ABOVE_TASKS += ["batch_agent.emulator", "batch_agent.control", "batch_agent.config"]
 ABOVE_TASKS += ["batch_agent.wiring"]  # the reporter's start-up: builds what the tasks get
+ABOVE_TASKS += ["batch_agent.cloudlog"]  # ships the tasks' output: reads and saves their records
 
 # (modules, what they must not import)
 RULES = [
@@ -118,3 +123,65 @@ def test_the_rules_name_real_modules():
     for modules, forbidden in RULES:
         for name in [*modules, *forbidden]:
             assert any(under(m, [name]) for m in MODULES), name
+
+
+def loaded_modules(argv: list[str], env: dict[str, str] | None = None) -> set[str]:
+    """The modules a fresh `batch-agent ARGV` process has loaded when it exits."""
+    program = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('MODULES', *sys.modules, file=sys.stderr))\n"
+        "from batch_agent.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(done.stderr.rpartition("MODULES ")[2].split())
+
+
+# Never loaded by `batch-agent version`: it prints two strings.
+NOT_FOR_VERSION = ["asyncio", "pydantic", "googleapiclient", "httplib2", "batch_agent.wire"]
+NOT_FOR_VERSION += ["logging", "argparse"]
+# Never loaded by an agent that gets its token from the metadata server, metrics off, no
+# container: google.oauth2.service_account (cryptography) and httplib2.auth (pyparsing) are
+# deferred by control/deferred.py; the rest are imported where used.
+NOT_FOR_RUN = ["cryptography", "pyparsing", "http.server", "prometheus_client", "docker"]
+
+
+def test_version_loads_no_event_loop_no_google_stack_no_pydantic():
+    loaded = loaded_modules(["version"])
+    assert "batch_agent.config" in loaded  # it does read the reported version's setting
+    assert not [m for m in loaded if under(m, NOT_FOR_VERSION)]
+
+
+def test_an_agent_running_a_task_loads_none_of_what_it_does_not_use(make_emulator, tmp_path):
+    emu = make_emulator(job(script("true")))
+    env = agent_env(emu, tmp_path / "state")
+    loaded = loaded_modules(["run", "--once"], env)
+    assert "googleapiclient.discovery" in loaded  # it did report
+    assert "batch_agent.tasks.runner" in loaded  # and ran the task
+    assert not [m for m in loaded if under(m, NOT_FOR_RUN)]
+    assert emu.task_events(emu.task_names()[0])[-1]["taskState"] == "SUCCEEDED"
+
+
+# Never loaded before an agent has a task: its first report (the VM's start-up) does not wait
+# for the task side. The task models, plans, runs, drivers, hooks and the process layer come
+# with the first task (tasks/taskset.py, tasks/assembly.py, cloudlog/tasklogs.py).
+NOT_BEFORE_A_TASK = ["batch_agent.wire.task", "batch_agent.tasks.plan", "batch_agent.tasks.runner"]
+NOT_BEFORE_A_TASK += ["batch_agent.tasks.hooks", "batch_agent.tasks.volumes", *DRIVERS]
+NOT_BEFORE_A_TASK += [
+    "batch_agent.tasks.script",
+    "batch_agent.tasks.session",
+    "batch_agent.tasks.docker",
+]
+
+
+def test_an_agent_without_a_task_reports_without_the_task_side(make_emulator, tmp_path):
+    emu = make_emulator()
+    env = agent_env(emu, tmp_path / "state")
+    loaded = loaded_modules(["run", "--once"], env)
+    assert "googleapiclient.discovery" in loaded  # it did report
+    assert emu.reports  # and the server heard it
+    assert "batch_agent.tasks.taskset" in loaded  # with its (empty) task set
+    assert not [m for m in loaded if under(m, NOT_BEFORE_A_TASK)]

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,7 @@ def test_group_and_session_members(
     """A session's members include a child in a group of its own; the leader's group does not."""
     own_group = "import os, time; os.setpgid(0, 0); print(os.getpid(), flush=True); time.sleep(60)"
     text = f"sleep 60 & echo $! > sleeper; {PY} -c '{own_group}' > mover & wait"
+    started = time.monotonic()
     leader = subprocess.Popen(["/bin/sh", "-c", text], cwd=tmp_path, start_new_session=True)
     processes.append(leader)
     try:
@@ -116,12 +118,32 @@ def test_group_and_session_members(
         session = {p.pid for p in procfs.session_members(leader.pid)}
         group = {p.pid for p in procfs.group_members(leader.pid)}
         assert session == {leader.pid, sleeper, mover}
+        among = procfs.pids_since(leader.pid, started=started)
+        if among is not None:  # None when the pid counter came round meanwhile
+            assert {p.pid for p in procfs.session_members(leader.pid, among)} == {sleeper, mover}
         assert group == {leader.pid, sleeper}
         assert {p.pid for p in procfs.group_members(mover)} == {mover}
     finally:
         os.killpg(leader.pid, signal.SIGKILL)
         for pid in _pids_in(tmp_path):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_pids_since_names_what_was_handed_out_since_or_nothing() -> None:
+    """The pids handed out after one, up to the kernel's last; None for a pid the counter has
+    not reached (it came round since), or once so long has passed that it could have."""
+    started = time.monotonic()
+    child = subprocess.Popen(["/bin/true"])
+    child.wait()
+    later = subprocess.Popen(["/bin/true"])
+    later.wait()
+    among = procfs.pids_since(child.pid, started=started)
+    if among is None:  # the counter came round between the two: rare, and then right
+        assert later.pid < child.pid
+        return
+    assert among.start == child.pid + 1 and later.pid in among
+    assert procfs.pids_since(among.stop + 10**6, started=started) is None
+    assert procfs.pids_since(child.pid, started=started - 3600) is None
 
 
 def test_with_cmdline_finds_live_processes_only(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -108,6 +111,53 @@ def test_saves_asked_for_together_share_one_commit(tmp_path):
         assert [r.task_id for r in store.load_all()] == [f"t{i}" for i in range(20)]
     finally:
         store.close()
+
+
+_SAVE_THEN_DIE = """
+import asyncio, contextlib, os, signal, sys
+from pathlib import Path
+from batch_agent.store import TaskStore
+from batch_agent.tasks.record import TaskRecord
+
+async def main():
+    store = TaskStore(Path(sys.argv[1]))
+    for i, durable in enumerate((True, False, False, True, False)):
+        with contextlib.suppress(FileNotFoundError):  # a marker in the trace
+            os.chdir(f"/nonexistent/{'durable' if durable else 'not-durable'}-save")
+        await store.save(TaskRecord(task_id=f"t{i}", raw={}), durable=durable)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: a crash
+
+asyncio.run(main())
+"""
+
+
+def test_only_durable_saves_are_fsynced_and_all_survive_kill_9(tmp_path):
+    """A durable save fsyncs before it returns and a non-durable one does not; both are in the
+    database for the next agent after the writer is killed with SIGKILL."""
+    path = tmp_path / "state.db"
+    argv = [sys.executable, "-c", _SAVE_THEN_DIE, str(path)]
+    strace = shutil.which("strace")
+    trace = tmp_path / "trace"
+    if strace is not None:
+        argv = [strace, "-f", "-qq", "-e", "trace=fsync,fdatasync,chdir", "-o", str(trace), *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode in (-9, 128 + 9), done.stderr
+    store = TaskStore(path)
+    try:
+        assert [r.task_id for r in store.load_all()] == ["t0", "t1", "t2", "t3", "t4"]
+    finally:
+        store.close()
+    if strace is None:
+        pytest.skip("no strace: the fsyncs were not counted")
+    syncs = {"durable": 0, "not-durable": 0}
+    marker = None
+    for line in trace.read_text().splitlines():
+        if "chdir(" in line:
+            marker = line.split('"')[1].rsplit("/", 1)[1].removesuffix("-save")
+        elif marker is not None and ("fsync(" in line or "fdatasync(" in line):
+            syncs[marker] += 1
+    assert syncs["not-durable"] == 0, syncs
+    assert syncs["durable"] >= 2, syncs  # the WAL, at each of the two durable saves
 
 
 def test_a_terminal_record_cannot_change_state():

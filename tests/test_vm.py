@@ -13,13 +13,14 @@ import pytest
 
 from batch_agent.emulator import Emulator
 from batch_agent.vm import (
+    IDENTITY_KEYS,
+    METADATA_KEYS,
     MetadataError,
     MetadataServer,
     VmIdentity,
-    collect_metadata,
     read_boot_time,
-    read_identity,
     read_os_release,
+    read_vm,
     region_of,
     watch_preemption,
 )
@@ -135,9 +136,9 @@ def test_unreachable_metadata_server_raises_metadata_error(closed_port: str) -> 
 
 
 def test_identity_and_parent_from_the_emulator(emu: Emulator) -> None:
-    """read_identity names the VM and its parent as the Batch API expects."""
+    """read_vm names the VM and its parent as the Batch API expects."""
     vm = emu.vms[0]
-    identity = read_identity(MetadataServer(vm.metadata_host))
+    identity, _ = read_vm(MetadataServer(vm.metadata_host), version="v", os_release={})
     assert identity == VmIdentity(
         project_number="123456789012",
         zone="us-central1-a",
@@ -148,9 +149,9 @@ def test_identity_and_parent_from_the_emulator(emu: Emulator) -> None:
 
 
 def test_metadata_from_the_emulator(emu: Emulator) -> None:
-    """collect_metadata gives short zone and machine type, the creator and image as served."""
+    """read_vm gives short zone and machine type, the creator and image as served."""
     server = MetadataServer(emu.metadata_host)
-    metadata = collect_metadata(server, version="1.2.3", os_release=OS_RELEASE)
+    _, metadata = read_vm(server, version="1.2.3", os_release=OS_RELEASE)
     assert metadata.instance == "vm-0"
     assert metadata.instance_id == int(emu.vms[0].instance_id)
     assert metadata.zone == "us-central1-a"
@@ -168,7 +169,7 @@ def test_metadata_from_the_emulator(emu: Emulator) -> None:
 def test_preemption_notice_is_reported(emu: Emulator) -> None:
     """instance/preempted == TRUE sets instancePreemptionNoticeReceived."""
     emu.set_preempted(0)
-    metadata = collect_metadata(MetadataServer(emu.metadata_host), version="v", os_release={})
+    _, metadata = read_vm(MetadataServer(emu.metadata_host), version="v", os_release={})
     assert metadata.instance_preemption_notice_received is True
 
 
@@ -209,6 +210,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         key = self.path.removeprefix("/computeMetadata/v1/")
+        self.server.asked.append(key)
+        if self.server.together is not None:
+            self.server.together.wait()  # raises (no answer) if the others never come
         status, body = self.server.answers.get(key, (404, "not found"))
         self.send_response(status)
         if self.server.flavor:
@@ -230,6 +234,8 @@ class _SparseMetadata(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.answers = answers
         self.flavor = flavor
+        self.asked: list[str] = []  # every key asked, in order
+        self.together: threading.Barrier | None = None  # answer only once all have asked
 
     @property
     def host(self) -> str:
@@ -258,7 +264,7 @@ def sparse() -> Iterator[_SparseMetadata]:
 
 def test_missing_optional_keys_are_left_out(sparse: _SparseMetadata) -> None:
     """Without machine type, creator, image or preempted, the metadata simply lacks them."""
-    metadata = collect_metadata(MetadataServer(sparse.host), version="v", os_release={})
+    _, metadata = read_vm(MetadataServer(sparse.host), version="v", os_release={})
     assert metadata.to_wire() == {
         "instance": "vm-x",
         "instanceId": "42",
@@ -269,10 +275,20 @@ def test_missing_optional_keys_are_left_out(sparse: _SparseMetadata) -> None:
 
 
 def test_missing_required_key_is_a_metadata_error(sparse: _SparseMetadata) -> None:
-    """read_identity without the project number raises MetadataError naming the key."""
+    """read_vm without the project number raises MetadataError naming the key."""
     del sparse.answers["project/numeric-project-id"]
     with pytest.raises(MetadataError, match="project/numeric-project-id"):
-        read_identity(MetadataServer(sparse.host))
+        read_vm(MetadataServer(sparse.host), version="v", os_release={})
+
+
+def test_start_up_reads_each_key_once_and_all_at_once(sparse: _SparseMetadata) -> None:
+    """read_vm asks every key in one go: each request is held until all of them have come
+    (a sequential reader would never get an answer), then each key was asked exactly once."""
+    keys = [*IDENTITY_KEYS, *METADATA_KEYS]
+    sparse.together = threading.Barrier(len(keys), timeout=10)
+    identity, _ = read_vm(MetadataServer(sparse.host), version="v", os_release={})
+    assert identity.instance == "vm-x"
+    assert sorted(sparse.asked) == sorted(keys)
 
 
 def test_server_error_is_a_metadata_error(sparse: _SparseMetadata) -> None:

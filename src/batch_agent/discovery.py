@@ -1,10 +1,11 @@
-"""The Batch v1 discovery document and a strict checker of JSON values against its schemas.
+"""Google's discovery documents (Batch v1, Logging v2) and a strict checker of JSON values
+against their schemas.
 
-The document is the one shipped inside google-api-python-client, read once from the installed
-package (no network). `validate` only reports: it never coerces, fills defaults or raises on a bad
-value. It is stricter than Google's servers on purpose (unknown fields, JSON null and int64 as
-numbers are errors) so that what we send is what the API documents. This module must not know
-about agents, tasks or HTTP.
+The documents are the ones shipped inside google-api-python-client, each read once from the
+installed package (no network). `validate` only reports: it never coerces, fills defaults or
+raises on a bad value. It is stricter than Google's servers on purpose (unknown fields, JSON
+null and int64 as numbers are errors) so that what we send is what the API documents. This
+module must not know about agents, tasks or HTTP.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-_DOCUMENT = "discovery_cache/documents/batch.v1.json"
+_DOCUMENTS = "discovery_cache/documents/"
+BATCH = "batch.v1"
+LOGGING = "logging.v2"
 
 _INT64 = re.compile(r"-?[0-9]+")
 _UINT64 = re.compile(r"[0-9]+")
@@ -34,23 +37,27 @@ _RANGES = {
 
 
 @functools.cache
-def document() -> dict[str, Any]:
-    """The parsed batch.v1 discovery document; loaded on first call, then shared (do not mutate)."""
-    text = importlib.resources.files("googleapiclient").joinpath(_DOCUMENT).read_text("utf-8")
+def document(api: str = BATCH) -> dict[str, Any]:
+    """The parsed discovery document of `api` (`BATCH`, `LOGGING`); loaded on first call, then
+    shared (do not mutate)."""
+    path = f"{_DOCUMENTS}{api}.json"
+    text = importlib.resources.files("googleapiclient").joinpath(path).read_text("utf-8")
     doc: dict[str, Any] = json.loads(text)
     return doc
 
 
-def validate(schema: str, value: object) -> list[str]:
-    """Check `value` (parsed JSON) against the named schema; return errors, empty when valid.
+def validate(schema: str, value: object, api: str = BATCH) -> list[str]:
+    """Check `value` (parsed JSON) against the named schema of `api`'s document; return errors,
+    empty when valid.
 
     Each error starts with the JSON path of the offending value (`agentInfo.tasks[0].runnable`,
     `<root>` for the value itself). Raises KeyError if `schema` is not in the document.
     """
-    if schema not in document()["schemas"]:
-        raise KeyError(f"no schema {schema!r} in the Batch v1 discovery document")
+    schemas: dict[str, Any] = document(api)["schemas"]
+    if schema not in schemas:
+        raise KeyError(f"no schema {schema!r} in the {api} discovery document")
     errors: list[str] = []
-    _check({"$ref": schema}, value, "", errors)
+    _check(schemas, {"$ref": schema}, value, "", errors)
     return errors
 
 
@@ -59,9 +66,11 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _check(node: dict[str, Any], value: object, path: str, errors: list[str]) -> None:
+def _check(
+    schemas: dict[str, Any], node: dict[str, Any], value: object, path: str, errors: list[str]
+) -> None:
     if "$ref" in node:
-        node = document()["schemas"][node["$ref"]]
+        node = schemas[node["$ref"]]
     where = path or "<root>"
     kind = node.get("type")
     if kind == "any":
@@ -69,13 +78,13 @@ def _check(node: dict[str, Any], value: object, path: str, errors: list[str]) ->
     if value is None:
         errors.append(f"{where}: null is not allowed (omit the field instead)")
     elif kind == "object":
-        _check_object(node, value, path, errors)
+        _check_object(schemas, node, value, path, errors)
     elif kind == "array":
         if not isinstance(value, list):
             errors.append(f"{where}: {_show(value)} is not an array")
             return
         for i, item in enumerate(value):
-            _check(node["items"], item, f"{path}[{i}]", errors)
+            _check(schemas, node["items"], item, f"{path}[{i}]", errors)
     elif kind == "string":
         _check_string(node, value, where, errors)
     elif kind == "boolean":
@@ -94,7 +103,9 @@ def _check(node: dict[str, Any], value: object, path: str, errors: list[str]) ->
         raise ValueError(f"discovery schema at {where} has unsupported type {kind!r}")
 
 
-def _check_object(node: dict[str, Any], value: object, path: str, errors: list[str]) -> None:
+def _check_object(
+    schemas: dict[str, Any], node: dict[str, Any], value: object, path: str, errors: list[str]
+) -> None:
     if not isinstance(value, dict):
         errors.append(f"{path or '<root>'}: {_show(value)} is not an object")
         return
@@ -102,9 +113,9 @@ def _check_object(node: dict[str, Any], value: object, path: str, errors: list[s
     extra: dict[str, Any] | None = node.get("additionalProperties")
     for key, item in value.items():
         if key in properties:
-            _check(properties[key], item, f"{path}.{key}" if path else key, errors)
+            _check(schemas, properties[key], item, f"{path}.{key}" if path else key, errors)
         elif extra is not None:
-            _check(extra, item, f"{path}[{json.dumps(key)}]", errors)
+            _check(schemas, extra, item, f"{path}[{json.dumps(key)}]", errors)
         else:
             errors.append(f"{path}.{key}: unknown field" if path else f"{key}: unknown field")
 

@@ -14,9 +14,10 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from batch_agent.tasks.output import Lines
+if TYPE_CHECKING:  # the agent's `version` and `--help` import this module: keep it light
+    from batch_agent.tasks.output import Lines
 
 # syslog priorities (sd-daemon.h): what journald files a line under.
 PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}

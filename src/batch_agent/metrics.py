@@ -2,7 +2,7 @@
 
 Off by default (`metrics_port` 0): most VMs have nobody to scrape them, and an agent with
 metrics off never imports prometheus_client (measured: about 15 ms and 1 MB of RSS on top of
-the agent; README "Metrics").
+the agent; README "Metrics") nor http.server.
 `start_metrics` serves `GET /metrics` and `GET /healthz` on 127.0.0.1 from a daemon thread;
 the report loop feeds it through `Metrics`' methods, which only update in-memory values and
 never block. `/healthz` is 200 while `healthy()` says so (the last successful report is
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_agent.tasks.record import TaskRecord
+
+if TYPE_CHECKING:  # imported by `_serve`: with metrics off the agent never loads http.server
+    from http.server import ThreadingHTTPServer
 
 REPORT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -118,6 +120,8 @@ def start_metrics(port: int, healthy: Callable[[], bool]) -> Metrics:
 
 
 def _serve(port: int, registry: Any, prom: Any, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?")[0] == "/metrics":

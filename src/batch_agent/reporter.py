@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from batch_agent import wiring
+from batch_agent.cloudlog import AgentLog, CloudLogWriter, report_text
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlaneError
 from batch_agent.statedir import claim_state_dir
@@ -39,6 +40,9 @@ from batch_agent.wire import (
 log = logging.getLogger(__name__)
 
 STOP_REPORT_DEADLINE = timedelta(seconds=5)  # the last report (AGENT_STOPPED) on the way out
+LOGS_AT_STOP = timedelta(
+    seconds=5
+)  # how long the exit waits for output on its way to Cloud Logging
 
 
 class Unreachable(Exception):
@@ -65,6 +69,11 @@ class Reporter:
         self._stop = stop
         self._control = wiring.control_plane(config)
         self._secrets = wiring.secrets_client(config)
+        self._logging = wiring.logging_client(config)
+        self._log_writer: CloudLogWriter | None = None  # made at start-up
+        self._writing: asyncio.Task[None] | None = None
+        # The agent's own log to Cloud Logging (batch_agent_logs), unless it is off.
+        self._agent_log = AgentLog() if config.cloud_logging != "never" else None
         self._masker = Masker()  # every secret value a task resolves, masked from then on
         self._metadata = MetadataServer(config.metadata_host)
         self._store = TaskStore(config.state_dir / "state.db")
@@ -84,6 +93,8 @@ class Reporter:
     async def run(self, *, once: bool = False) -> Outcome:
         """Report until stopped (or, with once, until every task received has ended and its
         final state was reported). Raises Unreachable or Rejected as the class docs say."""
+        if self._agent_log is not None:  # before masked_log: its filter goes on this one too
+            logging.getLogger().addHandler(self._agent_log)
         with wiring.masked_log(self._masker):
             try:
                 tasks = await self._start_up(once=once)
@@ -113,14 +124,27 @@ class Reporter:
         except wiring.MetadataUnanswered as error:
             raise Unreachable(str(error)) from error
         recorded_boot = self._store.fact("boot_time")
+        writer = self._log_writer = await wiring.log_writer(
+            self._config,
+            self._metadata,
+            machine.identity,
+            client=self._logging,
+            masker=self._masker,
+            agent_log=self._agent_log,
+            save=self._store.save_many,
+            on_change=self._changed.set,
+        )
         settings = wiring.task_settings(
             self._config,
             machine.identity,
             secrets=self._secrets,
             masker=self._masker,
             telemetry=self._telemetry,
+            drain_logs=writer.drain,
         )
         self._tasks = TaskSet(self._store, settings, on_change=self._changed.set)
+        writer.follow(self._tasks.all_records)
+        self._writing = asyncio.create_task(writer.run())
         rebooted = recorded_boot is not None and recorded_boot != format_time(machine.boot_time)
         await self._tasks.resume(rebooted=rebooted)
         await self._store.set_fact("boot_time", format_time(machine.boot_time))
@@ -193,6 +217,8 @@ class Reporter:
     ) -> ReportAgentStateResponse:
         assert self._machine is not None
         request = self._request(state, self._machine)
+        if self._agent_log is not None:
+            self._agent_log.report(report_text(request.to_wire()))
         parent = self._machine.identity.parent
         began = asyncio.get_running_loop().time()
         try:
@@ -207,6 +233,8 @@ class Reporter:
             # minimum, whatever the latency.
             self._last_report = asyncio.get_running_loop().time()
         await self._reported(began, None)
+        if self._log_writer is not None:
+            self._log_writer.use_batch_resource(response.use_batch_monitored_resource)
         if response.default_report_interval is not None:
             self._default_interval = max(response.default_report_interval, timedelta(0))
         if response.min_report_interval is not None:
@@ -235,6 +263,8 @@ class Reporter:
     async def _shut_down(self) -> None:
         """Leave tasks running (they outlive the agent), send AGENT_STOPPED once, close."""
         self._telemetry.stopping()
+        if self._log_writer is not None and self._writing is not None:
+            await self._log_writer.flush(LOGS_AT_STOP)
         if self._tasks is not None:
             await self._tasks.close()
         if self._machine is not None and self._state is not AgentState.AGENT_STARTING:
@@ -245,6 +275,12 @@ class Reporter:
             except ControlPlaneError as error:
                 log.warning("last report (AGENT_STOPPED) failed: %s", error)
         await self._telemetry.stopped()
+        if self._writing is not None:  # the offsets are on disk: the next agent goes on
+            self._writing.cancel()
+            await asyncio.gather(self._writing, return_exceptions=True)
+        if self._agent_log is not None:
+            logging.getLogger().removeHandler(self._agent_log)
+        self._logging.close()
         self._control.close()
         self._secrets.close()
         self._store.close()

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from batch_agent.names import parse_task_name
-from batch_agent.tasks.container_driver import LABEL_RUNNABLE, LABEL_TASK
 from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.procfs import is_alive
 from batch_agent.tasks.record import TaskRecord
@@ -151,6 +150,9 @@ def _task(record: TaskRecord, folder: Path) -> dict[str, Any]:
         )
         cgroup = cgroup_of(runnable.pid) if alive and runnable.pid is not None else None
         # Container names are random: the labels find them (`docker ps --filter label=...`).
+        # (Imported here: the agent's telemetry loads this module before it has any task.)
+        from batch_agent.tasks.container_driver import LABEL_RUNNABLE, LABEL_TASK
+
         labels = {LABEL_TASK: record.task_id, LABEL_RUNNABLE: str(k)}
         runnables.append(
             {

@@ -1,11 +1,18 @@
-"""TaskStore: durable task records in sqlite (WAL, synchronous=FULL) in the state dir.
+"""TaskStore: durable task records in sqlite (WAL) in the state dir.
 
-Writes go through one worker thread so the event loop never blocks on an fsync and writes keep
-their order; `await save(...)` returns only once the record is on disk, which is what lets the
-agent persist before it reports. `save_many` puts several records on disk in one commit (one
-fsync): the tasks of one response are accepted together. Saves asked for while a commit is
-under way share the next one (a group commit: 64 tasks starting at once do not queue for 64
-fsyncs), each still returning only once its own record is on disk. A write the state dir cannot take
+Writes go through one worker thread so the event loop never blocks on the disk and writes keep
+their order; `await save(...)` returns only once the record is in the database, which is what
+lets the agent persist before it reports. Two strengths of "in": a `durable` save (the
+default) is fsynced before it returns (`synchronous=FULL`) and survives a power loss; any other
+save is in the WAL file when it returns (`synchronous=NORMAL`, no fsync) and survives a crash
+or `kill -9` of the agent, but not of the OS, until the next durable commit or checkpoint
+fsyncs it along with everything before it (the WAL is written in order, so what a power loss
+keeps is always a prefix of the saves). Which saves must be durable is the caller's reasoning
+(`TaskSet`; docs/choices.md, "Durability and restarts"). `save_many` puts several records on
+disk in one commit: the tasks of one response are accepted together. Saves asked for while a
+commit is under way share the next one (a group commit: 64 tasks starting at once do not
+queue for 64 fsyncs), durable if any of them asked for it, each still returning only once its
+own record is written. A write the state dir cannot take
 (a full disk, an I/O error) stays pending in memory and is written (all pending writes in one
 commit) before the next write, or by a retry every `retry_every`: `save` raises StorageError
 so that its caller can decide about the task, `delete` and `set_fact` only log. Opening the
@@ -70,8 +77,11 @@ class TaskStore:
         self._pending: dict[str, Callable[[], None]] = {}
         self._refusing = False  # the last write failed (for logging the change only)
         self._retrying: asyncio.Task[None] | None = None
-        # Writes waiting for the next commit, each caller's with the future it awaits.
-        self._queued: list[tuple[list[_Write], asyncio.Future[None]]] = []
+        self._synchronous = "FULL"  # what the connection does at a commit (dbfile's default)
+        self._pending_durable = False  # a durable write is among `_pending`
+        # Writes waiting for the next commit, each caller's with whether it must be durable
+        # and the future it awaits.
+        self._queued: list[tuple[list[_Write], bool, asyncio.Future[None]]] = []
         self._committing: asyncio.Task[None] | None = None
 
     def load_all(self) -> list[TaskRecord]:
@@ -86,16 +96,16 @@ class TaskStore:
         rows = self._executor.submit(load).result()
         return [TaskRecord.from_json(text, json.loads(raw)) for _, raw, text in rows]
 
-    async def save(self, record: TaskRecord) -> None:
-        """Insert or update; returns once durable. Cheap: the spec is written only once.
-        Raises StorageError if the state dir refused it: the record is then written at the
-        next chance (the next write, or a retry)."""
-        await self.save_many([record])
+    async def save(self, record: TaskRecord, *, durable: bool = True) -> None:
+        """Insert or update; returns once written (`durable`: fsynced too). Cheap: the spec is
+        written only once. Raises StorageError if the state dir refused it: the record is then
+        written at the next chance (the next write, or a retry)."""
+        await self.save_many([record], durable=durable)
 
-    async def save_many(self, records: Sequence[TaskRecord]) -> None:
-        """Save every record in one commit; returns once all are durable. Raises StorageError
-        if the state dir refused them: none is on disk then, all are written at the next
-        chance."""
+    async def save_many(self, records: Sequence[TaskRecord], *, durable: bool = True) -> None:
+        """Save every record in one commit; returns once all are written (`durable`: fsynced
+        too). Raises StorageError if the state dir refused them: none is on disk then, all
+        are written at the next chance."""
         writes: list[_Write] = [
             # to_json here, on the loop: a record changes only there
             (
@@ -104,11 +114,14 @@ class TaskStore:
             )
             for r in records
         ]
-        await self._write(writes)
+        await self._write(writes, durable=durable)
 
     async def delete(self, task_id: str) -> None:
-        """Forget a task. A deletion the state dir refuses is logged and done later."""
-        await self._write_later(f"task {task_id}", functools.partial(self._delete, task_id))
+        """Forget a task; not fsynced (a power loss may bring back the record of a task the
+        server deleted: it is reported, and deleted, again). A deletion the state dir refuses
+        is logged and done later."""
+        write = functools.partial(self._delete, task_id)
+        await self._write_later(f"task {task_id}", write, durable=False)
 
     def fact(self, key: str) -> str | None:
         """A small durable value (e.g. the boot time seen last). Blocks briefly."""
@@ -127,10 +140,10 @@ class TaskStore:
             self._retrying.cancel()
         if self._committing is not None:
             self._committing.cancel()
-        queued = [write for writes, _ in self._queued for write in writes]
+        queued = [write for writes, _, _ in self._queued for write in writes]
         self._queued = []
         try:
-            self._executor.submit(self._queue_and_flush, queued).result()
+            self._executor.submit(self._queue_and_flush, queued, True).result()
         except StorageError as error:
             log.error("state dir: %d changes lost at exit: %s", len(self._pending), error)
         self._executor.submit(self._db.close).result()
@@ -138,10 +151,10 @@ class TaskStore:
 
     # -- writes, on the writer thread ---------------------------------------------------------
 
-    async def _write(self, writes: list[_Write]) -> None:
+    async def _write(self, writes: list[_Write], *, durable: bool = True) -> None:
         """Queue `writes` for the next commit and wait for it."""
         done = asyncio.get_running_loop().create_future()
-        self._queued.append((writes, done))
+        self._queued.append((writes, durable, done))
         if self._committing is None or self._committing.done():
             self._committing = asyncio.create_task(self._commit_queued())
         await done
@@ -151,17 +164,18 @@ class TaskStore:
         loop = asyncio.get_running_loop()
         while self._queued:
             batches, self._queued = self._queued, []
-            writes = [write for batch, _ in batches for write in batch]
+            writes = [write for batch, _, _ in batches for write in batch]
+            durable = any(durable for _, durable, _ in batches)
             failure: Exception | None = None
             try:
-                await loop.run_in_executor(self._executor, self._queue_and_flush, writes)
+                await loop.run_in_executor(self._executor, self._queue_and_flush, writes, durable)
             except StorageError as error:
                 if self._retrying is None or self._retrying.done():
                     self._retrying = asyncio.create_task(self._retry())
                 failure = error
             except Exception as error:  # a bug: every caller hears of it, none waits forever
                 failure = error
-            for _, done in batches:
+            for _, _, done in batches:
                 if done.done():  # its caller was cancelled
                     continue
                 if failure is None:
@@ -171,9 +185,11 @@ class TaskStore:
                 else:
                     done.set_exception(failure)
 
-    async def _write_later(self, key: str, write: Callable[[], None]) -> None:
+    async def _write_later(
+        self, key: str, write: Callable[[], None], *, durable: bool = True
+    ) -> None:
         try:
-            await self._write([(key, write)])
+            await self._write([(key, write)], durable=durable)
         except StorageError as error:
             log.warning("state dir: %s not written yet: %s", key, error)
 
@@ -189,20 +205,25 @@ class TaskStore:
             except StorageError:
                 continue
 
-    def _queue_and_flush(self, writes: list[_Write]) -> None:
+    def _queue_and_flush(self, writes: list[_Write], durable: bool) -> None:
         for key, write in writes:
             self._pending.pop(key, None)  # the newer write goes last, after what it may depend on
             self._pending[key] = write
-        self._flush()
+        self._flush(durable)
 
-    def _flush(self) -> None:
-        """Every pending write, oldest first, in one commit; raises StorageError if the state
-        dir refuses it (all stay pending)."""
+    def _flush(self, durable: bool = True) -> None:
+        """Every pending write, oldest first, in one commit (`durable`: fsynced); raises
+        StorageError if the state dir refuses it (all stay pending)."""
         count = len(self._pending)
         if not count:
             return
         stored = set(self._stored)  # as it was, should the transaction roll back
+        durable = self._pending_durable = durable or self._pending_durable
         try:
+            synchronous = "FULL" if durable else "NORMAL"
+            if synchronous != self._synchronous:  # only outside a transaction
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
             self._db.execute("BEGIN")
             for write in self._pending.values():
                 write()
@@ -216,6 +237,7 @@ class TaskStore:
                 self._db.rollback()
             raise
         self._pending.clear()
+        self._pending_durable = False
         if self._refusing:
             self._refusing = False
             log.warning("state dir: writable again; %d pending changes written", count)

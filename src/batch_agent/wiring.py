@@ -14,18 +14,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from batch_agent.cloudlog import AgentLog, CloudLogWriter, Site
 from batch_agent.config import Config
-from batch_agent.control import Backoff, ControlPlane, SecretError, SecretsClient
+from batch_agent.control import Backoff, CloudLogging, ControlPlane, SecretError, SecretsClient
 from batch_agent.journal import JournalOutput
 from batch_agent.outputlog import OutputLog
 from batch_agent.tasks.env import base_environment
-from batch_agent.tasks.hooks import SecretUnavailable
 from batch_agent.tasks.masking import Masker, MaskingFilter
 from batch_agent.tasks.mounts import MountSettings
+from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.taskoutput import Sink
 from batch_agent.tasks.taskset import TaskSettings
 from batch_agent.telemetry import Telemetry
@@ -33,10 +34,9 @@ from batch_agent.vm import (
     MetadataError,
     MetadataServer,
     VmIdentity,
-    collect_metadata,
     read_boot_time,
-    read_identity,
     read_os_release,
+    read_vm,
 )
 from batch_agent.wire import AgentMetadata
 
@@ -65,6 +65,54 @@ def secrets_client(config: Config) -> SecretsClient:
     )
 
 
+def logging_client(config: Config) -> CloudLogging:
+    """The Cloud Logging client (no call made yet)."""
+    return CloudLogging(
+        config.logging_endpoint,
+        timeout=config.request_timeout,
+        application_default=config.credentials_file is not None,
+        metadata_host=config.metadata_host,
+    )
+
+
+async def log_writer(
+    config: Config,
+    server: MetadataServer,
+    identity: VmIdentity,
+    *,
+    client: CloudLogging,
+    masker: Masker,
+    agent_log: AgentLog | None,
+    save: Callable[[Sequence[TaskRecord]], Awaitable[None]],
+    on_change: Callable[[], None],
+) -> CloudLogWriter:
+    """The one Cloud Logging writer, for this VM's project (its id from the metadata server,
+    else its number, which Cloud Logging takes in a log name too)."""
+    project_id = await asyncio.to_thread(_project_id, server)
+    site = Site(project_id or identity.project_number, identity.zone, identity.region)
+    if agent_log is not None:
+        agent_log.configure(site, identity.instance, identity.instance_id)
+    return CloudLogWriter(
+        client,
+        site=site,
+        workdir=config.state_dir / "tasks",
+        mode=config.cloud_logging,
+        masker=masker,
+        save=save,
+        on_change=on_change,
+        agent_log=agent_log,
+    )
+
+
+def _project_id(server: MetadataServer) -> str | None:
+    try:
+        value = server.get("project/project-id")
+    except MetadataError as error:
+        log.warning("metadata server: no project id (%s); logging under the project number", error)
+        return None
+    return value.strip() if value and value.strip() else None
+
+
 class MetadataUnanswered(Exception):
     """The metadata server did not answer within the budget, or the agent was told to stop."""
 
@@ -90,16 +138,16 @@ async def read_machine(
     sleep: Callable[[float], Awaitable[bool]],
     give_up_at: datetime | None,
 ) -> Machine:
-    """The VM's identity and metadata from the metadata server, each read retried with backoff
-    until it answers (in worker threads); os-release and the boot time from their files.
+    """The VM's identity and metadata from the metadata server (every key at once), retried
+    with backoff until it answers (in worker threads); os-release and the boot time from
+    their files.
 
     `sleep(seconds)` waits between tries and returns True once the agent is told to stop.
     Raises MetadataUnanswered past `give_up_at` (None: never) or when told to stop.
     """
-    identity = await _retried(lambda: read_identity(server), sleep=sleep, give_up_at=give_up_at)
     os_release = read_os_release(config.os_release)
-    metadata = await _retried(
-        lambda: collect_metadata(server, version=config.reported_version, os_release=os_release),
+    identity, metadata = await _retried(
+        lambda: read_vm(server, version=config.reported_version, os_release=os_release),
         sleep=sleep,
         give_up_at=give_up_at,
     )
@@ -133,6 +181,7 @@ def task_settings(
     secrets: SecretsClient,
     masker: Masker,
     telemetry: Telemetry,
+    drain_logs: Callable[[TaskRecord], Awaitable[None]] | None = None,
 ) -> TaskSettings:
     """What every task of this agent shares, for the VM `identity` names."""
     return TaskSettings(
@@ -150,6 +199,7 @@ def task_settings(
         ),
         secrets=ControlSecrets(secrets),
         masker=masker,
+        drain_logs=drain_logs,
     )
 
 
@@ -181,6 +231,8 @@ class ControlSecrets:
     Blocks (the tasks call it in a worker thread); raises only SecretUnavailable.
     """
 
+    # hooks (SecretUnavailable's home) is the task side, imported once tasks use secrets.
+
     def __init__(self, client: SecretsClient) -> None:
         self._client = client
 
@@ -188,10 +240,14 @@ class ControlSecrets:
         try:
             return self._client.access_secret(version_path)
         except SecretError as error:
+            from batch_agent.tasks.hooks import SecretUnavailable
+
             raise SecretUnavailable(str(error)) from None
 
     def decrypt(self, key_name: str, cipher_text: str) -> bytes:
         try:
             return self._client.decrypt(key_name, cipher_text)
         except SecretError as error:
+            from batch_agent.tasks.hooks import SecretUnavailable
+
             raise SecretUnavailable(str(error)) from None

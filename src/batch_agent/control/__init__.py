@@ -7,7 +7,7 @@ models. Its modules: `client` (ControlPlane), `errors` (what a failure means, Re
 `credentials` (tokens from a metadata server), `deadline` (the per-call watchdog), `backoff`,
 `deferred` (two modules of the client libraries loaded only if used), `secrets` (Secret
 Manager and Cloud KMS for tasks' variables: the one client that retries, within a stated
-budget). Nothing here reads the environment.
+budget), `cloudlogging` (Cloud Logging's `entries.write`). Nothing here reads the environment.
 """
 
 from batch_agent.control.deferred import defer_unused_imports
@@ -20,6 +20,10 @@ from batch_agent.control.client import (  # noqa: E402
     CLOUD_PLATFORM_SCOPE,
     DEFAULT_DEADLINE,
     ControlPlane,
+)
+from batch_agent.control.cloudlogging import (  # noqa: E402
+    DEFAULT_LOGGING_ENDPOINT,
+    CloudLogging,
 )
 from batch_agent.control.credentials import MetadataServerCredentials  # noqa: E402
 from batch_agent.control.errors import (  # noqa: E402
@@ -39,9 +43,11 @@ __all__ = [
     "CLOUD_PLATFORM_SCOPE",
     "DEFAULT_DEADLINE",
     "DEFAULT_KMS_ENDPOINT",
+    "DEFAULT_LOGGING_ENDPOINT",
     "DEFAULT_SECRETMANAGER_ENDPOINT",
     "MAX_RETRY_AFTER",
     "Backoff",
+    "CloudLogging",
     "ControlPlane",
     "ControlPlaneError",
     "MetadataServerCredentials",

@@ -96,11 +96,13 @@ def classify(error: Exception) -> ControlPlaneError | None:
     return None
 
 
-def status_error(response: httplib2.Response, content: bytes) -> ControlPlaneError:
+def status_error(
+    response: httplib2.Response, content: bytes, api: str = "Batch API"
+) -> ControlPlaneError:
     """The error for an answer with a status >= 300: its message, verdict and Retry-After."""
     status = int(response.status)
     return ControlPlaneError(
-        f"Batch API answered {status}: {_error_detail(response, content)}",
+        f"{api} answered {status}: {_error_detail(response, content)}",
         retryable=is_retryable_status(status),
         status=status,
         retry_after=parse_retry_after(response.get("retry-after"), datetime.now(UTC)),

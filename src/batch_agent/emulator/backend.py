@@ -8,9 +8,9 @@ Google's error body, for both sides. Plain types only: must not import the core 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 JSON = "application/json; charset=UTF-8"
 _STATUS_NAMES = {
@@ -37,9 +37,16 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def google_error(code: int, message: str) -> Reply:
-    """A Google API error: {"error": {"code", "message", "status"}} with HTTP status `code`."""
-    error = {"code": code, "message": message, "status": _STATUS_NAMES.get(code, "UNKNOWN")}
+def google_error(code: int, message: str, details: Sequence[Mapping[str, Any]] = ()) -> Reply:
+    """A Google API error: {"error": {"code", "message", "status"[, "details"]}} with HTTP
+    status `code`; `details` are `google.rpc` messages, each with its `@type`."""
+    error: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "status": _STATUS_NAMES.get(code, "UNKNOWN"),
+    }
+    if details:
+        error["details"] = list(details)
     return Reply(code, json.dumps({"error": error}).encode())
 
 
@@ -66,4 +73,8 @@ class Backend(Protocol):
 
     def answer_kms_decrypt(self, name: str, body: bytes, authorization: str | None) -> Reply:
         """Cloud KMS's `POST v1/{name}:decrypt` (`name`: a crypto key) with this raw body."""
+        ...
+
+    def answer_log_write(self, body: bytes, authorization: str | None) -> Reply:
+        """Cloud Logging's `POST v2/entries:write` with this raw body."""
         ...

@@ -44,6 +44,7 @@ class BatchApi:
         self._log = log
         self.intervals = intervals  # (defaultReportInterval, minReportInterval) of each answer
         self.busy_minimum = busy_minimum  # minReportInterval while the VM has unfinished tasks
+        self.batch_monitored_resource: bool | None = None  # useBatchMonitoredResource, when set
         self.reports: list[Report] = []
         self.invalid_reports: list[tuple[object, list[str]]] = []
         # Scripted answers, oldest first: (status, body), body None for a Google error.
@@ -93,7 +94,13 @@ class BatchApi:
         default, minimum = self.intervals
         if self.busy_minimum is not None and self._state.is_busy(vm):
             minimum = self.busy_minimum
-        response = {"defaultReportInterval": default, "minReportInterval": minimum, "tasks": tasks}
+        response: dict[str, Any] = {
+            "defaultReportInterval": default,
+            "minReportInterval": minimum,
+            "tasks": tasks,
+        }
+        if self.batch_monitored_resource is not None:
+            response["useBatchMonitoredResource"] = self.batch_monitored_resource
         return Reply(200, json.dumps(response).encode())
 
     def _reject(self, body: object, errors: list[str]) -> Reply:

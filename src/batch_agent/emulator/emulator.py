@@ -22,6 +22,7 @@ from batch_agent.emulator.backend import Reply
 from batch_agent.emulator.batch_api import BatchApi
 from batch_agent.emulator.http import Listeners
 from batch_agent.emulator.job import load_job
+from batch_agent.emulator.logging import LogStore
 from batch_agent.emulator.metadata import Site, Vm
 from batch_agent.emulator.preemption import Preemption
 from batch_agent.emulator.records import Report, TaskView
@@ -90,8 +91,11 @@ class Emulator:
             busy_minimum=busy_min_report_interval,
             log=self._log,
         )
+        if plan is not None:  # the job's logsPolicy.cloudLoggingOption
+            self._api.batch_monitored_resource = plan.batch_monitored_resource
         self._preemption = Preemption(vms)
         self.secrets = SecretStore(secrets)  # Secret Manager and KMS (thread-safe on its own)
+        self.logs = LogStore(project_number)  # Cloud Logging (thread-safe on its own)
         self._listeners: Listeners | None = None
         self.vms: list[Vm] = []
         self.reports: list[Report] = self._api.reports
@@ -185,6 +189,12 @@ class Emulator:
     def set_intervals(self, default: str = "10s", minimum: str = "1s") -> None:
         with self._lock:
             self._api.intervals = (default, minimum)
+
+    def use_batch_monitored_resource(self, value: bool | None = True) -> None:
+        """Answer reports with `useBatchMonitoredResource` (None: leave it out). By default a job
+        config's `logsPolicy.cloudLoggingOption` decides; without a job it is left out."""
+        with self._lock:
+            self._api.batch_monitored_resource = value
 
     def set_preempted(self, vm: int = 0, value: bool = True) -> None:
         self._preemption.set(vm, value)
@@ -290,3 +300,7 @@ class Emulator:
     def answer_kms_decrypt(self, name: str, body: bytes, authorization: str | None) -> Reply:
         """Cloud KMS's `cryptoKeys.decrypt` (see `secrets.SecretStore.decrypt`)."""
         return self.secrets.decrypt(name, body, authorization)
+
+    def answer_log_write(self, body: bytes, authorization: str | None) -> Reply:
+        """Cloud Logging's `entries.write` (see `logging.LogStore.write`)."""
+        return self.logs.write(body, authorization)

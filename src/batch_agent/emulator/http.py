@@ -1,7 +1,8 @@
 """The emulator's HTTP layer: one loopback listener per VM, routing, and writing replies.
 
 Routes `/computeMetadata/v1/...` (after checking `Metadata-Flavor`), the Batch API's
-`state:report`, Secret Manager's `:access` and Cloud KMS's `:decrypt` to a `Backend`, answers
+`state:report`, Secret Manager's `:access`, Cloud KMS's `:decrypt` and Cloud Logging's
+`entries:write` to a `Backend`, answers
 `/` as GCE's metadata root does, and 404s anything else.
 Connections serve one request each (HTTP/1.0) so that closing a listener never waits on an idle
 keep-alive peer. Parses and writes only: must not hold emulator state or make a decision, and
@@ -27,6 +28,7 @@ _SECRET_ACCESS = re.compile(r"/v1/(projects/[^/]+/secrets/[^/]+/versions/[^/:]+)
 _KMS_DECRYPT = re.compile(
     r"/v1/(projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/:]+):decrypt"
 )
+_LOG_WRITE = "/v2/entries:write"
 _FLAVOR = {"Metadata-Flavor": "Google"}
 # How often serve_forever looks for close(): the bound on how long close() takes per listener.
 _POLL_INTERVAL = 0.05
@@ -128,6 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and (match := _KMS_DECRYPT.fullmatch(url.path)):
             authorization = self.headers.get("Authorization")
             return self.server.backend.answer_kms_decrypt(match[1], raw, authorization)
+        if method == "POST" and url.path == _LOG_WRITE:
+            authorization = self.headers.get("Authorization")
+            return self.server.backend.answer_log_write(raw, authorization)
         return google_error(404, f"{method} {url.path} is not served by the emulator")
 
     def _send(self, reply: Reply) -> None:

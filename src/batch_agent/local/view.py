@@ -30,6 +30,7 @@ class RunInfo:
     vms: int
     labels: tuple[str, ...]  # labels[k - 1] names runnable k (displayName, image) or is ""
     work_dir: Path
+    job_uid: str = ""  # the emulated job's uid: its log entries' `labels.job_uid`
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class JsonView(View):
         self._emit(
             "start",
             job=info.job,
+            jobUid=info.job_uid,
             taskCount=info.task_count,
             vms=info.vms,
             workDir=str(info.work_dir),

@@ -10,29 +10,29 @@ first need of it. Nothing here starts a runnable or changes a task's state: `Tas
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batch_agent.tasks.container_driver import ContainerDriver, EngineFactory
-from batch_agent.tasks.driver import Driver, SecretValues, TaskContext
 from batch_agent.tasks.folders import task_dir
-from batch_agent.tasks.hooks import ContainerNetwork, Secrets, SecretSource, TaskFolder
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.masking import MaskedEvents, Masker
 from batch_agent.tasks.mounts import MountSettings, container_volumes
-from batch_agent.tasks.plan import ContainerSpec, ScriptSpec, TaskPlan
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.runner import RunSettings, TaskRun
-from batch_agent.tasks.script_driver import ScriptDriver
 from batch_agent.tasks.shipping import Shipping
 from batch_agent.tasks.taskoutput import Sink
-from batch_agent.tasks.volumes import MountTable, Volumes
 
+# What runs a task (plans, drivers, hooks, the run) is imported by `make_run`: the settings
+# are made at start-up, before the first report, which must not wait for all of that.
 if TYPE_CHECKING:
+    from batch_agent.tasks.container_driver import EngineFactory
     from batch_agent.tasks.docker import ContainerEngine
+    from batch_agent.tasks.hooks import SecretSource
+    from batch_agent.tasks.plan import TaskPlan
+    from batch_agent.tasks.runner import TaskRun
+    from batch_agent.tasks.volumes import MountTable
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,14 @@ class TaskSettings:
     @functools.cached_property
     def mount_table(self) -> MountTable:
         """The VM's one table of task volumes (shared by every task of the agent)."""
+        from batch_agent.tasks.volumes import MountTable
+
         return MountTable(self.workdir.parent / "mounts.json", self.mounts)
 
     secrets: SecretSource | None = None  # Secret Manager and KMS; None: tasks using them fail
     masker: Masker = field(default_factory=Masker)  # every resolved value, masked everywhere
+    # Waits (bounded) until a deleted task's output is all shipped to Cloud Logging.
+    drain_logs: Callable[[TaskRecord], Awaitable[None]] | None = None
 
 
 class EngineOnDemand:
@@ -88,6 +92,14 @@ def make_run(
     engine: EngineFactory,
 ) -> TaskRun:
     """A task's run with its drivers and hooks, in the task's folder under the workdir."""
+    from batch_agent.tasks.container_driver import ContainerDriver
+    from batch_agent.tasks.driver import Driver, SecretValues, TaskContext
+    from batch_agent.tasks.hooks import ContainerNetwork, Secrets, TaskFolder
+    from batch_agent.tasks.plan import ContainerSpec, ScriptSpec
+    from batch_agent.tasks.runner import RunSettings, TaskRun
+    from batch_agent.tasks.script_driver import ScriptDriver
+    from batch_agent.tasks.volumes import Volumes
+
     folder = task_dir(settings.workdir, record.task_id)
     if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
         plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
@@ -124,6 +136,8 @@ def make_run(
 def _blocks_networks(plan: TaskPlan) -> bool:
     """Whether a container of the task gets the task's own internal network (a script-only
     task must never load the docker SDK, not even to clean up)."""
+    from batch_agent.tasks.plan import ContainerSpec
+
     return any(
         isinstance(r.action, ContainerSpec) and r.action.block_external_network
         for r in plan.runnables

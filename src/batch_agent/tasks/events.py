@@ -123,6 +123,10 @@ def missing_script(index: int, path: str) -> str:
     return f'runnables[{index - 1}].script.path: "{path}" does not exist'
 
 
+def script_not_written(error: OSError) -> str:
+    return f"its script could not be written: {error.strerror or error}"
+
+
 def cannot_start(index: int, reason: str) -> str:
     return f"runnables[{index - 1}] could not start: {reason}"
 
@@ -165,3 +169,13 @@ def custom_event(line: str) -> str | None:
 
 # `reason` is the store's: `no space left in /var/lib/batch-agent`, or the error and the dir.
 CANNOT_RECORD = "the agent cannot record the task: {reason}"
+
+
+def cloud_logging_denied(detail: str) -> str:
+    """Cloud Logging answered 403 to this task's output (a warning: the task goes on)."""
+    detail = detail if len(detail) <= 300 else detail[:300] + "..."
+    return (
+        f"Cloud Logging refused this task's logs ({detail}); the agent keeps them on the VM"
+        " and retries. Check that the Cloud Logging API is enabled and that the VM's service"
+        " account has roles/logging.logWriter."
+    )

@@ -52,8 +52,8 @@ class TaskFolder:
                 pwd.getpwuid(uid)
             except KeyError:
                 return events.unknown_user(uid)
-        try:
-            make_task_folder(self._folder, self._user)
+        try:  # a new directory costs a disk's journal: off the event loop
+            await asyncio.to_thread(make_task_folder, self._folder, self._user)
         except OSError as error:
             return events.task_folder_failed(str(self._folder), error.strerror or str(error))
         return None
@@ -101,6 +101,11 @@ class _Failed(Exception):
     """One secret failed; the message is the whole event description."""
 
 
+def needs_secrets(plan: TaskPlan) -> bool:
+    """Whether the task reads Secret Manager or KMS (so its output must be masked)."""
+    return bool(plan.secrets) or any(r.secrets or _logins(r.action) for r in plan.runnables)
+
+
 class Secrets:
     """Before any runnable starts, every secret of the task (task and runnable levels, and
     container logins given as Secret Manager paths) is resolved into `values`, which the
@@ -116,8 +121,7 @@ class Secrets:
         self._masker = masker
 
     def needed(self) -> bool:
-        plan = self._plan
-        return bool(plan.secrets) or any(r.secrets or _logins(r.action) for r in plan.runnables)
+        return needs_secrets(self._plan)
 
     async def prestart(self) -> str | None:
         if not self.needed():
@@ -126,6 +130,7 @@ class Secrets:
             await asyncio.to_thread(self._resolve_all)
         except _Failed as failure:
             return str(failure)
+        self._masker.resolved(self._plan.task_id)
         return None
 
     async def poststop(self) -> None:

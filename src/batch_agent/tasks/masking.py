@@ -47,6 +47,7 @@ class Masker:
         self._lock = threading.Lock()
         self._values: tuple[str, ...] = ()
         self._encoded: tuple[bytes, ...] = ()  # the same values as UTF-8, for shipped output
+        self._resolved: set[str] = set()  # tasks whose values were all added in this process
 
     def add(self, value: str) -> None:
         """Mask `value` from now on (and each of its lines, for a multi-line value)."""
@@ -56,6 +57,16 @@ class Masker:
             with self._lock:
                 values = tuple(sorted({*self._values, *fresh}, key=len, reverse=True))
                 self._values, self._encoded = values, tuple(v.encode() for v in values)
+
+    def resolved(self, task_id: str) -> None:
+        """Every secret value of task `task_id` has been added (its Secrets hook ran)."""
+        with self._lock:
+            self._resolved.add(task_id)
+
+    def knows(self, task_id: str) -> bool:
+        """Whether task `task_id`'s values are masked: a shipper of output read after an agent
+        restart waits for this before it sends a line of a task that has secrets."""
+        return task_id in self._resolved
 
     def __bool__(self) -> bool:
         """Whether there is anything to mask yet."""

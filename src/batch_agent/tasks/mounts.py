@@ -17,8 +17,10 @@ import shlex
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from batch_agent.tasks.plan import VolumeSpec
+if TYPE_CHECKING:  # annotations only: the agent makes MountSettings before it has a task
+    from batch_agent.tasks.plan import VolumeSpec
 
 log = logging.getLogger(__name__)
 

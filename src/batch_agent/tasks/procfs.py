@@ -1,7 +1,9 @@
 """The process table as Linux's /proc shows it: one parser of /proc/PID/stat and the scans on it.
 
 `read_stat` reads one process's stat line into a `ProcStat`; the scans (`processes`,
-`group_members`, `session_members`, `with_cmdline`) read the line of every process.
+`group_members`, `session_members`, `with_cmdline`) read the line of every process, or of the
+few pids `pids_since` names: those the kernel has handed out since a given one, when it cannot
+have come round to it again (the descendants of a process started moments ago are among them).
 
 Process layer only: knows nothing of Batch, tasks, runnables or HTTP, and starts or signals
 nothing. `read_stat` and `is_alive` read one small file and may run on the event loop; the scans
@@ -11,12 +13,18 @@ block for a few milliseconds per hundred processes, so async code calls them thr
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 PROC = "/proc"
 _ENDED = ("Z", "X", "x")  # zombie (ended, not yet reaped) and dead
+_RESERVED_PIDS = 300  # where the kernel's pid counter starts again after pid_max
+# Pids one CPU could hand out per second at the very most: creating a thread or a process
+# costs tens of microseconds of kernel time, so real rates stay well under a tenth of this.
+_PIDS_PER_CPU_SECOND = 250_000
 
 
 @dataclass(frozen=True)
@@ -109,12 +117,61 @@ def group_members(pgrp: int) -> list[ProcStat]:
     return [p for p in processes() if p.pgrp == pgrp and p.alive]
 
 
-def session_members(session: int) -> list[ProcStat]:
-    """The live (non-zombie) processes of session `session`, whatever their process group.
+def session_members(session: int, among: Iterable[int] | None = None) -> list[ProcStat]:
+    """The live (non-zombie) processes of session `session`, whatever their process group,
+    looked for among the pids `among` (e.g. from `pids_since`), or everywhere.
 
-    Blocks on a scan of /proc.
+    Blocks on a scan of /proc, or on a read per pid of `among`.
     """
-    return [p for p in processes() if p.session == session and p.alive]
+    found = processes() if among is None else _existing(among)
+    return [p for p in found if p.session == session and p.alive]
+
+
+def pids_since(pid: int, *, started: float) -> range | None:
+    """The pids the kernel has handed out after `pid`, which it handed out at or after the
+    `time.monotonic()` `started`: every descendant of process `pid` is among them. None when
+    that cannot be told: the pid counter passed its maximum since (it starts again from 300,
+    and could come round to `pid` and beyond), or it may have, as so much time has passed
+    that all CPUs creating threads flat out could have used up every free pid, or /proc is
+    not our pid namespace's. Blocks on two tiny reads.
+    """
+    if not _our_namespace():
+        return None
+    try:
+        with open(f"{PROC}/loadavg", "rb") as f:  # "0.00 0.01 0.05 1/123 4567"
+            fields = f.read().split()
+        threads, last = int(fields[3].partition(b"/")[2]), int(fields[4])
+        with open(f"{PROC}/sys/kernel/pid_max", "rb") as f:
+            pid_max = int(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+    if last < pid:
+        return None
+    free = pid_max - _RESERVED_PIDS - threads  # what a full round of the counter takes
+    most = (time.monotonic() - started) * (os.cpu_count() or 1) * _PIDS_PER_CPU_SECOND
+    if most >= free:
+        return None
+    return range(pid + 1, last + 1)
+
+
+@functools.cache
+def _our_namespace() -> bool:
+    """Whether /proc shows our own pid namespace (else its numbers and its counter are not
+    ours)."""
+    try:
+        return os.readlink(f"{PROC}/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
+def _existing(pids: Iterable[int]) -> Iterator[ProcStat]:
+    for pid in pids:
+        try:
+            found = read_stat(pid)
+        except OSError:  # not ours to read (hidepid), say
+            continue
+        if found is not None:
+            yield found
 
 
 def with_cmdline(needle: bytes) -> list[ProcStat]:

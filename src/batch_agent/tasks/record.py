@@ -68,6 +68,8 @@ class TaskRecord:
     started_at: str | None = None  # RFC 3339; maxRunDuration counts from here
     custom_events: int = 0  # custom status events printed, recorded or not
     runnables: dict[int, RunnableRecord] = field(default_factory=dict)
+    # Cloud Logging's shipping state (offsets, the write under way): cloudlog.tasklogs owns it.
+    cloud_log: dict[str, Any] = field(default_factory=dict)
 
     def transition(
         self,
@@ -134,6 +136,7 @@ class TaskRecord:
                 "started_at": self.started_at,
                 "custom_events": self.custom_events,
                 "runnables": {str(k): vars(v) for k, v in self.runnables.items()},
+                "cloud_log": self.cloud_log,
             }
         )
 

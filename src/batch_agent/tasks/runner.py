@@ -10,8 +10,8 @@ set's `transition` (the `Lifecycle` given to the run); the run knows nothing of 
 store's form. After an agent restart the same code resumes from the record: finished
 runnables are not run again, started ones are recovered from their handle.
 
-What is saved when, here and in `runnables` (each save is one fsync; the in-process tests pin
-these down):
+What is saved when, here and in `runnables` (each save is one commit, fsynced only for the
+terminal state: see `TaskSet.transition`; the in-process tests pin these down):
 - a state change or an event: at once, before it is reported (`transition`, `Runnables.event`);
 - a runnable's intent to start: before it starts, so a crash never leads to a second start;
 - ASSIGNED -> RUNNING: in one save with the first runnable's intent (on its own only when no

@@ -18,27 +18,24 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_agent.names import parse_task_name
 from batch_agent.store import StorageError, TaskStore
 from batch_agent.tasks import events
 from batch_agent.tasks.assembly import EngineOnDemand, make_run
 from batch_agent.tasks.assembly import TaskSettings as TaskSettings  # TaskSet's callers make one
-from batch_agent.tasks.container_driver import remove_task_containers
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
-from batch_agent.tasks.plan import PlanError, TaskPlan, make_plan
 from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.runner import TaskRun
-from batch_agent.wire import (
-    AgentTask,
-    AgentTaskInfo,
-    BadAgentTask,
-    IntendedState,
-    TaskState,
-    parse_agent_task,
-)
+from batch_agent.wire import AgentTaskInfo, TaskState
+
+# The task side (task models, plans, runs, drivers) is imported where a task needs it: an
+# agent reports (its first report above all) before it has any task, without loading it.
+if TYPE_CHECKING:
+    from batch_agent.tasks.plan import TaskPlan
+    from batch_agent.tasks.runner import TaskRun
+    from batch_agent.wire import AgentTask, BadAgentTask
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +80,8 @@ class TaskSet:
                 )
                 continue
             log.info("task %s: resuming after an agent restart (%s)", record.task_id, record.state)
+            from batch_agent.wire import IntendedState, parse_agent_task
+
             task = parse_agent_task(record.raw)
             plan = await self._plan_or_fail(record, task)
             if plan is not None:
@@ -91,6 +90,10 @@ class TaskSet:
     async def apply(self, tasks: list[dict[str, Any]]) -> int:
         """Apply a response's tasks; returns how many were new. The new ones are saved in one
         commit, before any of them starts."""
+        if not tasks:
+            return 0
+        from batch_agent.wire import AgentTask, IntendedState, parse_agent_task
+
         seen: list[tuple[_Slot, AgentTask | BadAgentTask]] = []
         new: list[tuple[_Slot, AgentTask | BadAgentTask]] = []
         for raw in tasks:
@@ -135,6 +138,10 @@ class TaskSet:
         """The records of the tasks in `snapshot`, for `batch-agent status`: read, never change."""
         return [s.record for s in self._slots.values() if s.teardown is None]
 
+    def all_records(self) -> list[TaskRecord]:
+        """Every task's record, those being deleted too (their output is still being shipped)."""
+        return [s.record for s in self._slots.values()]
+
     def job_and_group(self) -> tuple[str | None, str | None]:
         """`AgentInfo.jobId`/`taskGroupId` ("the assigned Job ID", "task group ID"), as far as
         the tasks' names tell: the job's uid (`j-...`) from `task/JOB_UID-GROUP-INDEX/...`, the
@@ -178,11 +185,16 @@ class TaskSet:
         cause: str | None = None,
     ) -> None:
         """Move `record` to `new`: edge check, event, persist, report early. Raises
-        IllegalTransition for an edge the state machine does not have."""
+        IllegalTransition for an edge the state machine does not have.
+
+        A terminal state is fsynced before it is reported: the server hears it once and for
+        good. RUNNING only has to survive an agent crash: after an OS crash or power loss the
+        VM has rebooted, and the next agent fails every unfinished task with 50003 whatever
+        the disk says about it (docs/choices.md, "Durability and restarts")."""
         now = self._settings.now()
         record.transition(new, at=now, where=self._settings.where, exit_code=exit_code, cause=cause)
         try:
-            await self._store.save(record)
+            await self._store.save(record, durable=new.is_terminal)
         except StorageError as error:
             # Reported from memory all the same; the store writes it at its next chance.
             log.error("task %s: %s not recorded yet: %s", record.task_id, new, error)
@@ -190,11 +202,13 @@ class TaskSet:
         self._on_change()
 
     async def persist(self, record: TaskRecord) -> None:
-        """Save the record; one the state dir refuses (the store logs it) is written at the
-        store's next chance, and the task goes on: failing a running task for our disk would
-        be worse than the rare second start a crash in the meantime could bring."""
+        """Save the record (a runnable's intent, an event, output offsets) so that it survives
+        an agent crash; not fsynced, as only a reboot loses it and a reboot fails the task
+        anyway (see `transition`). One the state dir refuses (the store logs it) is written at
+        the store's next chance, and the task goes on: failing a running task for our disk
+        would be worse than the rare second start a crash in the meantime could bring."""
         with contextlib.suppress(StorageError):
-            await self._store.save(record)
+            await self._store.save(record, durable=False)
 
     def notify(self) -> None:
         self._on_change()
@@ -212,6 +226,8 @@ class TaskSet:
                 accepted.append((slot, plan, task))
         if not accepted:
             return
+        from batch_agent.wire import IntendedState
+
         try:
             await self._store.save_many([slot.record for slot, _, _ in accepted])
         except StorageError as error:
@@ -234,6 +250,9 @@ class TaskSet:
     ) -> TaskPlan | None:
         """The task's plan; or, for a spec that cannot run, None with the task FAILED (50000,
         every problem named)."""
+        from batch_agent.tasks.plan import PlanError, make_plan
+        from batch_agent.wire import AgentTask, BadAgentTask
+
         problems = task.problems if isinstance(task, BadAgentTask) else []
         if isinstance(task, AgentTask):
             try:
@@ -281,9 +300,13 @@ class TaskSet:
             slot.run.cancel()
             await asyncio.gather(slot.driving, return_exceptions=True)
         if any(r.container for r in slot.record.runnables.values()):
+            from batch_agent.tasks.container_driver import remove_task_containers
+
             error = await remove_task_containers(self._containers(), name)
             if error is not None:
                 log.warning("task %s: containers not removed: %s", name, error)
+        if self._settings.drain_logs is not None:
+            await self._settings.drain_logs(slot.record)  # its last lines, before its files go
         folder = task_dir(self._settings.workdir, name)
         # The server may assign the same name again (a retry): it starts from a clean folder.
         await asyncio.to_thread(remove_task_dir, self._settings.workdir, folder)

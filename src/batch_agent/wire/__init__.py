@@ -7,8 +7,11 @@ tasks a response assigns, parsed one by one) and `report` (the request and the r
 Whatever a server sends, parsing costs time bounded by the body's size and raises only the
 documented errors (`parse_response`: MalformedResponse; `parse_agent_task`: none).
 
-This package imports nothing else of ours and knows nothing of HTTP.
+This package imports nothing else of ours and knows nothing of HTTP. `task` is imported at the
+first use of one of its names, not with the package (see `__getattr__`).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from batch_agent.wire.encoding import (
     MAX_REPORT_INTERVAL,
@@ -40,33 +43,35 @@ from batch_agent.wire.report import (
     TaskStatus,
     parse_response,
 )
-from batch_agent.wire.task import (
-    GCS,
-    NFS,
-    ActionCondition,
-    AgentContainer,
-    AgentEnvironment,
-    AgentKMSEnvMap,
-    AgentScript,
-    AgentTask,
-    AgentTaskLoggingOption,
-    AgentTaskRunnable,
-    AgentTaskSpec,
-    AgentTaskUserAccount,
-    BadAgentTask,
-    Barrier,
-    ComputeResource,
-    Container,
-    Environment,
-    IntendedState,
-    KMSEnvMap,
-    LifecyclePolicy,
-    Runnable,
-    Script,
-    TaskSpec,
-    Volume,
-    parse_agent_task,
-)
+
+if TYPE_CHECKING:  # at run time `__getattr__` imports them at their first use
+    from batch_agent.wire.task import (
+        GCS,
+        NFS,
+        ActionCondition,
+        AgentContainer,
+        AgentEnvironment,
+        AgentKMSEnvMap,
+        AgentScript,
+        AgentTask,
+        AgentTaskLoggingOption,
+        AgentTaskRunnable,
+        AgentTaskSpec,
+        AgentTaskUserAccount,
+        BadAgentTask,
+        Barrier,
+        ComputeResource,
+        Container,
+        Environment,
+        IntendedState,
+        KMSEnvMap,
+        LifecyclePolicy,
+        Runnable,
+        Script,
+        TaskSpec,
+        Volume,
+        parse_agent_task,
+    )
 
 __all__ = [
     "GCS",
@@ -121,3 +126,15 @@ __all__ = [
     "parse_response",
     "parse_time",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The names of `task` (the only ones of `__all__` not bound above), imported at the first
+    use of one: an agent with no task yet reports without building those models."""
+    if name in __all__:
+        from batch_agent.wire import task
+
+        value = getattr(task, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,110 @@
+"""One `entries.write` request's worth of task output: what to read (`pick`), and the entries
+(`build`), within `REQUEST_BYTES` of output and `MAX_ENTRIES` entries.
+
+`pick` runs on the event loop (a stat per output file, nothing opened): a task with a write
+under way (`pending` segments) sends exactly those again; the others offer what their files
+hold past their offsets. `build` reads, masks and turns that into entries in a worker thread;
+it changes no record (but a truncated stream's offset, reset to 0). Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch_agent.cloudlog.entries import Destination, Segment, entries_for, segment_lines
+from batch_agent.cloudlog.reader import TRUNCATED, file_size, read_again, read_new
+from batch_agent.cloudlog.tasklogs import STREAMS, TaskLog
+from batch_agent.tasks.folders import task_dir
+from batch_agent.tasks.masking import Masker
+from batch_agent.tasks.taskoutput import output_path
+
+REQUEST_BYTES = 1024 * 1024  # output bytes per write: its JSON is at most ~6x that, < 10 MB
+MAX_ENTRIES = 5000  # entries per write
+
+Pick = tuple[TaskLog, Segment, bool]  # (task, segment, sent before: send it as it is)
+
+
+@dataclass
+class Write:
+    """One request: the segments of each task, their entries, and the agent's own entries."""
+
+    segments: dict[TaskLog, list[Segment]] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    full: bool = False  # a budget ran out: there is more to send at once
+
+
+def pick(followed: list[TaskLog], workdir: Path) -> tuple[list[Pick], bool]:
+    """What to read, and whether the budget ran out. A new segment's `end` is the most it
+    may take (`read_new` decides where it really ends)."""
+    picks: list[Pick] = []
+    budget = REQUEST_BYTES
+    for task_log in followed:
+        pending = task_log.pending()
+        if pending:
+            picks += [(task_log, s, True) for s in pending]
+            budget -= sum(s.end - s.start for s in pending)
+        else:
+            for k, stream, start, size, final in streams(task_log, workdir):
+                if size != start:  # grown, or shorter: truncated
+                    end = start + max(min(budget, size - start), 0)
+                    picks.append((task_log, Segment(k, stream, start, end, 0, final), False))
+                    budget -= max(size - start, 0)
+        if budget <= 0:
+            return picks, True
+    return picks, False
+
+
+def streams(task_log: TaskLog, workdir: Path) -> list[tuple[int, str, int, int, bool]]:
+    """(k, stream, offset, size, final) of each output file of the task's runnables."""
+    record = task_log.record
+    folder = task_dir(workdir, record.task_id)
+    out = []
+    for k, runnable in record.runnables.items():
+        final = runnable.exit_code is not None or record.state.is_terminal
+        for stream in STREAMS:
+            size = file_size(output_path(folder, k, stream))
+            if size is not None:
+                out.append((k, stream, task_log.offset(k, stream), size, final))
+    return out
+
+
+def build(
+    picks: list[Pick],
+    workdir: Path,
+    destinations: dict[TaskLog, Destination],
+    masker: Masker | None,
+    now_ns: int,
+) -> Write:
+    """Read, mask and turn the picks into entries; new segments are stamped `now_ns`.
+    Blocks on local reads: call it from a worker thread."""
+    write = Write()
+    for task_log, chosen, again in picks:
+        if len(write.entries) >= MAX_ENTRIES:
+            write.full = True
+            break
+        path = output_path(task_dir(workdir, task_log.record.task_id), chosen.k, chosen.stream)
+        if again:
+            segment, data = chosen, read_again(path, chosen)
+        else:
+            budget = chosen.end - chosen.start
+            data, end = read_new(path, chosen.start, budget, final=chosen.final)
+            if end == TRUNCATED:
+                task_log.restart_stream(chosen.k, chosen.stream)
+                continue
+            if end == chosen.start:
+                continue
+            segment = Segment(chosen.k, chosen.stream, chosen.start, end, now_ns, chosen.final)
+        lines = segment_lines(data, segment)
+        room = MAX_ENTRIES - len(write.entries)
+        if not again and len(lines) > room:  # cut the new segment at a line boundary
+            write.full = True
+            cut = lines[room][0]  # where the first line left out starts
+            lines = lines[:room]
+            segment = Segment(segment.k, segment.stream, segment.start, cut, now_ns)
+        if masker is not None:
+            lines = [(offset, masker.mask_bytes(raw)) for offset, raw in lines]
+        write.entries += entries_for(lines, segment, destinations[task_log])
+        write.segments.setdefault(task_log, []).append(segment)
+    return write

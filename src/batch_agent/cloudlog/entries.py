@@ -1,0 +1,194 @@
+"""Cloud Logging entries from runnables' output: the pure rules of what an entry holds.
+
+A byte range of one output file (a `Segment`: runnable, stream, start, end, and the time it was
+first read) always becomes the same entries: one per line (a line longer than `MAX_PIECE`
+bytes in pieces, a piece whose JSON form would pass the 256 KiB entry limit halved again), each
+with `insertId` `TASKKEY-K{o|e}OFFSET` (the byte offset where it starts) and `timestamp` the
+segment's time plus its index in nanoseconds. Cloud Logging removes duplicates by (project,
+timestamp, insertId), so a segment sent again after a crash or a lost answer is stored once.
+stdout lines are INFO, stderr ERROR; a line that is a JSON object becomes a `jsonPayload`,
+its `severity` (when it names one) taken out into the entry's. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_ENTRY_TEXT = 250 * 1024  # a payload's JSON form: the 256 KiB entry limit less room for the rest
+MAX_PIECE = 200 * 1024  # bytes: a longer line is cut into pieces of at most this many
+_SAFE_LINE = MAX_ENTRY_TEXT // 6  # a line this short fits whatever its escaping (\u00XX: 6x)
+SEVERITIES = frozenset(
+    ("DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY")
+)
+_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "TRACE": "DEBUG"}
+STREAM_SEVERITY = {"stdout": "INFO", "stderr": "ERROR"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Bytes [start, end) of runnable `k`'s `stream` file, first read at `at_ns` (ns since the
+    epoch); `final`: the range ends with an unterminated line (its writer has ended)."""
+
+    k: int
+    stream: str
+    start: int
+    end: int
+    at_ns: int
+    final: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "stream": self.stream,
+            "start": self.start,
+            "end": self.end,
+            "at_ns": self.at_ns,
+            "final": self.final,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Segment:
+        return cls(
+            k=int(value["k"]),
+            stream=str(value["stream"]),
+            start=int(value["start"]),
+            end=int(value["end"]),
+            at_ns=int(value["at_ns"]),
+            final=bool(value.get("final", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one task's entries go and what they carry besides the line."""
+
+    log_name: str  # projects/PROJECT_ID/logs/batch_task_logs (or batch_agent_logs)
+    resource: Mapping[str, Any]  # {"type": ..., "labels": {...}}
+    labels: Mapping[str, str]
+    key: str  # short, stable per task: the insertIds' prefix
+
+
+def task_key(task_name: str) -> str:
+    """A short stable key for a task's insertIds (its name can be 100+ characters)."""
+    return hashlib.sha256(task_name.encode()).hexdigest()[:16]
+
+
+def segment_lines(data: bytes, segment: Segment) -> list[tuple[int, bytes]]:
+    """The (offset, bytes) of each line (or piece) of `data`, the bytes of `segment`: whole
+    lines without their newline, a last unterminated one only when the segment is final, and
+    any line longer than MAX_PIECE in pieces (a cut never splits a UTF-8 character)."""
+    out: list[tuple[int, bytes]] = []
+    pos, size = 0, len(data)
+    while pos < size:
+        newline = data.find(b"\n", pos, min(size, pos + MAX_PIECE + 1))
+        if newline >= 0:
+            out.append((segment.start + pos, data[pos:newline]))
+            pos = newline + 1
+        elif size - pos > MAX_PIECE:
+            cut = pos + _cut_point(data, pos, MAX_PIECE)
+            out.append((segment.start + pos, data[pos:cut]))
+            pos = cut
+        else:  # the rest is one unterminated line: the segment ends with it
+            out.append((segment.start + pos, data[pos:]))
+            pos = size
+    return out
+
+
+def entries_for(
+    lines: list[tuple[int, bytes]], segment: Segment, destination: Destination
+) -> list[dict[str, Any]]:
+    """The LogEntry JSON values of these lines of `segment` (deterministic, see the module)."""
+    out: list[dict[str, Any]] = []
+    stream_code = "o" if segment.stream == "stdout" else "e"
+    default_severity = STREAM_SEVERITY.get(segment.stream, "DEFAULT")
+    for offset, raw in lines:
+        text = raw.decode("utf-8", errors="replace")
+        payload = _json_payload(text)
+        severity = default_severity
+        if payload is not None:
+            severity = _severity(payload.pop("severity", None)) or default_severity
+        pieces: list[tuple[str, Any]] = [("jsonPayload", payload)] if payload is not None else []
+        if payload is None or _too_big(payload):
+            pieces = [("textPayload", piece) for piece in split_text(text)]
+        for n, (field, value) in enumerate(pieces):
+            suffix = f"-{n}" if n else ""
+            out.append(
+                {
+                    "logName": destination.log_name,
+                    "resource": destination.resource,
+                    "labels": destination.labels,
+                    "severity": severity,
+                    "insertId": f"{destination.key}-{segment.k}{stream_code}{offset}{suffix}",
+                    "timestamp": format_ns(segment.at_ns + len(out)),
+                    field: value,
+                }
+            )
+    return out
+
+
+def split_text(text: str) -> list[str]:
+    """`text` in as few pieces as needed for each one's JSON form to fit MAX_ENTRY_TEXT."""
+    if len(text) <= _SAFE_LINE or len(json.dumps(text, ensure_ascii=False)) <= MAX_ENTRY_TEXT:
+        return [text]
+    half = len(text) // 2
+    return split_text(text[:half]) + split_text(text[half:])
+
+
+def format_ns(ns: int) -> str:
+    """RFC 3339 UTC with nanoseconds, from nanoseconds since the epoch."""
+    seconds, nanos = divmod(ns, 10**9)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    year, month, day = _civil(days)
+    return f"{year:04d}-{month:02d}-{day:02d}T{hours:02d}:{minutes:02d}:{secs:02d}.{nanos:09d}Z"
+
+
+def _civil(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a count of days since 1970-01-01 (Howard Hinnant's algorithm)."""
+    days += 719468
+    era = days // 146097
+    doe = days - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def _json_payload(text: str) -> dict[str, Any] | None:
+    stripped = text.strip()
+    if not (stripped.startswith("{") and stripped.endswith("}")):
+        return None
+    try:
+        value = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _severity(value: object) -> str | None:
+    """A LogSeverity name from a structured line's `severity` (any case), None if it is not."""
+    if not isinstance(value, str):
+        return None
+    name = value.strip().upper()
+    name = _ALIASES.get(name, name)
+    return name if name in SEVERITIES else None
+
+
+def _too_big(payload: dict[str, Any]) -> bool:
+    return len(json.dumps(payload, ensure_ascii=False)) > MAX_ENTRY_TEXT
+
+
+def _cut_point(data: bytes, start: int, limit: int) -> int:
+    """How many bytes of data[start:] to cut: `limit`, less up to 3 so as not to split a
+    UTF-8 character where the bytes look like one. Always > 0."""
+    cut = start + limit
+    while cut > start + limit - 3 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return limit if data[cut] & 0xC0 == 0x80 else cut - start

@@ -1,0 +1,185 @@
+"""The pure parts of Cloud Logging shipping: entries from segments (deterministic, split at the
+entry limit, structured lines), bounded reads of output files, the agent log's bounded queue,
+and reports in protobuf text form. Every entry built is checked against the Logging v2
+discovery schema and the emulator's limits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from batch_agent import discovery
+from batch_agent.cloudlog import AgentLog, Site, report_text
+from batch_agent.cloudlog.entries import (
+    MAX_PIECE,
+    Destination,
+    Segment,
+    entries_for,
+    format_ns,
+    segment_lines,
+)
+from batch_agent.cloudlog.reader import TRUNCATED, read_again, read_new
+from batch_agent.cloudlog.writer import request
+from batch_agent.emulator.logging import LogStore
+
+DEST = Destination(
+    log_name="projects/p/logs/batch_task_logs",
+    resource={"type": "generic_task", "labels": {"project_id": "p"}},
+    labels={"job_uid": "j-1"},
+    key="k",
+)
+
+
+def build(data: bytes, stream: str = "stdout", final: bool = True) -> list[dict]:
+    segment = Segment(1, stream, 100, 100 + len(data), 1_700_000_000_000_000_000, final)
+    return entries_for(segment_lines(data, segment), segment, DEST)
+
+
+def accepted(entries: list[dict]) -> bool:
+    """The emulator stores these entries (schema, limits), as Cloud Logging would."""
+    body = json.dumps({"entries": entries}).encode()
+    assert discovery.validate("WriteLogEntriesRequest", json.loads(body), discovery.LOGGING) == []
+    return LogStore().write(body, "Bearer t").status == 200
+
+
+def test_a_segment_always_gives_the_same_entries() -> None:
+    """Sent again (after a crash), a segment's entries carry the same insertIds and
+    timestamps: what Cloud Logging's dedup needs."""
+    data = b"one\ntwo\n\nthree\n"
+    first, again = build(data), build(data)
+    assert first == again
+    assert [e["textPayload"] for e in first] == ["one", "two", "", "three"]
+    assert [e["insertId"] for e in first] == ["k-1o100", "k-1o104", "k-1o108", "k-1o109"]
+    assert len({e["timestamp"] for e in first}) == 4
+    assert first[0]["timestamp"] == "2023-11-14T22:13:20.000000000Z"
+    assert accepted(first)
+
+
+def test_stderr_is_error_and_json_lines_are_structured() -> None:
+    """stderr is ERROR; a JSON object line is a jsonPayload whose severity (any case, WARN
+    too) becomes the entry's; a line that only looks like JSON stays text."""
+    entries = build(b'{"severity":"warn","message":"m","n":1}\n{"a":\n[1]\n', stream="stderr")
+    assert entries[0]["jsonPayload"] == {"message": "m", "n": 1}
+    assert entries[0]["severity"] == "WARNING"
+    assert [e.get("textPayload") for e in entries[1:]] == ['{"a":', "[1]"]
+    assert {e["severity"] for e in entries[1:]} == {"ERROR"}
+    assert build(b'{"severity": "LOUD"}\n')[0]["severity"] == "INFO"
+    assert accepted(entries)
+
+
+def test_long_lines_are_split_within_the_entry_limit() -> None:
+    """A line longer than MAX_PIECE is cut into pieces (never inside a UTF-8 character); a
+    piece that JSON escaping would take past 256 KiB is halved again; all are accepted."""
+    line = ("é" * (MAX_PIECE // 2 + 1000)).encode()  # 2 bytes per character
+    entries = build(line + b"\n")
+    text = "".join(e["textPayload"] for e in entries)
+    assert text == line.decode() and len(entries) == 2
+    escaped = build(b"\x01" * (MAX_PIECE - 10) + b"\n")  # \u0001: 6 bytes each in JSON
+    assert len(escaped) > 1 and "".join(e["textPayload"] for e in escaped) == "\x01" * (
+        MAX_PIECE - 10
+    )
+    assert len({e["insertId"] for e in escaped}) == len(escaped)
+    assert accepted(entries) and accepted(escaped)
+
+
+def test_read_new_takes_whole_lines_within_the_budget(tmp_path: Path) -> None:
+    """A new segment ends after a whole line (or a whole piece of a long one); the last
+    unterminated line waits unless its writer ended; a shorter file is TRUNCATED."""
+    path = tmp_path / "out"
+    path.write_bytes(b"aa\nbbbb\ncc")
+    assert read_new(path, 0, 100, final=False) == (b"aa\nbbbb\n", 8)
+    assert read_new(path, 0, 100, final=True) == (b"aa\nbbbb\ncc", 10)
+    assert read_new(path, 8, 100, final=False) == (b"", 8)
+    assert read_new(path, 20, 100, final=False) == (b"", TRUNCATED)
+    long = b"x" * (3 * MAX_PIECE + 5)
+    path.write_bytes(long)
+    data, end = read_new(path, 0, 10 * MAX_PIECE, final=False)
+    assert data == long[: 3 * MAX_PIECE] and end == 3 * MAX_PIECE
+    assert read_again(path, Segment(1, "stdout", 0, end, 0)) == data
+
+
+def test_reads_never_follow_a_symlink(tmp_path: Path) -> None:
+    """An output path replaced by a symlink (to a root-only file, say) is not read."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root only\n")
+    os.symlink(secret, tmp_path / "out")
+    assert read_new(tmp_path / "out", 0, 100, final=True) == (b"", 0)
+    assert read_again(tmp_path / "out", Segment(1, "stdout", 0, 10, 0)) == b""
+
+
+def test_the_agent_log_queue_is_bounded_and_says_what_it_dropped() -> None:
+    """Past its capacity the handler drops new records, and the next batch starts with a
+    WARNING entry counting them; a failed batch is put back first."""
+    handler = AgentLog(capacity=100)
+    handler.configure(Site("p", "us-central1-a", "us-central1"), "vm-1", "123")
+    logger = logging.getLogger("test.agentlog")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(10):
+            logger.warning("record %d %s", i, "x" * 20)
+    finally:
+        logger.removeHandler(handler)
+    taken = handler.take(100)
+    assert (
+        taken[0]["severity"] == "WARNING" and "log records were dropped" in taken[0]["textPayload"]
+    )
+    kept = [e["textPayload"] for e in taken[1:]]
+    assert kept and all(t.startswith("test.agentlog: record ") for t in kept)
+    assert len(kept) + int(taken[0]["textPayload"].split()[1]) == 10
+    handler.put_back(taken[1:])
+    assert [e["textPayload"] for e in handler.take(100)] == kept
+    assert accepted(taken)
+
+
+def test_a_report_in_protobuf_text_form() -> None:
+    """Snake_case names, messages in braces, enums bare, repeated fields repeated, times as
+    seconds and nanos: the form Google's troubleshooting guide shows."""
+    request = {
+        "agentInfo": {
+            "state": "AGENT_RUNNING",
+            "reportTime": "2026-12-02T10:00:00.5Z",
+            "tasks": [
+                {"taskId": "task/j-1-group0-0/0/0", "runnable": "2"},
+                {"taskId": 'task/"odd"', "taskStatus": {"state": "RUNNING"}},
+            ],
+        },
+        "metadata": {"instance": "vm-1", "instancePreemptionNoticeReceived": False},
+    }
+    text = report_text(request)
+    assert text.startswith('metadata:{instance:"vm-1" instance_preemption_notice_received:false}')
+    assert (
+        "agent_info:{state:AGENT_RUNNING report_time:{seconds:1796205600 nanos:500000000}" in text
+    )
+    assert 'tasks:{task_id:"task/j-1-group0-0/0/0" runnable:2}' in text
+    assert 'tasks:{task_id:"task/\\"odd\\"" task_status:{state:RUNNING}}' in text
+
+
+def test_timestamps_are_rfc3339_with_nanoseconds() -> None:
+    """format_ns is exact to the nanosecond, over leap years and the epoch."""
+    assert format_ns(0) == "1970-01-01T00:00:00.000000000Z"
+    assert format_ns(951_782_400 * 10**9 + 7) == "2000-02-29T00:00:00.000000007Z"
+    assert format_ns(4_102_444_799 * 10**9 + 999_999_999) == "2099-12-31T23:59:59.999999999Z"
+
+
+def test_a_request_says_what_its_entries_share_once() -> None:
+    """One task's entries share logName, resource and labels: the request carries them once
+    (the API copies them into each entry); entries of two logs keep their own logName."""
+    one = request(build(b"a\nb\n"))
+    assert one["logName"] == DEST.log_name and one["resource"] == DEST.resource
+    assert one["labels"] == DEST.labels and one["partialSuccess"] is True
+    assert all(
+        set(e) == {"severity", "insertId", "timestamp", "textPayload"} for e in one["entries"]
+    )
+    other = Destination("projects/p/logs/batch_agent_logs", DEST.resource, DEST.labels, "k2")
+    segment = Segment(1, "stdout", 0, 2, 5)
+    mixed = request(build(b"a\n") + entries_for([(0, b"b")], segment, other))
+    assert "logName" not in mixed and [e["logName"] for e in mixed["entries"]] == [
+        DEST.log_name,
+        other.log_name,
+    ]
+    store = LogStore()
+    assert store.write(json.dumps(mixed).encode(), "Bearer t").status == 200
+    assert [e["labels"] for e in store.entries()] == [DEST.labels, DEST.labels]
