@@ -186,8 +186,16 @@ def idle_cpu(tasks: int, seconds: float) -> float:
             stop = Path(tmp) / "stop"  # the tasks end by themselves once it exists
             text = f"while [ ! -e {stop} ]; do sleep 1; done"
             names = [emu.add_task(script_task(text)) for _ in range(tasks)]
+
+            def running() -> bool:
+                states = [emu.task_state(n) for n in names]
+                if "FAILED" in states:  # say so now rather than wait for the timeout
+                    failed = next(n for n, s in zip(names, states, strict=True) if s == "FAILED")
+                    raise SystemExit(f"a silent task failed: {emu.task_events(failed)}")
+                return all(state == "RUNNING" for state in states)
+
             try:
-                wait(lambda: all(emu.task_state(n) == "RUNNING" for n in names), "tasks running")
+                wait(running, "tasks running")
                 time.sleep(2.0)  # let the starts settle
                 pid = agent.proc.pid
                 before, start = cpu_seconds(pid), time.monotonic()
@@ -195,7 +203,8 @@ def idle_cpu(tasks: int, seconds: float) -> float:
                 return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - start)
             finally:
                 stop.touch()
-                wait(lambda: all(emu.task_state(n) == "SUCCEEDED" for n in names), "tasks ending")
+                ended = ("SUCCEEDED", "FAILED")
+                wait(lambda: all(emu.task_state(n) in ended for n in names), "tasks ending")
     finally:
         if agent is not None:
             agent.close()
