@@ -73,7 +73,14 @@ def make_file(path: Path, size: int, line_bytes: int) -> int:
 
 def through_agent(source: Path, lines: int, tmp: Path) -> tuple[float, int, int]:
     """(seconds from RUNNING to the last entry counted, peak RSS, idle RSS) of one task."""
-    emu = Emulator(None, default_report_interval="1s", min_report_interval="0.2s", log=None)
+    # No auto-delete: a DELETED task waits only DRAIN_TIMEOUT for its lines, less than 1 GB takes.
+    emu = Emulator(
+        None,
+        default_report_interval="1s",
+        min_report_interval="0.2s",
+        log=None,
+        auto_delete=False,
+    )
     emu.logs.count_only = True
     emu.start()
     agent: Agent | None = None

@@ -1,8 +1,9 @@
 """Output throughput: a task writing N MB through the agent vs the same command into a file.
 
 Each repeat starts an emulator and an idle agent, reads the agent's idle RSS and CPU time,
-assigns one script task `GEN | head -c BYTES` (GEN: `yes` with lines of --line-bytes, or
-`seq`), and samples the agent's VmRSS every 20 ms until the task SUCCEEDED. The baseline, run
+assigns one script task writing BYTES (`yes` with lines of --line-bytes, `seq`, one line of
+`y`s, or random bytes: see WRITERS), and samples the agent's VmRSS every 20 ms until the task
+SUCCEEDED. The baseline, run
 right after in the same repeat, is the same command with its output redirected to a file by
 `sh`. Figures per repeat: wall time (the task's RUNNING -> SUCCEEDED eventTimes, the agent's
 own clock, vs the bare command's), agent CPU seconds per 100 MB, peak RSS above idle, and the
@@ -24,12 +25,19 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from _common import Agent, cpu_seconds, event_time, rss_bytes, script_task
+from _common import Agent, Figure, cpu_seconds, event_time, rss_bytes, script_task
 
 from batch_agent.emulator import Emulator
 
 TIMEOUT = 600.0
 TARGETS = {"live MB/s": 50.0, "CPU s/100MB": 0.3, "wall x bare": 1.5, "RSS +MB": 32.0}
+# What a task writes, given its size in bytes and the line length for `yes`.
+WRITERS: dict[str, Callable[[int, int], str]] = {
+    "yes": lambda size, line: f"yes {'x' * (line - 1)} | head -c {size}",
+    "seq": lambda size, _: f"seq 1 1000000000 | head -c {size}",
+    "line": lambda size, _: f"head -c {size} /dev/zero | tr '\\0' y; echo",  # one line
+    "binary": lambda size, _: f"head -c {size} /dev/urandom",
+}
 
 
 def main() -> None:
@@ -37,33 +45,15 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200, help="output size in MB")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
     parser.add_argument("--line-bytes", type=int, default=100, help="line length with yes")
-    parser.add_argument("--writer", choices=("yes", "seq"), default="yes")
+    parser.add_argument("--writer", choices=sorted(WRITERS), default="yes")
     parser.add_argument("--idle-tasks", type=int, default=16, help="0: skip the idle test")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     args = parser.parse_args()
 
     size = args.mb * 10**6
-    gen = f"yes {'x' * (args.line_bytes - 1)}" if args.writer == "yes" else "seq 1 1000000000"
-    command = f"{gen} | head -c {size}"
+    command = WRITERS[args.writer](size, args.line_bytes)
     print(f"output: `{command}` ({args.mb} MB), {args.repeats} repeats")
-    rows: dict[str, list[float]] = {k: [] for k in ("agent s", "bare s", *TARGETS)}
-    for i in range(args.repeats):
-        agent_wall, cpu, idle_rss, peak_rss, live = through_agent(command, size)
-        bare_wall = bare(command)
-        figures = {
-            "agent s": agent_wall,
-            "bare s": bare_wall,
-            "live MB/s": live / 1e6,
-            "CPU s/100MB": cpu / (size / 1e8),
-            "wall x bare": agent_wall / bare_wall,
-            "RSS +MB": (peak_rss - idle_rss) / 1e6,
-        }
-        for key, value in figures.items():
-            rows[key].append(value)
-        print(
-            f"  run {i + 1}: " + " ".join(f"{k}={v:.2f}" for k, v in figures.items()),
-            f"(idle RSS {idle_rss / 1e6:.1f} MB)",
-        )
+    rows = measure(command, size, args.repeats, shipped=args.writer != "line")
     for key, values in rows.items() if args.repeats else ():
         low, mid, high = min(values), statistics.median(values), max(values)
         line = f"{key:>12}: min {low:8.2f}  median {mid:8.2f}  max {high:8.2f}"
@@ -82,8 +72,71 @@ def main() -> None:
         )
 
 
-def through_agent(command: str, size: int) -> tuple[float, float, int, int, float]:
-    """(wall s, agent CPU s, idle RSS, peak RSS, live bytes/s) of one task running `command`."""
+def run(repeats: int) -> list[Figure]:
+    """The suite's figures: 200 MB of 100-byte lines through the agent vs into a file."""
+    size = 200 * 10**6
+    rows = measure(WRITERS["yes"](size, 100), size, repeats)
+    bare = "the same `yes | head -c` into a file"
+    figures = [
+        Figure("200 MB task: wall time", "s", rows["agent s"], bare, rows["bare s"]),
+        Figure(
+            "200 MB task: wall time / the baseline's",
+            "x",
+            rows["wall x bare"],
+            target=f"median <= {TARGETS['wall x bare']}",
+            met=statistics.median(rows["wall x bare"]) <= TARGETS["wall x bare"],
+        ),
+    ]
+    for key, name in (
+        ("CPU s/100MB", "agent CPU s per 100 MB"),
+        ("RSS +MB", "agent peak RSS above idle, MB"),
+        ("live MB/s", "live shipping, MB/s"),
+    ):
+        sign = ">=" if key == "live MB/s" else "<="
+        middle = statistics.median(rows[key])
+        met = middle >= TARGETS[key] if sign == ">=" else middle <= TARGETS[key]
+        figures.append(
+            Figure(f"200 MB task: {name}", "", rows[key], target=f"{sign} {TARGETS[key]}", met=met)
+        )
+    return figures
+
+
+def measure(
+    command: str, size: int, repeats: int, *, shipped: bool = True
+) -> dict[str, list[float]]:
+    """`repeats` interleaved pairs of `command` through the agent and bare; printed as they
+    come. `shipped`: whether the output is lines whose shipping span says a live rate."""
+    rows: dict[str, list[float]] = {k: [] for k in ("agent s", "bare s", *TARGETS)}
+    if not shipped:
+        del rows["live MB/s"]
+    for i in range(repeats):
+        agent_wall, cpu, idle_rss, peak_rss, live = through_agent(command, size, shipped)
+        bare_wall = bare(command)
+        figures = {
+            "agent s": agent_wall,
+            "bare s": bare_wall,
+            "live MB/s": live / 1e6,
+            "CPU s/100MB": cpu / (size / 1e8),
+            "wall x bare": agent_wall / bare_wall,
+            "RSS +MB": (peak_rss - idle_rss) / 1e6,
+        }
+        if not shipped:
+            del figures["live MB/s"]
+        for key, value in figures.items():
+            rows[key].append(value)
+        print(
+            f"  run {i + 1}: " + " ".join(f"{k}={v:.2f}" for k, v in figures.items()),
+            f"(idle RSS {idle_rss / 1e6:.1f} MB)",
+            flush=True,
+        )
+    return rows
+
+
+def through_agent(
+    command: str, size: int, shipped: bool = True
+) -> tuple[float, float, int, int, float]:
+    """(wall s, agent CPU s, idle RSS, peak RSS, live bytes/s: 0 unless `shipped`) of one task
+    running `command`."""
     emu = Emulator(None, default_report_interval="1s", min_report_interval="0.2s", log=None)
     emu.start()
     agent: Agent | None = None
@@ -101,7 +154,7 @@ def through_agent(command: str, size: int) -> tuple[float, float, int, int, floa
             if emu.task_state(name) != "SUCCEEDED":
                 raise SystemExit(f"task failed: {emu.task_events(name)}")
             agent.terminate()
-            live = size / shipping_span(agent.log_path)
+            live = size / shipping_span(agent.log_path) if shipped else 0.0
     finally:
         if agent is not None:
             agent.close()

@@ -4,7 +4,10 @@ The agent's figure is the task's RUNNING -> SUCCEEDED span, taken from the event
 status events the agent reported (its own clock, so the report cadence does not count). The
 bare figure is 100 sequential subprocess.run(["sh", "-c", "true"]) in this process. Their
 difference over 100 is what the agent adds to each runnable: its bookkeeping, persisting,
-writing the script file and the waiter shell around each one.
+writing the script file and the waiter shell around each one. A third figure, the floor, runs
+the waiter's own command (`script.waiter_argv`) on a script file of `true` 100 times the same
+way: what the waiter design costs (a second shell, its fork, the status file) before any of the
+agent's work.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Agent, Figure, event_time, fmt_ms, interleaved
+from _common import Agent, Figure, event_time, fmt_ms
 
 from batch_agent.emulator import Emulator
+from batch_agent.tasks.script import waiter_argv, write_script
 
 TARGET = 0.002  # seconds per runnable
 TIMEOUT = 300.0
@@ -34,11 +38,13 @@ def main() -> None:
     for i in range(args.repeats):
         agent_total = through_agent(args.runnables)
         bare_total = bare(args.runnables)
+        floor_total = waiter_floor(args.runnables)
         extra = (agent_total - bare_total) / args.runnables
         per_runnable.append(extra)
         print(
             f"overhead run {i + 1}: agent={agent_total:.3f}s bare={bare_total:.3f}s "
-            f"for {args.runnables} runnables -> {fmt_ms(extra)} per runnable"
+            f"waiter floor={floor_total:.3f}s for {args.runnables} runnables -> "
+            f"{fmt_ms(extra)} per runnable ({fmt_ms(floor_total / args.runnables)} floor)"
         )
     median = statistics.median(per_runnable)
     met = median <= TARGET
@@ -50,16 +56,23 @@ def main() -> None:
 
 
 def run(repeats: int, runnables: int = 100) -> list[Figure]:
-    """Per runnable: the agent's task span and bare `sh -c true`, interleaved, in ms."""
-    agent, bare_ = interleaved(
-        repeats,
-        lambda: 1000 * through_agent(runnables) / runnables,
-        lambda: 1000 * bare(runnables) / runnables,
-    )
+    """Per runnable: the agent's task span, bare `sh -c true` and the waiter's command alone,
+    interleaved, in ms."""
+    agent: list[float] = []
+    bare_: list[float] = []
+    floor: list[float] = []
+    for _ in range(repeats):
+        agent.append(1000 * through_agent(runnables) / runnables)
+        bare_.append(1000 * bare(runnables) / runnables)
+        floor.append(1000 * waiter_floor(runnables) / runnables)
     met = statistics.median(agent) - statistics.median(bare_) <= TARGET * 1000
     name = f"per runnable, a task of {runnables} x `true` (RUNNING -> SUCCEEDED / {runnables})"
     target = f"median - baseline's <= {fmt_ms(TARGET)}"
-    return [Figure(name, "ms", agent, "`sh -c true`, sequential", bare_, target, met)]
+    baseline = "`sh -c true`, sequential"
+    return [
+        Figure(name, "ms", agent, baseline, bare_, target, met),
+        Figure("per runnable, the waiter's command alone (no agent)", "ms", floor, baseline, bare_),
+    ]
 
 
 def through_agent(runnables: int) -> float:
@@ -91,6 +104,17 @@ def through_agent(runnables: int) -> float:
     if emu.task_state(name) != "SUCCEEDED" or "RUNNING" not in events:
         raise SystemExit(f"task did not succeed: {emu.task_events(name)}")
     return (events["SUCCEEDED"] - events["RUNNING"]).total_seconds()
+
+
+def waiter_floor(runnables: int) -> float:
+    """Seconds for `runnables` sequential runs of the waiter's command on a script of `true`."""
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-floor-") as tmp:
+        program = write_script("true", Path(tmp))
+        argv = waiter_argv(program, Path(tmp) / "status", [])
+        start = time.perf_counter()
+        for _ in range(runnables):
+            subprocess.run(argv, check=True, cwd=tmp, stdin=subprocess.DEVNULL)
+        return time.perf_counter() - start
 
 
 def bare(runnables: int) -> float:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Agent, fmt_ms, rss_bytes
+from _common import Agent, Figure, fmt_ms, rss_bytes
 from dispatch import AFTER_REPORT, FifoClock, wait_for
 
 from batch_agent.emulator import Emulator
@@ -58,6 +58,20 @@ def main() -> None:
     print(
         f"  target median within {TARGET_RATIO}x of bare: {ratio:.2f}x", "met" if met else "NOT met"
     )
+
+
+def run(repeats: int, tasks: int = TASKS) -> list[Figure]:
+    """The assigning response -> all running, and bare Popens, interleaved, in ms."""
+    agent: list[float] = []
+    bare_: list[float] = []
+    for _ in range(repeats):
+        agent.append(1000 * through_agent(tasks)[0])
+        bare_.append(1000 * bare(tasks))
+    met = statistics.median(agent) <= TARGET_RATIO * statistics.median(bare_)
+    name = f"{tasks} tasks in one response: assigning response -> all {tasks} running"
+    baseline = f"{tasks} x `Popen(['/bin/sh', SCRIPT])` -> all running"
+    target = f"median <= {TARGET_RATIO:g} x baseline's"
+    return [Figure(name, "ms", agent, baseline, bare_, target, met)]
 
 
 def through_agent(tasks: int) -> tuple[float, int, float]:

@@ -21,6 +21,7 @@ from batch_agent.cloudlog.entries import (
     segment_lines,
 )
 from batch_agent.cloudlog.reader import TRUNCATED, read_again, read_new
+from batch_agent.cloudlog.writer import request
 from batch_agent.emulator.logging import LogStore
 
 DEST = Destination(
@@ -161,3 +162,24 @@ def test_timestamps_are_rfc3339_with_nanoseconds() -> None:
     assert format_ns(0) == "1970-01-01T00:00:00.000000000Z"
     assert format_ns(951_782_400 * 10**9 + 7) == "2000-02-29T00:00:00.000000007Z"
     assert format_ns(4_102_444_799 * 10**9 + 999_999_999) == "2099-12-31T23:59:59.999999999Z"
+
+
+def test_a_request_says_what_its_entries_share_once() -> None:
+    """One task's entries share logName, resource and labels: the request carries them once
+    (the API copies them into each entry); entries of two logs keep their own logName."""
+    one = request(build(b"a\nb\n"))
+    assert one["logName"] == DEST.log_name and one["resource"] == DEST.resource
+    assert one["labels"] == DEST.labels and one["partialSuccess"] is True
+    assert all(
+        set(e) == {"severity", "insertId", "timestamp", "textPayload"} for e in one["entries"]
+    )
+    other = Destination("projects/p/logs/batch_agent_logs", DEST.resource, DEST.labels, "k2")
+    segment = Segment(1, "stdout", 0, 2, 5)
+    mixed = request(build(b"a\n") + entries_for([(0, b"b")], segment, other))
+    assert "logName" not in mixed and [e["logName"] for e in mixed["entries"]] == [
+        DEST.log_name,
+        other.log_name,
+    ]
+    store = LogStore()
+    assert store.write(json.dumps(mixed).encode(), "Bearer t").status == 200
+    assert [e["labels"] for e in store.entries()] == [DEST.labels, DEST.labels]

@@ -677,11 +677,67 @@ def test_not_applied_fields_are_named() -> None:
     }
     assert load_job(config).not_applied == (
         "allocationPolicy",
-        "logsPolicy.destination CLOUD_LOGGING (logs are shown here)",
         "taskGroups[0].permissiveSsh",
         "taskGroups[0].taskSpec.computeResource",
     )
-    assert load_job(job(2)).not_applied == ()
+    assert load_job({**job(2), "labels": {"team": "x"}}).not_applied == ()
+
+
+def test_reserved_job_labels_are_refused() -> None:
+    """Label names starting with goog- or google- are Batch's predefined ones."""
+    with pytest.raises(JobConfigError) as error:
+        load_job({**job(), "labels": {"goog-batch-x": "1", "ok": "2"}}, strict=True)
+    assert error.value.problems == [
+        "labels.goog-batch-x: names starting with goog- or google- are Batch's own"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("logs_policy", "logging_option", "batch_resource"),
+    [
+        ({"destination": "CLOUD_LOGGING"}, {"labels": {"team": "genomics"}}, True),
+        (
+            {
+                "destination": "CLOUD_LOGGING",
+                "cloudLoggingOption": {"useGenericTaskMonitoredResource": True},
+            },
+            {"labels": {"team": "genomics"}},
+            False,
+        ),
+        ({"destination": "PATH", "logsPath": "/tmp/x"}, None, True),
+        (None, None, True),
+    ],
+)
+def test_logs_policy_becomes_logging_option_and_monitored_resource(
+    make: Any,
+    logs_policy: dict[str, Any] | None,
+    logging_option: dict[str, Any] | None,
+    batch_resource: bool,
+) -> None:
+    """CLOUD_LOGGING sends each task an agentTaskSpec.loggingOption with the job's labels; every
+    answer says useBatchMonitoredResource, false only for useGenericTaskMonitoredResource."""
+    config: dict[str, Any] = {**job(2), "labels": {"team": "genomics"}}
+    if logs_policy is not None:
+        config["logsPolicy"] = logs_policy
+    emu = make(config)
+    _, response = post(emu, report())
+    assert sent(response) == {name(emu, 0): "ASSIGNED", name(emu, 1): "ASSIGNED"}
+    assert response["useBatchMonitoredResource"] is batch_resource
+    for task in response["tasks"]:
+        assert task["spec"]["runnables"] == SCRIPT["runnables"]
+        if logging_option is None:
+            assert "agentTaskSpec" not in task
+        else:
+            assert task["agentTaskSpec"] == {"loggingOption": logging_option}
+
+
+def test_cloud_logging_without_labels_still_sends_a_logging_option(make: Any) -> None:
+    """No job labels: the loggingOption is there, empty, so the agent still ships."""
+    emu = make({**job(), "logsPolicy": {"destination": "CLOUD_LOGGING"}})
+    _, response = post(emu, report())
+    assert response["tasks"][0]["agentTaskSpec"] == {"loggingOption": {}}
+    _, bare = post(make(None), report())  # no job config: nothing to say
+    assert "useBatchMonitoredResource" not in bare
 
 
 def test_strict_checks_only_when_asked() -> None:

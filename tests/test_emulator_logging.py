@@ -89,6 +89,27 @@ def test_duplicates_by_timestamp_and_insert_id_are_removed(emu: Emulator, loggin
     assert emu.logs.received("batch_agent_logs") == 0
 
 
+def test_entries_since_follows_new_entries_without_duplicates(emu: Emulator, logging_api) -> None:
+    """A watcher reading from its cursor sees each entry once, as `entries()` lists them, and
+    may pick one log; the cursor counts every log's entries."""
+    other = "projects/emulated-project/logs/batch_agent_logs"
+    write(
+        logging_api,
+        [entry("a", insertId="a"), entry("b", insertId="b")],
+        logName=LOG,
+        resource=RESOURCE,
+    )
+    got, cursor = emu.logs.entries_since(0)
+    assert [e["textPayload"] for e in got] == ["a", "b"] and cursor == 2
+    again = [entry("a", insertId="a"), entry("c", insertId="c"), entry("z", logName=other)]
+    write(logging_api, again, logName=LOG, resource=RESOURCE)
+    got, after = emu.logs.entries_since(cursor, "batch_task_logs")
+    assert [e["textPayload"] for e in got] == ["c"] and after == 4
+    assert emu.logs.entries_since(after) == ([], 4)
+    everything = [e["textPayload"] for e in emu.logs.entries_since(0)[0]]
+    assert everything == [e["textPayload"] for e in emu.logs.entries()] == ["a", "b", "c", "z"]
+
+
 def test_supplied_timestamps_keep_write_order(emu: Emulator, logging_api) -> None:
     """Entries without timestamp or insertId get both, the earlier entry sorting first."""
     write(logging_api, [{"textPayload": str(i)} for i in range(50)], logName=LOG, resource=RESOURCE)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,7 +230,8 @@ def test_retries_follow_max_retry_count_and_lifecycle_policies(
         del config["taskGroups"][0]["taskSpec"]["lifecyclePolicies"]
     result = local(write(tmp_path, config), "--json")
     assert result.returncode == 1
-    assert outputs(result.stdout) == [f"attempt {i}" for i in range(attempts)]
+    # Each attempt's line once; attempts may be shipped in one round, in either order.
+    assert sorted(outputs(result.stdout)) == [f"attempt {i}" for i in range(attempts)]
     assert summary(result.stdout)["tasks"] == [
         {
             "task": 0,
@@ -277,7 +280,9 @@ def test_in_order_runs_tasks_one_after_another(tmp_path: Path) -> None:
         if e["event"] == "task" and e["state"] in ("ASSIGNED", "SUCCEEDED")
     ]
     assert order == [(i, s) for i in range(3) for s in ("ASSIGNED", "SUCCEEDED")]
-    assert outputs(result.stdout) == ["0", "1", "2"]
+    # Output is shown as it was shipped: one agent round may carry the end of task i and the
+    # start of task i+1 in either order (their timestamps are when the agent read them).
+    assert sorted(outputs(result.stdout)) == ["0", "1", "2"]
     assert summary(result.stdout)["tasks"][0]["attempts"] == 1
 
 
@@ -306,24 +311,90 @@ def test_min_report_interval_must_be_seconds(tmp_path: Path, value: str) -> None
 
 
 def test_logs_policy_path_and_keep(tmp_path: Path) -> None:
-    """logsPolicy PATH writes each task's output to LOGSPATH/JOB/task-N.log; --keep keeps the
-    work dir with the agents' logs and per-task logs."""
+    """logsPolicy PATH writes Google's three files in logsPath, built from the Cloud Logging
+    entries: output- (every line), stdout- and stderr-JOB_UID.log, each line
+    `[batch_task_logs]DATETIME SEVERITY: [task_id:TASK,runnable_index:N] MESSAGE`; --keep keeps
+    the work dir with the agents' logs and the same files."""
     config = job(script("echo out-$BATCH_TASK_INDEX; echo err >&2"), count=2)
     config["logsPolicy"] = {"destination": "PATH", "logsPath": str(tmp_path / "logs")}
     result = local(write(tmp_path, config), "--json", "--keep")
-    assert result.returncode == 0
-    end = summary(result.stdout)
-    logs = tmp_path / "logs" / end["job"]
-    text = (logs / "task-1.log").read_text()
-    assert "INFO [task 1 r1 stdout] out-1\n" in text and "ERROR [task 1 r1 stderr] err\n" in text
+    assert result.returncode == 0, result.stderr
+    start, end = events(result.stdout)[0], summary(result.stdout)
+    uid = start["jobUid"]
+    logs = tmp_path / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == [
+        f"output-{uid}.log",
+        f"stderr-{uid}.log",
+        f"stdout-{uid}.log",
+    ]
+    line = r"\[batch_task_logs\]\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (INFO|ERROR): "
+    line += rf"\[task_id:task/{uid}-group0-(\d)/0/0,runnable_index:0\] (.*)"
+    parsed = {
+        kind: sorted(
+            re.fullmatch(line, text).groups()  # type: ignore[union-attr]
+            for text in (logs / f"{kind}-{uid}.log").read_text().splitlines()
+        )
+        for kind in ("output", "stdout", "stderr")
+    }
+    assert parsed["stdout"] == [("INFO", "0", "out-0"), ("INFO", "1", "out-1")]
+    assert parsed["stderr"] == [("ERROR", "0", "err"), ("ERROR", "1", "err")]
+    assert parsed["output"] == sorted(parsed["stdout"] + parsed["stderr"])
     kept = Path(end["workDir"])
     try:
-        assert (kept / "logs" / "task-0.log").read_text().count("out-0") == 1
+        copy = (kept / "logs" / f"output-{uid}.log").read_text()
+        assert copy == (logs / f"output-{uid}.log").read_text()
         assert (kept / "vm-0" / "agent.log").stat().st_size > 0
     finally:
-        import shutil
-
         shutil.rmtree(kept)
+
+
+def test_a_logs_path_that_cannot_be_written_is_a_warning(tmp_path: Path) -> None:
+    """A logsPath this machine cannot write is named once in a warning; the job still runs
+    and its output is still shown."""
+    (tmp_path / "file").write_text("")
+    config = job(script("echo hi"))
+    config["logsPolicy"] = {"destination": "PATH", "logsPath": str(tmp_path / "file" / "logs")}
+    result = local(write(tmp_path, config), "--json")
+    assert result.returncode == 0, result.stderr
+    warnings = [e["message"] for e in events(result.stdout) if e["event"] == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith("cannot write the log files in ")
+    assert outputs(result.stdout) == ["hi"]
+
+
+def test_output_is_read_from_cloud_logging_after_the_task_runs(tmp_path: Path) -> None:
+    """Output comes from the entries the agents wrote to the emulator's Cloud Logging: a JSON
+    line is a structured entry (its message shown, its severity kept), and no line of an attempt
+    is shown before a change showing that attempt RUNNING (or ended); none lost or doubled."""
+    text = (
+        'echo "attempt $BATCH_TASK_RETRY_ATTEMPT"; '
+        'echo \'{"severity": "WARNING", "message": "careful", "step": 1}\'; '
+        '[ "$BATCH_TASK_RETRY_ATTEMPT" = 1 ] || exit 1'
+    )
+    config = job(script(text), count=3, parallelism=2, maxRetryCount=1)
+    config["logsPolicy"] = {"destination": "PATH", "logsPath": str(tmp_path / "logs")}
+    result = local(write(tmp_path, config), "--json")
+    assert result.returncode == 0, result.stderr
+    stream = events(result.stdout)
+    shown: set[tuple[int, int]] = set()
+    seen: list[tuple[int, str]] = []
+    for event in stream:
+        if event["event"] == "task" and event["state"] in ("RUNNING", "SUCCEEDED", "FAILED"):
+            shown.add((event["task"], event["attempt"]))
+        if event["event"] == "output":
+            task, message = event["task"], event["message"]
+            seen.append((task, message))
+            if message.startswith("attempt "):
+                assert (task, int(message.split()[1])) in shown, (event, shown)
+            assert any(t == task for t, _ in shown), event
+    expected = [(t, m) for t in range(3) for m in ("attempt 0", "attempt 1", "careful", "careful")]
+    assert sorted(seen) == sorted(expected)
+    uid = stream[0]["jobUid"]
+    warnings = [
+        line
+        for line in (tmp_path / "logs" / f"stdout-{uid}.log").read_text().splitlines()
+        if line.endswith("] careful")
+    ]
+    assert len(warnings) == 6 and all(" WARNING: [task_id:task/" in w for w in warnings)
 
 
 def test_sigint_cancels_the_job_and_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
@@ -259,3 +260,36 @@ def test_one_tick_ships_every_followed_task_and_saves_moved_offsets(tmp_path: Pa
             await asyncio.sleep(0.01)
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_a_task_just_followed_is_looked_at_long_before_the_tick(tmp_path: Path) -> None:
+    """With a 60 s tick, lines a task prints at its start are shipped at the quick looks that
+    follow `follow` (10 ms, then doubling), also for a task followed while the tick sleeps."""
+    seen: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        shipping = Shipping(every=60.0)
+        lives = []
+        for i in range(2):
+            folder = tmp_path / f"t{i}"
+            folder.mkdir()
+            record = TaskRecord(task_id=f"t{i}", raw={})
+            record.runnables[1] = RunnableRecord()
+            output = TaskOutput(
+                folder, f"task {i}", lambda t, s, ls: seen.extend((t, x) for x in ls)
+            )
+            lives.append(LiveOutput(record, output, Saves(), lambda: datetime.now(UTC)))
+        for i, live in enumerate(lives):
+            if i:  # the tick has been quiet long enough to sleep for seconds by now
+                await asyncio.sleep(3.0)
+            shipping.follow(live)
+            followed = time.monotonic()
+            (tmp_path / f"t{i}" / "runnable-1.stdout").write_bytes(b"started\n")
+            while (f"task {i} r1", "started") not in seen:
+                await asyncio.sleep(0.01)
+            # Quick looks come 10, 30, 70 ms... after `follow`; without them, seconds later.
+            assert time.monotonic() - followed < 1.5
+        for live in lives:
+            shipping.unfollow(live)
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=20))

@@ -54,7 +54,9 @@ class JournalFormatter(logging.Formatter):
 
 
 class JournalOutput:
-    """Runnables' output lines for journald: `<6>[task 3 r1 stdout] line`; thread-safe."""
+    """Runnables' output lines for journald: `<6>[task 3 r1 stdout] line`; thread-safe. Like
+    `outputlog.OutputLog`, a batch is formatted as a whole, on bytes (decoded only when it is
+    not ASCII), and goes to the stream's `buffer` in one write."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
@@ -63,9 +65,11 @@ class JournalOutput:
     def write(self, tag: str, stream: str, lines: Lines) -> None:
         piece = f" part {lines.part}{' end' if lines.last else ''}" if lines.part else ""
         priority = PRIORITY["INFO"] if stream == "stdout" else PRIORITY["ERROR"]
-        head = f"<{priority}>[{tag} {stream}{piece}] "
-        text = "".join(f"{head}{line}\n" for line in lines)
+        head = f"<{priority}>[{tag} {stream}{piece}] ".encode()
+        data = lines.data if lines.data.isascii() else lines.text().encode()
+        text = b"".join((head, data.replace(b"\n", b"\n" + head), b"\n"))
         out = self._stream or sys.stderr
         with self._lock:
-            out.write(text)
-            out.flush()
+            out.flush()  # whatever the logging module wrote to the text layer goes first
+            out.buffer.write(text)
+            out.buffer.flush()

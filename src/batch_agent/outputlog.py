@@ -3,11 +3,13 @@
 A runnable may print hundreds of thousands of lines; a logging.LogRecord, or even a Python
 string, per line costs the agent seconds of CPU for that. Lines arrive here in batches (`Lines`:
 the bytes of many lines, or one piece of a cut line) and each batch is formatted as a whole,
-with one timestamp: decoded once (invalid UTF-8 replaced), every newline replaced by a newline
-and the next line's head, written once. The shape is the agent's own log lines' shape, text
-or JSON. A piece of a line cut at the maximum line length says so: `part N` in the text head,
-`"part": N` in JSON, and the line's last piece adds `end` / `"end": true`. Knows nothing of
-tasks beyond the tag it is given.
+with one timestamp: decoded only when it is not ASCII (invalid UTF-8 replaced), every newline
+replaced by a newline and the next line's head, written once. A batch is small (a shipper's
+read chunk and a line), so its text is too: B bytes make at most B x (head + 1) bytes, when
+every line is empty. The shape is the agent's own log lines' shape, text or JSON. A piece of
+a line cut at the maximum line length says so: `part N` in the text head, `"part": N` in
+JSON, and the line's last piece adds `end` / `"end": true`. Knows nothing of tasks beyond the
+tag it is given.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from datetime import datetime
-from functools import partial
 from typing import TextIO
 
 from batch_agent.tasks.output import Lines
 
-# Bytes of formatted log a write makes at most (one line may make more): a batch of short lines
-# grows several times over once each line has its head; kept in slices this size, the memory it
+# Bytes of JSON log a write makes at most (one line may make more): a batch of short lines
+# grows several times over once each line is an object; kept in slices this size, the memory it
 # takes is reused by the allocator instead of being mapped, faulted in and given back each time.
 WRITE_SIZE = 64 * 1024
 
@@ -36,30 +38,40 @@ class OutputLog:
         self._json = log_format == "json"
         self._stream = stream
         self._lock = threading.Lock()
+        self._second = (-1, "")  # a second since the epoch and its local time, as text
 
     def write(self, tag: str, stream: str, lines: Lines) -> None:
         """Log `lines` of a runnable's `stream` ("stdout" or "stderr"), each tagged with `tag`."""
-        now = datetime.now().astimezone()
         severity = "INFO" if stream == "stdout" else "ERROR"
         data = lines.data
         if not data.isascii():  # the common case skips a decode and an encode
             data = lines.text().encode()
-        form: Callable[[bytes], bytes]
-        if self._json:
-            json_head = _json_head(lines, now, severity, tag, stream)
-            # JSON makes four strings of a slice's size on the way: slices a quarter the size
-            form, head, size = partial(_json_lines, json_head), len(json_head), WRITE_SIZE // 4
-        else:
-            millis = now.microsecond // 1000
-            part = "" if not lines.part else f" part {lines.part}{' end' * lines.last}"
-            text_head = f"{now:%Y-%m-%d %H:%M:%S},{millis:03d} {severity} [{tag} {stream}{part}] "
-            form, head, size = partial(_text_lines, text_head.encode()), len(text_head), WRITE_SIZE
         out = self._stream or sys.stderr
+        if self._json:
+            now = datetime.now().astimezone()
+            json_head = _json_head(lines, now, severity, tag, stream)
+            with self._lock:
+                out.flush()  # whatever the logging module wrote to the text layer goes first
+                # JSON makes four strings of a slice's size on the way: slices a quarter the size
+                for piece in _slices(data, len(json_head), WRITE_SIZE // 4):
+                    out.buffer.write(_json_lines(json_head, piece))
+                out.buffer.flush()
+            return
+        part = "" if not lines.part else f" part {lines.part}{' end' * lines.last}"
         with self._lock:
+            head = f"{self._stamp()} {severity} [{tag} {stream}{part}] ".encode()
             out.flush()  # whatever the logging module wrote to the text layer goes first
-            for piece in _slices(data, head, size):
-                out.buffer.write(form(piece))
+            out.buffer.write(b"".join((head, data.replace(b"\n", b"\n" + head), b"\n")))
             out.buffer.flush()
+
+    def _stamp(self) -> str:
+        """Now as the logging module stamps our own lines: `2026-01-02 10:11:12,345`, local
+        time; the date and time part made once a second."""
+        now = time.time()
+        second = int(now)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+        return f"{self._second[1]},{int((now - second) * 1000):03d}"
 
 
 def _slices(data: bytes, head: int, size: int) -> Iterator[bytes]:
@@ -80,11 +92,6 @@ def _slices(data: bytes, head: int, size: int) -> Iterator[bytes]:
         yield data[start:end]
         start = end + 1
     yield data[start:]
-
-
-def _text_lines(head: bytes, data: bytes) -> bytes:
-    """One text log line a line of `data`: each newline becomes a newline and the next head."""
-    return head + data.replace(b"\n", b"\n" + head) + b"\n"
 
 
 def _json_head(lines: Lines, now: datetime, severity: str, tag: str, stream: str) -> str:

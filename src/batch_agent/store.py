@@ -117,8 +117,11 @@ class TaskStore:
         await self._write(writes, durable=durable)
 
     async def delete(self, task_id: str) -> None:
-        """Forget a task. A deletion the state dir refuses is logged and done later."""
-        await self._write_later(f"task {task_id}", functools.partial(self._delete, task_id))
+        """Forget a task; not fsynced (a power loss may bring back the record of a task the
+        server deleted: it is reported, and deleted, again). A deletion the state dir refuses
+        is logged and done later."""
+        write = functools.partial(self._delete, task_id)
+        await self._write_later(f"task {task_id}", write, durable=False)
 
     def fact(self, key: str) -> str | None:
         """A small durable value (e.g. the boot time seen last). Blocks briefly."""
@@ -182,9 +185,11 @@ class TaskStore:
                 else:
                     done.set_exception(failure)
 
-    async def _write_later(self, key: str, write: Callable[[], None]) -> None:
+    async def _write_later(
+        self, key: str, write: Callable[[], None], *, durable: bool = True
+    ) -> None:
         try:
-            await self._write([(key, write)])
+            await self._write([(key, write)], durable=durable)
         except StorageError as error:
             log.warning("state dir: %s not written yet: %s", key, error)
 

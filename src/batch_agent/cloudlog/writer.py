@@ -47,6 +47,21 @@ FLUSH_EVERY = 0.5  # seconds between rounds when there was nothing more to send
 DRAIN_TIMEOUT = timedelta(seconds=10)  # how long a task's DELETED waits for its last lines
 
 
+def request(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The WriteLogEntriesRequest for `entries`, what they all share (the same logName,
+    resource or labels: one task's, most of the time) said once at request level, which the
+    API copies into each entry. Takes the fields out of `entries` (made for this request)."""
+    shared: dict[str, Any] = {"partialSuccess": True}
+    first = entries[0]
+    for key in ("logName", "resource", "labels"):
+        value = first.get(key)
+        if value is not None and all(e.get(key) is value for e in entries):
+            shared[key] = value
+            for entry in entries:
+                del entry[key]
+    return {**shared, "entries": entries}
+
+
 class LogClient(Protocol):
     def write(self, request: dict[str, Any]) -> None: ...  # blocks; raises ControlPlaneError
 
@@ -85,6 +100,7 @@ class CloudLogWriter:
         self._batch_resource = False
         self._backoff = Backoff()
         self._delay = timedelta(seconds=1)  # before the next try, after a failed write
+        self._unsaved: dict[TaskLog, None] = {}  # written, offsets not saved yet (in order)
         self._denied = False  # the last write was refused with 403 (logged once per streak)
         self._turn = itertools.count()
         self._kick: asyncio.Event | None = None
@@ -112,7 +128,11 @@ class CloudLogWriter:
         self._kick = asyncio.Event()
         try:
             while True:
-                outcome = await self._round()
+                try:
+                    outcome = await self._round()
+                except Exception:  # a bug here must not end the shipping of every task
+                    log.exception("cloud logging: a write round failed")
+                    outcome, self._delay = "failed", self._backoff.next_delay()
                 if outcome == "more":
                     continue
                 if outcome == "failed":
@@ -147,11 +167,12 @@ class CloudLogWriter:
         self._logs.pop(name, None)
 
     async def flush(self, timeout: timedelta) -> bool:
-        """Wait (at most `timeout`) until every followed task's output is written; True if it
-        was. For the agent's exit: what is left is sent by the next agent, from the offsets."""
+        """Wait (at most `timeout`) until the output of every ended task is written; True if
+        it was. For the agent's exit: running tasks outlive the agent, and what is left of any
+        task is sent by the next agent, from the offsets."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout.total_seconds()
-        while not all(self._caught_up(t) for t in self._followed()):
+        while not all(self._caught_up(t) for t in self._followed() if t.record.state.is_terminal):
             if loop.time() >= end:
                 return False
             self.wake()
@@ -168,6 +189,7 @@ class CloudLogWriter:
         agent_log = self._agent_log if self._agent_log_on else None
         agent_entries = agent_log.take(MAX_ENTRIES // 2) if agent_log is not None else []
         if not picks and not agent_entries:
+            await self._save_unsaved()
             self._wake_drained(followed)
             return "idle"
         now_ns = time.time_ns()
@@ -177,16 +199,18 @@ class CloudLogWriter:
         write.entries.extend(agent_entries)
         write.full |= full
         if not write.entries:
+            await self._save_unsaved()
             self._wake_drained(followed)
             return "more" if write.segments else "idle"
         touched = list(write.segments)
         for task_log, segments in write.segments.items():
             task_log.set_pending(segments)
-        await self._save(touched)  # before sending: a resend after a crash is the same
+        # Before sending: a resend after a crash is the same. With it go the offsets moved by
+        # the last write, if that one was not saved on its own (see below).
+        await self._save([*touched, *(t for t in self._unsaved if t not in write.segments)])
+        self._unsaved.clear()
         try:
-            await asyncio.to_thread(
-                self._client.write, {"entries": write.entries, "partialSuccess": True}
-            )
+            await asyncio.to_thread(self._client.write, request(write.entries))
         except ControlPlaneError as error:
             if error.status == 400:
                 log.error("cloud logging refused entries for good (skipped): %s", error)
@@ -201,7 +225,12 @@ class CloudLogWriter:
         self._backoff.reset()
         for task_log, segments in write.segments.items():
             task_log.written(segments)
-        await self._save(touched)
+        if write.full:
+            # More at once: the next round's save carries these offsets. A crash before it
+            # sends the pending segments on disk again, which Cloud Logging deduplicates.
+            self._unsaved.update(dict.fromkeys(touched))
+        else:
+            await self._save(touched)
         self._wake_drained(followed)
         return "more" if write.full else "idle"
 
@@ -241,6 +270,11 @@ class CloudLogWriter:
         if warned:
             await self._save(warned)
             self._on_change()
+
+    async def _save_unsaved(self) -> None:
+        if self._unsaved:
+            unsaved, self._unsaved = list(self._unsaved), {}
+            await self._save(unsaved)
 
     async def _save(self, task_logs: list[TaskLog]) -> None:
         """Save the records of these tasks that are still the agent's (a deleted task's record

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 # Job fields a local run accepts and ignores: they shape VMs, billing or Google-side services.
-_JOB_NOT_APPLIED = ("allocationPolicy", "notifications", "labels", "priority")
+_JOB_NOT_APPLIED = ("allocationPolicy", "notifications", "priority")
+# "Label names that start with "goog-" or "google-" are reserved for predefined labels" (Job.labels)
+_RESERVED_LABELS = ("goog-", "google-")
 # Output-only fields of a Job resource (present when a user feeds back `gcloud ... describe`).
 _OUTPUT_ONLY = ("name", "uid", "status", "createTime", "updateTime")
 _GROUP_NOT_APPLIED = ("permissiveSsh", "runAsNonRoot")
@@ -30,6 +32,9 @@ def problems(job: dict[str, Any]) -> list[str]:
     logs = job.get("logsPolicy", {})
     if logs.get("destination") == "PATH" and not logs.get("logsPath"):
         out.append('logsPolicy.logsPath: needs a path when destination is "PATH"')
+    for label in job.get("labels", {}):
+        if label.startswith(_RESERVED_LABELS):
+            out.append(f"labels.{label}: names starting with goog- or google- are Batch's own")
     return out
 
 
@@ -95,9 +100,6 @@ def _check_runnable(runnable: dict[str, Any], where: str, out: list[str]) -> Non
 def not_applied(job: dict[str, Any]) -> list[str]:
     """Paths of the fields present in `job` that a local run accepts but does not honour."""
     out = [f for f in (*_JOB_NOT_APPLIED, *_OUTPUT_ONLY) if f in job]
-    destination = job.get("logsPolicy", {}).get("destination")
-    if destination == "CLOUD_LOGGING":
-        out.append("logsPolicy.destination CLOUD_LOGGING (logs are shown here)")
     for g, group in enumerate(job.get("taskGroups", [])):
         where = f"taskGroups[{g}]"
         out += [f"{where}.{f}" for f in _GROUP_NOT_APPLIED if f in group]

@@ -91,6 +91,8 @@ class Emulator:
             busy_minimum=busy_min_report_interval,
             log=self._log,
         )
+        if plan is not None:  # the job's logsPolicy.cloudLoggingOption
+            self._api.batch_monitored_resource = plan.batch_monitored_resource
         self._preemption = Preemption(vms)
         self.secrets = SecretStore(secrets)  # Secret Manager and KMS (thread-safe on its own)
         self.logs = LogStore(project_number)  # Cloud Logging (thread-safe on its own)
@@ -189,7 +191,8 @@ class Emulator:
             self._api.intervals = (default, minimum)
 
     def use_batch_monitored_resource(self, value: bool | None = True) -> None:
-        """Answer reports with `useBatchMonitoredResource` (None: leave it out, the default)."""
+        """Answer reports with `useBatchMonitoredResource` (None: leave it out). By default a job
+        config's `logsPolicy.cloudLoggingOption` decides; without a job it is left out."""
         with self._lock:
             self._api.batch_monitored_resource = value
 

@@ -34,7 +34,12 @@ class JobPlan:
     """One task group of a job, expanded: `specs[i]` is the TaskSpec JSON of task i.
 
     `in_order`: schedulingPolicy IN_ORDER (one task at a time, by index). `policies` are the
-    task spec's lifecyclePolicies. `not_applied` names fields a local run accepts but ignores.
+    task spec's lifecyclePolicies. `cloud_logging`: logsPolicy CLOUD_LOGGING, so each task is
+    sent with a `loggingOption` carrying `log_labels` (the job's `labels`, which Batch applies
+    "to the job and any Cloud Logging LogEntry that it generates");
+    `batch_monitored_resource`: the answers' `useBatchMonitoredResource` (true unless
+    `cloudLoggingOption.useGenericTaskMonitoredResource`). `not_applied` names fields a local
+    run accepts but ignores.
     """
 
     specs: tuple[dict[str, Any], ...]
@@ -45,6 +50,9 @@ class JobPlan:
     policies: tuple[dict[str, Any], ...] = ()
     require_hosts_file: bool = False
     logs_path: str | None = None
+    cloud_logging: bool = False
+    log_labels: tuple[tuple[str, str], ...] = ()
+    batch_monitored_resource: bool = True
     not_applied: tuple[str, ...] = ()
 
     @property
@@ -128,6 +136,7 @@ def load_job(config: object, *, strict: bool = False) -> JobPlan:
     if per_node is not None and per_node < 1:
         raise JobConfigError([f"taskGroups[0].taskCountPerNode: {per_node} is not at least 1"])
     logs = job.get("logsPolicy", {})
+    generic = bool(logs.get("cloudLoggingOption", {}).get("useGenericTaskMonitoredResource"))
     return JobPlan(
         specs=tuple(specs),
         parallelism=parallelism,
@@ -137,6 +146,9 @@ def load_job(config: object, *, strict: bool = False) -> JobPlan:
         policies=tuple(spec.get("lifecyclePolicies", ())),
         require_hosts_file=bool(group.get("requireHostsFile", False)),
         logs_path=logs.get("logsPath") if logs.get("destination") == "PATH" else None,
+        cloud_logging=logs.get("destination") == "CLOUD_LOGGING",
+        log_labels=tuple(sorted(job.get("labels", {}).items())),
+        batch_monitored_resource=not generic,
         not_applied=tuple(checks.not_applied(job)),
     )
 

@@ -10,11 +10,12 @@ request unless `partialSuccess`, which writes the good ones and names the bad on
 `WriteLogEntriesPartialErrors`, as the API does. Missing `timestamp`/`insertId` are supplied.
 
 `entries` reads the store as a Cloud Logging query would: duplicates (same project, timestamp
-and insertId: the API's documented rule) removed, in write order; `received` counts every entry
-written, duplicates too, so tests see re-sends. Tests script faults with `fail_next` and `deny`
-(403 with the body Google sends when the API is disabled or the caller lacks
-`logging.logEntries.create`). Thread-safe. Plain values only: must not import agent code or
-parse HTTP.
+and insertId: the API's documented rule) removed, in write order; `entries_since` reads the same
+from a cursor on, for a watcher that follows them as they arrive (`batch-agent local`);
+`received` counts every entry written, duplicates too, so tests see re-sends. Tests script
+faults with `fail_next` and `deny` (403 with the body Google sends when the API is disabled or
+the caller lacks `logging.logEntries.create`). Thread-safe. Plain values only: must not import
+agent code or parse HTTP.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class LogStore:
         self._project_number = project_number
         self._lock = threading.Lock()
         self._written: list[dict[str, Any]] = []  # every entry stored, defaults applied
+        self._unique: list[dict[str, Any]] = []  # the same without duplicates
+        self._keys: set[tuple[str, int, str]] = set()  # the dedup keys of `_unique`
         self._failures: list[int] = []  # statuses to answer the next calls with
         self._denied: Literal["permission", "disabled"] | None = None
         self._ids = itertools.count(1)
@@ -99,6 +102,22 @@ class LogStore:
                 seen.add(key)
                 out.append(copy.deepcopy(entry))
         return out
+
+    def entries_since(
+        self, cursor: int, log_id: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The entries stored after the first `cursor` ones `entries()` would list (of log
+        `log_id` when given; the cursor counts every log's), and the next cursor. For a
+        watcher of many entries: shallow copies, whose nested values (labels, resource,
+        jsonPayload) are the store's and must not be changed."""
+        with self._lock:
+            fresh, end = self._unique[cursor:], len(self._unique)
+        out = [
+            dict(entry)
+            for entry in fresh
+            if log_id is None or _split_log_name(entry["logName"])[1] == log_id
+        ]
+        return out, end
 
     def received(self, log_id: str | None = None) -> int:
         """How many entries were written (of log `log_id` when given), duplicates included."""
@@ -158,7 +177,7 @@ class LogStore:
             with self._lock:
                 for i, entry in enumerate(filled):
                     if i not in problems:
-                        self._written.append(self._supply_ids(entry))
+                        self._keep(self._supply_ids(entry))
         if problems:
             errors = {
                 str(i): {"code": _INVALID_ARGUMENT, "message": p} for i, p in problems.items()
@@ -171,6 +190,15 @@ class LogStore:
                 [{"@type": _PARTIAL, "logEntryErrors": errors}],
             )
         return Reply(200, b"{}")
+
+    def _keep(self, entry: dict[str, Any]) -> None:
+        """Store one valid entry; a duplicate is counted but not listed again. Under the lock."""
+        self._written.append(entry)
+        key = (_split_log_name(entry["logName"])[0], _instant_ns(entry["timestamp"]))
+        unique = (*key, str(entry["insertId"]))
+        if unique not in self._keys:
+            self._keys.add(unique)
+            self._unique.append(entry)
 
     def _count(self, request: dict[str, Any]) -> Reply:
         with self._lock:
@@ -222,11 +250,12 @@ class LogStore:
 
 def _with_defaults(entry: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """A copy of `entry` with the request's logName, resource and labels where it has none
-    (an entry's own label wins over the request's)."""
-    filled = copy.deepcopy(entry)
+    (an entry's own label wins over the request's). Shallow: the request was parsed for this
+    call alone, a stored entry's values are never changed, and reads hand out deep copies."""
+    filled = dict(entry)
     for field in ("logName", "resource"):
         if field not in filled and field in request:
-            filled[field] = copy.deepcopy(request[field])
+            filled[field] = request[field]
     if "labels" in request:
         filled["labels"] = {**request["labels"], **filled.get("labels", {})}
     if "logName" in filled:

@@ -81,7 +81,13 @@ class JobState:
         spec = copy.deepcopy(self._plan.specs[index])
         variables = spec.setdefault("environment", {}).setdefault("variables", {})
         variables.update(service.batch_variables(self._plan.task_count, attempt, self._hosts_path))
-        return {"task": name, "intendedState": "ASSIGNED", "spec": spec, "taskSource": "USER"}
+        task = {"task": name, "intendedState": "ASSIGNED", "spec": spec, "taskSource": "USER"}
+        if self._plan.cloud_logging:
+            # [I] AgentTaskSpec.loggingOption: "Labels to be added to the log entry"; the job's
+            # labels are documented to label its entries. Sent with CLOUD_LOGGING only.
+            labels = dict(self._plan.log_labels)
+            task["agentTaskSpec"] = {"loggingOption": {"labels": labels} if labels else {}}
+        return task
 
     def task(self, name: str) -> ServerTask:
         """The task with this resource name or sent under this name (any attempt's); KeyError
@@ -208,7 +214,8 @@ class JobState:
             task.attempt_started = min(began or now, now)
             task.started = task.started or task.attempt_started
         if new not in TERMINAL:
-            self.changes.task(task, before)
+            if new != before:  # an agent's first ASSIGNED is no change from the server's
+                self.changes.task(task, before)
             return
         self._ran = True
         # A SUCCEEDED event carries no taskExecution; TaskExecution.exitCode: "If the task

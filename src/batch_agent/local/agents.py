@@ -1,10 +1,12 @@
 """The agents of a local run: one `batch-agent run --log-format json` subprocess per emulated VM.
 
-Each agent's stderr (its log and its runnables' output, one JSON object per line) is drained by a
-thread into a queue of `Line`s and copied verbatim to `agent.log` in the agent's directory, so an
-agent never blocks on a full pipe. Agents run in their own session: a Ctrl-C at the terminal
-reaches `local`, which cancels the job first and stops the agents after (an agent stop leaves
-tasks running by design). Must not import agent code or decide anything about the job.
+Each agent may ship its runnables' output to the emulator's Cloud Logging (the session asks it
+to, whatever the job's logsPolicy: that is where a local run reads it). Its stderr (its log,
+with its copy of the output, one JSON object per line) is drained by a thread into a queue of
+`Line`s and copied verbatim to `agent.log` in the agent's directory, so an agent never blocks on
+a full pipe. Agents run in their own session: a Ctrl-C at the terminal reaches `local`, which
+cancels the job first and stops the agents after (an agent stop leaves tasks running by design).
+Must not import agent code or decide anything about the job.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ _TAG = re.compile(r"task (\d+) r(\d+)")
 
 @dataclass(frozen=True)
 class Line:
-    """One line an agent wrote: a runnable's output (`task`/`runnable` set) or its own log."""
+    """One line to show: a runnable's output (`task`/`runnable` set; read from Cloud Logging, see
+    `taskoutput`) or an agent's own log line (from its stderr; `vm` None: from no agent)."""
 
-    vm: int
+    vm: int | None
     severity: str
     message: str
     task: int | None = None

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TextIO
 
 from batch_agent.emulator import TaskView
@@ -26,6 +27,7 @@ from batch_agent.local.view import (
     duration,
     prefix,
     prefix_width,
+    source,
     summary_lines,
 )
 
@@ -104,18 +106,38 @@ class LiveView(View):
             self._job_state = str(change["state"])
             self._draw()
             return  # the table's first line shows it
-        if change.get("from") is None or change.get("state") not in ("FAILED", "SUCCEEDED"):
-            return  # the table shows the rest
-        text = describe_change(change)
-        if text is not None:
-            self._print(self._paint("2", text))
+        # The row changes now, before any output line this change lets through is printed.
+        self._note(change)
+        if change.get("from") is not None and change.get("state") in ("FAILED", "SUCCEEDED"):
+            text = describe_change(change)
+            if text is not None:
+                self._print(self._paint("2", text))
         self._draw()
+
+    def _note(self, change: dict[str, Any]) -> None:
+        """The table's row of the changed task, as the change says it is now."""
+        index, state = change.get("task"), str(change.get("state"))
+        if not isinstance(index, int):
+            return
+        attempt, vm = int(change.get("attempt", 0)), change.get("vm")
+        retrying, code = bool(change.get("retrying")), change.get("exitCode")
+        rows = {t.index: t for t in self._tasks}
+        old = rows.get(index)
+        if old is None:
+            new = TaskView(index, "", state, attempt, 0, vm, code, None, None, None, retrying)
+            rows[index] = new
+        else:
+            code = code if "exitCode" in change else old.exit_code
+            rows[index] = replace(
+                old, phase=state, attempt=attempt, vm=vm, exit_code=code, retrying=retrying
+            )
+        self._tasks = [rows[i] for i in sorted(rows)]
 
     def line(self, line: Line) -> None:
         message = _CONTROLS.sub("", line.message)
         if line.task is None or line.runnable is None or self._info is None:
             code = "31" if line.severity in ("ERROR", "CRITICAL") else "2"
-            self._print(self._paint(code, f"[vm-{line.vm}] {line.severity} {message}"))
+            self._print(self._paint(code, f"[{source(line)}] {line.severity} {message}"))
             return
         head = prefix(self._info, line.task, line.runnable).ljust(self._width)
         self._print(self._paint(RAINBOW[line.task % len(RAINBOW)], f"[{head}]") + f" {message}")

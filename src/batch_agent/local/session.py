@@ -1,8 +1,10 @@
 """One local run: the emulator in this process, one agent subprocess per VM, the job to its end.
 
 `LocalRun.run` blocks until the job is over and returns the exit status (0 succeeded, 1 failed,
-130 cancelled). A single thread (the caller's) watches the emulator's change log and the agents'
-lines and feeds the view; signal handlers only set a flag. On SIGINT/SIGTERM the job is cancelled
+130 cancelled). A single thread (the caller's) watches the emulator's change log, the entries
+the agents wrote to its Cloud Logging (the runnables' output, see `taskoutput`) and the agents'
+own warnings and errors (their stderr), and feeds the view and the logsPolicy PATH files; signal
+handlers only set a flag. On SIGINT/SIGTERM the job is cancelled
 through the emulator (agents stop the tasks' processes), then the agents are stopped; a second
 signal stops waiting for the cancellation. Every agent is stopped and reaped before `run` returns.
 """
@@ -10,12 +12,13 @@ signal stops waiting for the cancellation. Every agent is stopped and reaped bef
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import queue
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -24,7 +27,8 @@ from typing import Any
 from batch_agent.emulator import Emulator, JobPlan, TaskView
 from batch_agent.emulator.job import barrier_indices
 from batch_agent.local.agents import AgentProcess, Line, agent_env
-from batch_agent.local.tasklogs import TaskLogs
+from batch_agent.local.tasklogs import PathLogs
+from batch_agent.local.taskoutput import TASK_LOGS, Output, OutputGate
 from batch_agent.local.view import RunInfo, Summary, TaskSummary, View
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
@@ -97,9 +101,9 @@ class LocalRun:
         self._lines: queue.Queue[Line] = queue.Queue()
         self._agents: list[AgentProcess] = []
         self._cursor = 0
-        self._logs = [TaskLogs(work_dir / "logs")]
-        if plan.logs_path:
-            self._logs.append(TaskLogs(Path(plan.logs_path) / job_id))
+        self._entries = 0  # cursor in the emulator's Cloud Logging entries
+        self._gate = OutputGate("")
+        self._logs: list[PathLogs] = []
 
     def run(self) -> int:
         """Run the job to its end; always stops every agent and the emulator before returning."""
@@ -121,19 +125,30 @@ class LocalRun:
             files_dir=self._work_dir,
             secrets=self._options.secrets,
         )
+        # The output is read from the entries: PATH files in the work dir, and in logsPath.
+        self._gate = OutputGate(emulator.job_uid)
+        self._logs = [PathLogs(self._work_dir / "logs", emulator.job_uid)]
+        if self._plan.logs_path:
+            self._logs.append(PathLogs(Path(self._plan.logs_path), emulator.job_uid))
         try:
             emulator.start()
             labels = runnable_labels(self._plan)
             info = RunInfo(
-                self._job_id, self._plan.task_count, self._options.vms, labels, self._work_dir
+                self._job_id,
+                self._plan.task_count,
+                self._options.vms,
+                labels,
+                self._work_dir,
+                emulator.job_uid,
             )
             self._view.start(info)
             self._pump(emulator)  # the job's creation comes first
             self._start_agents(emulator)
             cancelled = self._watch(emulator)
         finally:
-            self._stop_agents()
+            self._stop_agents()  # each agent writes its last output lines before it exits
             self._pump(emulator)
+            self._show_output(self._gate.rest())
             emulator.stop()
             for logs in self._logs:
                 logs.close()
@@ -158,6 +173,8 @@ class LocalRun:
             env = agent_env(
                 vm.metadata_host, emulator.url, directory / "state", self._options.kill_grace
             )
+            # Every task's output, whatever the job's logsPolicy: the view is built from it.
+            env["BATCH_AGENT_CLOUD_LOGGING"] = "always"
             if self._options.volume_root is not None:
                 env["BATCH_AGENT_VOLUME_ROOT"] = str(self._options.volume_root)
             agent = AgentProcess(vm.index, directory, env, self._lines)
@@ -190,12 +207,16 @@ class LocalRun:
                 self._show(self._lines.get(timeout=0.05))
 
     def _pump(self, emulator: Emulator) -> bool:
-        """Hand every new state change and agent line to the view (and output to the logs);
-        returns whether there was a state change."""
+        """Hand every new state change, output line and agent line to the view (and output to
+        the PATH files); returns whether there was a state change. A change goes to the view
+        before the output it lets through."""
         changes = emulator.changes_since(self._cursor)
         self._cursor += len(changes)
         for change in changes:
             self._view.change(change)
+            self._show_output(self._gate.change(change))
+        entries, self._entries = emulator.logs.entries_since(self._entries, TASK_LOGS)
+        self._show_output(self._gate.entries(entries))
         while True:
             try:
                 self._show(self._lines.get_nowait())
@@ -203,12 +224,30 @@ class LocalRun:
                 return bool(changes)
 
     def _show(self, line: Line) -> None:
-        if line.task is not None:
-            for logs in self._logs:
-                logs.write(line)
-        elif line.severity not in ("WARNING", "ERROR", "CRITICAL"):
-            return  # the agent's own chatter stays in its agent.log
-        self._view.line(line)
+        """An agent's stderr line: its warnings and errors are shown; its chatter and its copy of
+        the output (shown from Cloud Logging instead) stay in its agent.log."""
+        if line.task is None and line.severity in ("WARNING", "ERROR", "CRITICAL"):
+            self._view.line(line)
+
+    def _show_output(self, items: list[Output | Line]) -> None:
+        """Output lines to the view and the PATH files; a folder that cannot be written is
+        named once in a warning and left alone (the run goes on)."""
+        for item in items:
+            if isinstance(item, Output):
+                self._write_logs(functools.partial(PathLogs.write, output=item))
+                self._view.line(item.line)
+            else:
+                self._view.line(item)
+        if items:
+            self._write_logs(PathLogs.flush)
+
+    def _write_logs(self, action: Callable[[PathLogs], None]) -> None:
+        for logs in list(self._logs):
+            try:
+                action(logs)
+            except OSError as e:
+                self._logs.remove(logs)
+                self._view.warn(f"cannot write the log files in {logs.directory}: {e}")
 
     def _stop_agents(self) -> None:
         for agent in self._agents:

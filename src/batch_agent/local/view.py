@@ -30,6 +30,7 @@ class RunInfo:
     vms: int
     labels: tuple[str, ...]  # labels[k - 1] names runnable k (displayName, image) or is ""
     work_dir: Path
+    job_uid: str = ""  # the emulated job's uid: its log entries' `labels.job_uid`
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,12 @@ def prefix_width(info: RunInfo) -> int:
     """The widest prefix of the run, so that output lines align as docker compose's do."""
     last = max(info.task_count - 1, 0)
     return max((len(prefix(info, last, k)) for k in range(1, len(info.labels) + 1)), default=0)
+
+
+def source(line: Line) -> str:
+    """Who wrote a line that is no runnable's output: `vm-2` (its agent), or `logs` (an entry
+    of the task log that names no task of this run)."""
+    return "logs" if line.vm is None else f"vm-{line.vm}"
 
 
 def describe_change(change: dict[str, Any]) -> str | None:
@@ -164,7 +171,7 @@ class PlainView(View):
 
     def line(self, line: Line) -> None:
         if line.task is None or line.runnable is None or self._info is None:
-            self._write(f"[vm-{line.vm}] {line.severity} {line.message}")
+            self._write(f"[{source(line)}] {line.severity} {line.message}")
             return
         head = prefix(self._info, line.task, line.runnable).ljust(self._width)
         self._write(f"[{head}] {line.message}")
@@ -189,6 +196,7 @@ class JsonView(View):
         self._emit(
             "start",
             job=info.job,
+            jobUid=info.job_uid,
             taskCount=info.task_count,
             vms=info.vms,
             workDir=str(info.work_dir),

@@ -123,6 +123,10 @@ def missing_script(index: int, path: str) -> str:
     return f'runnables[{index - 1}].script.path: "{path}" does not exist'
 
 
+def script_not_written(error: OSError) -> str:
+    return f"its script could not be written: {error.strerror or error}"
+
+
 def cannot_start(index: int, reason: str) -> str:
     return f"runnables[{index - 1}] could not start: {reason}"
 

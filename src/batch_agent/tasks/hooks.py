@@ -52,8 +52,8 @@ class TaskFolder:
                 pwd.getpwuid(uid)
             except KeyError:
                 return events.unknown_user(uid)
-        try:
-            make_task_folder(self._folder, self._user)
+        try:  # a new directory costs a disk's journal: off the event loop
+            await asyncio.to_thread(make_task_folder, self._folder, self._user)
         except OSError as error:
             return events.task_folder_failed(str(self._folder), error.strerror or str(error))
         return None

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from batch_agent.wire import TaskState
 
 MASK = "***"
+_MASK_BYTES = MASK.encode()
 MIN_LENGTH = 3  # shorter values (`1`, `on`) would mask every digit and word of the output
 
 
@@ -45,6 +46,7 @@ class Masker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: tuple[str, ...] = ()
+        self._encoded: tuple[bytes, ...] = ()  # the same values as UTF-8, for shipped output
         self._resolved: set[str] = set()  # tasks whose values were all added in this process
 
     def add(self, value: str) -> None:
@@ -53,7 +55,8 @@ class Masker:
         fresh = {p for p in parts if len(p) >= MIN_LENGTH} - set(self._values)
         if fresh:
             with self._lock:
-                self._values = tuple(sorted({*self._values, *fresh}, key=len, reverse=True))
+                values = tuple(sorted({*self._values, *fresh}, key=len, reverse=True))
+                self._values, self._encoded = values, tuple(v.encode() for v in values)
 
     def resolved(self, task_id: str) -> None:
         """Every secret value of task `task_id` has been added (its Secrets hook ran)."""
@@ -77,10 +80,9 @@ class Masker:
 
     def mask_bytes(self, data: bytes) -> bytes:
         """`mask` on UTF-8 bytes (shipped output is bytes until it is written)."""
-        for value in self._values:
-            encoded = value.encode()
+        for encoded in self._encoded:  # longest first, as `mask`
             if encoded in data:
-                data = data.replace(encoded, MASK.encode())
+                data = data.replace(encoded, _MASK_BYTES)
         return data
 
     def sink(self, write: Sink) -> Sink:

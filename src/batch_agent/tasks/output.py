@@ -3,8 +3,9 @@
 The runnable appends to a file; an `OutputShipper` reads what is new since the last call and
 hands it on as `Lines`: a block of whole lines as the bytes the file holds (no per-line
 objects), or one piece of a line longer than `max_line`, which is cut into numbered pieces
-instead of being accumulated. Memory stays bounded whatever the child prints: one read chunk
-plus at most `max_line` bytes kept between calls. The returned offset counts only bytes fully
+instead of being accumulated. Memory stays bounded whatever the child prints: one read of a
+chunk and of the unfinished line before it (at most `max_line` bytes, read again from the file
+rather than kept and joined to the next chunk). The returned offset counts only bytes fully
 shipped, so a restarted agent that resumes from it re-ships at most one partial line.
 
 This module must not know about tasks, processes or where lines go (agent log, Cloud Logging),
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_LINE = 16 * 1024  # bytes: a longer line is cut into pieces of at most this many
-READ_CHUNK = 32 * 1024  # bytes per read: bounds a batch; small enough to be reused by malloc
+READ_CHUNK = 64 * 1024  # bytes per read: bounds a batch; small enough to be reused by malloc
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ class OutputShipper:
         self._max_line = max_line
         self._read_chunk = read_chunk
         self._offset = offset  # first byte not yet shipped: what the caller persists
-        self._tail = b""  # bytes read after _offset, not yet a line (<= max_line of them)
+        self._held = 0  # bytes read after _offset, not yet a line (<= max_line of them)
         self._part = 0  # pieces of the current (cut) line shipped so far
 
     @property
@@ -80,7 +81,7 @@ class OutputShipper:
             return False
         if not stat.S_ISREG(found.st_mode):
             return False
-        return found.st_size != self._offset + len(self._tail)
+        return found.st_size != self._offset + self._held
 
     def ship(self, deliver: Deliver, *, final: bool = False) -> int:
         """Deliver what was appended since the last call, up to the end of file as it was when
@@ -94,27 +95,27 @@ class OutputShipper:
             return self._offset
         try:
             size = os.fstat(fd).st_size
-            position = self._offset + len(self._tail)
-            if size < position:  # truncated behind our back: start over
-                self._offset, self._tail, self._part, position = 0, b"", 0, 0
-            while position < size:
-                chunk = os.pread(fd, min(self._read_chunk, size - position), position)
-                if not chunk:
-                    break
-                position += len(chunk)
-                self._consume(chunk, deliver)
+            if size < self._offset + self._held:  # truncated behind our back: start over
+                self._offset, self._held, self._part = 0, 0, 0
+            while self._offset + self._held < size:
+                # The unfinished line again, and the next chunk after it, in one read.
+                want = min(self._held + self._read_chunk, size - self._offset)
+                data = os.pread(fd, want, self._offset)
+                if len(data) <= self._held:
+                    break  # shorter than it was a moment ago
+                self._consume(data, deliver)
+            if final and (self._held or self._part):
+                tail = os.pread(fd, self._held, self._offset)
+                deliver(Lines(tail, self._part + 1 if self._part else 0))
+                self._offset += len(tail)
+                self._held, self._part = 0, 0
         finally:
             os.close(fd)
-        if final and (self._tail or self._part):
-            piece = self._part + 1 if self._part else 0
-            deliver(Lines(self._tail, piece))
-            self._offset += len(self._tail)
-            self._tail, self._part = b"", 0
         return self._offset
 
-    def _consume(self, chunk: bytes, deliver: Deliver) -> None:
-        """Deliver every complete line of tail+chunk; cut the rest down to max_line bytes."""
-        data = self._tail + chunk if self._tail else chunk
+    def _consume(self, data: bytes, deliver: Deliver) -> None:
+        """Deliver every complete line of `data` (read from the offset); cut the rest down to
+        max_line bytes."""
         end = data.rfind(b"\n") + 1  # data[:end] is whole lines
         if end:
             self._whole_lines(data, end, deliver)
@@ -122,7 +123,7 @@ class OutputShipper:
         while len(data) - start > self._max_line:  # no newline in sight: ship a piece
             start = self._piece(data, start, len(data), deliver, last=False)
         self._offset += start
-        self._tail = data[start:]
+        self._held = len(data) - start
 
     def _whole_lines(self, data: bytes, end: int, deliver: Deliver) -> None:
         """Deliver data[:end] (ending in a newline): runs of lines of at most max_line bytes as

@@ -23,8 +23,8 @@ started is still the waiter's, with its start time and command line (see `scope.
 This module starts runnables (`start_script`) and finds an unrecorded waiter by its command line
 (`find_waiter`); `waiter.py` follows a started one (`ScriptExecution`, `read_status`), and is
 re-exported here. This module must not know about Batch, tasks, HTTP or the wire format, and
-must not block the event loop beyond small local file operations (stat, open, reading one
-/proc/PID/stat); `find_waiter` scans /proc and is for worker threads.
+must not block the event loop: `start_script` forks in a worker thread (`spawn_script` is
+the blocking part), `find_waiter` scans /proc and is for worker threads too.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ __all__ = [
     "ScriptExecution",
     "find_waiter",
     "read_status",
+    "spawn_script",
     "start_script",
     "waiter_argv",
     "write_script",
@@ -91,6 +92,32 @@ async def start_script(
     user: tuple[int, int] | None = None,
     leftover_grace: timedelta = LEFTOVER_GRACE,
 ) -> ScriptExecution | ExitResult:
+    """`spawn_script` in a worker thread: the event loop goes on while the files are made and
+    the waiter is forked and exec'd (many tasks starting at once start side by side)."""
+    return await asyncio.to_thread(
+        spawn_script,
+        program,
+        env=env,
+        cwd=cwd,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        status_path=status_path,
+        user=user,
+        leftover_grace=leftover_grace,
+    )
+
+
+def spawn_script(
+    program: Path,
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    stdout_path: Path,
+    stderr_path: Path,
+    status_path: Path,
+    user: tuple[int, int] | None = None,
+    leftover_grace: timedelta = LEFTOVER_GRACE,
+) -> ScriptExecution | ExitResult:
     """Start `program` under the waiter in a new session; see the module docstring.
 
     A relative `program` is taken relative to `cwd`. stdout/stderr are appended to the given
@@ -104,9 +131,10 @@ async def start_script(
     Never raises for a program that cannot start: returns an ExitResult with a reason and exit
     code 127 (not found) or 126 (not executable, or any other start failure). Failures the
     waiter only meets at exec time (e.g. unreadable by `user`) look like the program exiting
-    126/127 with the shell's message in stderr. Blocks only for small local file operations.
-    `leftover_grace` is the execution's grace before SIGKILL for what the program leaves
-    running when it ends (see `ScriptExecution`).
+    126/127 with the shell's message in stderr. Blocks on small local file operations and
+    until the waiter is exec'd (a fork from the event loop would stall it for that long): call
+    it from a worker thread. `leftover_grace` is the execution's grace before SIGKILL for what
+    the program leaves running when it ends (see `ScriptExecution`).
     """
     if not program.is_absolute():
         program = cwd / program
@@ -132,8 +160,8 @@ async def start_script(
             os.fchown(stdout_fd, user[0], user[1])
             os.fchown(stderr_fd, user[0], user[1])
         started = time.monotonic()  # before the waiter's pid is handed out
-        process = await asyncio.create_subprocess_exec(
-            *waiter_argv(program, status_path, launcher or []),
+        process = subprocess.Popen(
+            waiter_argv(program, status_path, launcher or []),
             stdin=subprocess.DEVNULL,
             stdout=stdout_fd,
             stderr=stderr_fd,

@@ -22,7 +22,7 @@ from batch_agent.tasks.script import (
     ScriptExecution,
     find_waiter,
     read_status,
-    start_script,
+    spawn_script,
     write_script,
 )
 
@@ -32,18 +32,15 @@ class ScriptDriver:
         self._context = context
 
     def prepare(self, runnable: RunnablePlan) -> PreparedScript | ExitResult:
-        """Write the script's text to a private file, or check its path exists."""
+        """Check that the script's path exists; a text is written to its file at the start."""
         spec = runnable.action
         assert isinstance(spec, ScriptSpec)
-        plan = self._context.plan
-        if spec.text is not None:
-            program = write_script(spec.text, self._context.folder, owner=plan.user)
-        else:
+        if spec.text is None:
             program = Path(spec.path or "")
             if not program.is_file():
                 missing = events.missing_script(runnable.index, str(program))
                 return ExitResult.not_started(missing)
-        return PreparedScript(self._context, runnable, program)
+        return PreparedScript(self._context, runnable, spec)
 
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
         status = self._context.status(runnable.index)
@@ -70,7 +67,7 @@ class ScriptDriver:
 class PreparedScript:
     context: TaskContext
     runnable: RunnablePlan
-    program: Path
+    spec: ScriptSpec
 
     @property
     def handle(self) -> Handle:
@@ -86,16 +83,28 @@ class PreparedScript:
             context.batch_variables(),
             home=_home_of(user[0]) if user is not None else "/root",
         )
-        started = await start_script(
-            self.program,
-            env=env,
-            cwd=context.work,
-            stdout_path=context.output(k, "stdout"),
-            stderr_path=context.output(k, "stderr"),
-            status_path=context.status(k),
-            user=user,
-            leftover_grace=context.kill_grace,
-        )
+
+        def write_and_spawn() -> ScriptExecution | ExitResult:
+            """The file work and the fork in one trip to a worker thread."""
+            if self.spec.text is None:
+                program = Path(self.spec.path or "")
+            else:
+                try:
+                    program = write_script(self.spec.text, context.folder, owner=user)
+                except OSError as error:
+                    return ExitResult.not_started(events.script_not_written(error))
+            return spawn_script(
+                program,
+                env=env,
+                cwd=context.work,
+                stdout_path=context.output(k, "stdout"),
+                stderr_path=context.output(k, "stderr"),
+                status_path=context.status(k),
+                user=user,
+                leftover_grace=context.kill_grace,
+            )
+
+        started = await asyncio.to_thread(write_and_spawn)
         if isinstance(started, ExitResult):
             return started
         return Started(started, Handle(pid=started.pid, start_time=started.start_time))

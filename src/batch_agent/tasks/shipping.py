@@ -4,10 +4,15 @@ runnable ends, and the custom status events the lines carry.
 `Shipping` is the tick: one timer for the whole agent, however many tasks run. Each tick
 looks at the sizes of the followed tasks' output files (a stat each, nothing opened) and ships
 only the tasks whose files changed, concurrently, each in a worker thread, each up to the end
-of its files as they were; while a task floods, rounds follow each other without a pause.
+of its files as they were. The pause before the next look follows the output: none after a
+round that shipped BUSY bytes of a task, QUICK while a task prints at FLOOD_RATE or more (a
+fast writer is never left half a second ahead), and otherwise doubling from QUICK up to
+SHIP_EVERY, from a task's start (a task that floods from its start is caught in milliseconds)
+or the end of a flood.
 `LiveOutput` is one task's side: it wraps `TaskOutput` (the blocking reads) with the task's
-record: the shipped offsets advance in the record and the tick saves them after its round (at
-most once per SHIP_EVERY), so a restarted agent goes on where the last one stopped; custom
+record: the shipped offsets advance in the record and the tick saves the moved ones at most
+once per SHIP_EVERY, beside its rounds (a flood does not wait for the disk), so a restarted
+agent goes on where the last one stopped; custom
 events are recorded up to MAX_CUSTOM_EVENTS per task, and one more event says how many were
 dropped beyond that (a runnable printing 20,000 of them must not grow every report and every
 save). One shipment at a time per task: the tick and the final shipments take turns on a lock.
@@ -30,8 +35,10 @@ from batch_agent.tasks.taskoutput import TaskOutput
 log = logging.getLogger(__name__)
 
 SHIP_EVERY = 0.5  # seconds between output shipments while runnables run
+QUICK = 0.01  # seconds from following a task to the first look at its files
 MAX_CUSTOM_EVENTS = 100  # custom status events recorded per task
 BUSY = 1024 * 1024  # bytes shipped of one task in a round that make the next round start at once
+FLOOD_RATE = 20e6  # bytes a second of one task that make the next look come after QUICK
 
 
 class LiveOutput:
@@ -78,9 +85,13 @@ class LiveOutput:
             self._lifecycle.notify()
         return sum(map(sum, self._offsets())) - before
 
+    def moved(self) -> bool:
+        """Whether the record's offsets moved since this object last saved it."""
+        return self._offsets() != self._saved
+
     async def save_if_moved(self) -> None:
         """Persist the record if its offsets moved since this object last saved it."""
-        if self._offsets() != self._saved:
+        if self.moved():
             await self._save()
 
     async def _save(self) -> None:
@@ -112,12 +123,22 @@ class Shipping:
         self._every = every
         self._following: dict[LiveOutput, None] = {}  # insertion-ordered set
         self._tick: asyncio.Task[None] | None = None
+        self._pause: asyncio.Future[None] | None = None  # the tick's wait between looks
+        self._timer: asyncio.TimerHandle | None = None  # what ends it
+        self._quiet = QUICK  # the next wait when nothing floods; doubles up to `every`
+        self._saving: asyncio.Task[None] | None = None  # moved offsets being saved
 
     def follow(self, live: LiveOutput) -> None:
-        """Ship `live` on every tick from now on (until `unfollow`)."""
+        """Ship `live` on every tick from now on (until `unfollow`), the first one soon."""
         self._following[live] = None
+        self._quiet = min(QUICK, self._every)
         if self._tick is None:
             self._tick = asyncio.create_task(self._run())
+        elif self._pause is not None and self._timer is not None:
+            loop = asyncio.get_running_loop()
+            if self._timer.when() > loop.time() + self._quiet:  # the next look, sooner
+                self._timer.cancel()
+                self._timer = loop.call_later(self._quiet, _settle, self._pause)
 
     def unfollow(self, live: LiveOutput) -> None:
         """Stop shipping `live` on ticks; a shipment of it under way finishes on its own lock.
@@ -129,11 +150,10 @@ class Shipping:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        saved_at, flooding = loop.time(), False
+        saved_at = looked_at = loop.time()
+        pause = self._quiet
         while True:
-            # A task that printed BUSY bytes since the last round is likely still printing:
-            # go again at once, or a fast writer would outrun us by half a second each round.
-            await asyncio.sleep(0 if flooding else self._every)
+            await self._wait(pause)
             changed = [live for live in self._following if live.pending()]
             results = await asyncio.gather(
                 *(live.ship(final=False) for live in changed), return_exceptions=True
@@ -141,9 +161,49 @@ class Shipping:
             for result in results:
                 if isinstance(result, Exception):
                     log.error("output shipment failed", exc_info=result)
-            flooding = any(isinstance(r, int) and r >= BUSY for r in results)
-            if not flooding or loop.time() - saved_at >= self._every:
-                # Offsets are saved at most once per SHIP_EVERY, so a flood costs no more saves.
-                for live in list(self._following):
-                    await live.save_if_moved()
-                saved_at = loop.time()
+            now = loop.time()
+            most = max((r for r in results if isinstance(r, int)), default=0)
+            pause = self._pause_after(most, now - looked_at)
+            looked_at = now
+            if now - saved_at >= self._every and (self._saving is None or self._saving.done()):
+                saved_at = now
+                if any(live.moved() for live in self._following):
+                    self._saving = asyncio.create_task(self._save_moved())
+
+    def _pause_after(self, shipped: int, seconds: float) -> float:
+        """The pause before the next look, after a round that shipped at most `shipped` bytes
+        of a task over `seconds` since the look before."""
+        if shipped >= BUSY:
+            self._quiet = min(QUICK, self._every)
+            return 0.0
+        if shipped and shipped >= FLOOD_RATE * seconds:
+            self._quiet = min(QUICK, self._every)
+        pause, self._quiet = self._quiet, min(2 * self._quiet, self._every)
+        return pause
+
+    async def _save_moved(self) -> None:
+        """Persist the followed tasks whose offsets moved since they were last saved."""
+        for live in list(self._following):
+            try:
+                await live.save_if_moved()
+            except Exception:
+                log.exception("saving output offsets failed")
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a task is followed meanwhile (`follow`)."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        self._pause = pause = loop.create_future()
+        self._timer = loop.call_later(seconds, _settle, pause)
+        try:
+            await pause
+        finally:
+            self._timer.cancel()
+            self._pause = self._timer = None
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -3,8 +3,9 @@
 Reads with OutputShipper from the offsets the task record keeps (so a restarted agent goes on
 where the last one stopped), hands each batch to the sink, and picks out the custom status
 events (`{"batch/custom/event": ...}` lines) for the runner to record: a batch is searched
-once for the key, and only the lines that hold it are decoded. Blocking file I/O in `ship`:
-call it from a worker thread. Knows nothing of processes, states or HTTP.
+once for the key, only if it holds a `{` (a one-byte search; the key's costs as much as the
+rest of the batch's way to the log), and only the lines that hold it are decoded. Blocking
+file I/O in `ship`: call it from a worker thread. Knows nothing of processes, states or HTTP.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TaskOutput:
 
                 def deliver(lines: Lines, tag: str = tag, stream: str = stream) -> None:
                     self._sink(tag, stream, lines)
-                    if _KEY in lines.data:
+                    if b"{" in lines.data and _KEY in lines.data:
                         custom.extend(_custom_events(lines.data))
 
                 offset = self._shipper(k, stream, record).ship(deliver, final=final)

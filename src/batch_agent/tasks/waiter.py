@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import stat
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class ScriptExecution:
         pid: int,
         start_time: int,
         status_path: Path,
-        process: asyncio.subprocess.Process | None = None,
+        process: subprocess.Popen[bytes] | None = None,
         leftover_grace: timedelta = LEFTOVER_GRACE,
         ended: ExitResult | None = None,
         started: float | None = None,
@@ -90,6 +91,7 @@ class ScriptExecution:
         self._leftover_grace = leftover_grace
         self._ended = ended
         self._waiting: asyncio.Task[ExitResult] | None = None
+        self._reaping: asyncio.Future[int] | None = None
         self._stop_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -165,7 +167,8 @@ class ScriptExecution:
         async with self._stop_lock:
             if not await self._session.terminate(grace):
                 return False
-            await self._reap()
+            if self._process is not None:
+                await self._reap(self._process)  # no zombie is left
             return True
 
     async def _wait(self) -> ExitResult:
@@ -183,7 +186,7 @@ class ScriptExecution:
         if self._ended is not None:
             return self._ended
         if self._process is not None:
-            returncode = await self._process.wait()
+            returncode = await self._reap(self._process)
             return read_status(self.status_path) or ExitResult.from_returncode(returncode)
         await self._watch_pid()
         result = read_status(self.status_path)
@@ -206,22 +209,43 @@ class ScriptExecution:
         try:
             if not procfs.is_alive(self._pid, self.start_time):
                 return  # ended, or the pid was recycled before we opened it
-            loop = asyncio.get_running_loop()
-            ended = loop.create_future()
-
-            def on_readable() -> None:
-                if not ended.done():
-                    ended.set_result(None)
-
-            loop.add_reader(pidfd, on_readable)
-            try:
-                await ended
-            finally:
-                loop.remove_reader(pidfd)
+            await _readable(pidfd)
         finally:
             os.close(pidfd)
 
-    async def _reap(self) -> None:
-        """As the parent, collect the dead waiter so that no zombie or transport is left."""
-        if self._process is not None:
-            await self._process.wait()
+    async def _reap(self, process: subprocess.Popen[bytes]) -> int:
+        """Wait for our child, the waiter, to end and collect it; its return code. Once for
+        all callers: the first starts it, the others share it."""
+        if self._reaping is None:
+            self._reaping = asyncio.ensure_future(_child_ended(process))
+        return await asyncio.shield(self._reaping)
+
+
+async def _child_ended(process: subprocess.Popen[bytes]) -> int:
+    """Wait for our child `process` to end, on the event loop (a pidfd becomes readable when
+    it does), then reap it; its return code."""
+    try:
+        pidfd = os.pidfd_open(process.pid)  # not reaped yet: the pid is still ours
+    except OSError:  # pidfd_open unsupported (Linux < 5.3, seccomp): a thread waits instead
+        return await asyncio.to_thread(process.wait)
+    try:
+        await _readable(pidfd)
+    finally:
+        os.close(pidfd)
+    return process.wait()  # it has ended: collecting it does not block
+
+
+async def _readable(fd: int) -> None:
+    """Return once `fd` is readable (a pidfd: its process has ended)."""
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+
+    def on_readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
