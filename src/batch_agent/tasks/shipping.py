@@ -66,7 +66,7 @@ class LiveOutput:
         `final`: also an unterminated last line (the writer ended). The moved offsets are
         saved by `save_if_moved` or by the task's next save."""
         chosen = self._running() if only is None else {only: self._record.runnables[only]}
-        before = sum(map(sum, self._offsets()))
+        before = sum(map(sum, self._offsets().values()))
         async with self._turn:
             # A shipment in a worker thread cannot be interrupted: let it finish even if the
             # caller is cancelled, so that two never overlap.
@@ -83,7 +83,7 @@ class LiveOutput:
             self._record_custom(custom)
             await self._save()
             self._lifecycle.notify()
-        return sum(map(sum, self._offsets())) - before
+        return sum(map(sum, self._offsets().values())) - before
 
     def moved(self) -> bool:
         """Whether the record's offsets moved since this object last saved it."""
@@ -111,8 +111,11 @@ class LiveOutput:
             elif record.custom_events == MAX_CUSTOM_EVENTS + 1:
                 record.add_event(events.custom_events_dropped(MAX_CUSTOM_EVENTS), at=at)
 
-    def _offsets(self) -> list[tuple[int, int]]:
-        return [(r.stdout_offset, r.stderr_offset) for r in self._record.runnables.values()]
+    def _offsets(self) -> dict[int, tuple[int, int]]:
+        """The runnables' shipped offsets; a runnable that shipped nothing yet is left out, so
+        that a runnable added to the record does not count as a move to save."""
+        offsets = {k: (r.stdout_offset, r.stderr_offset) for k, r in self._record.runnables.items()}
+        return {k: pair for k, pair in offsets.items() if pair != (0, 0)}
 
 
 class Shipping:
