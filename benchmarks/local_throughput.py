@@ -53,7 +53,9 @@ def through_local(config: Path, *flags: str) -> tuple[float, float]:
         raise SystemExit(f"batch-agent local exited {done.returncode}:\n{done.stderr[-3000:]}")
     changes = [json.loads(line) for line in done.stdout.splitlines()]
     tasks = [c for c in changes if c["event"] == "task"]
-    first = min(c["time"] for c in tasks if c["state"] == "RUNNING")
+    # A cadence slower than the tasks can report a task SUCCEEDED without a RUNNING before it;
+    # the span then starts at the first task to leave ASSIGNED either way.
+    first = min(c["time"] for c in tasks if c["state"] in ("RUNNING", "SUCCEEDED"))
     last = max(c["time"] for c in tasks if c["state"] == "SUCCEEDED")
     return TASKS / wall, TASKS / max(last - first, 0.001)
 

@@ -230,7 +230,8 @@ def test_retries_follow_max_retry_count_and_lifecycle_policies(
         del config["taskGroups"][0]["taskSpec"]["lifecyclePolicies"]
     result = local(write(tmp_path, config), "--json")
     assert result.returncode == 1
-    assert outputs(result.stdout) == [f"attempt {i}" for i in range(attempts)]
+    # Each attempt's line once; attempts may be shipped in one round, in either order.
+    assert sorted(outputs(result.stdout)) == [f"attempt {i}" for i in range(attempts)]
     assert summary(result.stdout)["tasks"] == [
         {
             "task": 0,
@@ -279,7 +280,9 @@ def test_in_order_runs_tasks_one_after_another(tmp_path: Path) -> None:
         if e["event"] == "task" and e["state"] in ("ASSIGNED", "SUCCEEDED")
     ]
     assert order == [(i, s) for i in range(3) for s in ("ASSIGNED", "SUCCEEDED")]
-    assert outputs(result.stdout) == ["0", "1", "2"]
+    # Output is shown as it was shipped: one agent round may carry the end of task i and the
+    # start of task i+1 in either order (their timestamps are when the agent read them).
+    assert sorted(outputs(result.stdout)) == ["0", "1", "2"]
     assert summary(result.stdout)["tasks"][0]["attempts"] == 1
 
 

@@ -14,7 +14,7 @@ from batch_agent.local.agents import Line
 from batch_agent.local.live import LiveView
 from batch_agent.local.tasklogs import PathLogs, go_time, path_line
 from batch_agent.local.taskoutput import Output, OutputGate, task_key
-from batch_agent.local.view import RunInfo
+from batch_agent.local.view import PlainView, RunInfo
 
 UID = "j-3f2a9c1e-7b4d-4e55-9a10-0123456789ab"
 STAMP = "2026-12-02T10:00:01.123456789Z"
@@ -92,6 +92,9 @@ def test_unknown_entries_are_shown_as_lines_of_no_task() -> None:
     assert gate.entries([entry(5, "late")]) == []
     (rest,) = gate.rest()
     assert isinstance(rest, Line) and rest.message.endswith("] late") and gate.rest() == []
+    screen = io.StringIO()
+    PlainView(screen).line(rest)
+    assert screen.getvalue() == f"[logs] INFO [batch_task_logs {UID}-group0-5] late\n"
 
 
 def test_structured_lines_show_their_message() -> None:

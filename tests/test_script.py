@@ -26,6 +26,7 @@ from batch_agent.tasks.script import (
     ScriptExecution,
     find_waiter,
     read_status,
+    spawn_script,
     start_script,
     waiter_argv,
     write_script,
@@ -558,3 +559,32 @@ def test_a_prefix_that_execs_in_place_keeps_the_waiter_findable(tmp_path: Path) 
             process.wait()
     found = read_status(status)
     assert found is not None and found.exit_code == 5
+
+
+def test_scripts_written_and_started_side_by_side_never_find_their_file_busy(
+    tmp_path: Path,
+) -> None:
+    """Many scripts written and started at once from worker threads (as the driver does) all
+    run: none is exec'd while a child forked meanwhile still holds it open for writing
+    (ETXTBSY, "Text file busy", exit 126)."""
+
+    def write_and_spawn(i: int) -> ScriptExecution | ExitResult:
+        folder = tmp_path / f"t{i}"
+        folder.mkdir()
+        program = write_script("#!/bin/sh\nexit 0\n", folder)
+        return spawn_script(
+            program,
+            env={"PATH": "/usr/bin:/bin"},
+            cwd=folder,
+            stdout_path=folder / "out",
+            stderr_path=folder / "err",
+            status_path=folder / "status",
+        )
+
+    async def scenario() -> list[ExitResult]:
+        started = await asyncio.gather(*(asyncio.to_thread(write_and_spawn, i) for i in range(96)))
+        return [s if isinstance(s, ExitResult) else await s.wait() for s in started]
+
+    results = asyncio.run(scenario())
+    busy = [i for i, r in enumerate(results) if r != ExitResult(0)]
+    assert not busy, [(tmp_path / f"t{i}" / "err").read_text() for i in busy[:3]]

@@ -27,6 +27,7 @@ from batch_agent.local.view import (
     duration,
     prefix,
     prefix_width,
+    source,
     summary_lines,
 )
 
@@ -136,7 +137,7 @@ class LiveView(View):
         message = _CONTROLS.sub("", line.message)
         if line.task is None or line.runnable is None or self._info is None:
             code = "31" if line.severity in ("ERROR", "CRITICAL") else "2"
-            self._print(self._paint(code, f"[vm-{line.vm}] {line.severity} {message}"))
+            self._print(self._paint(code, f"[{source(line)}] {line.severity} {message}"))
             return
         head = prefix(self._info, line.task, line.runnable).ljust(self._width)
         self._print(self._paint(RAINBOW[line.task % len(RAINBOW)], f"[{head}]") + f" {message}")

@@ -76,6 +76,12 @@ def prefix_width(info: RunInfo) -> int:
     return max((len(prefix(info, last, k)) for k in range(1, len(info.labels) + 1)), default=0)
 
 
+def source(line: Line) -> str:
+    """Who wrote a line that is no runnable's output: `vm-2` (its agent), or `logs` (an entry
+    of the task log that names no task of this run)."""
+    return "logs" if line.vm is None else f"vm-{line.vm}"
+
+
 def describe_change(change: dict[str, Any]) -> str | None:
     """A task or job change as one line of text, None for ones not worth a line (creation)."""
     old, new = change.get("from"), change.get("state")
@@ -165,7 +171,7 @@ class PlainView(View):
 
     def line(self, line: Line) -> None:
         if line.task is None or line.runnable is None or self._info is None:
-            self._write(f"[vm-{line.vm}] {line.severity} {line.message}")
+            self._write(f"[{source(line)}] {line.severity} {line.message}")
             return
         head = prefix(self._info, line.task, line.runnable).ljust(self._width)
         self._write(f"[{head}] {line.message}")

@@ -36,7 +36,9 @@ import os
 import stat
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -63,21 +65,53 @@ WAITER_NAME = "batch-waiter"
 WAITER_SCRIPT = 's=$1; shift; trap : TERM INT HUP QUIT; "$@"; rc=$?; echo "$rc" >"$s"; exit "$rc"'
 
 
+class _ForksOrScriptWrites:
+    """Forks, or script files open for writing, never both at once (each kind many at once).
+
+    A child forked by one thread while another thread has a script open for writing holds that
+    open until it execs; exec'ing the script meanwhile fails with ETXTBSY ("Text file busy",
+    exit 126). Scripts are written and waiters forked in worker threads side by side, so each
+    waits for the other kind to finish.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._kind = ""  # "fork" or "write" while any runs
+        self._running = 0
+
+    @contextlib.contextmanager
+    def hold(self, kind: str) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._running == 0 or self._kind == kind)
+            self._kind, self._running = kind, self._running + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+
+_EXCLUSIVE = _ForksOrScriptWrites()
+
+
 def write_script(text: str, directory: Path, *, owner: tuple[int, int] | None = None) -> Path:
     """Write `text` to a new private file (mode 0700) in `directory` and return its path.
 
     `owner=(uid, gid)` chowns it so that a runnable started with that `user` can execute it.
-    Blocks on a small local write; raises OSError if the directory is not writable.
+    Blocks on a small local write (and while a waiter is being forked); raises OSError if the
+    directory is not writable.
     """
-    fd, name = tempfile.mkstemp(prefix="script-", dir=directory)
-    try:
-        os.fchmod(fd, 0o700)
-        if owner is not None:
-            os.fchown(fd, owner[0], owner[1])
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(text.encode())
-    finally:
-        os.close(fd)
+    with _EXCLUSIVE.hold("write"):
+        fd, name = tempfile.mkstemp(prefix="script-", dir=directory)
+        try:
+            os.fchmod(fd, 0o700)
+            if owner is not None:
+                os.fchown(fd, owner[0], owner[1])
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                f.write(text.encode())
+        finally:
+            os.close(fd)
     return Path(name)
 
 
@@ -160,16 +194,17 @@ def spawn_script(
             os.fchown(stdout_fd, user[0], user[1])
             os.fchown(stderr_fd, user[0], user[1])
         started = time.monotonic()  # before the waiter's pid is handed out
-        process = subprocess.Popen(
-            waiter_argv(program, status_path, launcher or []),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout_fd,
-            stderr=stderr_fd,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            **extra,
-        )
+        with _EXCLUSIVE.hold("fork"):
+            process = subprocess.Popen(
+                waiter_argv(program, status_path, launcher or []),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout_fd,
+                stderr=stderr_fd,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                **extra,
+            )
     except OSError as e:
         what = f": {e.filename}" if e.filename else ""
         code = 127 if e.errno == errno.ENOENT else 126

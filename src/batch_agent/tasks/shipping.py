@@ -10,9 +10,9 @@ fast writer is never left half a second ahead), and otherwise doubling from QUIC
 SHIP_EVERY, from a task's start (a task that floods from its start is caught in milliseconds)
 or the end of a flood.
 `LiveOutput` is one task's side: it wraps `TaskOutput` (the blocking reads) with the task's
-record: the shipped offsets advance in the record and the tick saves the moved ones at most
-once per SHIP_EVERY, beside its rounds (a flood does not wait for the disk), so a restarted
-agent goes on where the last one stopped; custom
+record: the shipped offsets advance in the record and the tick saves the moved ones beside its
+rounds: after each quiet round, at most once per SHIP_EVERY while a task floods (a flood does
+not wait for the disk), so a restarted agent goes on where the last one stopped; custom
 events are recorded up to MAX_CUSTOM_EVENTS per task, and one more event says how many were
 dropped beyond that (a runnable printing 20,000 of them must not grow every report and every
 save). One shipment at a time per task: the tick and the final shipments take turns on a lock.
@@ -66,7 +66,7 @@ class LiveOutput:
         `final`: also an unterminated last line (the writer ended). The moved offsets are
         saved by `save_if_moved` or by the task's next save."""
         chosen = self._running() if only is None else {only: self._record.runnables[only]}
-        before = sum(map(sum, self._offsets()))
+        before = sum(map(sum, self._offsets().values()))
         async with self._turn:
             # A shipment in a worker thread cannot be interrupted: let it finish even if the
             # caller is cancelled, so that two never overlap.
@@ -83,7 +83,7 @@ class LiveOutput:
             self._record_custom(custom)
             await self._save()
             self._lifecycle.notify()
-        return sum(map(sum, self._offsets())) - before
+        return sum(map(sum, self._offsets().values())) - before
 
     def moved(self) -> bool:
         """Whether the record's offsets moved since this object last saved it."""
@@ -111,8 +111,11 @@ class LiveOutput:
             elif record.custom_events == MAX_CUSTOM_EVENTS + 1:
                 record.add_event(events.custom_events_dropped(MAX_CUSTOM_EVENTS), at=at)
 
-    def _offsets(self) -> list[tuple[int, int]]:
-        return [(r.stdout_offset, r.stderr_offset) for r in self._record.runnables.values()]
+    def _offsets(self) -> dict[int, tuple[int, int]]:
+        """The runnables' shipped offsets; a runnable that shipped nothing yet is left out, so
+        that a runnable added to the record does not count as a move to save."""
+        offsets = {k: (r.stdout_offset, r.stderr_offset) for k, r in self._record.runnables.items()}
+        return {k: pair for k, pair in offsets.items() if pair != (0, 0)}
 
 
 class Shipping:
@@ -163,9 +166,14 @@ class Shipping:
                     log.error("output shipment failed", exc_info=result)
             now = loop.time()
             most = max((r for r in results if isinstance(r, int)), default=0)
+            flooding = most >= BUSY or (most > 0 and most >= FLOOD_RATE * (now - looked_at))
             pause = self._pause_after(most, now - looked_at)
             looked_at = now
-            if now - saved_at >= self._every and (self._saving is None or self._saving.done()):
+            # A quiet round's offsets are saved at once: the agent's log cannot drop a line
+            # shipped twice, so a kill -9 should find little shipped and not saved. A flood's
+            # are saved at most once per SHIP_EVERY, so the disk never paces it.
+            due = not flooding or now - saved_at >= self._every
+            if due and (self._saving is None or self._saving.done()):
                 saved_at = now
                 if any(live.moved() for live in self._following):
                     self._saving = asyncio.create_task(self._save_moved())
