@@ -9,12 +9,12 @@ local reads (call them from a worker thread). Knows nothing of HTTP or of record
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
 
 from batch_agent.cloudlog.entries import MAX_PIECE, Segment, segment_lines
+from batch_agent.tasks.output import open_regular
 
 TRUNCATED = -1  # read_new's end when the file is shorter than the offset
 
@@ -33,7 +33,7 @@ def read_new(path: Path, start: int, budget: int, *, final: bool) -> tuple[bytes
     bytes of whole lines or pieces; the unterminated rest of the file too when `final`.
     (b"", start) when there is nothing to send yet; (b"", TRUNCATED) when the file is shorter
     than `start`."""
-    fd = _open_regular(path)
+    fd = open_regular(path)
     if fd is None:
         return b"", start
     try:
@@ -56,7 +56,7 @@ def read_new(path: Path, start: int, budget: int, *, final: bool) -> tuple[bytes
 
 def read_again(path: Path, segment: Segment) -> bytes:
     """The bytes of a segment chosen before (b"" if the file is gone or shorter now)."""
-    fd = _open_regular(path)
+    fd = open_regular(path)
     if fd is None:
         return b""
     try:
@@ -64,19 +64,3 @@ def read_again(path: Path, segment: Segment) -> bytes:
     finally:
         os.close(fd)
     return data if len(data) == segment.end - segment.start else b""
-
-
-def _open_regular(path: Path) -> int | None:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd

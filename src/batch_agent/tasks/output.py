@@ -90,7 +90,7 @@ class OutputShipper:
         and so does a symlink or anything else that is not a regular file (never followed or
         read). A file shorter than the offset (truncated) is shipped again from its start.
         Blocks on local reads; raises OSError only for unexpected I/O errors."""
-        fd = _open_regular(self.path)
+        fd = open_regular(self.path)
         if fd is None:
             return self._offset
         try:
@@ -160,7 +160,7 @@ class OutputShipper:
         return cut
 
 
-def _open_regular(path: Path) -> int | None:
+def open_regular(path: Path) -> int | None:
     """A read-only descriptor for `path` if it is a regular file and no symlink; None if it is
     not (or is missing)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
