@@ -26,9 +26,9 @@ import httplib2
 from googleapiclient import discovery
 
 from batch_agent.control.backoff import Backoff
-from batch_agent.control.client import CLOUD_PLATFORM_SCOPE
 from batch_agent.control.credentials import authorized_http
 from batch_agent.control.errors import classify, is_retryable_status
+from batch_agent.control.googleapi import CLOUD_PLATFORM_SCOPE
 from batch_agent.vm import DEFAULT_METADATA_HOST
 
 DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
