@@ -40,9 +40,8 @@ from batch_agent.wire import (
 log = logging.getLogger(__name__)
 
 STOP_REPORT_DEADLINE = timedelta(seconds=5)  # the last report (AGENT_STOPPED) on the way out
-LOGS_AT_STOP = timedelta(
-    seconds=5
-)  # how long the exit waits for output on its way to Cloud Logging
+# How long the exit waits for output on its way to Cloud Logging.
+LOGS_AT_STOP = timedelta(seconds=5)
 
 
 class Unreachable(Exception):
