@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -293,3 +294,53 @@ def test_a_task_just_followed_is_looked_at_long_before_the_tick(tmp_path: Path) 
             shipping.unfollow(live)
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+
+
+class CountedOutput(TaskOutput):
+    """A real TaskOutput that counts its shipments (the worker-thread trips)."""
+
+    def __init__(self, folder: Path, tag: str, sink: Callable[[str, str, Lines], None]) -> None:
+        super().__init__(folder, tag, sink)
+        self.shipments = 0
+
+    def ship(self, runnables: Mapping[int, RunnableRecord], *, final: bool) -> list[str]:
+        self.shipments += 1
+        return super().ship(runnables, final=final)
+
+
+def test_a_silent_runnables_end_makes_no_shipment_a_last_unterminated_line_ships(
+    tmp_path: Path,
+) -> None:
+    """A runnable's final shipment is skipped when its files hold nothing beyond the shipped
+    offsets (empty, missing, or all shipped), and still ships an unterminated last line: one
+    held back by an earlier shipment (the file's size is already read) or never looked at."""
+    seen: list[tuple[str, str]] = []
+    output = CountedOutput(tmp_path, "task 0", lambda t, s, ls: seen.extend((t, x) for x in ls))
+    record = TaskRecord(task_id="t0", raw={})
+    for k in (1, 2, 3, 4):
+        record.runnables[k] = RunnableRecord()
+    (tmp_path / "runnable-1.stdout").write_bytes(b"")  # silent; its stderr file is missing
+    (tmp_path / "runnable-2.stdout").write_bytes(b"whole\n")
+    (tmp_path / "runnable-3.stderr").write_bytes(b"line\nheld")
+    (tmp_path / "runnable-4.stdout").write_bytes(b"never looked at")
+    live = LiveOutput(record, output, Saves(), lambda: datetime.now(UTC))
+
+    async def scenario() -> None:
+        assert await live.ship(final=False) == 6 + 5  # r2's line and r3's whole line
+        assert output.shipments == 1
+        assert await live.ship(final=True, only=1) == 0
+        assert await live.ship(final=True, only=2) == 0  # shipped to its end already
+        assert output.shipments == 1
+        assert await live.ship(final=True, only=3) == 4
+        assert await live.ship(final=True, only=4) == 15
+        assert output.shipments == 3
+
+    asyncio.run(scenario())
+    assert seen == [
+        ("task 0 r2", "whole"),
+        ("task 0 r3", "line"),
+        ("task 0 r3", "held"),
+        ("task 0 r4", "never looked at"),
+    ]
+    offsets = {k: (r.stdout_offset, r.stderr_offset) for k, r in record.runnables.items()}
+    assert offsets == {1: (0, 0), 2: (6, 0), 3: (0, 9), 4: (15, 0)}

@@ -72,9 +72,12 @@ class OutputShipper:
         """The durable offset: every byte before it has been shipped."""
         return self._offset
 
-    def pending(self) -> bool:
+    def pending(self, *, final: bool = False) -> bool:
         """Whether the file's size differs from what was read (grown, or truncated): one
-        lstat, no open. A missing file, a symlink or a non-regular file has nothing pending."""
+        lstat, no open. A missing file, a symlink or a non-regular file has nothing pending.
+        `final`: also an unterminated last line held back, which `ship(final=True)` ships."""
+        if final and (self._held or self._part):
+            return True
         try:
             found = os.lstat(self.path)
         except FileNotFoundError:

@@ -63,11 +63,14 @@ class LiveOutput:
     async def ship(self, *, final: bool, only: int | None = None) -> int:
         """Ship new lines of the running runnables (or of runnable `only`), then record (and
         save at once) the custom events they held; return how many bytes were shipped.
-        `final`: also an unterminated last line (the writer ended). The moved offsets are
-        saved by `save_if_moved` or by the task's next save."""
+        `final`: also an unterminated last line (the writer ended); files that hold nothing
+        beyond the shipped offsets are not read at all. The moved offsets are saved by
+        `save_if_moved` or by the task's next save."""
         chosen = self._running() if only is None else {only: self._record.runnables[only]}
         before = sum(map(sum, self._offsets().values()))
         async with self._turn:
+            if final and not self._output.pending(chosen, final=True):
+                return 0  # nothing written since (a silent runnable): no worker-thread trip
             # A shipment in a worker thread cannot be interrupted: let it finish even if the
             # caller is cancelled, so that two never overlap.
             shipment = asyncio.ensure_future(

@@ -29,7 +29,7 @@ def output_path(folder: Path, k: int, stream: str) -> Path:
 
 
 class TaskOutput:
-    """Not thread-safe: one shipment at a time (`pending` may run beside one: it only stats)."""
+    """Not thread-safe: one shipment at a time (`pending` may run beside one, not `final`)."""
 
     def __init__(self, folder: Path, tag: str, sink: Sink) -> None:
         self._folder = folder
@@ -37,10 +37,11 @@ class TaskOutput:
         self._sink = sink
         self._shippers: dict[tuple[int, str], OutputShipper] = {}
 
-    def pending(self, runnables: Mapping[int, RunnableRecord]) -> bool:
-        """Whether any of these runnables' files changed size since shipped: stats only."""
+    def pending(self, runnables: Mapping[int, RunnableRecord], *, final: bool = False) -> bool:
+        """Whether any of these runnables' files changed size since shipped: stats only.
+        `final`: also a held unterminated last line (reads the shippers: not beside a ship)."""
         return any(
-            self._shipper(k, stream, record).pending()
+            self._shipper(k, stream, record).pending(final=final)
             for k, record in runnables.items()
             for stream in STREAMS
         )
