@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -113,3 +114,12 @@ def print_figures(figures: Sequence[Figure]) -> None:
 
 def verdict(met: bool | None) -> str:
     return "-" if met is None else ("met" if met else "NOT met")
+
+
+def wait(predicate: Callable[[], object], what: str, timeout: float, every: float = 0.05) -> None:
+    """Poll `predicate` every `every` seconds until it holds; exit the benchmark after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)

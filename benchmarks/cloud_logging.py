@@ -14,10 +14,10 @@ same lines to its own log (a file here), as it always does.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,10 +30,13 @@ from _common import (
     rss_bytes,
     script_task,
 )
+from _common import wait as common_wait
 
 from batch_agent.emulator import Emulator
 
 TIMEOUT = 3600.0
+wait = functools.partial(common_wait, timeout=TIMEOUT)  # polls until it holds
+
 MB = 10**6
 
 
@@ -160,14 +163,6 @@ class Peak:
         self._done.set()
         self._thread.join()
         return self._peak
-
-
-def wait(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def main() -> None:

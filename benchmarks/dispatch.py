@@ -22,6 +22,7 @@ How it is measured, and why this is honest to about a millisecond:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import queue
 import statistics
@@ -29,10 +30,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from _common import Agent, Figure, fmt_ms, script_task
+from _common import wait as common_wait
 
 from batch_agent.emulator import Emulator
 
@@ -40,6 +41,7 @@ TARGET = 0.020  # seconds, median
 # Add a task this long after a report: far from both neighbours of a 1 s cadence.
 AFTER_REPORT = 0.3
 TIMEOUT = 30.0
+wait_for = functools.partial(common_wait, timeout=TIMEOUT, every=0.01)  # polls until it holds
 
 
 class FifoClock:
@@ -163,14 +165,6 @@ def summary(samples: list[float]) -> str:
         f"median={fmt_ms(statistics.median(samples))} p90={fmt_ms(p90)} "
         f"max={fmt_ms(max(samples))} min={fmt_ms(min(samples))}"
     )
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ so it should not grow. MB = 10**6 bytes.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import subprocess
 import tempfile
@@ -26,10 +27,13 @@ from datetime import datetime
 from pathlib import Path
 
 from _common import Agent, Figure, cpu_seconds, event_time, rss_bytes, script_task
+from _common import wait as common_wait
 
 from batch_agent.emulator import Emulator
 
 TIMEOUT = 600.0
+wait = functools.partial(common_wait, timeout=TIMEOUT)  # polls until it holds
+
 TARGETS = {"live MB/s": 50.0, "CPU s/100MB": 0.3, "wall x bare": 1.5, "RSS +MB": 32.0}
 # What a task writes, given its size in bytes and the line length for `yes`.
 WRITERS: dict[str, Callable[[int, int], str]] = {
@@ -242,14 +246,6 @@ def shipping_span(log: Path) -> float:
 def stamp(line: bytes) -> datetime:
     """The time at the start of a text log line (`2026-01-02 10:11:12,345`)."""
     return datetime.strptime(line[:23].decode(), "%Y-%m-%d %H:%M:%S,%f")
-
-
-def wait(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 if __name__ == "__main__":
