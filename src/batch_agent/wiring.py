@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from batch_agent.cloudlog import AgentLog, CloudLogWriter, Site
 from batch_agent.config import Config
@@ -44,13 +44,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _google_access(config: Config) -> dict[str, Any]:
+    """How every Google API client reaches its API: the same credentials and socket timeout."""
+    return {
+        "timeout": config.request_timeout,
+        "application_default": config.credentials_file is not None,
+        "metadata_host": config.metadata_host,
+    }
+
+
 def control_plane(config: Config) -> ControlPlane:
     """The Batch API client (no call made yet)."""
     return ControlPlane(
         config.endpoint,
-        timeout=config.request_timeout,
-        application_default=config.credentials_file is not None,
-        metadata_host=config.metadata_host,
+        **_google_access(config),
     )
 
 
@@ -59,9 +66,7 @@ def secrets_client(config: Config) -> SecretsClient:
     return SecretsClient(
         secretmanager_endpoint=config.secretmanager_endpoint,
         kms_endpoint=config.kms_endpoint,
-        timeout=config.request_timeout,
-        application_default=config.credentials_file is not None,
-        metadata_host=config.metadata_host,
+        **_google_access(config),
     )
 
 
@@ -69,9 +74,7 @@ def logging_client(config: Config) -> CloudLogging:
     """The Cloud Logging client (no call made yet)."""
     return CloudLogging(
         config.logging_endpoint,
-        timeout=config.request_timeout,
-        application_default=config.credentials_file is not None,
-        metadata_host=config.metadata_host,
+        **_google_access(config),
     )
 
 
