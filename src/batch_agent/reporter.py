@@ -215,9 +215,9 @@ class Reporter:
         self, state: AgentState, *, deadline: timedelta | None = None
     ) -> ReportAgentStateResponse:
         assert self._machine is not None
-        request = self._request(state, self._machine)
+        request = self._request(state, self._machine).to_wire()  # once: the call and the log
         if self._agent_log is not None:
-            self._agent_log.report(report_text(request.to_wire()))
+            self._agent_log.report(report_text(request))
         parent = self._machine.identity.parent
         began = asyncio.get_running_loop().time()
         try:

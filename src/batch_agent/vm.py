@@ -206,8 +206,14 @@ def _metadata(
     machine_type = optional("instance/machine-type")
     instance_id = optional("instance/id")
     preempted = optional("instance/preempted")
-    if instance_id is not None and not instance_id.isdigit():
-        log.warning("vm: ignoring non-numeric instance/id %r", instance_id)
+    # uint64 on the wire: the plain request models check nothing, so it is checked here.
+    if instance_id is not None and not (
+        len(instance_id) <= 20
+        and instance_id.isascii()
+        and instance_id.isdigit()
+        and int(instance_id) < 2**64
+    ):
+        log.warning("vm: ignoring instance/id %r: not a uint64", instance_id)
         instance_id = None
     return AgentMetadata(
         instance=optional("instance/name"),

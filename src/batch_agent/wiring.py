@@ -130,8 +130,8 @@ class Machine:
 
     def preempted(self) -> Machine:
         """This machine, its metadata saying that a preemption notice came."""
-        notice = {"instance_preemption_notice_received": True}
-        return dataclasses.replace(self, metadata=self.metadata.model_copy(update=notice))
+        metadata = dataclasses.replace(self.metadata, instance_preemption_notice_received=True)
+        return dataclasses.replace(self, metadata=metadata)
 
 
 async def read_machine(
