@@ -78,9 +78,8 @@ def logging_client(config: Config) -> CloudLogging:
     )
 
 
-async def log_writer(
+def log_writer(
     config: Config,
-    server: MetadataServer,
     identity: VmIdentity,
     *,
     client: CloudLogging,
@@ -91,8 +90,7 @@ async def log_writer(
 ) -> CloudLogWriter:
     """The one Cloud Logging writer, for this VM's project (its id from the metadata server,
     else its number, which Cloud Logging takes in a log name too)."""
-    project_id = await asyncio.to_thread(_project_id, server)
-    site = Site(project_id or identity.project_number, identity.zone, identity.region)
+    site = Site(identity.project_id or identity.project_number, identity.zone, identity.region)
     if agent_log is not None:
         agent_log.configure(site, identity.instance, identity.instance_id)
     return CloudLogWriter(
@@ -105,15 +103,6 @@ async def log_writer(
         on_change=on_change,
         agent_log=agent_log,
     )
-
-
-def _project_id(server: MetadataServer) -> str | None:
-    try:
-        value = server.get("project/project-id")
-    except MetadataError as error:
-        log.warning("metadata server: no project id (%s); logging under the project number", error)
-        return None
-    return value.strip() if value and value.strip() else None
 
 
 class MetadataUnanswered(Exception):
