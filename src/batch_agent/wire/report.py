@@ -92,8 +92,8 @@ class StatusEvent:
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> StatusEvent:
-        """An event from its `to_wire()` form (as a task record keeps it); raises ValueError
-        (or KeyError, TypeError) for anything else."""
+        """An event from its `to_wire()` form, as a task record keeps it. For the agent's own
+        records only: anything else may raise (ValueError for a bad time or state, ...)."""
         when = wire.get("eventTime")
         execution = wire.get("taskExecution")
         state = wire.get("taskState")
