@@ -12,6 +12,7 @@ from pathlib import Path
 
 from batch_agent import discovery
 from batch_agent.cloudlog import AgentLog, Site, report_text
+from batch_agent.cloudlog.agentlog import ENTRY_COST
 from batch_agent.cloudlog.body import bodies, request
 from batch_agent.cloudlog.entries import (
     MAX_PIECE,
@@ -112,7 +113,7 @@ def test_reads_never_follow_a_symlink(tmp_path: Path) -> None:
 def test_the_agent_log_queue_is_bounded_and_says_what_it_dropped() -> None:
     """Past its capacity the handler drops new records, and the next batch starts with a
     WARNING entry counting them; a failed batch is put back first."""
-    handler = AgentLog(capacity=100)
+    handler = AgentLog(capacity=3 * ENTRY_COST + 100)
     handler.configure(Site("p", "us-central1-a", "us-central1"), "vm-1", "123")
     logger = logging.getLogger("test.agentlog")
     logger.addHandler(handler)

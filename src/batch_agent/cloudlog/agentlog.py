@@ -3,12 +3,14 @@ bounded queue, and one entry per report.
 
 `AgentLog` is a `logging.Handler`: `emit` turns a record into an entry and queues it, never
 blocking and never raising, so a slow or unreachable Cloud Logging never slows the agent. The
-queue holds at most `capacity` bytes of text; when it is full, new records are dropped and counted,
-and the next batch taken starts with one WARNING entry saying how many were lost (the agent's
-journal keeps them all). `report` queues `report agent state: ` and the request in protobuf
-text form, as Google's troubleshooting guide shows (`cloudlog.textformat`). The writer
-`take`s entries for each request and `put_back`s those of a failed one. Thread-safe. Records
-are masked like the agent's other log handlers (the reporter's MaskingFilter is on it too).
+queue holds at most `capacity` bytes, each entry counted as its text plus `ENTRY_COST` (its
+dict: many small records weigh more than their text, and an agent whose tasks never ship fills
+it). When it is full, new records are dropped and counted, and the next batch taken starts with
+one WARNING entry saying how many were lost (the agent's journal keeps them all). `report`
+queues `report agent state: ` and the request in protobuf text form, as Google's
+troubleshooting guide shows (`cloudlog.textformat`). The writer `take`s entries for each
+request and `put_back`s those of a failed one. Thread-safe. Records are masked like the
+agent's other log handlers (the reporter's MaskingFilter is on it too).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 from batch_agent.cloudlog.entries import format_ns, split_text
 from batch_agent.cloudlog.tasklogs import AGENT_LOGS, Site
 
-CAPACITY = 8 * 1024 * 1024  # bytes of text waiting; beyond, new records are dropped (counted)
+CAPACITY = 8 * 1024 * 1024  # bytes waiting; beyond, new records are dropped (counted)
+ENTRY_COST = 400  # bytes an entry weighs beside its text: the dict, its time and insertId
 _SEVERITY = {
     logging.DEBUG: "DEBUG",
     logging.INFO: "INFO",
@@ -39,7 +42,7 @@ class AgentLog(logging.Handler):
         self._capacity = capacity
         self._guard = threading.Lock()
         self._queue: deque[dict[str, Any]] = deque()
-        self._held = 0  # bytes of text in the queue
+        self._held = 0  # bytes in the queue, ENTRY_COST each plus its text
         self._dropped = 0
         self._common: dict[str, Any] | None = None  # logName, resource, labels, once known
         self._sequence = 0
@@ -80,7 +83,7 @@ class AgentLog(logging.Handler):
             return []
         with self._guard:
             taken = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
-            self._held -= sum(len(e["textPayload"]) for e in taken)
+            self._held -= sum(_cost(e["textPayload"]) for e in taken)
             dropped, self._dropped = self._dropped, 0
         if dropped:
             notice = f"batch-agent: {dropped} log records were dropped: Cloud Logging fell behind"
@@ -91,7 +94,7 @@ class AgentLog(logging.Handler):
         """Entries of a write that failed, to be taken again first (as room allows)."""
         with self._guard:
             for entry in reversed(entries):
-                size = len(entry.get("textPayload", ""))
+                size = _cost(entry.get("textPayload", ""))
                 if self._held + size > self._capacity:
                     self._dropped += 1
                     continue
@@ -100,11 +103,12 @@ class AgentLog(logging.Handler):
 
     def _queue_text(self, text: str, severity: str, at_ns: int) -> None:
         pieces = split_text(text)
+        size = sum(_cost(piece) for piece in pieces)
         with self._guard:
-            if self._held + len(text) > self._capacity:
+            if self._held + size > self._capacity:
                 self._dropped += 1
                 return
-            self._held += len(text)
+            self._held += size
             for piece in pieces:
                 self._queue.append(self._entry(piece, severity, at_ns))
 
@@ -116,3 +120,7 @@ class AgentLog(logging.Handler):
             "timestamp": format_ns(at_ns),
             "insertId": f"agent-{at_ns}-{self._sequence}",
         }
+
+
+def _cost(text: str) -> int:
+    return ENTRY_COST + len(text)
