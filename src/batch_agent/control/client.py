@@ -75,13 +75,8 @@ class ControlPlane(GoogleApi):
     def _report(
         self, parent: str, request: ReportAgentStateRequest, deadline: timedelta
     ) -> ReportAgentStateResponse:
-        call = (
-            self._client()
-            .projects()
-            .locations()
-            .state()
-            .report(parent=parent, body=request.to_wire())
-        )
+        state = self._resource("projects", "locations", "state")
+        call = state.report(parent=parent, body=request.to_wire())
         content = self._send(call, deadline)
         try:
             return parse_response(content)
