@@ -194,7 +194,9 @@ class JobState:
                 continue  # an attempt already judged; its successor is a new task
             task.runnable = int(reported.get("runnable", "0"))
             status = reported.get("taskStatus", {})
-            task.events = copy.deepcopy(status.get("statusEvents", []))
+            # Shared with the report kept in `BatchApi.reports`: neither is ever changed (a
+            # deep copy per task per report was most of this method's time).
+            task.events = status.get("statusEvents", [])
             new = status.get("state")
             if new is not None and new != task.state:
                 self._apply(task, new)
@@ -272,12 +274,13 @@ class JobState:
     def _advance_job(self) -> None:
         if self.job_state is None:
             return
+        done = self.done
         steps = service.job_transitions(
             self.job_state,
             scheduled=self._scheduled,
             running=self._ran or any(t.state == "RUNNING" for t in self.tasks.values()),
-            done=self.done,
-            failed=self.failed,
+            done=done,
+            failed=done and self.failed,  # only a finished job's outcome needs it: a scan less
             cancelling=self._cancelling,
         )
         for new in steps:
