@@ -6,13 +6,18 @@ timed from its start to its exit (Python start-up of `local` and both agents inc
 the same run, the span from the first task's RUNNING to the last task's SUCCEEDED (the emulator's
 change times: the steady state, start-up excluded). The baseline runs the same 400 `sh -c true`
 with xargs, 8 at a time. A third figure runs the job again with `--min-report-interval 0.1s`,
-the fixed cadence `local` had before its cadence followed the work. Runs are interleaved.
+the fixed cadence `local` had before its cadence followed the work. Runs are interleaved. Two
+more figures from the first kind of run: the CPU time per task of the whole process tree
+(`local`, its agents, their shells; user + system, from the children's rusage) against the
+same for xargs, and the `state:report` calls per task (the summary's `reports`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,8 +43,16 @@ def job() -> dict[str, object]:
     return {"taskGroups": [group]}
 
 
-def through_local(config: Path, *flags: str) -> tuple[float, float]:
-    """(end to end, first RUNNING to last SUCCEEDED) in tasks per second for one local run."""
+def _children_cpu() -> float:
+    """User + system seconds of every waited-for descendant so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def through_local(config: Path, *flags: str) -> tuple[float, float, float, float]:
+    """One local run: (end to end, first RUNNING to last SUCCEEDED) in tasks per second, CPU
+    ms per task of the process tree, state:report calls per task."""
+    cpu = _children_cpu()
     began = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "batch_agent.cli", "local", str(config), "--json", *flags],
@@ -49,6 +62,7 @@ def through_local(config: Path, *flags: str) -> tuple[float, float]:
         stdin=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - began
+    cpu = _children_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"batch-agent local exited {done.returncode}:\n{done.stderr[-3000:]}")
     changes = [json.loads(line) for line in done.stdout.splitlines()]
@@ -57,30 +71,40 @@ def through_local(config: Path, *flags: str) -> tuple[float, float]:
     # the span then starts at the first task to leave ASSIGNED either way.
     first = min(c["time"] for c in tasks if c["state"] in ("RUNNING", "SUCCEEDED"))
     last = max(c["time"] for c in tasks if c["state"] == "SUCCEEDED")
-    return TASKS / wall, TASKS / max(last - first, 0.001)
+    reports = changes[-1]["reports"] / TASKS
+    return TASKS / wall, TASKS / max(last - first, 0.001), cpu * 1000 / TASKS, reports
 
 
-def xargs() -> float:
-    """Tasks per second of `seq 400 | xargs -P 8 -n 1 sh -c true`."""
+def xargs() -> tuple[float, float]:
+    """Tasks per second of `seq 400 | xargs -P 8 -n 1 sh -c true`, and its CPU ms per task."""
+    cpu = _children_cpu()
     began = time.perf_counter()
     subprocess.run(f"seq {TASKS} | xargs -P {PARALLELISM} -n 1 sh -c true", shell=True, check=True)
-    return TASKS / (time.perf_counter() - began)
+    rate = TASKS / (time.perf_counter() - began)
+    return rate, (_children_cpu() - cpu) * 1000 / TASKS
 
 
 def run(repeats: int) -> list[Figure]:
     """The three figures, each run `repeats` times, interleaved with the xargs baseline."""
     end_to_end: list[float] = []
     steady: list[float] = []
+    cpu: list[float] = []
+    reports: list[float] = []
     fixed: list[float] = []
     baseline: list[float] = []
+    baseline_cpu: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         config = Path(tmp, "many-small-tasks.json")
         config.write_text(json.dumps(job()))
         for _ in range(repeats):
-            whole, running = through_local(config)
+            whole, running, used, calls = through_local(config)
             end_to_end.append(whole)
             steady.append(running)
-            baseline.append(xargs())
+            cpu.append(used)
+            reports.append(calls)
+            rate, base_cpu = xargs()
+            baseline.append(rate)
+            baseline_cpu.append(base_cpu)
             fixed.append(through_local(config, "--min-report-interval", "0.1s")[0])
     name = f"{TASKS} x `true`, parallelism {PARALLELISM}, {PER_VM} per VM"
     base = f"`seq {TASKS} | xargs -P {PARALLELISM} -n 1 sh -c true`"
@@ -90,10 +114,22 @@ def run(repeats: int) -> list[Figure]:
         met = statistics.median(samples) >= TARGET
         return Figure(f"{name}: {label}", "tasks/s", samples, base, baseline, target, met)
 
+    # 400 tasks/s on this machine's CPUs leaves each task nproc / 400 s of CPU, all included.
+    budget = 1000 * (os.cpu_count() or 1) / TARGET
     return [
         figure("`batch-agent local`, end to end", end_to_end),
         figure("first task running -> last task done", steady),
         figure("end to end, `--min-report-interval 0.1s`", fixed),
+        Figure(
+            f"{name}: CPU per task (`local`, agents, shells)",
+            "ms",
+            cpu,
+            base,
+            baseline_cpu,
+            f"median <= {budget:.0f} ms (400 tasks/s on {os.cpu_count()} CPUs)",
+            statistics.median(cpu) <= budget,
+        ),
+        Figure(f"{name}: `state:report` calls per task", "calls", reports),
     ]
 
 

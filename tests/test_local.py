@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from batch_agent.emulator import load_job
-from batch_agent.local.agents import parse_line
+from batch_agent.local.agents import is_chatter, parse_line
 from batch_agent.local.cli import job_id
 from batch_agent.local.session import default_vms, runnable_labels
 from batch_agent.local.view import RunInfo, prefix
@@ -250,6 +250,7 @@ def test_json_carries_every_state_change(tmp_path: Path) -> None:
     assert result.returncode == 0
     stream = events(result.stdout)
     assert stream[0]["event"] == "start" and stream[-1]["event"] == "summary"
+    assert stream[-1]["reports"] >= 2  # state:report calls answered: one per change at least
     jobs = [(e["from"], e["state"]) for e in stream if e["event"] == "job"]
     assert jobs == [
         (None, "QUEUED"),
@@ -490,6 +491,17 @@ def test_parse_agent_lines() -> None:
     own = parse_line(0, '{"severity": "WARNING", "logger": "batch_agent", "message": "slow"}')
     assert (own.task, own.severity, own.message) == (None, "WARNING", "slow")
     assert parse_line(0, "Traceback (most recent call last):").severity == "ERROR"
+
+
+def test_only_warnings_and_errors_of_an_agent_are_parsed() -> None:
+    """INFO and DEBUG lines (chatter, output copies) are never shown, so they are not parsed;
+    a severity quoted inside a message does not count."""
+    assert is_chatter('{"time": "T", "severity": "INFO", "logger": "batch_agent", "message": "x"}')
+    assert is_chatter('{"time": "T", "severity": "DEBUG", "message": "x"}')
+    assert not is_chatter('{"time": "T", "severity": "WARNING", "message": "x"}')
+    quoted = json.dumps({"severity": "ERROR", "message": '"severity": "INFO"'})
+    assert not is_chatter(quoted) and parse_line(0, quoted).severity == "ERROR"
+    assert not is_chatter('Traceback (most recent call last): "severity": "INFO"')
 
 
 def test_sigint_leaves_no_container_behind(

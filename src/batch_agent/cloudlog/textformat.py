@@ -9,6 +9,7 @@ nanos:N}`, int64 strings bare numbers, maps `{key:"K" value:"V"}` entries. Pure.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Any
@@ -31,7 +32,7 @@ def _message(value: dict[str, Any], schema: str) -> str:
     parts: list[str] = []
     for key, item in value.items():
         node = properties.get(key, {})
-        name = _CAMEL.sub("_", key).lower()
+        name = _snake(key)
         items = item if isinstance(item, list) else [item]
         node = node.get("items", node) if isinstance(item, list) else node
         parts += [f"{name}:{_value(element, node)}" for element in items]
@@ -65,6 +66,12 @@ def _value(value: Any, node: dict[str, Any]) -> str:
     return _string(value)
 
 
+@functools.lru_cache(maxsize=1024)
+def _snake(key: str) -> str:
+    return _CAMEL.sub("_", key).lower()
+
+
+@functools.lru_cache(maxsize=4096)  # every report repeats its tasks' event times
 def _timestamp(value: str) -> str:
     _head, dot, rest = value.partition(".")
     digits = re.match(r"[0-9]*", rest)

@@ -139,8 +139,11 @@ class CloudLogWriter:
                     await asyncio.sleep(self._delay.total_seconds())
                     continue
                 self._kick.clear()
+                # asyncio.timeout, not wait_for, whose 3.11 version can swallow the cancel
+                # that ends this loop if a kick comes at the same moment (deadlines.py).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), self._every)
+                    async with asyncio.timeout(self._every):
+                        await self._kick.wait()
         finally:
             self._client.abort()
             self._threads.shutdown(wait=False)

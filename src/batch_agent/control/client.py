@@ -72,7 +72,8 @@ class ControlPlane(GoogleApi):
     def _report(
         self, parent: str, request: dict[str, Any], deadline: timedelta
     ) -> ReportAgentStateResponse:
-        call = self._client().projects().locations().state().report(parent=parent, body=request)
+        state = self._resource("projects", "locations", "state")
+        call = state.report(parent=parent, body=request)
         content = self._send(call, deadline)
         try:
             return parse_response(content)

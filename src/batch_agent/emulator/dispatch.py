@@ -39,9 +39,11 @@ def drop_forgotten(
     return retried
 
 
-def agent_tasks(tasks: Collection[ServerTask], vm: int) -> list[dict[str, Any]]:
-    """The AgentTask JSONs for VM `vm`'s answer, in the order of `tasks` (all of the job's
-    tasks, needed for barriers); counts each DELETED send."""
+def agent_tasks(
+    tasks: Iterable[ServerTask], vm: int, *, every: Collection[ServerTask]
+) -> list[dict[str, Any]]:
+    """The AgentTask JSONs for VM `vm`'s answer, in the order of `tasks` (those of `every`, all
+    of the job's tasks, needed for barriers, that may be on the VM); counts each DELETED send."""
     out = []
     for task in tasks:
         if task.vm != vm or task.dropped:
@@ -52,7 +54,7 @@ def agent_tasks(tasks: Collection[ServerTask], vm: int) -> list[dict[str, Any]]:
         if task.intended is not None:
             sent["intendedState"] = task.intended
         if "reachedBarrier" not in task.sent:
-            sent["reachedBarrier"] = str(_reached_barrier(task, tasks))
+            sent["reachedBarrier"] = str(_reached_barrier(task, every))
         out.append(sent)
     return out
 

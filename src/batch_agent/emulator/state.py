@@ -22,6 +22,7 @@ from batch_agent.emulator import job as jobs
 from batch_agent.emulator.changes import ChangeLog, last_description
 from batch_agent.emulator.metadata import Site
 from batch_agent.emulator.records import TERMINAL, ServerTask
+from batch_agent.emulator.roster import Roster
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class JobState:
         self._clock = clock
         self.job_uid = tasknames.new_job_uid()
         self.tasks: dict[str, ServerTask] = {}  # by resource name
+        self._roster = Roster(self.tasks)  # told of every task added and every VM given
         self._issued: dict[str, str] = {}  # every name a task was sent under -> its resource
         self.changes = ChangeLog(clock)
         self._pending: list[str] = []
@@ -66,6 +68,7 @@ class JobState:
             sent = self._agent_task(name, i, 0)
             task = ServerTask(name=name, resource=resource, sent=sent, in_plan=True, index=i)
             self.tasks[resource] = task
+            self._roster.added(task)
             self._issued[name] = resource
             self._pending.append(resource)
             self.changes.task(task, None)
@@ -111,6 +114,7 @@ class JobState:
         index = -1 if parts is None else parts.index
         task = ServerTask(name=name, resource=name, sent=sent, in_plan=False, vm=vm, index=index)
         self.tasks[name] = task
+        self._roster.added(task)
         self._issued[name] = name
         self.changes.task(task, None)
         return name
@@ -157,7 +161,7 @@ class JobState:
         if self._plan is None or not self._pending:
             return
         active = [0] * self._vms
-        for task in self.tasks.values():
+        for task in self._roster.on_vms():
             if task.in_plan and task.vm is not None and not task.is_finished:
                 active[task.vm] += 1
         indices = list(range(len(self._pending)))
@@ -166,6 +170,7 @@ class JobState:
         for i, vm in chosen:
             task = self.tasks[self._pending[i]]
             task.vm = vm
+            self._roster.placed(task)
             self.changes.task(task, "PENDING")  # PENDING -> ASSIGNED: a VM takes it
         taken = {i for i, _ in chosen}
         self._pending = [name for i, name in enumerate(self._pending) if i not in taken]
@@ -194,7 +199,9 @@ class JobState:
                 continue  # an attempt already judged; its successor is a new task
             task.runnable = int(reported.get("runnable", "0"))
             status = reported.get("taskStatus", {})
-            task.events = copy.deepcopy(status.get("statusEvents", []))
+            # Shared with the report kept in `BatchApi.reports`: neither is ever changed (a
+            # deep copy per task per report was most of this method's time).
+            task.events = status.get("statusEvents", [])
             new = status.get("state")
             if new is not None and new != task.state:
                 self._apply(task, new)
@@ -245,12 +252,12 @@ class JobState:
     def response_tasks(self, vm: int, mentioned: set[str]) -> list[dict[str, Any]]:
         """The AgentTasks for VM `vm`'s response; advances the DELETED bookkeeping and starts
         the next attempt of a retried task once its agent has forgotten the last one."""
-        retried = dispatch.drop_forgotten(self.tasks.values(), vm, mentioned)
+        retried = dispatch.drop_forgotten(self._roster.on_vm(vm), vm, mentioned)
         for task in retried:
             self._requeue(task)
         if retried:
             self.schedule()
-        return dispatch.agent_tasks(list(self.tasks.values()), vm)
+        return dispatch.agent_tasks(self._roster.on_vm(vm), vm, every=self.tasks.values())
 
     def _requeue(self, task: ServerTask) -> None:
         """FAILED -> PENDING: a new attempt, BATCH_TASK_RETRY_ATTEMPT + 1, under a new name
@@ -272,12 +279,13 @@ class JobState:
     def _advance_job(self) -> None:
         if self.job_state is None:
             return
+        done = self.done
         steps = service.job_transitions(
             self.job_state,
             scheduled=self._scheduled,
             running=self._ran or any(t.state == "RUNNING" for t in self.tasks.values()),
-            done=self.done,
-            failed=self.failed,
+            done=done,
+            failed=done and self.failed,  # only a finished job's outcome needs it: a scan less
             cancelling=self._cancelling,
         )
         for new in steps:
@@ -297,8 +305,7 @@ class JobState:
         """Whether VM `vm` has a task whose state will still change (assigned, running, or
         finished but not yet forgotten by its agent)."""
         return any(
-            t.vm == vm and not t.dropped and (t.state not in TERMINAL or t.intended == "DELETED")
-            for t in self.tasks.values()
+            t.state not in TERMINAL or t.intended == "DELETED" for t in self._roster.on_vm(vm)
         )
 
     def is_deleted(self, name: str) -> bool:
@@ -307,7 +314,7 @@ class JobState:
 
     @property
     def done(self) -> bool:
-        return bool(self.tasks) and all(t.is_finished for t in self.tasks.values())
+        return self._roster.all_finished()
 
     @property
     def failed(self) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 _OUTPUT_LOGGER = "batch_agent.output"
+_CHATTER = ('"severity": "INFO"', '"severity": "DEBUG"')  # as `--log-format json` spells them
 _TAG = re.compile(r"task (\d+) r(\d+)")
 
 
@@ -38,6 +39,14 @@ class Line:
     task: int | None = None
     runnable: int | None = None
     stream: str | None = None
+
+
+def is_chatter(text: str) -> bool:
+    """An INFO or DEBUG line of an agent's JSON log: its chatter and its copy of the output,
+    most of its lines (several per task). `local` shows none of them (`LocalRun._show`), so
+    they go to agent.log only, unparsed. A quote inside a JSON string is escaped, so only the
+    line's own severity matches."""
+    return text.startswith("{") and any(severity in text for severity in _CHATTER)
 
 
 def parse_line(vm: int, text: str) -> Line:
@@ -93,7 +102,7 @@ class AgentProcess:
             for raw in pipe:
                 copy.write(raw)
                 text = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if text:
+                if text and not is_chatter(text):
                     lines.put(parse_line(self.vm, text))
 
     def terminate(self) -> None:

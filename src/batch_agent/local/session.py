@@ -161,7 +161,8 @@ class LocalRun:
             status = EXIT_SUCCEEDED if state == "SUCCEEDED" else EXIT_FAILED
         kept = self._work_dir if self._options.keep else None
         tasks = tuple(_summary(t) for t in emulator.task_views())
-        self._view.finish(Summary(self._job_id, state, status, time.time() - begun, tasks, kept))
+        elapsed, reports = time.time() - begun, len(emulator.reports)
+        self._view.finish(Summary(self._job_id, state, status, elapsed, tasks, kept, reports))
         return status
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

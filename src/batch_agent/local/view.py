@@ -50,6 +50,7 @@ class Summary:
     elapsed: float
     tasks: tuple[TaskSummary, ...]
     kept: Path | None  # the work dir, when --keep kept it
+    reports: int = 0  # state:report calls the local control plane answered
 
 
 def duration(seconds: float | None) -> str:
@@ -247,6 +248,7 @@ class JsonView(View):
             state=summary.state,
             exitStatus=summary.exit_status,
             elapsed=round(summary.elapsed, 3),
+            reports=summary.reports,
             tasks=tasks,
             **kept,
         )

@@ -72,5 +72,9 @@ class Deadlines:
     async def _next_change(self, timeout: timedelta | None = None) -> None:
         self._changed.clear()
         seconds = timeout.total_seconds() if timeout is not None else None
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns instead of raising when
+        # it is cancelled just as the wait ends (a runnable's end sets `_changed` as the run
+        # cancels `watch`), and the run then waits for `watch` forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
