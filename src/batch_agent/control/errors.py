@@ -70,8 +70,9 @@ class ControlPlaneError(Exception):
         self.retry_after = retry_after
 
 
-def classify(error: Exception) -> ControlPlaneError | None:
-    """Turn what the client stack raised into a ControlPlaneError; None if unexpected."""
+def classify(error: Exception, api: str = "Batch API") -> ControlPlaneError | None:
+    """Turn what the client stack raised into a ControlPlaneError (`api` names the API the
+    call was for); None if unexpected."""
     if isinstance(error, google.auth.exceptions.DefaultCredentialsError):
         # An unreadable or invalid credentials file is a configuration error; it stays.
         return ControlPlaneError(f"cannot load credentials: {error}", retryable=False)
@@ -83,7 +84,7 @@ def classify(error: Exception) -> ControlPlaneError | None:
         return ControlPlaneError(f"cannot get an access token: {error}", retryable=True)
     if isinstance(error, httplib2.RelativeURIError):
         # The endpoint is not an absolute URL: configuration, retrying cannot help.
-        return ControlPlaneError(f"bad Batch API endpoint: {error}", retryable=False)
+        return ControlPlaneError(f"bad {api} endpoint: {error}", retryable=False)
     if isinstance(error, httplib2.HttpLib2Error | OSError | http.client.HTTPException):
         # Transport: connection refused/reset, DNS failure (ServerNotFoundError), timeouts
         # (TimeoutError is an OSError), TLS and proxy failures (socks.ProxyError is an
@@ -91,7 +92,7 @@ def classify(error: Exception) -> ControlPlaneError | None:
         # shorter than its Content-Length, BadStatusLine, LineTooLong). The network or the
         # server may come back.
         return ControlPlaneError(
-            f"cannot reach the Batch API: {type(error).__name__}: {error}", retryable=True
+            f"cannot reach {api}: {type(error).__name__}: {error}", retryable=True
         )
     return None
 
