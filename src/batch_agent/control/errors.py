@@ -103,21 +103,25 @@ def status_error(
     """The error for an answer with a status >= 300: its message, verdict and Retry-After."""
     status = int(response.status)
     return ControlPlaneError(
-        f"{api} answered {status}: {_error_detail(response, content)}",
+        f"{api} answered {status}: {error_detail(response, content)}",
         retryable=is_retryable_status(status),
         status=status,
         retry_after=parse_retry_after(response.get("retry-after"), datetime.now(UTC)),
     )
 
 
-def _error_detail(response: httplib2.Response, content: bytes) -> str:
-    """The server's message from a googleapis error body, else the raw reason; cut short."""
+def error_detail(response: httplib2.Response, content: bytes, *, status_name: bool = False) -> str:
+    """The server's message from a googleapis error body (after its status name, e.g.
+    `NOT_FOUND: ...`, when asked for), else the raw reason; cut short."""
     try:
-        message = json.loads(content)["error"]["message"]
-    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
-        message = None
+        error = json.loads(content)["error"]
+        message, name = error["message"], error.get("status") if status_name else None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        message, name = None, None
     if not isinstance(message, str):
         message = str(response.reason or "") or repr(content[:200])
+    elif isinstance(name, str) and name:
+        message = f"{name}: {message}"
     return message if len(message) <= 500 else message[:500] + "..."
 
 

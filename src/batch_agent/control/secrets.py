@@ -26,7 +26,7 @@ from typing import Any
 import httplib2
 
 from batch_agent.control.backoff import Backoff
-from batch_agent.control.errors import ControlPlaneError, is_retryable_status
+from batch_agent.control.errors import ControlPlaneError, error_detail, is_retryable_status
 from batch_agent.control.googleapi import GoogleApi
 
 DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
@@ -168,7 +168,7 @@ class _SecretApi(GoogleApi):
     def _status_error(self, response: httplib2.Response, content: bytes) -> ControlPlaneError:
         status = int(response.status)
         return ControlPlaneError(
-            f"{status} {_detail(response, content)}",
+            f"{status} {error_detail(response, content, status_name=True)}",
             retryable=status not in _PERMANENT and is_retryable_status(status),
             status=status,
         )
@@ -184,13 +184,3 @@ class _CloudKms(_SecretApi):
     API = "cloudkms"
     VERSION = "v1"
     TITLE = "Cloud KMS"
-
-
-def _detail(response: httplib2.Response, content: bytes) -> str:
-    """The status name and message of a googleapis error body, else the reason; cut short."""
-    try:
-        error = json.loads(content)["error"]
-        text = f"{error.get('status') or ''}: {error['message']}".lstrip(": ")
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
-        text = str(response.reason or "") or repr(content[:200])
-    return text if len(text) <= 500 else text[:500] + "..."
