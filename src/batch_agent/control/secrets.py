@@ -159,7 +159,7 @@ class _SecretApi(GoogleApi):
         content = self._classified("a call", lambda: self._send(build(self._client()), deadline))
         try:
             answer = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # garbage, or nested deep enough to overflow
             answer = None
         if not isinstance(answer, dict):
             raise ControlPlaneError(f"malformed answer from {self.API}", retryable=True)
