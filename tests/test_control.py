@@ -30,13 +30,13 @@ from batch_agent.wire import (
 )
 
 PARENT = "projects/123456789012/locations/us-central1"  # the emulator's defaults
-REQUEST = ReportAgentStateRequest(
+REQUEST = ReportAgentStateRequest(  # as the agent hands it to the client: its wire form
     agent_info=AgentInfo(
         state=AgentState.AGENT_STARTING, report_time=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     ),
     agent_timing_info=AgentTimingInfo(boot_time=datetime(2025, 1, 2, tzinfo=UTC)),
     metadata=AgentMetadata(instance="vm-0", zone="us-central1-a", version="test"),
-)
+).to_wire()
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_report_round_trip(emu: Emulator, control: ControlPlane) -> None:
     assert emu.invalid_reports == []
     [report] = emu.reports
     assert report.vm == 0  # identified by the bearer token from the metadata server
-    assert report.body == REQUEST.to_wire()
+    assert report.body == REQUEST
 
 
 def test_client_is_kept_across_reports(emu: Emulator, control: ControlPlane) -> None:

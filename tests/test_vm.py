@@ -136,7 +136,8 @@ def test_unreachable_metadata_server_raises_metadata_error(closed_port: str) -> 
 
 
 def test_identity_and_parent_from_the_emulator(emu: Emulator) -> None:
-    """read_vm names the VM and its parent as the Batch API expects."""
+    """read_vm names the VM and its parent as the Batch API expects, and the project's id
+    (Cloud Logging's log names) in the same round trip."""
     vm = emu.vms[0]
     identity, _ = read_vm(MetadataServer(vm.metadata_host), version="v", os_release={})
     assert identity == VmIdentity(
@@ -144,6 +145,7 @@ def test_identity_and_parent_from_the_emulator(emu: Emulator) -> None:
         zone="us-central1-a",
         instance=vm.name,
         instance_id=vm.instance_id,
+        project_id="emulated-project",
     )
     assert identity.parent == "projects/123456789012/locations/us-central1"
 
@@ -263,8 +265,10 @@ def sparse() -> Iterator[_SparseMetadata]:
 
 
 def test_missing_optional_keys_are_left_out(sparse: _SparseMetadata) -> None:
-    """Without machine type, creator, image or preempted, the metadata simply lacks them."""
-    _, metadata = read_vm(MetadataServer(sparse.host), version="v", os_release={})
+    """Without machine type, creator, image or preempted, the metadata simply lacks them;
+    without a project id, so does the identity (Cloud Logging then names the project number)."""
+    identity, metadata = read_vm(MetadataServer(sparse.host), version="v", os_release={})
+    assert identity.project_id is None
     assert metadata.to_wire() == {
         "instance": "vm-x",
         "instanceId": "42",
@@ -303,3 +307,13 @@ def test_answer_without_metadata_flavor_is_refused(sparse: _SparseMetadata) -> N
     sparse.flavor = False
     with pytest.raises(MetadataError, match="Metadata-Flavor"):
         MetadataServer(sparse.host).get("instance/name")
+
+
+@pytest.mark.parametrize("instance_id", ["18446744073709551616", "9" * 5000, "\u00b2"])
+def test_an_instance_id_that_is_no_uint64_is_left_out(sparse: _SparseMetadata, instance_id):
+    """The report's instanceId is a uint64: anything else is left out of the metadata (the
+    request models check nothing), never sent and never a crash."""
+    sparse.answers["instance/id"] = (200, instance_id)
+    _, metadata = read_vm(MetadataServer(sparse.host), version="v", os_release={})
+    assert metadata.instance_id is None
+    assert "instanceId" not in metadata.to_wire()

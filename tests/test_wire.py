@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import typing
 from datetime import UTC, datetime, timedelta
@@ -13,28 +14,49 @@ from hypothesis import strategies as st
 
 from batch_agent import discovery, wire
 
-ROOTS = [wire.ReportAgentStateRequest, wire.ReportAgentStateResponse, wire.AgentTask]
+ROOTS: list[type] = [wire.ReportAgentStateRequest, wire.ReportAgentStateResponse, wire.AgentTask]
 
 
-def _models(annotation: object) -> list[type[wire.WireModel]]:
-    """The WireModel classes inside a field annotation (through Optional, list, dict)."""
-    if isinstance(annotation, type) and issubclass(annotation, wire.WireModel):
-        return [annotation]
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _fields(model: type) -> dict[str, object]:
+    """A model's wire names and annotations: pydantic's aliases (the task side) or the
+    dataclass fields' names in camelCase (the report side)."""
+    if dataclasses.is_dataclass(model):
+        hints = typing.get_type_hints(model)
+        return {_camel(f.name): hints[f.name] for f in dataclasses.fields(model)}
+    assert issubclass(model, wire.WireModel)
+    return {str(f.alias): f.annotation for f in model.model_fields.values()}
+
+
+def _is_model(annotation: object) -> bool:
+    if not isinstance(annotation, type):
+        return False
+    return dataclasses.is_dataclass(annotation) or issubclass(annotation, wire.WireModel)
+
+
+def _models(annotation: object) -> list[type]:
+    """The model classes inside a field annotation (through Optional, list, dict, Sequence)."""
+    if _is_model(annotation):
+        return [typing.cast(type, annotation)]
     if isinstance(annotation, UnionType) or typing.get_origin(annotation) is not None:
         return [m for arg in typing.get_args(annotation) for m in _models(arg)]
     return []
 
 
-def _walk() -> dict[str, type[wire.WireModel]]:
-    seen: dict[str, type[wire.WireModel]] = {}
-    todo: list[type[wire.WireModel]] = list(ROOTS)
+def _walk() -> dict[str, type]:
+    seen: dict[str, type] = {}
+    todo: list[type] = list(ROOTS)
     while todo:
         model = todo.pop()
         if model.__name__ in seen:
             continue
         seen[model.__name__] = model
-        for field in model.model_fields.values():
-            todo.extend(_models(field.annotation))
+        for annotation in _fields(model).values():
+            todo.extend(_models(annotation))
     return seen
 
 
@@ -45,7 +67,7 @@ def test_every_modelled_field_exists_in_the_discovery_document():
     for name, model in _walk().items():
         assert name in schemas, f"{name} is not a schema of batch.v1.json"
         properties = schemas[name]["properties"]
-        aliases = {f.alias for f in model.model_fields.values()}
+        aliases = set(_fields(model))
         for alias in aliases:
             assert alias in properties, f"{name}.{alias} is not in batch.v1.json"
         unmodelled += [f"{name}.{p}" for p in properties if p not in aliases]
@@ -101,7 +123,7 @@ def test_a_full_request_validates_against_the_schema():
 
 def test_unknown_response_fields_are_ignored():
     """The server evolves: fields we do not know never break parsing."""
-    response = wire.ReportAgentStateResponse.model_validate(
+    response = wire.ReportAgentStateResponse.from_wire(
         {"defaultReportInterval": "10s", "brandNew": {"x": 1}, "tasks": [{"task": "a"}]}
     )
     assert response.default_report_interval == timedelta(seconds=10)
@@ -143,13 +165,15 @@ def test_duration_round_trip(value):
 
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
 def test_int64_travels_as_a_string(value):
-    """Int64 fields serialise as decimal strings and parse back."""
+    """Int64 fields serialise as decimal strings and parse back (as a response's do)."""
     info = wire.AgentTaskInfo(
         task_id="t", runnable=value, task_status=wire.TaskStatus(state=wire.TaskState.RUNNING)
     )
     body = info.to_wire()
     assert body["runnable"] == str(value)
-    assert wire.AgentTaskInfo.model_validate(body).runnable == value
+    task = wire.parse_agent_task({"task": "t", "reachedBarrier": body["runnable"]})
+    assert isinstance(task, wire.AgentTask)
+    assert task.reached_barrier == value
 
 
 @pytest.mark.parametrize(
@@ -289,3 +313,13 @@ def test_everything_else_in_a_response_is_kept():
     odd = wire.parse_response(b'{"tasks": [1, {"task": "t"}], "useBatchMonitoredResource": true}')
     assert odd.tasks == [1, {"task": "t"}]
     assert odd.use_batch_monitored_resource is True
+
+
+def test_a_response_may_use_the_proto_field_names():
+    """proto3 JSON parsers accept a field's proto name too; its JSON name wins over it."""
+    body = b'{"default_report_interval": "5s", "use_batch_monitored_resource": true}'
+    response = wire.parse_response(body)
+    assert response.default_report_interval == timedelta(seconds=5)
+    assert response.use_batch_monitored_resource is True
+    both = b'{"minReportInterval": "1s", "min_report_interval": "9s"}'
+    assert wire.parse_response(both).min_report_interval == timedelta(seconds=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -123,9 +124,8 @@ class Reporter:
         except wiring.MetadataUnanswered as error:
             raise Unreachable(str(error)) from error
         recorded_boot = self._store.fact("boot_time")
-        writer = self._log_writer = await wiring.log_writer(
+        writer = self._log_writer = wiring.log_writer(
             self._config,
-            self._metadata,
             machine.identity,
             client=self._logging,
             masker=self._masker,
@@ -142,19 +142,29 @@ class Reporter:
             drain_logs=writer.drain,
         )
         self._tasks = TaskSet(self._store, settings, on_change=self._changed.set)
-        writer.follow(self._tasks.all_records)
-        self._writing = asyncio.create_task(writer.run())
+        writer.follow(self._tasks.all_records)  # writing starts after the first report's call
         rebooted = recorded_boot is not None and recorded_boot != format_time(machine.boot_time)
         await self._tasks.resume(rebooted=rebooted)
         await self._store.set_fact("boot_time", format_time(machine.boot_time))
         await self._telemetry.ready(self._tasks, healthy=self._healthy)
+        return self._tasks
+
+    def _after_first_call(self) -> None:
+        """Start what the first report does not need, once its call is over (answered or not):
+        the Cloud Logging writer (whose first call builds the Logging client from a 527 KB
+        discovery document) and the preemption watch (a metadata long poll, in a thread). Both
+        would compete with the first report for the GIL. Nothing is lost meanwhile: records
+        wait in the agent log's queue, output in its files; the first report carries the
+        preemption notice the start-up read. Idempotent."""
+        if self._writing is not None or self._log_writer is None:
+            return
+        self._writing = asyncio.create_task(self._log_writer.run())
         loop = asyncio.get_running_loop()
 
         def on_notice() -> None:  # called from the watch's thread
             loop.call_soon_threadsafe(self._on_preempted)
 
         watch_preemption(self._metadata, on_notice)
-        return self._tasks
 
     async def _wait_for_cadence(self) -> bool:
         """Wait until the next report is due; True if told to stop meanwhile."""
@@ -215,22 +225,26 @@ class Reporter:
         self, state: AgentState, *, deadline: timedelta | None = None
     ) -> ReportAgentStateResponse:
         assert self._machine is not None
-        request = self._request(state, self._machine)
-        if self._agent_log is not None:
-            self._agent_log.report(report_text(request.to_wire()))
+        request = self._request(state, self._machine).to_wire()  # once: the call and the log
         parent = self._machine.identity.parent
-        began = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        # In a worker thread from now on: the log's text is made while the call waits.
+        call = loop.run_in_executor(
+            None, functools.partial(self._control.report, parent, request, deadline=deadline)
+        )
+        if self._agent_log is not None:
+            self._agent_log.report(report_text(request))
         try:
-            response = await asyncio.to_thread(
-                self._control.report, parent, request, deadline=deadline
-            )
+            response = await call
         except ControlPlaneError as error:
             await self._reported(began, error)
             raise
         finally:
             # Counted from the answer, so the server never sees two reports closer than the
             # minimum, whatever the latency.
-            self._last_report = asyncio.get_running_loop().time()
+            self._last_report = loop.time()
+            self._after_first_call()
         await self._reported(began, None)
         if self._log_writer is not None:
             self._log_writer.use_batch_resource(response.use_batch_monitored_resource)

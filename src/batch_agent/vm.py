@@ -135,6 +135,7 @@ class VmIdentity:
     zone: str  # short form, "us-central1-a"
     instance: str  # instance name
     instance_id: str  # numeric, as a decimal string (uint64)
+    project_id: str | None = None  # the project's id ("my-project"), when the server has one
 
     @property
     def region(self) -> str:
@@ -147,7 +148,8 @@ class VmIdentity:
 
 
 IDENTITY_KEYS = ("project/numeric-project-id", "instance/zone", "instance/name", "instance/id")
-METADATA_KEYS = (  # with the identity's keys, the report's `metadata`
+METADATA_KEYS = (  # with the identity's keys, the report's `metadata` (and the project's id)
+    "project/project-id",
     "instance/machine-type",
     "instance/preempted",
     "instance/attributes/created-by",
@@ -189,8 +191,13 @@ def _identity(values: Mapping[str, str | None]) -> VmIdentity:
         region_of(zone)
     except ValueError as error:
         raise MetadataError(f"instance/zone: {error}") from None
+    project_id = values.get("project/project-id")
     return VmIdentity(
-        project_number=project_number, zone=zone, instance=instance, instance_id=instance_id
+        project_number=project_number,
+        zone=zone,
+        instance=instance,
+        instance_id=instance_id,
+        project_id=project_id.strip() if project_id and project_id.strip() else None,
     )
 
 
@@ -206,8 +213,14 @@ def _metadata(
     machine_type = optional("instance/machine-type")
     instance_id = optional("instance/id")
     preempted = optional("instance/preempted")
-    if instance_id is not None and not instance_id.isdigit():
-        log.warning("vm: ignoring non-numeric instance/id %r", instance_id)
+    # uint64 on the wire: the plain request models check nothing, so it is checked here.
+    if instance_id is not None and not (
+        len(instance_id) <= 20
+        and instance_id.isascii()
+        and instance_id.isdigit()
+        and int(instance_id) < 2**64
+    ):
+        log.warning("vm: ignoring instance/id %r: not a uint64", instance_id)
         instance_id = None
     return AgentMetadata(
         instance=optional("instance/name"),

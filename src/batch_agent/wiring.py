@@ -79,9 +79,8 @@ def logging_client(config: Config) -> CloudLogging:
     )
 
 
-async def log_writer(
+def log_writer(
     config: Config,
-    server: MetadataServer,
     identity: VmIdentity,
     *,
     client: CloudLogging,
@@ -92,8 +91,7 @@ async def log_writer(
 ) -> CloudLogWriter:
     """The one Cloud Logging writer, for this VM's project (its id from the metadata server,
     else its number, which Cloud Logging takes in a log name too)."""
-    project_id = await asyncio.to_thread(_project_id, server)
-    site = Site(project_id or identity.project_number, identity.zone, identity.region)
+    site = Site(identity.project_id or identity.project_number, identity.zone, identity.region)
     if agent_log is not None:
         agent_log.configure(site, identity.instance, identity.instance_id)
     return CloudLogWriter(
@@ -106,15 +104,6 @@ async def log_writer(
         on_change=on_change,
         agent_log=agent_log,
     )
-
-
-def _project_id(server: MetadataServer) -> str | None:
-    try:
-        value = server.get("project/project-id")
-    except MetadataError as error:
-        log.warning("metadata server: no project id (%s); logging under the project number", error)
-        return None
-    return value.strip() if value and value.strip() else None
 
 
 class MetadataUnanswered(Exception):
@@ -131,8 +120,8 @@ class Machine:
 
     def preempted(self) -> Machine:
         """This machine, its metadata saying that a preemption notice came."""
-        notice = {"instance_preemption_notice_received": True}
-        return dataclasses.replace(self, metadata=self.metadata.model_copy(update=notice))
+        metadata = dataclasses.replace(self.metadata, instance_preemption_notice_received=True)
+        return dataclasses.replace(self, metadata=metadata)
 
 
 async def read_machine(

@@ -48,7 +48,7 @@ def test_reports_go_through_the_proxy(
     token came from the metadata server directly (one tunnel only, to the API)."""
     environment.setenv("http_proxy", proxy.url)
     control.report(PARENT, REQUEST)
-    assert [report.body for report in emu.reports] == [REQUEST.to_wire()]
+    assert [report.body for report in emu.reports] == [REQUEST]
     assert proxy.targets == [emu.url.removeprefix("http://").rstrip("/")]
 
 

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from batch_agent.control.errors import ControlPlaneError
 from batch_agent.control.googleapi import CLOUD_PLATFORM_SCOPE, DEFAULT_DEADLINE, GoogleApi
-from batch_agent.wire import (
-    MalformedResponse,
-    ReportAgentStateRequest,
-    ReportAgentStateResponse,
-    parse_response,
-)
+from batch_agent.wire import MalformedResponse, ReportAgentStateResponse, parse_response
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +51,12 @@ class ControlPlane(GoogleApi):
     def report(
         self,
         parent: str,
-        request: ReportAgentStateRequest,
+        request: dict[str, Any],
         *,
         deadline: timedelta | None = None,
     ) -> ReportAgentStateResponse:
-        """POST `{endpoint}v1/{parent}/state:report` and return the parsed response.
+        """POST `request` (a ReportAgentStateRequest's `to_wire()`: the caller encodes it once,
+        for its log too) to `{endpoint}v1/{parent}/state:report`; return the parsed response.
 
         BLOCKS for at most about `deadline`, plus a connection attempt under way at that
         moment (itself bounded by `timeout`) and name resolution; `deadline` defaults to the
@@ -73,15 +70,9 @@ class ControlPlane(GoogleApi):
         return self._classified("a report", lambda: self._report(parent, request, deadline))
 
     def _report(
-        self, parent: str, request: ReportAgentStateRequest, deadline: timedelta
+        self, parent: str, request: dict[str, Any], deadline: timedelta
     ) -> ReportAgentStateResponse:
-        call = (
-            self._client()
-            .projects()
-            .locations()
-            .state()
-            .report(parent=parent, body=request.to_wire())
-        )
+        call = self._client().projects().locations().state().report(parent=parent, body=request)
         content = self._send(call, deadline)
         try:
             return parse_response(content)

@@ -87,6 +87,10 @@ class _Listener(ThreadingHTTPServer):
     """One VM's server: metadata for `vm`; the Batch API too (reports name their VM by token)."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the SYNs of an agent's start-up (its metadata
+    # reads come all at once) whenever this process is slow to accept: each costs the client a
+    # 1 s retransmit (measured: 6 in 90 batches of 8 reads).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], backend: Backend, vm: int) -> None:
         self.backend = backend

@@ -120,7 +120,7 @@ class TaskRecord:
             runnable=self.runnable or None,
             task_status=TaskStatus(
                 state=self.state,
-                status_events=[StatusEvent.model_validate(e) for e in self.events],
+                status_events=[StatusEvent.from_wire(e) for e in self.events],
             ),
         )
 

@@ -1,14 +1,16 @@
-"""The Batch v1 agent wire format (`state:report`), as pydantic models named as in batch.v1.json.
+"""The Batch v1 agent wire format (`state:report`), types named as in batch.v1.json.
 
 Import everything from here (`from batch_agent.wire import AgentTask, parse_response`); the
-modules are `encoding` (the JSON encoding's wrinkles: int64 as strings, `google-duration`,
-RFC 3339 times, camelCase, unknown fields ignored; bounded-cost number parsing), `task` (the
-tasks a response assigns, parsed one by one) and `report` (the request and the response).
+modules are `encoding` (the JSON encoding's wrinkles in plain code: int64 as strings,
+`google-duration`, RFC 3339 times; bounded-cost number parsing), `report` (the request and the
+response, plain dataclasses and a hand-written parser), `task` (the tasks a response assigns,
+pydantic models parsed one by one) and `fields` (the pydantic field types `task` is built of).
 Whatever a server sends, parsing costs time bounded by the body's size and raises only the
 documented errors (`parse_response`: MalformedResponse; `parse_agent_task`: none).
 
-This package imports nothing else of ours and knows nothing of HTTP. `task` is imported at the
-first use of one of its names, not with the package (see `__getattr__`).
+This package imports nothing else of ours and knows nothing of HTTP. `task` and `fields`, and
+with them pydantic, are imported at the first use of one of their names, not with the package
+(see `__getattr__`): a report never loads them.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -16,13 +18,6 @@ from typing import TYPE_CHECKING, Any
 from batch_agent.wire.encoding import (
     MAX_REPORT_INTERVAL,
     MAX_TASK_DURATION,
-    Duration,
-    Int32,
-    Int64,
-    ReportInterval,
-    Timestamp,
-    UInt64,
-    WireModel,
     format_duration,
     format_time,
     parse_duration,
@@ -45,6 +40,7 @@ from batch_agent.wire.report import (
 )
 
 if TYPE_CHECKING:  # at run time `__getattr__` imports them at their first use
+    from batch_agent.wire.fields import Duration, Int32, Int64, WireModel
     from batch_agent.wire.task import (
         GCS,
         NFS,
@@ -107,7 +103,6 @@ __all__ = [
     "MalformedResponse",
     "ReportAgentStateRequest",
     "ReportAgentStateResponse",
-    "ReportInterval",
     "Runnable",
     "Script",
     "StatusEvent",
@@ -115,8 +110,6 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "TaskStatus",
-    "Timestamp",
-    "UInt64",
     "Volume",
     "WireModel",
     "format_duration",
@@ -128,13 +121,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """The names of `task` (the only ones of `__all__` not bound above), imported at the first
-    use of one: an agent with no task yet reports without building those models."""
-    if name in __all__:
-        from batch_agent.wire import task
+_FIELDS = ("Duration", "Int32", "Int64", "WireModel")
 
-        value = getattr(task, name)
+
+def __getattr__(name: str) -> Any:
+    """The names of `task` and `fields` (the only ones of `__all__` not bound above), imported
+    at the first use of one: an agent with no task yet reports without pydantic."""
+    if name in __all__:
+        from batch_agent.wire import fields, task
+
+        value = getattr(fields if name in _FIELDS else task, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,13 @@
-"""The JSON encoding of the Batch v1 wire format, absorbed once: `WireModel` (camelCase aliases,
-unknown fields ignored), int64 as a decimal string, `google-duration` as `"1.5s"`,
-`google-datetime` as RFC 3339, and the wording of a bad value in a problem message.
+"""The JSON encoding of the Batch v1 wire format, absorbed once, in plain code: int64 as a
+decimal string, `google-duration` as `"1.5s"`, `google-datetime` as RFC 3339, camelCase field
+names, and the wording of a bad value in a problem message.
 
 Numbers arrive as text from a server we do not control. Each is checked for length and shape
 before it is converted, so that parsing costs microseconds whatever is sent ("1e600000" or a
 million digits), and each is checked for range before it becomes a timedelta, so that neither
 timedelta nor `datetime.now() + duration` can overflow later. This module defines no message
-of the API and knows nothing of HTTP.
+of the API, knows nothing of HTTP and imports no pydantic: the report path (`report`) uses it
+alone; the task side's pydantic field types (`fields`) are built on it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,6 @@ import logging
 import re
 import reprlib
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import Annotated, Any
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationInfo
-from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +24,12 @@ _DURATION = re.compile(r"(-?)([0-9]+)(?:\.([0-9]{1,9}))?s")
 _INTEGER = re.compile(r"-?[0-9]+")
 MAX_TASK_DURATION = timedelta(days=36525)  # 100 years: a task timeout or maxRunDuration
 MAX_REPORT_INTERVAL = timedelta(hours=1)  # the report intervals a response may set
-_RANGES = {
+RANGES = {
     "int32": (-(2**31), 2**31 - 1),
     "int64": (-(2**63), 2**63 - 1),
     "uint64": (0, 2**64 - 1),
 }
-
-
-class WireModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields ignored."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
-    )
-
-    def to_wire(self) -> dict[str, Any]:
-        """The JSON object to send: camelCase, unset fields left out."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _microseconds(value: object) -> int | None:
@@ -64,21 +48,22 @@ def parse_duration(value: object, maximum: timedelta = MAX_TASK_DURATION) -> tim
     """`"1.5s"` -> timedelta(seconds=1.5); raises ValueError naming the bad value, also for a
     duration longer than `maximum` either way (100 years by default)."""
     if isinstance(value, timedelta):
-        micros: int | None = value // timedelta(microseconds=1)
+        micros: int | None = value // _MICROSECOND
     else:
         micros = _microseconds(value)
     if micros is None:
         raise ValueError(f"{quote(value)} is not a duration")
-    if abs(micros) > maximum // timedelta(microseconds=1):
+    if abs(micros) > maximum // _MICROSECOND:
         raise ValueError(f"{quote(value)} is out of range (longer than {_describe(maximum)})")
     return timedelta(microseconds=micros)
 
 
 def format_duration(value: timedelta) -> str:
     """timedelta -> `"1.5s"`, the shortest exact form."""
-    seconds = Decimal(value.days * 86400 + value.seconds) + Decimal(value.microseconds) / 10**6
-    text = format(seconds.normalize(), "f")
-    return f"{text}s"
+    micros = value // _MICROSECOND
+    whole, fraction = divmod(abs(micros), 10**6)
+    text = f"{whole}.{fraction:06d}".rstrip("0").rstrip(".")  # the dot keeps "10" whole
+    return f"-{text}s" if micros < 0 else f"{text}s"
 
 
 def format_time(value: datetime) -> str:
@@ -90,6 +75,55 @@ def parse_time(value: str) -> datetime:
     """RFC 3339 (`Z` or an offset; naive taken as UTC) -> an aware datetime; ValueError if not."""
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_wire_time(value: object) -> datetime:
+    """A `google-datetime` value as it arrives (any JSON) -> an aware datetime; ValueError
+    naming the value if it is not a short RFC 3339 string."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT:
+        try:
+            return parse_time(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{quote(value)} is not an RFC 3339 time")
+
+
+def parse_integer(value: object, kind: str) -> int:
+    """An integer of `kind` (int32, int64, uint64) as it arrives: a JSON number or, as proto3
+    JSON allows and int64 requires, a decimal string. ValueError naming the value when it is
+    not one or is out of range; the cost is bounded whatever the value's size."""
+    low, high = RANGES[kind]
+    number = value
+    if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT and _INTEGER.fullmatch(value):
+        number = int(value)
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise ValueError(f"{quote(value)} is not an integer")
+    if not low <= number <= high:
+        raise ValueError(f"{quote(value)} is out of range for {kind}")
+    return number
+
+
+def report_interval(value: object, name: str) -> timedelta | None:
+    """A response's report interval `name`, clamped to [0, MAX_REPORT_INTERVAL]; None (the
+    agent keeps its current interval) when absent or not a duration. Logged, never an error:
+    a bad interval must not cost us the tasks in the same response."""
+    if value is None:
+        return None
+    micros = value // _MICROSECOND if isinstance(value, timedelta) else _microseconds(value)
+    if micros is None:
+        log.warning("control plane: %s %s is not a duration; ignored", name, quote(value))
+        return None
+    clamped = min(max(micros, 0), MAX_REPORT_INTERVAL // _MICROSECOND)
+    if clamped != micros:
+        log.warning(
+            "control plane: %s %s is out of range; using %s",
+            name,
+            quote(value),
+            format_duration(timedelta(microseconds=clamped)),
+        )
+    return timedelta(microseconds=clamped)
 
 
 _REPR = reprlib.Repr()
@@ -106,8 +140,8 @@ def quote(value: object) -> str:
 
 
 def json_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as a problem message names it: ('spec', 'runnables', 1,
-    'timeout') -> 'runnables[1].timeout' (spec is implied)."""
+    """An error location as a problem message names it: ('spec', 'runnables', 1, 'timeout')
+    -> 'runnables[1].timeout' (spec is implied)."""
     parts = list(loc)
     if parts and parts[0] in ("spec", "agentTaskSpec"):
         parts = parts[1:]
@@ -120,80 +154,3 @@ def json_path(loc: tuple[int | str, ...]) -> str:
 
 def _describe(value: timedelta) -> str:
     return f"{value.days // 365} years" if value.days >= 365 else format_duration(value)
-
-
-def _to_duration(value: object) -> timedelta:
-    try:
-        return parse_duration(value)
-    except ValueError as error:
-        raise PydanticCustomError("duration", str(error)) from None
-
-
-def _integer(kind: str) -> BeforeValidator:
-    """A validator for an integer of `kind` (int32, int64, uint64): a JSON number or, as
-    proto3 JSON allows and int64 requires, a decimal string; out-of-range values are errors."""
-    low, high = _RANGES[kind]
-
-    def validate(value: object) -> int:
-        number = value
-        if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT and _INTEGER.fullmatch(value):
-            number = int(value)
-        if not isinstance(number, int) or isinstance(number, bool):
-            raise PydanticCustomError(kind, f"{quote(value)} is not an integer")
-        if not low <= number <= high:
-            raise PydanticCustomError(kind, f"{quote(value)} is out of range for {kind}")
-        return number
-
-    return BeforeValidator(validate)
-
-
-def _to_time(value: object) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT:
-        try:
-            return parse_time(value)
-        except ValueError:
-            pass
-    raise PydanticCustomError("time", f"{quote(value)} is not an RFC 3339 time")
-
-
-def _to_report_interval(value: object, info: ValidationInfo) -> timedelta | None:
-    """A response's report interval, clamped to [0, MAX_REPORT_INTERVAL]; None (the agent
-    keeps its current interval) for one that is not a duration. Logged, never an error: a
-    bad interval must not cost us the tasks in the same response."""
-    if value is None:
-        return None
-    name = to_camel(info.field_name or "interval")
-    if isinstance(value, timedelta):
-        micros: int | None = value // timedelta(microseconds=1)
-    else:
-        micros = _microseconds(value)
-    if micros is None:
-        log.warning("control plane: %s %s is not a duration; ignored", name, quote(value))
-        return None
-    clamped = min(max(micros, 0), MAX_REPORT_INTERVAL // timedelta(microseconds=1))
-    if clamped != micros:
-        log.warning(
-            "control plane: %s %s is out of range; using %s",
-            name,
-            quote(value),
-            format_duration(timedelta(microseconds=clamped)),
-        )
-    return timedelta(microseconds=clamped)
-
-
-Int32 = Annotated[int, _integer("int32")]
-Int64 = Annotated[int, _integer("int64"), PlainSerializer(str, return_type=str)]
-UInt64 = Annotated[int, _integer("uint64"), PlainSerializer(str, return_type=str)]
-Duration = Annotated[
-    timedelta, BeforeValidator(_to_duration), PlainSerializer(format_duration, return_type=str)
-]
-Timestamp = Annotated[
-    datetime, BeforeValidator(_to_time), PlainSerializer(format_time, return_type=str)
-]
-ReportInterval = Annotated[
-    timedelta | None,
-    BeforeValidator(_to_report_interval),
-    PlainSerializer(lambda v: None if v is None else format_duration(v)),
-]

@@ -2,29 +2,26 @@
 tell the server: the agent, its tasks' status events, the VM) and `ReportAgentStateResponse`
 (what it answers), with `parse_response` for an answer body.
 
-Whatever a server sends, `parse_response` costs time bounded by the body's size and raises
-only MalformedResponse; it keeps the response's tasks raw for `parse_agent_task`. This module
-knows nothing of HTTP.
+Plain code, no pydantic: every report goes through here, the first one at the VM's start-up.
+The request side is frozen dataclasses built by the agent from its own data, each with an
+explicit `to_wire()` (camelCase, unset fields left out, int64 and uint64 as decimal strings,
+times in RFC 3339); `tests/test_wire.py` holds them to the discovery document. The response
+side is checked field by field: whatever a server sends, `parse_response` costs time bounded
+by the body's size and raises only MalformedResponse; it keeps the response's tasks raw for
+`parse_agent_task`. This module knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BeforeValidator, Field, ValidationError
-
-from batch_agent.wire.encoding import (
-    Int64,
-    ReportInterval,
-    Timestamp,
-    UInt64,
-    WireModel,
-    json_path,
-    quote,
-)
+from batch_agent.wire.encoding import format_time, parse_time, quote, report_interval
 
 log = logging.getLogger(__name__)
 
@@ -49,92 +46,238 @@ class TaskState(StrEnum):
         return self in (TaskState.SUCCEEDED, TaskState.FAILED)
 
 
-class TaskExecution(WireModel):
+def _set(wire: dict[str, Any], key: str, value: object) -> None:
+    if value is not None:
+        wire[key] = value
+
+
+def _time(value: datetime | None) -> str | None:
+    return format_time(value) if value is not None else None
+
+
+# Each class has a docstring: without one, @dataclass makes one from inspect.signature when the
+# module is imported, a quarter of its cost at every agent start.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskExecution:
+    """How a task ended (`exitCode`), carried by its FAILED event."""
+
     exit_code: int | None = None
 
+    def to_wire(self) -> dict[str, Any]:
+        return {} if self.exit_code is None else {"exitCode": self.exit_code}
 
-class StatusEvent(WireModel):
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusEvent:
+    """One entry of a task's history, as a report carries it."""
+
     type: str | None = None
     description: str | None = None
-    event_time: Timestamp | None = None
+    event_time: datetime | None = None
     task_execution: TaskExecution | None = None
     task_state: TaskState | None = None
 
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {}
+        _set(wire, "type", self.type)
+        _set(wire, "description", self.description)
+        _set(wire, "eventTime", _time(self.event_time))
+        if self.task_execution is not None:
+            wire["taskExecution"] = self.task_execution.to_wire()
+        if self.task_state is not None:
+            wire["taskState"] = self.task_state.value
+        return wire
 
-class TaskStatus(WireModel):
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> StatusEvent:
+        """An event from its `to_wire()` form, as a task record keeps it. For the agent's own
+        records only: anything else may raise (ValueError for a bad time or state, ...)."""
+        when = wire.get("eventTime")
+        execution = wire.get("taskExecution")
+        state = wire.get("taskState")
+        return cls(
+            type=wire.get("type"),
+            description=wire.get("description"),
+            event_time=parse_time(when) if when is not None else None,
+            task_execution=(
+                TaskExecution(exit_code=execution.get("exitCode"))
+                if execution is not None
+                else None
+            ),
+            task_state=TaskState(state) if state is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStatus:
+    """A task's state and its whole history of events."""
+
     state: TaskState
-    status_events: list[StatusEvent] = Field(default_factory=list)
+    status_events: Sequence[StatusEvent] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "statusEvents": [event.to_wire() for event in self.status_events],
+        }
 
 
-class AgentTaskInfo(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentTaskInfo:
+    """One task in a report: its name as received, the runnable it is at, its status."""
+
     task_id: str
-    runnable: Int64 | None = None
+    runnable: int | None = None  # int64: a decimal string on the wire
     task_status: TaskStatus
 
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"taskId": self.task_id}
+        if self.runnable is not None:
+            wire["runnable"] = str(self.runnable)
+        wire["taskStatus"] = self.task_status.to_wire()
+        return wire
 
-class AgentInfo(WireModel):
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentInfo:
+    """The agent's state and its tasks."""
+
     state: AgentState
-    report_time: Timestamp
+    report_time: datetime
     job_id: str | None = None
     task_group_id: str | None = None
-    tasks: list[AgentTaskInfo] = Field(default_factory=list)
+    tasks: Sequence[AgentTaskInfo] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "state": self.state.value,
+            "reportTime": format_time(self.report_time),
+        }
+        _set(wire, "jobId", self.job_id)
+        _set(wire, "taskGroupId", self.task_group_id)
+        wire["tasks"] = [task.to_wire() for task in self.tasks]
+        return wire
 
 
-class AgentTimingInfo(WireModel):
-    boot_time: Timestamp | None = None
-    script_startup_time: Timestamp | None = None
-    agent_startup_time: Timestamp | None = None
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentTimingInfo:
+    """When the VM booted, its startup script ran and the agent started."""
+
+    boot_time: datetime | None = None
+    script_startup_time: datetime | None = None
+    agent_startup_time: datetime | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {}
+        _set(wire, "bootTime", _time(self.boot_time))
+        _set(wire, "scriptStartupTime", _time(self.script_startup_time))
+        _set(wire, "agentStartupTime", _time(self.agent_startup_time))
+        return wire
 
 
-class AgentMetadata(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentMetadata:
+    """The VM as the server knows it (metadata server facts, os-release, our version)."""
+
     instance: str | None = None
-    instance_id: UInt64 | None = None
+    instance_id: int | None = None  # uint64: a decimal string on the wire
     zone: str | None = None
     machine_type: str | None = None
     creator: str | None = None
-    creation_time: Timestamp | None = None
+    creation_time: datetime | None = None
     image_version: str | None = None
     instance_preemption_notice_received: bool | None = None
-    os_release: dict[str, str] = Field(default_factory=dict)
+    os_release: Mapping[str, str] = field(default_factory=dict)
     version: str | None = None
 
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {}
+        _set(wire, "instance", self.instance)
+        _set(wire, "instanceId", str(self.instance_id) if self.instance_id is not None else None)
+        _set(wire, "zone", self.zone)
+        _set(wire, "machineType", self.machine_type)
+        _set(wire, "creator", self.creator)
+        _set(wire, "creationTime", _time(self.creation_time))
+        _set(wire, "imageVersion", self.image_version)
+        _set(wire, "instancePreemptionNoticeReceived", self.instance_preemption_notice_received)
+        wire["osRelease"] = dict(self.os_release)
+        _set(wire, "version", self.version)
+        return wire
 
-class ReportAgentStateRequest(WireModel):
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportAgentStateRequest:
+    """One report: the agent, its tasks, the VM."""
+
     agent_info: AgentInfo
     agent_timing_info: AgentTimingInfo | None = None
     metadata: AgentMetadata | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object to send."""
+        wire: dict[str, Any] = {"agentInfo": self.agent_info.to_wire()}
+        if self.agent_timing_info is not None:
+            wire["agentTimingInfo"] = self.agent_timing_info.to_wire()
+        if self.metadata is not None:
+            wire["metadata"] = self.metadata.to_wire()
+        return wire
 
 
 # --- response side: what the server answers ---------------------------------------------------
 
 
-def _report_flag(value: object) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    log.warning(
-        "control plane: useBatchMonitoredResource %s is not a boolean; ignored", quote(value)
-    )
-    return None
+class MalformedResponse(ValueError):
+    """A `state:report` answer that is not a ReportAgentStateResponse at all."""
 
 
-def _task_list(value: object) -> object:
-    return [] if value is None else value  # JSON null for a repeated field: none
+def _field(body: Mapping[str, Any], camel: str, snake: str) -> Any:
+    # proto3 JSON: parsers accept the field's JSON name and its proto name; the JSON name wins.
+    return body[camel] if camel in body else body.get(snake)
 
 
-class ReportAgentStateResponse(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportAgentStateResponse:
     """Only `tasks` that is not a list makes a response unusable: bad intervals are clamped or
     ignored (and logged), and each task is parsed on its own with `parse_agent_task`."""
 
-    default_report_interval: ReportInterval = None
-    min_report_interval: ReportInterval = None
+    default_report_interval: timedelta | None = None
+    min_report_interval: timedelta | None = None
     # Kept raw (anything JSON, not only objects): each is parsed with parse_agent_task so a bad
     # one fails alone.
-    tasks: Annotated[list[Any], BeforeValidator(_task_list)] = Field(default_factory=list)
-    use_batch_monitored_resource: Annotated[bool | None, BeforeValidator(_report_flag)] = None
+    tasks: list[Any] = field(default_factory=list)
+    use_batch_monitored_resource: bool | None = None
 
-
-class MalformedResponse(ValueError):
-    """A `state:report` answer that is not a ReportAgentStateResponse at all."""
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> ReportAgentStateResponse:
+        """A response from its parsed JSON object; raises MalformedResponse when `tasks` is
+        there and neither a list nor null. Unknown fields are ignored."""
+        default_interval = report_interval(
+            _field(body, "defaultReportInterval", "default_report_interval"),
+            "defaultReportInterval",
+        )
+        min_interval = report_interval(
+            _field(body, "minReportInterval", "min_report_interval"), "minReportInterval"
+        )
+        flag = _field(body, "useBatchMonitoredResource", "use_batch_monitored_resource")
+        if flag is not None and not isinstance(flag, bool):
+            log.warning(
+                "control plane: useBatchMonitoredResource %s is not a boolean; ignored",
+                quote(flag),
+            )
+            flag = None
+        tasks = body.get("tasks")
+        if tasks is None:  # JSON null for a repeated field: none
+            tasks = []
+        if not isinstance(tasks, list):
+            raise MalformedResponse(f"tasks: {quote(tasks)} is not a list")
+        return cls(
+            default_report_interval=default_interval,
+            min_report_interval=min_interval,
+            tasks=tasks,
+            use_batch_monitored_resource=flag,
+        )
 
 
 def _no_constants(name: str) -> object:
@@ -145,15 +288,12 @@ def parse_response(content: bytes | str) -> ReportAgentStateResponse:
     """Parse a `state:report` answer body; raises MalformedResponse (and nothing else) when
     it is not JSON (NaN and Infinity included), not an object, or its `tasks` is not a list.
     The cost is bounded by the body's size: JSON nesting and integer digits are limited by
-    the standard library's json (RecursionError, ValueError), both caught here."""
+    the standard library's json (RecursionError, ValueError), both caught here; each field is
+    then checked in time bounded by its own size (`encoding`)."""
     try:
         body = json.loads(content, parse_constant=_no_constants)
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
         raise MalformedResponse(f"the body is not JSON: {error}") from None
     if not isinstance(body, dict):
         raise MalformedResponse(f"the body is not a JSON object: {quote(body)}")
-    try:
-        return ReportAgentStateResponse.model_validate(body)
-    except ValidationError as error:
-        problems = [f"{json_path(e['loc'])}: {e['msg']}" for e in error.errors()]
-        raise MalformedResponse("; ".join(problems)) from None
+    return ReportAgentStateResponse.from_wire(body)

@@ -14,7 +14,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
-from batch_agent.wire.encoding import Duration, Int32, Int64, WireModel, json_path
+from batch_agent.wire.encoding import json_path
+from batch_agent.wire.fields import Duration, Int32, Int64, WireModel
 
 
 class IntendedState(StrEnum):  # values are the wire strings
