@@ -7,6 +7,9 @@ import json
 import logging
 import subprocess
 import sys
+import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +302,107 @@ def test_client_retries_transient_failures_and_not_permanent_ones(make_emulator)
         assert client.decrypt(KEY, encrypt(KEY, b"plain")) == b"plain"
     finally:
         client.close()
+
+
+def test_a_hanging_call_is_cut_at_its_deadline_and_retried(make_emulator):
+    """Over real HTTP: a Secret Manager call left unanswered ends at the call's deadline and is
+    retried on a fresh connection within the budget; one that hangs every time fails when
+    the budget runs out, not permanent, naming the deadline."""
+    emu = make_emulator(None, secrets={DB: DB_VALUE})
+    client = SecretsClient(
+        secretmanager_endpoint=emu.url,
+        kms_endpoint=emu.url,
+        metadata_host=emu.metadata_host,
+        deadline=timedelta(seconds=0.5),
+        budget=timedelta(seconds=30),
+    )
+    try:
+        emu.secrets.hang_next(1)
+        assert client.access_secret(DB) == DB_VALUE
+        emu.secrets.hang_next(1000)
+        client.budget = timedelta(seconds=2)
+        began = time.monotonic()
+        with pytest.raises(SecretError) as hung:
+            client.access_secret(DB)
+        assert time.monotonic() - began < 2 + 5  # the budget, and an attempt's last moments
+        assert not hung.value.permanent
+        assert str(hung.value).startswith("Secret Manager: no complete answer within the ")
+        assert "deadline" in str(hung.value)
+    finally:
+        client.close()
+
+
+def test_abort_ends_a_hanging_call_and_every_retry(make_emulator):
+    """abort() (the agent stopping) ends a call blocked on a silent server at once, though
+    its deadline and budget are far off, and no retry follows."""
+    emu = make_emulator(None, secrets={DB: DB_VALUE})
+    client = SecretsClient(
+        secretmanager_endpoint=emu.url, kms_endpoint=emu.url, metadata_host=emu.metadata_host
+    )
+    emu.secrets.hang_next(1000)
+    failures: list[SecretError] = []
+
+    def fetch() -> None:
+        try:
+            client.access_secret(DB)
+        except SecretError as error:
+            failures.append(error)
+
+    caller = threading.Thread(target=fetch)
+    caller.start()
+    try:
+        wait_until(lambda: emu.secrets.hanging == 1, timeout=30, what="the call hanging")
+        client.abort()
+        caller.join(timeout=10)
+        assert not caller.is_alive()
+        assert [str(f) for f in failures] == ["abandoned: the agent is stopping"]
+    finally:
+        emu.secrets.release()
+        caller.join()
+        client.close()
+
+
+def test_a_hanging_secret_fails_its_task_alone_at_the_deadline(make_emulator, start_agent):
+    """A Secret Manager that never answers fails the task that reads it with 50000 once the
+    secret's budget (BATCH_AGENT_SECRET_TIMEOUT) ran out, the event naming the variable and
+    the deadline; a task without secrets on the same agent succeeds."""
+    emu = make_emulator(None, secrets={DB: DB_VALUE})
+    emu.secrets.hang_next(1000)
+    reader = emu.add_task(
+        {
+            "spec": {
+                "runnables": [script("true")],
+                "environment": {"secretVariables": {"DB": DB}},
+            }
+        }
+    )
+    other = emu.add_task({"spec": {"runnables": [script("true")]}})
+    agent = start_agent(emu, "--once", BATCH_AGENT_SECRET_TIMEOUT="2")
+    status = agent.wait(90)
+    assert status == 1, agent.log()
+    assert emu.task_state(other) == "SUCCEEDED"
+    assert exit_code(emu, reader) == 50000
+    description = final_event(emu, reader)["description"]
+    assert f"cannot resolve variable DB of the task from {DB}: Secret Manager: no complete" in (
+        description
+    )
+    assert "deadline" in description
+
+
+def test_sigterm_while_a_secret_hangs_stops_the_agent_at_once(make_emulator, start_agent):
+    """An agent told to stop while a task's prestart waits on a silent Secret Manager exits
+    0 without waiting out the call, and the task is not failed: the next agent fetches again."""
+    emu = make_emulator(None, secrets={DB: DB_VALUE})
+    emu.secrets.hang_next(1000)
+    task = {"spec": {"runnables": [script("true")], "environment": {"secretVariables": {"DB": DB}}}}
+    name = emu.add_task(task)
+    agent = start_agent(emu, BATCH_AGENT_SECRET_TIMEOUT="600")
+    wait_until(lambda: emu.secrets.hanging == 1, timeout=60, what="the secret call hanging")
+    assert agent.terminate(timeout=15) == 0, agent.log()
+    assert emu.task_state(name) != "FAILED"
+    assert not any(e.get("taskState") == "FAILED" for e in emu.task_events(name)), emu.task_events(
+        name
+    )
 
 
 def test_mask_replaces_every_value_longest_first():

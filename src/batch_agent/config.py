@@ -74,6 +74,8 @@ class Config:
     # SIGTERM -> SIGKILL grace when the agent stops a runnable.
     kill_grace: timedelta = timedelta(seconds=10)
     request_timeout: timedelta = timedelta(seconds=30)
+    # How long one task's secret may take to resolve, retries included (control/secrets.py).
+    secret_timeout: timedelta = timedelta(seconds=60)
     # Set by the VM startup script: when it started (RFC 3339).
     script_startup_time: datetime | None = None
     # Where /proc/stat is read for bootTime (tests point it elsewhere to simulate a reboot).

@@ -280,6 +280,7 @@ class Reporter:
             await self._log_writer.flush(LOGS_AT_STOP)
         if self._tasks is not None:
             await self._tasks.close()
+        self._secrets.abort()  # a prestart's worker thread blocked on a secret would hold up exit
         if self._machine is not None and self._state is not AgentState.AGENT_STARTING:
             try:
                 await asyncio.sleep(min(self._until_min_interval(), 2.0))

@@ -66,6 +66,7 @@ def secrets_client(config: Config) -> SecretsClient:
     return SecretsClient(
         secretmanager_endpoint=config.secretmanager_endpoint,
         kms_endpoint=config.kms_endpoint,
+        budget=config.secret_timeout,
         **_google_access(config),
     )
 

@@ -2,10 +2,12 @@
 `batch_agent_logs` for BATCH_INTERNAL tasks) and the agent's own log to `batch_agent_logs`.
 
 Modules: `entries` (the pure rules of an entry), `reader` (bounded reads of output files),
-`tasklogs` (one task's destination and durable shipping state), `agentlog` (the logging
-handler and report entries), `textformat` (a report in protobuf text form), `writer` (the one
-writer). Sits above `tasks` and `store` (it reads task records and saves them) and below the
-reporter; talks to Google only through control's `CloudLogging`.
+`tasklogs` (one task's destination and durable shipping state), `batch` (what one write takes
+and its entries), `body` (their JSON calls), `agentlog` (the logging handler and report
+entries), `textformat` (a report in protobuf text form), `writer` (the one writer: its rounds
+and what each sends), `sender` (sending a write and committing its offsets). Sits above
+`tasks` and `store` (it reads task records and saves them) and below the reporter; talks to
+Google only through control's `CloudLogging`.
 """
 
 from batch_agent.cloudlog.agentlog import AgentLog

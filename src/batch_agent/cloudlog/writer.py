@@ -1,25 +1,18 @@
 """`CloudLogWriter`: the agent's one writer to Cloud Logging, for every task and the agent's log.
 
-One asyncio task, whatever the number of tasks. Each round it looks at the followed tasks'
-output files (a stat each), picks what is new from each stream's Cloud Logging offset (its
-own, apart from the agent log's) up to one request's worth (`REQUEST_BYTES` of output,
-`MAX_ENTRIES` entries), reads, masks and encodes it in the writer's thread (`body`: one call,
-or several in order when its JSON would pass the request limit; the agent's own entries in a
-call of their own), saves the chosen segments in the task records (`pending`), sends the
-`entries.write` calls (partialSuccess), and on success
-moves the offsets past them and saves again. A segment sent again (the answer was lost, the
-agent was killed) carries the same insertIds and timestamps (see `entries`), so Cloud Logging
-keeps each line once. Healthy, a line is written within about `FLUSH_EVERY` plus one call;
+One asyncio task, whatever the number of tasks. Each round it picks what to send: it looks
+at the followed tasks' output files (a stat each, the tasks in a rotating order so that none
+starves the others), takes what is new from each stream's Cloud Logging offset (its own,
+apart from the agent log's) up to one request's worth (`REQUEST_BYTES` of output,
+`MAX_ENTRIES` entries), and reads, masks and encodes it in the writer's thread (`body`: one
+call, or several in order when its JSON would pass the request limit; the agent's own entries
+in a call of their own). The `Sender` (`sender`) then sends that write and commits its
+offsets, or backs off. Healthy, a line is written within about `FLUSH_EVERY` plus one call;
 while there is more than a request's worth, rounds follow each other at once.
 
-Failures: a retryable one backs off (capped, jittered, at least Retry-After); the backlog
-stays in the files, never in memory. 403 (the API disabled, no `logging.logEntries.create`)
-adds one warning event to each task whose lines it refused (once per task) and is retried
-like the rest: it never fails a task. 400 (entries the API refuses for good) is logged and
-those lines are skipped, the valid entries of the request being written (partialSuccess).
-A task being deleted waits in `drain` (at most DRAIN_TIMEOUT) for its last lines.
-A task whose spec reads secrets is shipped only once this agent knows its values
-(`Masker.knows`): output is masked before it leaves, like the agent log's.
+A task being deleted waits in `drain` (at most DRAIN_TIMEOUT) for its last lines; then the
+writer forgets it. A task whose spec reads secrets is shipped only once this agent knows its
+values (`Masker.knows`): output is masked before it leaves, like the agent log's.
 """
 
 from __future__ import annotations
@@ -32,9 +25,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from batch_agent.cloudlog.agentlog import AgentLog
 from batch_agent.cloudlog.batch import (
@@ -47,10 +40,8 @@ from batch_agent.cloudlog.batch import (
 )
 from batch_agent.cloudlog.body import bodies
 from batch_agent.cloudlog.entries import Destination
+from batch_agent.cloudlog.sender import LogClient, Sender
 from batch_agent.cloudlog.tasklogs import Site, TaskLog
-from batch_agent.control import Backoff, ControlPlaneError
-from batch_agent.store import StorageError
-from batch_agent.tasks import events
 from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.record import TaskRecord
 
@@ -59,12 +50,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FLUSH_EVERY = 0.5  # seconds between rounds when there was nothing more to send
 DRAIN_TIMEOUT = timedelta(seconds=10)  # how long a task's DELETED waits for its last lines
-
-
-class LogClient(Protocol):
-    def write(self, body: bytes) -> None: ...  # blocks; raises ControlPlaneError
-
-    def abort(self) -> None: ...
 
 
 class CloudLogWriter:
@@ -86,8 +71,6 @@ class CloudLogWriter:
         self._workdir = workdir
         self._mode = mode
         self._masker = masker
-        self._save_many = save
-        self._on_change = on_change
         self._agent_log = agent_log
         self._every = every
         self._records: Callable[[], list[TaskRecord]] = list
@@ -97,13 +80,16 @@ class CloudLogWriter:
         # server may assign the same name again, to a new record).
         self._forgotten: dict[int, TaskRecord] = {}
         self._batch_resource = False
-        self._backoff = Backoff()
-        self._delay = timedelta(seconds=1)  # before the next try, after a failed write
-        self._unsaved: dict[TaskLog, None] = {}  # written, offsets not saved yet (in order)
-        self._denied = False  # the last write was refused with 403 (logged once per streak)
         self._turn = itertools.count()
         self._kick: asyncio.Event | None = None
         self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudlog")
+        self._sender = Sender(
+            client,
+            in_thread=self._in_thread,
+            save=save,
+            still_ours=self._still_ours,
+            on_change=on_change,
+        )
         # The agent's log is shipped once a task of this agent ships its output (auto) or
         # always: on a VM whose jobs do not log to Cloud Logging, it is not either.
         self._agent_log_on = False
@@ -132,11 +118,12 @@ class CloudLogWriter:
                     outcome = await self._round()
                 except Exception:  # a bug here must not end the shipping of every task
                     log.exception("cloud logging: a write round failed")
-                    outcome, self._delay = "failed", self._backoff.next_delay()
+                    outcome = "failed"
+                    self._sender.back_off()
                 if outcome == "more":
                     continue
                 if outcome == "failed":
-                    await asyncio.sleep(self._delay.total_seconds())
+                    await asyncio.sleep(self._sender.delay.total_seconds())
                     continue
                 self._kick.clear()
                 # asyncio.timeout, not wait_for, whose 3.11 version can swallow the cancel
@@ -186,7 +173,8 @@ class CloudLogWriter:
     # -- one round ---------------------------------------------------------------------------
 
     async def _round(self) -> str:
-        """One write: "idle" (nothing more now), "more" (send again at once) or "failed"."""
+        """Pick and prepare one write, and have it sent: "idle" (nothing more now), "more"
+        (send again at once) or "failed" (wait the sender's delay)."""
         followed = self._followed()
         destinations = {t: t.destination(self._site, self._batch_resource) for t in followed}
         self._agent_log_on |= self._mode == "always" or any(t.enabled for t in self._logs.values())
@@ -194,8 +182,8 @@ class CloudLogWriter:
         agent_entries = agent_log.take(MAX_ENTRIES // 2) if agent_log is not None else []
         picks, full = pick(followed, self._workdir)
         if not picks and not agent_entries:
-            await self._save_unsaved()
-            self._wake_drained(followed)
+            await self._sender.save_unsaved()
+            self._wake_drained()
             return "idle"
         masker = self._masker if self._masker else None
         now_ns = time.time_ns()
@@ -206,59 +194,20 @@ class CloudLogWriter:
         if agent_entries:  # a call of their own: the rest was encoded in a worker thread
             write.bodies += bodies(agent_entries)
         if not write.bodies:
-            await self._save_unsaved()
-            self._wake_drained(followed)
+            await self._sender.save_unsaved()
+            self._wake_drained()
             return "more" if write.segments else "idle"
-        touched = list(write.segments)
-        for task_log, segments in write.segments.items():
-            task_log.set_pending(segments)
-        # Before sending: a resend after a crash is the same. With it go the offsets moved by
-        # the last write, if that one was not saved on its own (see below).
-        await self._save([*touched, *(t for t in self._unsaved if t not in write.segments)])
-        self._unsaved.clear()
-        try:
-            await self._in_thread(functools.partial(self._send, write.bodies))
-        except ControlPlaneError as error:
-            if error.status == 400:
-                log.error("cloud logging refused entries for good (skipped): %s", error)
-            else:
-                if self._agent_log is not None:
-                    self._agent_log.put_back(agent_entries)
-                await self._failed(error, touched)
-                return "failed"
-        if self._denied:
-            log.info("cloud logging: writing again")
-        self._denied = False
-        self._backoff.reset()
-        for task_log, segments in write.segments.items():
-            task_log.written(segments)
-        if write.full:
-            # More at once: the next round's save carries these offsets. A crash before it
-            # sends the pending segments on disk again, which Cloud Logging deduplicates.
-            self._unsaved.update(dict.fromkeys(touched))
-        else:
-            await self._save(touched)
-        self._wake_drained(followed)
+        if not await self._sender.send(write):
+            if self._agent_log is not None:
+                self._agent_log.put_back(agent_entries)
+            return "failed"
+        self._wake_drained()
         return "more" if write.full else "idle"
 
     def _in_thread(self, call: Callable[[], T]) -> asyncio.Future[T]:
         """Run `call` in the writer's own thread (reading, building, sending): its memory
         stays in one malloc arena, not spread over those of the loop's whole pool."""
         return asyncio.get_running_loop().run_in_executor(self._threads, call)
-
-    def _send(self, calls: list[bytes]) -> None:
-        """Make these `entries.write` calls, in order: in a worker thread. A 400 refuses one
-        call's entries for good: the others are still sent."""
-        refused: ControlPlaneError | None = None
-        for body in calls:
-            try:
-                self._client.write(body)
-            except ControlPlaneError as error:
-                if error.status != 400:
-                    raise
-                refused = error
-        if refused is not None:
-            raise refused
 
     def _followed(self) -> list[TaskLog]:
         """The tasks to ship now, in a rotating order (no task starves the others)."""
@@ -276,47 +225,11 @@ class CloudLogWriter:
         turn = next(self._turn) % len(ready)
         return ready[turn:] + ready[:turn]
 
-    async def _failed(self, error: ControlPlaneError, touched: list[TaskLog]) -> None:
-        self._delay = max(self._backoff.next_delay(), error.retry_after or timedelta(0))
-        if error.status != 403:
-            log.warning(
-                "cloud logging write failed (%s); retrying in %.1fs",
-                error,
-                self._delay.total_seconds(),
-            )
-            return
-        if not self._denied:
-            log.warning("cloud logging denied the agent's writes: %s", error)
-        self._denied = True
-        warned = [t for t in touched if not t.state.get("denied")]
-        at = datetime.now(UTC)
-        for task_log in warned:
-            task_log.state["denied"] = True
-            task_log.record.add_event(events.cloud_logging_denied(str(error)), at=at)
-        if warned:
-            await self._save(warned)
-            self._on_change()
-
-    async def _save_unsaved(self) -> None:
-        if self._unsaved:
-            unsaved, self._unsaved = list(self._unsaved), {}
-            await self._save(unsaved)
-
-    async def _save(self, task_logs: list[TaskLog]) -> None:
-        """Save the records of these tasks that are still the agent's (a deleted task's record
-        must not come back)."""
+    def _still_ours(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """Those of `records` the agent still has and did not drain: only these are saved (a
+        deleted task's record must not come back)."""
         alive = {id(r) for r in self._records()}
-        records = [
-            t.record
-            for t in task_logs
-            if id(t.record) in alive and id(t.record) not in self._forgotten
-        ]
-        if not records:
-            return
-        try:
-            await self._save_many(records)
-        except StorageError as error:
-            log.warning("cloud logging offsets not saved yet: %s", error)
+        return [r for r in records if id(r) in alive and id(r) not in self._forgotten]
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -337,7 +250,7 @@ class CloudLogWriter:
             return True  # its values are unknown to this agent: nothing of it may be sent
         return all(size <= start for _, _, start, size, _ in streams(task_log, self._workdir))
 
-    def _wake_drained(self, followed: list[TaskLog]) -> None:
+    def _wake_drained(self) -> None:
         for name, done in self._draining.items():
             task_log = self._logs.get(name)
             if task_log is None or self._caught_up(task_log):

@@ -3,11 +3,13 @@
 
 This package is the only importer of googleapiclient, httplib2, google.auth and
 google_auth_httplib2 in the project; everything else talks to the names below and the wire
-models. Its modules: `client` (ControlPlane), `errors` (what a failure means, Retry-After),
-`credentials` (tokens from a metadata server), `deadline` (the per-call watchdog), `backoff`,
-`deferred` (two modules of the client libraries loaded only if used), `secrets` (Secret
-Manager and Cloud KMS for tasks' variables: the one client that retries, within a stated
-budget), `cloudlogging` (Cloud Logging's `entries.write`). Nothing here reads the environment.
+models. Its modules: `googleapi` (what every API client shares: HTTP stack, discovery
+client, whole-call deadline, abort), `client` (ControlPlane), `errors` (what a failure means,
+Retry-After), `credentials` (tokens from a metadata server), `deadline` (the per-call
+watchdog), `backoff`, `deferred` (two modules of the client libraries loaded only if used),
+`secrets` (Secret Manager and Cloud KMS for tasks' variables: the one client that retries,
+within a stated budget), `cloudlogging` (Cloud Logging's `entries.write`). Nothing here reads
+the environment.
 """
 
 from batch_agent.control.deferred import defer_unused_imports

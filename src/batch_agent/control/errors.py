@@ -70,8 +70,9 @@ class ControlPlaneError(Exception):
         self.retry_after = retry_after
 
 
-def classify(error: Exception) -> ControlPlaneError | None:
-    """Turn what the client stack raised into a ControlPlaneError; None if unexpected."""
+def classify(error: Exception, api: str = "Batch API") -> ControlPlaneError | None:
+    """Turn what the client stack raised into a ControlPlaneError (`api` names the API the
+    call was for); None if unexpected."""
     if isinstance(error, google.auth.exceptions.DefaultCredentialsError):
         # An unreadable or invalid credentials file is a configuration error; it stays.
         return ControlPlaneError(f"cannot load credentials: {error}", retryable=False)
@@ -83,7 +84,7 @@ def classify(error: Exception) -> ControlPlaneError | None:
         return ControlPlaneError(f"cannot get an access token: {error}", retryable=True)
     if isinstance(error, httplib2.RelativeURIError):
         # The endpoint is not an absolute URL: configuration, retrying cannot help.
-        return ControlPlaneError(f"bad Batch API endpoint: {error}", retryable=False)
+        return ControlPlaneError(f"bad {api} endpoint: {error}", retryable=False)
     if isinstance(error, httplib2.HttpLib2Error | OSError | http.client.HTTPException):
         # Transport: connection refused/reset, DNS failure (ServerNotFoundError), timeouts
         # (TimeoutError is an OSError), TLS and proxy failures (socks.ProxyError is an
@@ -91,7 +92,7 @@ def classify(error: Exception) -> ControlPlaneError | None:
         # shorter than its Content-Length, BadStatusLine, LineTooLong). The network or the
         # server may come back.
         return ControlPlaneError(
-            f"cannot reach the Batch API: {type(error).__name__}: {error}", retryable=True
+            f"cannot reach {api}: {type(error).__name__}: {error}", retryable=True
         )
     return None
 
@@ -102,21 +103,25 @@ def status_error(
     """The error for an answer with a status >= 300: its message, verdict and Retry-After."""
     status = int(response.status)
     return ControlPlaneError(
-        f"{api} answered {status}: {_error_detail(response, content)}",
+        f"{api} answered {status}: {error_detail(response, content)}",
         retryable=is_retryable_status(status),
         status=status,
         retry_after=parse_retry_after(response.get("retry-after"), datetime.now(UTC)),
     )
 
 
-def _error_detail(response: httplib2.Response, content: bytes) -> str:
-    """The server's message from a googleapis error body, else the raw reason; cut short."""
+def error_detail(response: httplib2.Response, content: bytes, *, status_name: bool = False) -> str:
+    """The server's message from a googleapis error body (after its status name, e.g.
+    `NOT_FOUND: ...`, when asked for), else the raw reason; cut short."""
     try:
-        message = json.loads(content)["error"]["message"]
-    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
-        message = None
+        error = json.loads(content)["error"]
+        message, name = error["message"], error.get("status") if status_name else None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        message, name = None, None
     if not isinstance(message, str):
         message = str(response.reason or "") or repr(content[:200])
+    elif isinstance(name, str) and name:
+        message = f"{name}: {message}"
     return message if len(message) <= 500 else message[:500] + "..."
 
 

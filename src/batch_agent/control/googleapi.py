@@ -91,7 +91,7 @@ class GoogleApi:
         except ControlPlaneError:
             raise
         except Exception as error:
-            classified = classify(error)
+            classified = classify(error, api=self.TITLE)
             if classified is None:
                 log.exception("%s: unexpected failure of %s", self.TITLE, what)
                 classified = ControlPlaneError(
@@ -161,5 +161,9 @@ class GoogleApi:
                     retryable=True,
                 ) from error
         if int(response.status) >= HTTPStatus.MULTIPLE_CHOICES:
-            raise status_error(response, content, api=self.TITLE)
+            raise self._status_error(response, content)
         return bytes(content)
+
+    def _status_error(self, response: httplib2.Response, content: bytes) -> ControlPlaneError:
+        """The error for an answer with a status >= 300 (a subclass may word it its own way)."""
+        return status_error(response, content, api=self.TITLE)

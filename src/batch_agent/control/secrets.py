@@ -2,12 +2,13 @@
 (a secret version's payload) and `SecretsClient.decrypt` (a KMS ciphertext), every failure a
 classified `SecretError`.
 
-Built like `client.ControlPlane`: googleapiclient's static discovery documents (secretmanager v1,
-cloudkms v1, shipped in its discovery_cache), the same credentials (a metadata-server token, or
-Application Default Credentials) and the same httplib2 stack. Unlike the report call, a secret
-call is retried here, within `budget`: a task waits for its secrets in its prestart and has no
-loop of its own to retry. It must not log, persist or put a value in an error message: values
-are returned to the caller and nowhere else. It must not read the environment.
+Each API is a `GoogleApi` (its own HTTP stack and credentials, the discovery client from the
+static documents secretmanager v1 and cloudkms v1, a whole-call deadline, `abort`). Unlike the
+report call, a secret call is retried here, within `budget`: a task waits for its secrets in
+its prestart and has no loop of its own to retry. Each attempt ends within `CALL_DEADLINE`
+(or what is left of the budget), so a hanging server costs a task at most its budget. It must
+not log, persist or put a value in an error message: values are returned to the caller and
+nowhere else. It must not read the environment.
 """
 
 from __future__ import annotations
@@ -17,25 +18,31 @@ import binascii
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
 
-import google_auth_httplib2
 import httplib2
-from googleapiclient import discovery
 
 from batch_agent.control.backoff import Backoff
-from batch_agent.control.credentials import authorized_http
-from batch_agent.control.errors import classify, is_retryable_status
-from batch_agent.control.googleapi import CLOUD_PLATFORM_SCOPE
-from batch_agent.vm import DEFAULT_METADATA_HOST
+from batch_agent.control.errors import ControlPlaneError, error_detail, is_retryable_status
+from batch_agent.control.googleapi import GoogleApi
 
 DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
 DEFAULT_KMS_ENDPOINT = "https://cloudkms.googleapis.com/"
 # How long one secret may take, retries of transient failures included (5xx, 429, 408, no
-# connection, no token yet); a permanent failure (403, 404, 400 for a bad ciphertext) ends at once.
+# connection, no token yet, no answer within the deadline); a permanent failure (403, 404, 400
+# for a bad ciphertext) ends at once.
 DEFAULT_BUDGET = timedelta(seconds=60)
+# One attempt, every byte of the answer included: a hung connection is given up and the call
+# retried on a fresh one while the budget lasts (an answer takes milliseconds when healthy).
+CALL_DEADLINE = timedelta(seconds=20)
+# The least an attempt is given, though the budget ran out while it waited for its turn.
+_SHORTEST_ATTEMPT = timedelta(seconds=1)
+# Statuses the report call retries (an IAM binding may propagate) but a secret does not: a
+# task should fail with the API's word rather than wait out the budget on a missing grant.
+_PERMANENT = frozenset({HTTPStatus.FORBIDDEN})
 
 
 class SecretError(Exception):
@@ -49,10 +56,12 @@ class SecretError(Exception):
 
 
 class SecretsClient:
-    """Blocking Secret Manager and Cloud KMS calls; thread-safe (calls are serialised).
+    """Blocking Secret Manager and Cloud KMS calls; thread-safe (the calls to one API are
+    serialised: a hanging one holds the next for at most its deadline).
 
-    Credentials as for `ControlPlane`: `application_default` (GOOGLE_APPLICATION_CREDENTIALS
-    is set) or the metadata server at `metadata_host`. Constructing does no I/O.
+    `options` go to each `GoogleApi`: credentials and proxies as for `ControlPlane`
+    (`application_default`, `metadata_host`, `credentials`) and the socket `timeout`.
+    Constructing does no I/O.
     """
 
     def __init__(
@@ -60,30 +69,20 @@ class SecretsClient:
         *,
         secretmanager_endpoint: str = DEFAULT_SECRETMANAGER_ENDPOINT,
         kms_endpoint: str = DEFAULT_KMS_ENDPOINT,
-        timeout: timedelta = timedelta(seconds=30),
         budget: timedelta = DEFAULT_BUDGET,
-        application_default: bool = False,
-        metadata_host: str = DEFAULT_METADATA_HOST,
-        credentials: object | None = None,
+        deadline: timedelta = CALL_DEADLINE,
+        **options: Any,
     ) -> None:
-        self._endpoints = {
-            "secretmanager": _slashed(secretmanager_endpoint),
-            "cloudkms": _slashed(kms_endpoint),
-        }
-        self._timeout = timeout
+        self._secretmanager = _SecretManager(secretmanager_endpoint, deadline=deadline, **options)
+        self._kms = _CloudKms(kms_endpoint, deadline=deadline, **options)
         self.budget = budget
-        self._application_default = application_default
-        self._metadata_host = metadata_host
-        self._credentials = credentials
-        self._lock = threading.Lock()
-        self._authorized: google_auth_httplib2.AuthorizedHttp | None = None
-        self._services: dict[str, Any] = {}
+        self._stopping = threading.Event()
 
     def access_secret(self, version_path: str) -> str:
         """The payload of `projects/P/secrets/S/versions/V` as text. BLOCKS (retries within the
         budget); raises SecretError."""
         answer = self._call(
-            "secretmanager",
+            self._secretmanager,
             lambda s: s.projects().secrets().versions().access(name=version_path),
         )
         try:
@@ -98,7 +97,7 @@ class SecretsClient:
         """The plaintext of a base64 `ciphertext_b64` made with the KMS key `key_name`
         (`projects/P/locations/L/keyRings/R/cryptoKeys/K`). BLOCKS; raises SecretError."""
         answer = self._call(
-            "cloudkms",
+            self._kms,
             lambda s: (
                 s.projects()
                 .locations()
@@ -114,86 +113,74 @@ class SecretsClient:
                 f"Cloud KMS sent no usable plaintext ({type(error).__name__})", permanent=True
             ) from None
 
-    def close(self) -> None:
-        with self._lock:
-            for service in self._services.values():
-                service.close()
-            self._services, self._authorized = {}, None
+    def abort(self) -> None:
+        """The agent is stopping: the calls in progress give up at once and none is retried
+        or made (each raises SecretError). Thread-safe; for good."""
+        self._stopping.set()
+        self._secretmanager.abort()
+        self._kms.abort()
 
-    def _call(self, api: str, build: Any) -> dict[str, Any]:
+    def close(self) -> None:
+        """Close the HTTP connections (after the call in progress, if any); idempotent."""
+        for api in (self._secretmanager, self._kms):
+            with api.lock:
+                api.close()
+
+    def _call(self, api: _SecretApi, build: Callable[[Any], Any]) -> dict[str, Any]:
         backoff = Backoff(maximum=timedelta(seconds=10))
         give_up = time.monotonic() + self.budget.total_seconds()
         while True:
             try:
-                with self._lock:
-                    return self._once(api, build)
-            except SecretError as error:
-                delay = backoff.next_delay().total_seconds()
-                if error.permanent or time.monotonic() + delay > give_up:
-                    raise
-                time.sleep(delay)  # a worker thread of one task's prestart
+                with api.lock:
+                    if self._stopping.is_set():
+                        raise ControlPlaneError("abandoned: the agent is stopping", retryable=False)
+                    left = timedelta(seconds=round(give_up - time.monotonic(), 1))
+                    return api.answer(build, max(min(api.deadline, left), _SHORTEST_ATTEMPT))
+            except ControlPlaneError as error:
+                failure = SecretError(str(error), permanent=not error.retryable)
+            delay = backoff.next_delay().total_seconds()
+            if failure.permanent or time.monotonic() + delay > give_up:
+                raise failure
+            if self._stopping.wait(delay):  # a worker thread of one task's prestart
+                raise failure
 
-    def _once(self, api: str, build: Any) -> dict[str, Any]:
-        try:
-            call = build(self._service(api))
-            response, content = self._authorized_http().request(
-                call.uri, method=call.method, body=call.body, headers=dict(call.headers)
-            )
-        except Exception as error:
-            classified = classify(error)
-            if classified is None:
-                raise SecretError(f"{type(error).__name__}: {error}", permanent=True) from None
-            raise SecretError(str(classified), permanent=not classified.retryable) from None
-        status = int(response.status)
-        if status >= HTTPStatus.MULTIPLE_CHOICES:
-            permanent = status in _PERMANENT or not is_retryable_status(status)
-            raise SecretError(f"{status} {_detail(response, content)}", permanent=permanent)
+
+class _SecretApi(GoogleApi):
+    """One of the two APIs: one call at a time (`lock`), its error statuses worded as Google
+    names them (`404 NOT_FOUND: ...`: the task's event shows them)."""
+
+    def __init__(self, endpoint: str, **options: Any) -> None:
+        super().__init__(endpoint, **options)
+        self.lock = threading.Lock()
+
+    def answer(self, build: Callable[[Any], Any], deadline: timedelta) -> dict[str, Any]:
+        """The JSON answer to the call `build` makes of the discovery client, within
+        `deadline`. One attempt; hold `lock`. Raises ControlPlaneError."""
+        content = self._classified("a call", lambda: self._send(build(self._client()), deadline))
         try:
             answer = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # garbage, or nested deep enough to overflow
             answer = None
         if not isinstance(answer, dict):
-            raise SecretError(f"malformed answer from {api}", permanent=False)
+            raise ControlPlaneError(f"malformed answer from {self.API}", retryable=True)
         return answer
 
-    def _authorized_http(self) -> google_auth_httplib2.AuthorizedHttp:
-        if self._authorized is None:
-            self._authorized, _pools = authorized_http(
-                self._credentials,
-                application_default=self._application_default,
-                metadata_host=self._metadata_host,
-                timeout=self._timeout,
-                scope=CLOUD_PLATFORM_SCOPE,
-            )
-        return self._authorized
-
-    def _service(self, api: str) -> Any:
-        if api not in self._services:
-            self._services[api] = discovery.build(
-                api,
-                "v1",
-                http=self._authorized_http(),
-                static_discovery=True,
-                client_options={"api_endpoint": self._endpoints[api]},
-            )
-        return self._services[api]
+    def _status_error(self, response: httplib2.Response, content: bytes) -> ControlPlaneError:
+        status = int(response.status)
+        return ControlPlaneError(
+            f"{status} {error_detail(response, content, status_name=True)}",
+            retryable=status not in _PERMANENT and is_retryable_status(status),
+            status=status,
+        )
 
 
-# Statuses the report call retries (an IAM binding may propagate) but a secret does not: a
-# task should fail with the API's word rather than wait out the budget on a missing grant.
-_PERMANENT = frozenset({HTTPStatus.FORBIDDEN})
+class _SecretManager(_SecretApi):
+    API = "secretmanager"
+    VERSION = "v1"
+    TITLE = "Secret Manager"
 
 
-def _slashed(endpoint: str) -> str:
-    # googleapiclient joins "v1/..." onto the endpoint: it needs the trailing slash.
-    return endpoint if endpoint.endswith("/") else endpoint + "/"
-
-
-def _detail(response: httplib2.Response, content: bytes) -> str:
-    """The status name and message of a googleapis error body, else the reason; cut short."""
-    try:
-        error = json.loads(content)["error"]
-        text = f"{error.get('status') or ''}: {error['message']}".lstrip(": ")
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
-        text = str(response.reason or "") or repr(content[:200])
-    return text if len(text) <= 500 else text[:500] + "..."
+class _CloudKms(_SecretApi):
+    API = "cloudkms"
+    VERSION = "v1"
+    TITLE = "Cloud KMS"

@@ -125,8 +125,10 @@ class Emulator:
         log.info("emulator: serving on %s", self.url)
 
     def stop(self) -> None:
-        """Stop serving, release blocked metadata waits and close every socket."""
+        """Stop serving, release blocked metadata waits and hanging secret calls, and close
+        every socket."""
         self._preemption.release()
+        self.secrets.release()
         if self._listeners is not None:
             self._listeners.close()
             self._listeners = None

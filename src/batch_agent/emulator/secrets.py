@@ -52,7 +52,9 @@ class SecretStore:
         self._lock = threading.Lock()
         self._versions: dict[str, str] = {}
         self.accessed: list[str] = []  # every version name asked for, in order (for tests)
-        self._failures: list[int] = []  # statuses to answer the next calls with
+        self._failures: list[int | None] = []  # the next calls' statuses (None: hang)
+        self._released = threading.Event()  # set by release(): no call hangs any more
+        self.hanging = 0  # calls left unanswered now (for tests)
         for path, value in (versions or {}).items():
             self.add(path, value)
 
@@ -67,6 +69,16 @@ class SecretStore:
         """Answer the next `n` Secret Manager or KMS calls with HTTP `status`."""
         with self._lock:
             self._failures.extend([status] * n)
+
+    def hang_next(self, n: int) -> None:
+        """Leave the next `n` Secret Manager or KMS calls unanswered until `release()` (then
+        503), as a server that accepted the connection and went silent."""
+        with self._lock:
+            self._failures.extend([None] * n)
+
+    def release(self) -> None:
+        """End every hanging call and hang no more (the emulator is stopping)."""
+        self._released.set()
 
     def access(self, name: str, authorization: str | None) -> Reply:
         """`GET v1/{name}:access`: the payload, base64 as the API sends it."""
@@ -104,8 +116,17 @@ class SecretStore:
 
     def _injected(self) -> Reply | None:
         with self._lock:
-            status = self._failures.pop(0) if self._failures else None
-        return google_error(status, "injected failure") if status is not None else None
+            if not self._failures:
+                return None
+            status = self._failures.pop(0)
+        if status is None:
+            with self._lock:
+                self.hanging += 1
+            self._released.wait()
+            with self._lock:
+                self.hanging -= 1
+            status = 503
+        return google_error(status, "injected failure")
 
     def _latest(self, prefix: str) -> str | None:
         numbered = [
