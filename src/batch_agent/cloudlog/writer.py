@@ -144,7 +144,8 @@ class CloudLogWriter:
             done = self._draining[name] = asyncio.Event()
             self.wake()
             try:
-                await asyncio.wait_for(done.wait(), timeout.total_seconds())
+                async with asyncio.timeout(timeout.total_seconds()):  # as the idle wait above
+                    await done.wait()
             except TimeoutError:
                 log.warning(
                     "task %s: deleted before all of its output reached Cloud Logging"

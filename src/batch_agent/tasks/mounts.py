@@ -147,7 +147,10 @@ async def _execute(argv: list[str], timeout: timedelta) -> tuple[int | None, str
     except OSError as error:
         return None, str(error.strerror or error)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout.total_seconds())
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that comes as
+        # the command ends, and the mount's caller would then wait on.
+        async with asyncio.timeout(timeout.total_seconds()):
+            out, _ = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
