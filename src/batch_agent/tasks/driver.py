@@ -75,7 +75,8 @@ class TaskContext:
     """What the drivers of one task share."""
 
     plan: TaskPlan
-    folder: Path  # the task's folder, the agent's: scripts, output, exit statuses (folders.py)
+    folder: Path  # the task's folder in the state dir, the agent's: output, work/ (folders.py)
+    runtime: Path  # its folder for scripts and exit statuses: `folder`, or one on tmpfs
     task_id: str
     instance: str  # `zones/<zone>/instances/<id>`, a container label
     base_env: Mapping[str, str]
@@ -90,7 +91,7 @@ class TaskContext:
 
     def status(self, k: int) -> Path:
         """Where the waiter of script runnable `k` (1-based) writes its exit status."""
-        return status_path(self.folder, k)
+        return status_path(self.runtime, k)
 
     def output(self, k: int, stream: str) -> Path:
         """Where runnable `k` (1-based) writes `stream`."""

@@ -90,7 +90,7 @@ class PreparedScript:
                 program = Path(self.spec.path or "")
             else:
                 try:
-                    program = write_script(self.spec.text, context.folder, owner=user)
+                    program = write_script(self.spec.text, context.runtime, owner=user)
                 except OSError as error:
                     return ExitResult.not_started(events.script_not_written(error))
             return spawn_script(
