@@ -312,6 +312,32 @@ def test_a_crash_after_the_running_save_starts_nothing_twice(tmp_path):
     assert "ASSIGNED to RUNNING" in record.events[0]["description"]
 
 
+class SlowSaves(Recorder):
+    """Each save takes 0.2 s; what `marker` held when each was written is kept."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = marker
+        self.seen: list[str] = []
+
+    async def persist(self, record: TaskRecord) -> None:
+        await asyncio.sleep(0.2)
+        self.seen.append(self.marker.read_text() if self.marker.exists() else "")
+        await super().persist(record)
+
+
+def test_a_runnable_starts_only_once_its_intent_is_saved(tmp_path):
+    """The script is written and its files opened while its intent is being saved, but the
+    runnable starts only after the save: a slow disk never lets it run ahead of its intent."""
+    marker = tmp_path / "ran"
+    recorder = SlowSaves(marker)
+    runnables = [script(f"echo x >> {marker}"), script(f"echo y >> {marker}")]
+    record = Task(tmp_path, runnables, recorder=recorder).go()
+    assert record.state is TaskState.SUCCEEDED
+    assert recorder.seen[:2] == ["", "x\n"]  # each intent on disk before its runnable ran
+    assert marker.read_text() == "x\ny\n"
+
+
 def test_a_barrier_first_saves_running_on_its_own(tmp_path):
     """With no intent to carry it, RUNNING is saved before the task waits at a barrier."""
     task = Task(tmp_path, [{"barrier": {}}, script("exit 0")])

@@ -35,8 +35,11 @@ class Prepared(Protocol):
         """What is known before the start (enough to look for it after a crash mid-start)."""
         ...
 
-    async def start(self) -> Started | ExitResult:
-        """Start it; an ExitResult (`not_started`, or 126/127) when it cannot run."""
+    async def start(self, intent: asyncio.Future[None]) -> Started | ExitResult:
+        """Start it, but nothing of it before `intent` (the save of the runnable's intent to
+        start) is done without error; what needs no start (writing a script, opening its
+        output files) may go on meanwhile. An ExitResult (`not_started`, or 126/127) when it
+        cannot run, or when the intent's save failed."""
         ...
 
 
