@@ -72,7 +72,7 @@ def make_task_folder(
     _own_directory(folder, agent, 0o711)
     _own_directory(work_dir(folder), user or agent, 0o700)
     if runtime is not None and runtime != folder:
-        runtime.parent.mkdir(parents=True, exist_ok=True)
+        runtime.parent.mkdir(mode=0o711, parents=True, exist_ok=True)  # made at start-up
         _own_directory(runtime, agent, 0o711)
 
 
