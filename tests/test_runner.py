@@ -20,6 +20,7 @@ import pytest
 from batch_agent.tasks import events
 from batch_agent.tasks.assembly import TaskSettings, make_run
 from batch_agent.tasks.env import base_environment
+from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.plan import make_plan
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.tasks.runner import TaskRun
@@ -70,6 +71,7 @@ class Task:
         runnables: list[dict[str, Any]],
         record: TaskRecord | None = None,
         recorder: Recorder | None = None,
+        settings: dict[str, Any] | None = None,
         **spec: Any,
     ) -> None:
         self.recorder = recorder or Recorder()
@@ -78,15 +80,20 @@ class Task:
             {"task": NAME, "spec": {"runnables": runnables, **spec.pop("spec", {})}, **spec}
         )
         self.record = record or TaskRecord(task_id=NAME, raw={})
-        settings = TaskSettings(
+        task_settings = TaskSettings(
             workdir=tmp_path / "tasks",
             where=WHERE,
             base_env=base_environment(os.environ),
             output=lambda tag, stream, lines: self.lines.extend(lines),
             kill_grace=timedelta(seconds=1),
+            **(settings or {}),
         )
         self.run: TaskRun = make_run(
-            self.record, make_plan(agent_task), settings, lifecycle=self.recorder, engine=_no_engine
+            self.record,
+            make_plan(agent_task),
+            task_settings,
+            lifecycle=self.recorder,
+            engine=_no_engine,
         )
 
     def go(self) -> TaskRecord:
@@ -391,3 +398,19 @@ def test_a_background_timeout_fails_the_task_and_stops_all_runnables(tmp_path):
     assert task.detail_event == "Exit code 50005: runnables[0].timeout 0.3s exceeded."
     assert record.runnables[2].exit_code == 143  # stopped with SIGTERM
     assert marker.exists()
+
+
+@pytest.mark.parametrize("executable", [True, False], ids=["exec", "noexec"])
+def test_statuses_go_to_the_runtime_dir_and_scripts_only_where_they_may_run(tmp_path, executable):
+    """Exit statuses go to the task's folder in the runtime dir; its scripts too, unless that
+    is mounted noexec (as /run often is): then they stay in the state dir's folder."""
+    runtime = tmp_path / "run" / "tasks"
+    settings = {"runtime": runtime, "runtime_exec": executable}
+    record = Task(tmp_path, [script("echo $0")], settings=settings).go()
+    assert record.state is TaskState.SUCCEEDED and record.runtime == str(runtime)
+    folder, in_runtime = task_dir(tmp_path / "tasks", NAME), task_dir(runtime, NAME)
+    assert (in_runtime / "runnable-1.status").read_text() == "0\n"
+    assert not (folder / "runnable-1.status").exists()
+    scripts = in_runtime if executable else folder
+    program = Path((folder / "runnable-1.stdout").read_text().strip())
+    assert program.parent == scripts and program.is_file()

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from batch_agent.config import RUNTIME_DIR, load_config
-from batch_agent.runtimedir import filesystem_type, tasks_root
+from batch_agent.runtimedir import allows_exec, filesystem_type, tasks_root
 from batch_agent.tasks.folders import task_dir
 from tests.helpers import exit_code, job, script, wait_until
 
@@ -62,6 +62,10 @@ def test_filesystem_type_is_the_deepest_mount_above_the_path(tmp_path: Path) -> 
     assert filesystem_type(Path("/run/batch-agent"), table) == "tmpfs"
     assert filesystem_type(Path("/run/my disk/x"), table) == "ext4"
     assert filesystem_type(Path("/running"), table) == "ext4"  # not under /run
+    assert allows_exec(Path("/run/batch-agent"), table)
+    table.write_text(table.read_text().replace("rw,nosuid - tmpfs", "rw,nosuid,noexec - tmpfs"))
+    assert not allows_exec(Path("/run/batch-agent"), table)
+    assert allows_exec(Path("/run/my disk"), table)  # its own mount's options
 
 
 def test_the_default_runtime_dir_comes_only_with_the_default_state_dir(tmp_path: Path) -> None:

@@ -87,22 +87,35 @@ def _own_directory(folder: Path) -> str | None:
 
 
 def filesystem_type(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
-    """The type of the file system `path` is on (`tmpfs`, `ext4`), from the mount table: the
-    type of the deepest mount point above its real path; None if the table says nothing."""
+    """The type of the file system `path` is on (`tmpfs`, `ext4`); None if the mount table
+    says nothing."""
+    return _mount_of(path, mountinfo)[0]
+
+
+def allows_exec(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
+    """Whether programs on the file system `path` is on may run: not mounted `noexec`, as
+    /run often is (Debian's initramfs, Docker's `--tmpfs`). Scripts go to the runtime dir only
+    then; exit statuses go there either way."""
+    return "noexec" not in _mount_of(path, mountinfo)[1]
+
+
+def _mount_of(path: Path, mountinfo: Path) -> tuple[str | None, list[str]]:
+    """The type and the mount options of the deepest mount point above `path`'s real path."""
     real = os.path.realpath(path)
-    best, best_type = "", None
+    best = ""
+    found: tuple[str | None, list[str]] = (None, [])
     for line in mountinfo.read_text(errors="replace").splitlines():
         # "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw": field 5 is
-        # the mount point (spaces escaped as \040), the type follows " - ".
+        # the mount point (spaces escaped as \040), 6 its options; the type follows " - ".
         fields, _, tail = line.partition(" - ")
         parts = fields.split()
-        if len(parts) < 5 or not tail:
+        if len(parts) < 6 or not tail:
             continue
         point = _unescape(parts[4])
         inside = real == point or real.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
-            best, best_type = point, tail.split()[0]
-    return best_type
+            best, found = point, (tail.split()[0], parts[5].split(","))
+    return found
 
 
 def _unescape(field: str) -> str:

@@ -48,8 +48,10 @@ class TaskSettings:
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     mounts: MountSettings = field(default_factory=MountSettings)
-    # Where new tasks' scripts and exit statuses go (runtimedir.py); None: `workdir`.
+    # Where new tasks' exit statuses go (runtimedir.py); None: `workdir`. Their scripts too
+    # when `runtime_exec` (its mount is not `noexec`), else they stay in `workdir`.
     runtime: Path | None = None
+    runtime_exec: bool = True
 
     @functools.cached_property
     def mount_table(self) -> MountTable:
@@ -106,6 +108,9 @@ def make_run(
     if record.runtime is None and not record.runnables:  # fixed before the first runnable
         record.runtime = str(settings.runtime or settings.workdir)
     runtime = runtime_folder(record, settings.workdir)
+    # Scripts only where programs may run: the state dir, or a runtime dir not mounted noexec.
+    in_runtime = settings.runtime is not None and runtime.parent == settings.runtime
+    scripts = runtime if in_runtime and settings.runtime_exec else folder
     if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
         plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
     secrets = SecretValues()  # filled by the Secrets hook, read by the drivers
@@ -113,6 +118,7 @@ def make_run(
         plan=plan,
         folder=folder,
         runtime=runtime,
+        scripts=scripts,
         task_id=record.task_id,
         instance=settings.where,
         base_env=settings.base_env,

@@ -79,7 +79,8 @@ class TaskContext:
 
     plan: TaskPlan
     folder: Path  # the task's folder in the state dir, the agent's: output, work/ (folders.py)
-    runtime: Path  # its folder for scripts and exit statuses: `folder`, or one on tmpfs
+    runtime: Path  # its folder for exit statuses: `folder`, or one on tmpfs (runtimedir.py)
+    scripts: Path  # where its scripts from `text` are written: `folder` or `runtime`
     task_id: str
     instance: str  # `zones/<zone>/instances/<id>`, a container label
     base_env: Mapping[str, str]

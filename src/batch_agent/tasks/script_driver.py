@@ -105,7 +105,7 @@ class PreparedScript:
                 program = Path(self.spec.path or "")
             else:
                 try:
-                    program = write_script(self.spec.text, context.runtime, owner=user)
+                    program = write_script(self.spec.text, context.scripts, owner=user)
                 except OSError as error:
                     return ExitResult.not_started(events.script_not_written(error))
             return spawn_script(
