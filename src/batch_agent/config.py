@@ -55,7 +55,7 @@ class Config:
     # loggingOption), always, never (docs/choices.md). The agent's own log follows auto/always.
     cloud_logging: str = "auto"
     state_dir: Path = Path(DEFAULT_STATE_DIR)
-    # Tasks' scripts and exit statuses, when it is on tmpfs (runtimedir.py). Unset: RUNTIME_DIR
+    # Tasks' exit statuses (and scripts), when it is on tmpfs (runtimedir.py). Unset: RUNTIME_DIR
     # with the default state dir (one agent per VM), else none (all in the state dir).
     runtime_dir: Path | None = None
     # host:port of the GCE metadata server.

@@ -7,9 +7,10 @@ resumes from it) and stays in the task's folder in the state dir. The script and
 only have to survive the agent (a `kill -9`, a restart, an upgrade): after a reboot the next
 agent fails every unfinished task (50003) whatever its files say. A new file on tmpfs costs
 microseconds of kernel time, on a disk's ext4 0.15-1 ms, so they go to
-`RUNTIME_DIR/tasks/<the task's folder name>` when the runtime dir is on tmpfs, and to the task's
-folder in the state dir otherwise: no runtime dir set, or one that is not a directory of ours
-(a symlink, another owner), cannot be made, or is on a disk (where it would gain nothing).
+`RUNTIME_DIR/tasks/<the task's folder name>` when the runtime dir is on tmpfs (the scripts only
+if its mount allows exec: `allows_exec`), and to the task's folder in the state dir otherwise:
+no runtime dir set, or one that is not a directory of ours (a symlink, another owner), cannot
+be made, or is on a disk (where it would gain nothing).
 
 The runtime dir and its `tasks/` are the agent's, 0711 like the state dir: a userAccount task's
 waiter passes through to its own status file (chowned to it), nobody lists them. A task's
@@ -34,7 +35,7 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 
 
 def tasks_root(runtime_dir: Path | None, state_tasks: Path) -> Path:
-    """The folder under which tasks' scripts and exit statuses go: `runtime_dir/tasks` when
+    """The folder under which tasks' exit statuses (and scripts) go: `runtime_dir/tasks` when
     `runtime_dir` is usable (see the module docstring), else `state_tasks` (the state dir's
     `tasks/`, where output goes too). Never raises for an unusable runtime dir: it logs why."""
     if runtime_dir is None:

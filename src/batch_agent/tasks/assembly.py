@@ -146,7 +146,7 @@ def make_run(
 
 
 def runtime_folder(record: TaskRecord, workdir: Path) -> Path:
-    """The task's folder for its scripts and exit statuses: under the root its record names
+    """The task's folder for its exit statuses (and scripts): under the root its record names
     (in the runtime dir, or `workdir` itself), named as its folder in `workdir`. Pure."""
     root = Path(record.runtime) if record.runtime is not None else workdir
     return task_dir(root, record.task_id)

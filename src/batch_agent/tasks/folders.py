@@ -62,7 +62,7 @@ def make_task_folder(
     folder: Path, user: tuple[int, int] | None, runtime: Path | None = None
 ) -> None:
     """Make `folder` (the agent's, mode 0711) and its `work/` (the user's, mode 0700), and
-    `runtime` (the agent's, 0711: the task's scripts and exit statuses) when it is elsewhere.
+    `runtime` (the agent's, 0711: the task's exit statuses, maybe scripts) when it is elsewhere.
 
     Idempotent (a resumed task finds them as they were). Raises OSError if any exists as
     something other than a directory (a symlink included) or cannot be made.

@@ -39,8 +39,8 @@ class Hook(Protocol):
 
 class TaskFolder:
     """The task's folder exists and is the agent's; with a userAccount, that user exists here
-    and owns the folder's `work/` (see folders.py); so does its folder for scripts and exit
-    statuses, `runtime`, when that is elsewhere."""
+    and owns the folder's `work/` (see folders.py); so does its folder for exit statuses (and
+    scripts), `runtime`, when that is elsewhere."""
 
     def __init__(self, folder: Path, user: tuple[int, int] | None, runtime: Path) -> None:
         self._folder = folder

@@ -88,7 +88,7 @@ class TaskRecord:
     runnables: dict[int, RunnableRecord] = field(default_factory=dict)
     # Cloud Logging's shipping state (offsets, the write under way): cloudlog.tasklogs owns it.
     cloud_log: dict[str, Any] = field(default_factory=dict)
-    # Under which folder the task's scripts and exit statuses are (its folder there is named as
+    # Under which folder the task's exit statuses (and scripts) are (its folder there is named as
     # in the state dir; runtimedir.py), fixed before its first runnable starts: a restarted
     # agent finds them whatever its own setting. None: the state dir's (older records).
     runtime: str | None = None
