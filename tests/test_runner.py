@@ -19,12 +19,13 @@ import pytest
 
 from batch_agent.tasks import events
 from batch_agent.tasks.assembly import TaskSettings, make_run
+from batch_agent.tasks.deadlines import Deadlines
 from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.plan import make_plan
-from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.tasks.runner import TaskRun
-from batch_agent.wire import AgentTask, TaskState, parse_time
+from batch_agent.wire import AgentTask, TaskState, format_time, parse_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -414,3 +415,26 @@ def test_statuses_go_to_the_runtime_dir_and_scripts_only_where_they_may_run(tmp_
     scripts = in_runtime if executable else folder
     program = Path((folder / "runnable-1.stdout").read_text().strip())
     assert program.parent == scripts and program.is_file()
+
+
+def test_the_deadline_watch_ends_when_cancelled_as_a_runnable_ends():
+    """A runnable's end wakes the deadline watch just as the run cancels it: the watch ends
+    (asyncio.wait_for on Python 3.11 swallowed that cancel, and the task never finished: one
+    `local` run of examples/hello-world.json in three hung)."""
+    spec = {"runnables": [script("true")], "maxRunDuration": "60s"}  # the watch has a timeout
+    plan = make_plan(AgentTask.model_validate({"task": NAME, "spec": spec}))
+    record = TaskRecord(task_id=NAME, raw={})
+    record.runnables[1] = RunnableRecord(started_at=format_time(datetime.now(UTC)))
+
+    async def go() -> None:
+        deadlines = Deadlines(plan, record, lambda: datetime.now(UTC))
+        deadlines.started(plan.runnables[0])
+        watch = asyncio.create_task(deadlines.watch())
+        await asyncio.sleep(0.01)  # it waits for a change, or maxRunDuration
+        record.runnables[1].ended_at = format_time(datetime.now(UTC))  # as `finished` does
+        deadlines.ended(plan.runnables[0])
+        watch.cancel()
+        done, _ = await asyncio.wait({watch}, timeout=2)
+        assert watch in done and watch.cancelled()
+
+    asyncio.run(go())

@@ -72,5 +72,8 @@ class Deadlines:
     async def _next_change(self, timeout: timedelta | None = None) -> None:
         self._changed.clear()
         seconds = timeout.total_seconds() if timeout is not None else None
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as the event is
+        # set (a runnable ends, then the run cancels `watch`), and the run then waits forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
