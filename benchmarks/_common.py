@@ -9,11 +9,13 @@ list[Figure]` is run by `all.py`; it measures ours and its baseline interleaved 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +25,29 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # The agent subprocess is started exactly as the end-to-end tests start it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from batch_agent.runtimedir import MEMORY_FILESYSTEMS, filesystem_type  # noqa: E402
 from batch_agent.tasks.procfs import read_stat  # noqa: E402
 from batch_agent.wire import parse_time  # noqa: E402
 from tests.helpers import AgentProcess  # noqa: E402
 
 Agent = AgentProcess
+
+
+@contextlib.contextmanager
+def runtime_dir() -> Iterator[Path | None]:
+    """A fresh folder on tmpfs (in /dev/shm) standing in for the agent's runtime dir, as
+    `/run/batch-agent` under systemd (the agent's environment: `runtime_env`); removed after.
+    None where /dev/shm is not tmpfs: the agent then keeps everything in its state dir."""
+    if filesystem_type(Path("/dev/shm")) not in MEMORY_FILESYSTEMS:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-runtime-", dir="/dev/shm") as folder:
+        yield Path(folder)
+
+
+def runtime_env(folder: Path | None) -> dict[str, str]:
+    """The agent's environment for the runtime dir `folder` (None: none)."""
+    return {} if folder is None else {"BATCH_AGENT_RUNTIME_DIR": str(folder)}
 
 
 def rss_bytes(pid: int) -> int:

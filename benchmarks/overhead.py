@@ -7,7 +7,9 @@ difference over 100 is what the agent adds to each runnable: its bookkeeping, pe
 writing the script file and the waiter shell around each one. A third figure, the floor, runs
 the waiter's own command (`script.waiter_argv`) on a script file of `true` 100 times the same
 way: what the waiter design costs (a second shell, its fork, the status file) before any of the
-agent's work.
+agent's work. The agent runs as under systemd: state dir on disk, runtime dir (scripts, exit
+statuses) on tmpfs, and the floor writes its status file on tmpfs too; a fourth figure runs
+the agent without a runtime dir (everything in the state dir, as where there is no tmpfs).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Agent, Figure, event_time, fmt_ms
+from _common import Agent, Figure, event_time, fmt_ms, runtime_dir, runtime_env
 
 from batch_agent.emulator import Emulator
 from batch_agent.tasks.script import waiter_argv, write_script
@@ -56,15 +58,17 @@ def main() -> None:
 
 
 def run(repeats: int, runnables: int = 100) -> list[Figure]:
-    """Per runnable: the agent's task span, bare `sh -c true` and the waiter's command alone,
-    interleaved, in ms."""
+    """Per runnable: the agent's task span (runtime dir on tmpfs, and none), bare `sh -c true`
+    and the waiter's command alone, interleaved, in ms."""
     agent: list[float] = []
+    on_disk: list[float] = []
     bare_: list[float] = []
     floor: list[float] = []
     for _ in range(repeats):
         agent.append(1000 * through_agent(runnables) / runnables)
         bare_.append(1000 * bare(runnables) / runnables)
         floor.append(1000 * waiter_floor(runnables) / runnables)
+        on_disk.append(1000 * through_agent(runnables, tmpfs=False) / runnables)
     met = statistics.median(agent) - statistics.median(bare_) <= TARGET * 1000
     name = f"per runnable, a task of {runnables} x `true` (RUNNING -> SUCCEEDED / {runnables})"
     target = f"median - baseline's <= {fmt_ms(TARGET)}"
@@ -72,11 +76,15 @@ def run(repeats: int, runnables: int = 100) -> list[Figure]:
     return [
         Figure(name, "ms", agent, baseline, bare_, target, met),
         Figure("per runnable, the waiter's command alone (no agent)", "ms", floor, baseline, bare_),
+        Figure(
+            "per runnable, no runtime dir (all in the state dir)", "ms", on_disk, baseline, bare_
+        ),
     ]
 
 
-def through_agent(runnables: int) -> float:
-    """Seconds from RUNNING to SUCCEEDED of one task of `runnables` x `true` (run --once)."""
+def through_agent(runnables: int, *, tmpfs: bool = True) -> float:
+    """Seconds from RUNNING to SUCCEEDED of one task of `runnables` x `true` (run --once), with
+    the scripts and exit statuses on tmpfs (`tmpfs`) or in the state dir."""
     job = {
         "taskGroups": [
             {"taskSpec": {"runnables": [{"script": {"text": "true"}}] * runnables}},
@@ -86,8 +94,12 @@ def through_agent(runnables: int) -> float:
     emu.start()
     agent: Agent | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-            agent = Agent(emu, Path(tmp) / "state", "--once")
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp,
+            runtime_dir() as runtime,
+        ):
+            env = runtime_env(runtime if tmpfs else None)
+            agent = Agent(emu, Path(tmp) / "state", "--once", **env)
             try:
                 status = agent.wait(TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -107,10 +119,15 @@ def through_agent(runnables: int) -> float:
 
 
 def waiter_floor(runnables: int) -> float:
-    """Seconds for `runnables` sequential runs of the waiter's command on a script of `true`."""
-    with tempfile.TemporaryDirectory(prefix="bench-overhead-floor-") as tmp:
-        program = write_script("true", Path(tmp))
-        argv = waiter_argv(program, Path(tmp) / "status", [])
+    """Seconds for `runnables` sequential runs of the waiter's command on a script of `true`,
+    script and status file on tmpfs (as the agent's runtime dir) where there is one."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-overhead-floor-") as tmp,
+        runtime_dir() as runtime,
+    ):
+        files = runtime or Path(tmp)
+        program = write_script("true", files)
+        argv = waiter_argv(program, files / "status", [])
         start = time.perf_counter()
         for _ in range(runnables):
             subprocess.run(argv, check=True, cwd=tmp, stdin=subprocess.DEVNULL)

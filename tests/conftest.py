@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from batch_agent.emulator import Emulator
+from batch_agent.runtimedir import MEMORY_FILESYSTEMS, filesystem_type
 from tests import docker_support
 from tests.docker_support import BUSYBOX_IMAGE, Registry, Unavailable
 from tests.helpers import AgentProcess
@@ -124,3 +127,13 @@ def registry(docker_engine: str) -> Iterator[Registry]:
         _unavailable(str(e))
     yield reg
     reg.stop()
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Path]:
+    """A fresh folder on tmpfs (/dev/shm), as a runtime dir; removed after the test."""
+    if filesystem_type(Path("/dev/shm")) not in MEMORY_FILESYSTEMS:
+        pytest.skip("no tmpfs at /dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix="batch-agent-test-", dir="/dev/shm"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from batch_agent.tasks.record import EDGES, IllegalTransition, TaskRecord
+from batch_agent.tasks.record import EDGES, IllegalTransition, RunnableRecord, TaskRecord
 from batch_agent.wire import TaskState
 
 ALL = list(TaskState)
@@ -62,3 +62,18 @@ def test_only_a_failure_carries_task_execution():
     started = record_in(TaskState.ASSIGNED)
     started.transition(TaskState.RUNNING, at=now, where=where)
     assert "taskExecution" not in started.events[-1]
+
+
+def test_the_json_form_follows_every_change_of_a_runnable():
+    """A runnable's encoded form is kept between saves, and never outlives a change."""
+    record = TaskRecord(task_id="t", raw={}, runtime="/run/batch-agent/tasks")
+    record.runnables[1] = RunnableRecord(started_at="2026-12-02T10:00:00Z")
+    record.runnables[2] = RunnableRecord(container=True)
+    assert TaskRecord.from_json(record.to_json(), {}) == record
+    record.runnables[1].adopt(RunnableRecord(pid=42, start_time=7).handle())
+    record.runnables[1].stdout_offset = 100
+    record.runnables[2].exit_code = 3
+    again = TaskRecord.from_json(record.to_json(), {})
+    assert again == record
+    assert (again.runnables[1].pid, again.runnables[1].stdout_offset) == (42, 100)
+    assert again.runnables[2].exit_code == 3 and again.runtime == "/run/batch-agent/tasks"

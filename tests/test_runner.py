@@ -19,11 +19,13 @@ import pytest
 
 from batch_agent.tasks import events
 from batch_agent.tasks.assembly import TaskSettings, make_run
+from batch_agent.tasks.deadlines import Deadlines
 from batch_agent.tasks.env import base_environment
+from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.plan import make_plan
-from batch_agent.tasks.record import TaskRecord
+from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.tasks.runner import TaskRun
-from batch_agent.wire import AgentTask, TaskState, parse_time
+from batch_agent.wire import AgentTask, TaskState, format_time, parse_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,6 +72,7 @@ class Task:
         runnables: list[dict[str, Any]],
         record: TaskRecord | None = None,
         recorder: Recorder | None = None,
+        settings: dict[str, Any] | None = None,
         **spec: Any,
     ) -> None:
         self.recorder = recorder or Recorder()
@@ -78,15 +81,20 @@ class Task:
             {"task": NAME, "spec": {"runnables": runnables, **spec.pop("spec", {})}, **spec}
         )
         self.record = record or TaskRecord(task_id=NAME, raw={})
-        settings = TaskSettings(
+        task_settings = TaskSettings(
             workdir=tmp_path / "tasks",
             where=WHERE,
             base_env=base_environment(os.environ),
             output=lambda tag, stream, lines: self.lines.extend(lines),
             kill_grace=timedelta(seconds=1),
+            **(settings or {}),
         )
         self.run: TaskRun = make_run(
-            self.record, make_plan(agent_task), settings, lifecycle=self.recorder, engine=_no_engine
+            self.record,
+            make_plan(agent_task),
+            task_settings,
+            lifecycle=self.recorder,
+            engine=_no_engine,
         )
 
     def go(self) -> TaskRecord:
@@ -312,6 +320,32 @@ def test_a_crash_after_the_running_save_starts_nothing_twice(tmp_path):
     assert "ASSIGNED to RUNNING" in record.events[0]["description"]
 
 
+class SlowSaves(Recorder):
+    """Each save takes 0.2 s; what `marker` held when each was written is kept."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = marker
+        self.seen: list[str] = []
+
+    async def persist(self, record: TaskRecord) -> None:
+        await asyncio.sleep(0.2)
+        self.seen.append(self.marker.read_text() if self.marker.exists() else "")
+        await super().persist(record)
+
+
+def test_a_runnable_starts_only_once_its_intent_is_saved(tmp_path):
+    """The script is written and its files opened while its intent is being saved, but the
+    runnable starts only after the save: a slow disk never lets it run ahead of its intent."""
+    marker = tmp_path / "ran"
+    recorder = SlowSaves(marker)
+    runnables = [script(f"echo x >> {marker}"), script(f"echo y >> {marker}")]
+    record = Task(tmp_path, runnables, recorder=recorder).go()
+    assert record.state is TaskState.SUCCEEDED
+    assert recorder.seen[:2] == ["", "x\n"]  # each intent on disk before its runnable ran
+    assert marker.read_text() == "x\ny\n"
+
+
 def test_a_barrier_first_saves_running_on_its_own(tmp_path):
     """With no intent to carry it, RUNNING is saved before the task waits at a barrier."""
     task = Task(tmp_path, [{"barrier": {}}, script("exit 0")])
@@ -365,3 +399,42 @@ def test_a_background_timeout_fails_the_task_and_stops_all_runnables(tmp_path):
     assert task.detail_event == "Exit code 50005: runnables[0].timeout 0.3s exceeded."
     assert record.runnables[2].exit_code == 143  # stopped with SIGTERM
     assert marker.exists()
+
+
+@pytest.mark.parametrize("executable", [True, False], ids=["exec", "noexec"])
+def test_statuses_go_to_the_runtime_dir_and_scripts_only_where_they_may_run(tmp_path, executable):
+    """Exit statuses go to the task's folder in the runtime dir; its scripts too, unless that
+    is mounted noexec (as /run often is): then they stay in the state dir's folder."""
+    runtime = tmp_path / "run" / "tasks"
+    settings = {"runtime": runtime, "runtime_exec": executable}
+    record = Task(tmp_path, [script("echo $0")], settings=settings).go()
+    assert record.state is TaskState.SUCCEEDED and record.runtime == str(runtime)
+    folder, in_runtime = task_dir(tmp_path / "tasks", NAME), task_dir(runtime, NAME)
+    assert (in_runtime / "runnable-1.status").read_text() == "0\n"
+    assert not (folder / "runnable-1.status").exists()
+    scripts = in_runtime if executable else folder
+    program = Path((folder / "runnable-1.stdout").read_text().strip())
+    assert program.parent == scripts and program.is_file()
+
+
+def test_the_deadline_watch_ends_when_cancelled_as_a_runnable_ends():
+    """A runnable's end wakes the deadline watch just as the run cancels it: the watch ends
+    (asyncio.wait_for on Python 3.11 swallowed that cancel, and the task never finished: one
+    `local` run of examples/hello-world.json in three hung)."""
+    spec = {"runnables": [script("true")], "maxRunDuration": "60s"}  # the watch has a timeout
+    plan = make_plan(AgentTask.model_validate({"task": NAME, "spec": spec}))
+    record = TaskRecord(task_id=NAME, raw={})
+    record.runnables[1] = RunnableRecord(started_at=format_time(datetime.now(UTC)))
+
+    async def go() -> None:
+        deadlines = Deadlines(plan, record, lambda: datetime.now(UTC))
+        deadlines.started(plan.runnables[0])
+        watch = asyncio.create_task(deadlines.watch())
+        await asyncio.sleep(0.01)  # it waits for a change, or maxRunDuration
+        record.runnables[1].ended_at = format_time(datetime.now(UTC))  # as `finished` does
+        deadlines.ended(plan.runnables[0])
+        watch.cancel()
+        done, _ = await asyncio.wait({watch}, timeout=2)
+        assert watch in done and watch.cancelled()
+
+    asyncio.run(go())

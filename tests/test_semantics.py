@@ -246,7 +246,8 @@ def test_kill_9_ten_times_never_restarts_the_task(make_emulator, start_agent, tm
     )
     emu = make_emulator(job(script(text)))
     agent = start_agent(emu, state="state")
-    wait_until(pid_file.exists, what="started")
+    # The shell makes the file before it writes the pid into it.
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="started")
     pid = int(pid_file.read_text())
     for _ in range(10):
         agent.kill()

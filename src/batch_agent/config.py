@@ -25,6 +25,8 @@ DEFAULT_SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com/"
 DEFAULT_KMS_ENDPOINT = "https://cloudkms.googleapis.com/"
 DEFAULT_METADATA_HOST = "metadata.google.internal"  # host[:port], as GCE_METADATA_HOST says
 DEFAULT_LOGGING_ENDPOINT = "https://logging.googleapis.com/"  # control/cloudlogging.py
+DEFAULT_STATE_DIR = "/var/lib/batch-agent"
+RUNTIME_DIR = "/run/batch-agent"  # systemd's RuntimeDirectory=batch-agent
 CLOUD_LOGGING_MODES = ("auto", "always", "never")
 LOG_FORMATS = ("auto", "text", "json", "journal")
 ENV_PREFIX = "BATCH_AGENT_"
@@ -52,7 +54,10 @@ class Config:
     # Which tasks' output goes to Cloud Logging: auto (those whose agentTaskSpec has a
     # loggingOption), always, never (docs/choices.md). The agent's own log follows auto/always.
     cloud_logging: str = "auto"
-    state_dir: Path = Path("/var/lib/batch-agent")
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    # Tasks' exit statuses (and scripts), when it is on tmpfs (runtimedir.py). Unset: RUNTIME_DIR
+    # with the default state dir (one agent per VM), else none (all in the state dir).
+    runtime_dir: Path | None = None
     # host:port of the GCE metadata server.
     metadata_host: str = DEFAULT_METADATA_HOST
     # A service-account key file (Application Default Credentials); else the VM's account.
@@ -146,6 +151,9 @@ def _checked(config: Config) -> Config:
         raise ConfigError("reported_version: must not be empty")
     if not 0 <= config.metrics_port <= 65535:
         raise ConfigError(f"metrics_port: {config.metrics_port} is not a port (0 is off)")
+    if config.runtime_dir is None and config.state_dir == Path(DEFAULT_STATE_DIR):
+        # Not for another state dir: agents of other state dirs (tests, `local`) would share it.
+        config = dataclasses.replace(config, runtime_dir=Path(RUNTIME_DIR))
     if not config.endpoint.endswith("/"):
         config = dataclasses.replace(config, endpoint=config.endpoint + "/")
     return config

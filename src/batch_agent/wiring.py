@@ -23,6 +23,7 @@ from batch_agent.config import Config
 from batch_agent.control import Backoff, CloudLogging, ControlPlane, SecretError, SecretsClient
 from batch_agent.journal import JournalOutput
 from batch_agent.outputlog import OutputLog
+from batch_agent.runtimedir import allows_exec, tasks_root
 from batch_agent.tasks.env import base_environment
 from batch_agent.tasks.masking import Masker, MaskingFilter
 from batch_agent.tasks.mounts import MountSettings
@@ -177,8 +178,11 @@ def task_settings(
     drain_logs: Callable[[TaskRecord], Awaitable[None]] | None = None,
 ) -> TaskSettings:
     """What every task of this agent shares, for the VM `identity` names."""
+    runtime = tasks_root(config.runtime_dir, config.state_dir / "tasks")  # blocks: start-up
     return TaskSettings(
         workdir=config.state_dir / "tasks",
+        runtime=runtime,
+        runtime_exec=allows_exec(runtime),
         where=f"zones/{identity.zone}/instances/{identity.instance_id}",
         base_env=base_environment(config.environ),
         # The one place output lines are masked: at the sink, before the agent's log.

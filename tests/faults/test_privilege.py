@@ -112,12 +112,17 @@ echo planted
 """
 
 
+@pytest.mark.parametrize("on_tmpfs", [False, True], ids=["state-dir", "runtime-dir"])
 def test_a_user_task_cannot_point_the_agent_at_root_files(
-    make_emulator, start_agent, tmp_path, batch_user
+    make_emulator, start_agent, tmp_path, batch_user, on_tmpfs, request
 ):
     """Runnable 1 plants runnable 2's status/stdout/stderr as symlinks to root's files: the
-    files stay root's and unchanged, nothing of them is shipped, and the task succeeds."""
+    files stay root's and unchanged, nothing of them is shipped, and the task succeeds. With
+    the exit statuses in a runtime dir on tmpfs, the user's waiter writes its own there."""
     let_the_user_through(tmp_path)
+    env = {}
+    if on_tmpfs:
+        env["BATCH_AGENT_RUNTIME_DIR"] = str(request.getfixturevalue("tmpfs"))
     victims = tmp_path / "victims"
     victims.mkdir()
     shadows = [victim(victims / f"shadow-{s}") for s in ("status", "stdout", "stderr")]
@@ -128,7 +133,7 @@ def test_a_user_task_cannot_point_the_agent_at_root_files(
             "victim", script(PLANT.format(victims=victims)), script("echo second"), userAccount=user
         )
     )
-    agent = start_agent(emu, "--once")
+    agent = start_agent(emu, "--once", **env)
     assert agent.wait(60) == 0, agent.log()
     assert emu.task_state(name) == "SUCCEEDED"
     for shadow in shadows:
@@ -137,9 +142,14 @@ def test_a_user_task_cannot_point_the_agent_at_root_files(
     assert "not-for-the-task-user" not in log
     assert "r1 stdout] planted" in log and "r2 stdout] second" in log
     folder = task_dir(tmp_path / "state" / "tasks", name)
-    for s in ("status", "stdout", "stderr"):
-        found = os.lstat(folder / f"runnable-2.{s}")
+    runtime = task_dir(Path(env["BATCH_AGENT_RUNTIME_DIR"]) / "tasks", name) if env else folder
+    for found in (
+        os.lstat(runtime / "runnable-2.status"),
+        os.lstat(folder / "runnable-2.stdout"),
+        os.lstat(folder / "runnable-2.stderr"),
+    ):
         assert stat.S_ISREG(found.st_mode) and found.st_uid == batch_user.pw_uid
+    assert (runtime / "runnable-2.status").read_text() == "0\n"
 
 
 def test_odd_task_names_stay_in_their_folders_and_deleting_dotdot_keeps_the_state(

@@ -48,6 +48,10 @@ class TaskSettings:
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     mounts: MountSettings = field(default_factory=MountSettings)
+    # Where new tasks' exit statuses go (runtimedir.py); None: `workdir`. Their scripts too
+    # when `runtime_exec` (its mount is not `noexec`), else they stay in `workdir`.
+    runtime: Path | None = None
+    runtime_exec: bool = True
 
     @functools.cached_property
     def mount_table(self) -> MountTable:
@@ -101,12 +105,20 @@ def make_run(
     from batch_agent.tasks.volumes import Volumes
 
     folder = task_dir(settings.workdir, record.task_id)
+    if record.runtime is None and not record.runnables:  # fixed before the first runnable
+        record.runtime = str(settings.runtime or settings.workdir)
+    runtime = runtime_folder(record, settings.workdir)
+    # Scripts only where programs may run: the state dir, or a runtime dir not mounted noexec.
+    in_runtime = settings.runtime is not None and runtime.parent == settings.runtime
+    scripts = runtime if in_runtime and settings.runtime_exec else folder
     if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
         plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
     secrets = SecretValues()  # filled by the Secrets hook, read by the drivers
     context = TaskContext(
         plan=plan,
         folder=folder,
+        runtime=runtime,
+        scripts=scripts,
         task_id=record.task_id,
         instance=settings.where,
         base_env=settings.base_env,
@@ -121,7 +133,7 @@ def make_run(
         lifecycle=MaskedEvents(lifecycle, settings.masker),
         drivers=drivers,
         hooks=[
-            TaskFolder(folder, plan.user),
+            TaskFolder(folder, plan.user, runtime),
             Secrets(plan, secrets, settings.secrets, settings.masker),
             Volumes(settings.mount_table, record.task_id, plan.mounts, plan.user),
             *([ContainerNetwork(containers)] if _blocks_networks(plan) else []),
@@ -131,6 +143,13 @@ def make_run(
             settings.output, settings.shipping, kill_grace=settings.kill_grace, now=settings.now
         ),
     )
+
+
+def runtime_folder(record: TaskRecord, workdir: Path) -> Path:
+    """The task's folder for its exit statuses (and scripts): under the root its record names
+    (in the runtime dir, or `workdir` itself), named as its folder in `workdir`. Pure."""
+    root = Path(record.runtime) if record.runtime is not None else workdir
+    return task_dir(root, record.task_id)
 
 
 def _blocks_networks(plan: TaskPlan) -> bool:

@@ -8,6 +8,7 @@ VM that runs only scripts never loads it. Knows nothing of task states or persis
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -76,7 +77,8 @@ class PreparedContainer:
     def handle(self) -> Handle:
         return Handle(container=True)
 
-    async def start(self) -> Started | ExitResult:
+    async def start(self, intent: asyncio.Future[None]) -> Started | ExitResult:
+        await intent  # a container is created only once its intent is on disk
         driver, context, k = self.driver, self.driver.context, self.runnable.index
         plan = context.plan
         # Nothing of the agent's environment goes in: the image's own PATH and HOME apply.

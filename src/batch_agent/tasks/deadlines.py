@@ -72,9 +72,8 @@ class Deadlines:
     async def _next_change(self, timeout: timedelta | None = None) -> None:
         self._changed.clear()
         seconds = timeout.total_seconds() if timeout is not None else None
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns instead of raising when
-        # it is cancelled just as the wait ends (a runnable's end sets `_changed` as the run
-        # cancels `watch`), and the run then waits for `watch` forever.
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as the event is
+        # set (a runnable ends, then the run cancels `watch`), and the run then waits forever.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._changed.wait()

@@ -35,8 +35,11 @@ class Prepared(Protocol):
         """What is known before the start (enough to look for it after a crash mid-start)."""
         ...
 
-    async def start(self) -> Started | ExitResult:
-        """Start it; an ExitResult (`not_started`, or 126/127) when it cannot run."""
+    async def start(self, intent: asyncio.Future[None]) -> Started | ExitResult:
+        """Start it, but nothing of it before `intent` (the save of the runnable's intent to
+        start) is done without error; what needs no start (writing a script, opening its
+        output files) may go on meanwhile. An ExitResult (`not_started`, or 126/127) when it
+        cannot run, or when the intent's save failed."""
         ...
 
 
@@ -75,7 +78,9 @@ class TaskContext:
     """What the drivers of one task share."""
 
     plan: TaskPlan
-    folder: Path  # the task's folder, the agent's: scripts, output, exit statuses (folders.py)
+    folder: Path  # the task's folder in the state dir, the agent's: output, work/ (folders.py)
+    runtime: Path  # its folder for exit statuses: `folder`, or one on tmpfs (runtimedir.py)
+    scripts: Path  # where its scripts from `text` are written: `folder` or `runtime`
     task_id: str
     instance: str  # `zones/<zone>/instances/<id>`, a container label
     base_env: Mapping[str, str]
@@ -90,7 +95,7 @@ class TaskContext:
 
     def status(self, k: int) -> Path:
         """Where the waiter of script runnable `k` (1-based) writes its exit status."""
-        return status_path(self.folder, k)
+        return status_path(self.runtime, k)
 
     def output(self, k: int, stream: str) -> Path:
         """Where runnable `k` (1-based) writes `stream`."""

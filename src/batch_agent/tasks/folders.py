@@ -5,7 +5,9 @@ sanitised tail of the task's name and a hash of all of it (`task_dir`): one path
 whatever the server sends (`.`, `..`, `a/../..`, empty, 10 kB), and two names never share one.
 
 The folder belongs to the agent (mode 0711) and holds the files the agent itself opens: each
-runnable's `runnable-K.status`, `.stdout` and `.stderr`, and the scripts written from `text`.
+runnable's `runnable-K.status`, `.stdout` and `.stderr`, and the scripts written from `text`;
+the scripts and statuses may be in a folder of the same name on tmpfs instead (runtimedir.py),
+made and removed the same way.
 With a userAccount, the agent hands those files to the user by fd (so the user's waiter can
 write its status and the user can read its own output), but the user cannot add, rename or
 replace a name in the folder: no path the agent opens as root leads through a symlink or a
@@ -56,15 +58,22 @@ def status_path(folder: Path, k: int) -> Path:
     return folder / f"runnable-{k}.status"
 
 
-def make_task_folder(folder: Path, user: tuple[int, int] | None) -> None:
-    """Make `folder` (the agent's, mode 0711) and its `work/` (the user's, mode 0700).
+def make_task_folder(
+    folder: Path, user: tuple[int, int] | None, runtime: Path | None = None
+) -> None:
+    """Make `folder` (the agent's, mode 0711) and its `work/` (the user's, mode 0700), and
+    `runtime` (the agent's, 0711: the task's exit statuses, maybe scripts) when it is elsewhere.
 
-    Idempotent (a resumed task finds them as they were). Raises OSError if either exists as
+    Idempotent (a resumed task finds them as they were). Raises OSError if any exists as
     something other than a directory (a symlink included) or cannot be made.
     """
+    agent = (os.geteuid(), os.getegid())
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _own_directory(folder, (os.geteuid(), os.getegid()), 0o711)
-    _own_directory(work_dir(folder), user or (os.geteuid(), os.getegid()), 0o700)
+    _own_directory(folder, agent, 0o711)
+    _own_directory(work_dir(folder), user or agent, 0o700)
+    if runtime is not None and runtime != folder:
+        runtime.parent.mkdir(mode=0o711, parents=True, exist_ok=True)  # made at start-up
+        _own_directory(runtime, agent, 0o711)
 
 
 def _own_directory(path: Path, owner: tuple[int, int], mode: int) -> None:

@@ -39,11 +39,13 @@ class Hook(Protocol):
 
 class TaskFolder:
     """The task's folder exists and is the agent's; with a userAccount, that user exists here
-    and owns the folder's `work/` (see folders.py)."""
+    and owns the folder's `work/` (see folders.py); so does its folder for exit statuses (and
+    scripts), `runtime`, when that is elsewhere."""
 
-    def __init__(self, folder: Path, user: tuple[int, int] | None) -> None:
+    def __init__(self, folder: Path, user: tuple[int, int] | None, runtime: Path) -> None:
         self._folder = folder
         self._user = user
+        self._runtime = runtime
 
     async def prestart(self) -> str | None:
         if self._user is not None:
@@ -53,7 +55,7 @@ class TaskFolder:
             except KeyError:
                 return events.unknown_user(uid)
         try:  # a new directory costs a disk's journal: off the event loop
-            await asyncio.to_thread(make_task_folder, self._folder, self._user)
+            await asyncio.to_thread(make_task_folder, self._folder, self._user, self._runtime)
         except OSError as error:
             return events.task_folder_failed(str(self._folder), error.strerror or str(error))
         return None

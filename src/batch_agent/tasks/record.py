@@ -38,7 +38,12 @@ class IllegalTransition(ValueError):
 
 @dataclass
 class RunnableRecord:
-    """One started runnable: enough to find it again after an agent restart."""
+    """One started runnable: enough to find it again after an agent restart.
+
+    Its JSON form is kept until a field changes: a task's record is saved whole at each
+    runnable's start, and encoding every ended runnable again each time made a task of N
+    runnables cost O(N^2).
+    """
 
     container: bool = False  # found again by its labels, not by pid
     pid: int | None = None
@@ -48,6 +53,19 @@ class RunnableRecord:
     stderr_offset: int = 0
     started_at: str | None = None  # RFC 3339: the task's run time is the sum of these spans
     ended_at: str | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "_json", None)  # any change: encoded again when next saved
+
+    def to_json(self) -> str:
+        """The fields as a JSON object (what `RunnableRecord(**json.loads(...))` reads)."""
+        text: str | None = self.__dict__.get("_json")
+        if text is None:
+            fields = {k: v for k, v in vars(self).items() if k != "_json"}
+            text = json.dumps(fields)
+            object.__setattr__(self, "_json", text)
+        return text
 
     def handle(self) -> Handle:
         return Handle(container=self.container, pid=self.pid, start_time=self.start_time)
@@ -70,6 +88,10 @@ class TaskRecord:
     runnables: dict[int, RunnableRecord] = field(default_factory=dict)
     # Cloud Logging's shipping state (offsets, the write under way): cloudlog.tasklogs owns it.
     cloud_log: dict[str, Any] = field(default_factory=dict)
+    # Under which folder the task's exit statuses (and scripts) are (its folder there is named as
+    # in the state dir; runtimedir.py), fixed before its first runnable starts: a restarted
+    # agent finds them whatever its own setting. None: the state dir's (older records).
+    runtime: str | None = None
 
     def transition(
         self,
@@ -126,7 +148,8 @@ class TaskRecord:
 
     def to_json(self) -> str:
         """Everything but `raw`, which never changes and is stored once (see TaskStore)."""
-        return json.dumps(
+        runnables = ", ".join(f'"{k}": {r.to_json()}' for k, r in self.runnables.items())
+        head = json.dumps(
             {
                 "task_id": self.task_id,
                 "state": self.state.value,
@@ -135,10 +158,11 @@ class TaskRecord:
                 "exit_code": self.exit_code,
                 "started_at": self.started_at,
                 "custom_events": self.custom_events,
-                "runnables": {str(k): vars(v) for k, v in self.runnables.items()},
                 "cloud_log": self.cloud_log,
+                "runtime": self.runtime,
             }
         )
+        return f'{head[:-1]}, "runnables": {{{runnables}}}}}'
 
     @classmethod
     def from_json(cls, text: str, raw: dict[str, Any]) -> TaskRecord:

@@ -9,6 +9,7 @@ Decides nothing of the sequence (what runs next, what fails the task): the run d
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -69,10 +70,16 @@ class Runnables:
         self._record.runnable = max(self._record.runnable, k)
         if self._record.state is TaskState.ASSIGNED:
             # ASSIGNED -> RUNNING: saved with this first intent, in one commit
-            await self._lifecycle.transition(self._record, TaskState.RUNNING)
+            saving = self._lifecycle.transition(self._record, TaskState.RUNNING)
         else:
-            await self._lifecycle.persist(self._record)
-        started = await prepared.start()
+            saving = self._lifecycle.persist(self._record)
+        # The driver may write the script and open the output files while the intent is being
+        # saved; it starts nothing before the save is done.
+        intent = asyncio.ensure_future(saving)
+        try:
+            started = await prepared.start(intent)
+        finally:
+            await intent  # done already, unless the start failed first; raises what it raised
         if isinstance(started, ExitResult):
             self._record.runnables[k].exit_code = task_code(started)
             self._record.runnables[k].ended_at = self._record.runnables[k].started_at

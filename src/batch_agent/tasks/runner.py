@@ -13,7 +13,9 @@ runnables are not run again, started ones are recovered from their handle.
 What is saved when, here and in `runnables` (each save is one commit, fsynced only for the
 terminal state: see `TaskSet.transition`; the in-process tests pin these down):
 - a state change or an event: at once, before it is reported (`transition`, `Runnables.event`);
-- a runnable's intent to start: before it starts, so a crash never leads to a second start;
+- a runnable's intent to start: before it starts, so a crash never leads to a second start
+  (its driver writes the script and opens the output files while the intent is being saved,
+  and forks once the save is done);
 - ASSIGNED -> RUNNING: in one save with the first runnable's intent (on its own only when no
   intent comes first: a barrier first, or nothing starts). A save writes the whole record, so
   after a crash the disk holds both or neither. Neither: the task is ASSIGNED with no runnable,

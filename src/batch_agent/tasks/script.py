@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,7 @@ def spawn_script(
     status_path: Path,
     user: tuple[int, int] | None = None,
     leftover_grace: timedelta = LEFTOVER_GRACE,
+    gate: Callable[[], bool] | None = None,
 ) -> ScriptExecution | ExitResult:
     """Start `program` under the waiter in a new session; see the module docstring.
 
@@ -168,7 +169,9 @@ def spawn_script(
     126/127 with the shell's message in stderr. Blocks on small local file operations and
     until the waiter is exec'd (a fork from the event loop would stall it for that long): call
     it from a worker thread. `leftover_grace` is the execution's grace before SIGKILL for what
-    the program leaves running when it ends (see `ScriptExecution`).
+    the program leaves running when it ends (see `ScriptExecution`). `gate`, when given, is
+    called once the files are open, just before the fork, and may block: False means "do not
+    start" (126).
     """
     if not program.is_absolute():
         program = cwd / program
@@ -193,6 +196,8 @@ def spawn_script(
         if user is not None:  # the user may read back what it wrote
             os.fchown(stdout_fd, user[0], user[1])
             os.fchown(stderr_fd, user[0], user[1])
+        if gate is not None and not gate():
+            return ExitResult(126, reason=f"cannot start {program}: its start was called off")
         started = time.monotonic()  # before the waiter's pid is handed out
         with _EXCLUSIVE.hold("fork"):
             process = subprocess.Popen(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import pwd
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +74,22 @@ class PreparedScript:
     def handle(self) -> Handle:
         return Handle()
 
-    async def start(self) -> Started | ExitResult:
+    async def start(self, intent: asyncio.Future[None]) -> Started | ExitResult:
         context, k = self.context, self.runnable.index
+        # The worker thread writes the script and opens the output files while the intent is
+        # being saved, then waits for the save (set from the loop) before it forks.
+        saved, ok = threading.Event(), []
+
+        def on_saved(future: asyncio.Future[None]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                ok.append(True)
+            saved.set()
+
+        def may_start() -> bool:
+            saved.wait()
+            return bool(ok)
+
+        intent.add_done_callback(on_saved)
         user = context.plan.user
         env = runnable_environment(
             context.base_env,
@@ -90,7 +105,7 @@ class PreparedScript:
                 program = Path(self.spec.path or "")
             else:
                 try:
-                    program = write_script(self.spec.text, context.folder, owner=user)
+                    program = write_script(self.spec.text, context.scripts, owner=user)
                 except OSError as error:
                     return ExitResult.not_started(events.script_not_written(error))
             return spawn_script(
@@ -102,6 +117,7 @@ class PreparedScript:
                 status_path=context.status(k),
                 user=user,
                 leftover_grace=context.kill_grace,
+                gate=may_start,
             )
 
         started = await asyncio.to_thread(write_and_spawn)

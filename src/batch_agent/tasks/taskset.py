@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_agent.names import parse_task_name
@@ -307,10 +308,18 @@ class TaskSet:
                 log.warning("task %s: containers not removed: %s", name, error)
         if self._settings.drain_logs is not None:
             await self._settings.drain_logs(slot.record)  # its last lines, before its files go
-        folder = task_dir(self._settings.workdir, name)
-        # The server may assign the same name again (a retry): it starts from a clean folder.
-        await asyncio.to_thread(remove_task_dir, self._settings.workdir, folder)
+        # The server may assign the same name again (a retry): it starts from clean folders.
+        roots = {self._settings.workdir}
+        if slot.record.runtime is not None:  # its scripts and exit statuses, maybe on tmpfs
+            roots.add(Path(slot.record.runtime))
+        await asyncio.to_thread(_remove_folders, roots, name)
         await self._store.delete(name)
         self._deleted_failed |= slot.record.state is TaskState.FAILED
         del self._slots[name]
         log.info("task %s: deleted", name)
+
+
+def _remove_folders(roots: set[Path], name: str) -> None:
+    """Remove task `name`'s folder under each of `roots` (blocks on the disk)."""
+    for root in sorted(roots):
+        remove_task_dir(root, task_dir(root, name))
