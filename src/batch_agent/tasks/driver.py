@@ -118,10 +118,9 @@ async def stop_within(execution: Execution, grace: timedelta) -> bool:
     """Stop `execution` (SIGTERM, `grace`, SIGKILL); False if it could not be stopped. The
     executions bound their own wait after SIGKILL; STOP_SLACK only catches a stop that hangs
     altogether (an engine that never answers)."""
-    try:
-        return await asyncio.wait_for(
-            execution.stop(grace), (grace + 2 * STOP_SLACK).total_seconds()
-        )
+    try:  # asyncio.timeout, not 3.11's wait_for, which can swallow a cancel (deadlines.py)
+        async with asyncio.timeout((grace + 2 * STOP_SLACK).total_seconds()):
+            return await execution.stop(grace)
     except TimeoutError:
         return False
 
