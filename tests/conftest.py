@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +21,39 @@ from batch_agent.runtimedir import MEMORY_FILESYSTEMS, filesystem_type
 from tests import docker_support
 from tests.docker_support import BUSYBOX_IMAGE, Registry, Unavailable
 from tests.helpers import AgentProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end, kill what the tests started and did not stop (a task's waiter left by a
+    failed test, the agents of a `local` killed by its timeout), named on stderr: a CI machine
+    must not keep them. Found by the session's temp folders in their command line or
+    environment; this process and its parents are spared."""
+    yield
+    marks = [str(tmp_path_factory.getbasetemp()).encode(), b"/dev/shm/batch-agent-test-"]
+    spared = set()
+    pid = os.getpid()
+    while pid > 1:
+        spared.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    spared_groups = {os.getpgid(pid) for pid in spared if pid > 1}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        try:
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        if any(mark in seen for mark in marks):
+            sys.stderr.write(f"\nkilled a leftover process {entry.name}: {seen[:200]!r}\n")
+            with contextlib.suppress(OSError):  # its group too: a waiter's script, say
+                group = os.getpgid(int(entry.name))
+                if group not in spared_groups:
+                    os.killpg(group, signal.SIGKILL)
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 @pytest.fixture
