@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,13 @@ def _no_process_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -
     """At the end, kill what the tests started and did not stop (a task's waiter left by a
     failed test, the agents of a `local` killed by its timeout), named on stderr: a CI machine
     must not keep them. Found by the session's temp folders in their command line or
-    environment; this process and its parents are spared."""
+    environment, or the session's mark in their environment (`local` gives its agents ours,
+    minus the agent's settings); this process and its parents are spared."""
+    session = f"BATCH_TESTS_SESSION={os.getpid()}-{time.time_ns()}"
+    os.environ.update([session.split("=")])
     yield
     marks = [str(tmp_path_factory.getbasetemp()).encode(), b"/dev/shm/batch-agent-test-"]
+    marks.append(session.encode())
     spared = set()
     pid = os.getpid()
     while pid > 1:

@@ -431,6 +431,35 @@ def test_sigint_cancels_the_job_and_leaves_nothing_behind(tmp_path: Path) -> Non
     assert sorted(t["state"] for t in end["tasks"]) == ["FAILED", "FAILED", "UNEXECUTED"]
 
 
+def test_agents_cancel_their_tasks_and_exit_when_local_is_killed(tmp_path: Path) -> None:
+    """`local` killed with SIGKILL cannot stop its agents: each sees it gone (by a pidfd on
+    its parent), cancels its tasks and exits instead of retrying a control plane that is
+    gone."""
+    pids = tmp_path / "pids"
+    text = f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; echo started; wait"
+    config = job(script(text), count=2, parallelism=2)
+    with subprocess.Popen(
+        [*LOCAL, write(tmp_path, config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        agents: set[int] = set()
+        while len(agents) < 2:
+            line = proc.stdout.readline()
+            assert line, "local ended early"
+            event = json.loads(line)
+            if event["event"] == "agent":
+                agents.add(event["pid"])
+        wait_until(
+            lambda: pids.exists() and len(pids.read_text().split()) == 4, what="both tasks' pids"
+        )
+        proc.kill()
+    for pid in [*agents, *map(int, pids.read_text().split())]:
+        wait_until(lambda pid=pid: not alive(pid), timeout=30, what=f"pid {pid} gone")
+
+
 # -- pure parts -------------------------------------------------------------------------------
 
 

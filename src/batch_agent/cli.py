@@ -16,6 +16,7 @@ from batch_agent import REPORTED_VERSION, __version__
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
 # What each command imports is imported where it is used: `version` loads next to nothing.
 
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--reported-version",
         help="the agent version told to the server (env BATCH_AGENT_REPORTED_VERSION)",
+    )
+    run.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="when the process that started this agent ends, cancel every task and stop"
+        " (`batch-agent local` uses it; never on a VM)",
     )
     status = commands.add_parser("status", help="what the agent on this VM is doing (read-only)")
     status.add_argument("--state-dir", type=Path, help="default: env BATCH_AGENT_STATE_DIR")
@@ -151,7 +158,10 @@ def _run(args: argparse.Namespace) -> int:
         # A hangup (a closed terminal, a careless `kill -HUP`) must not end the agent.
         loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP ignored"))
         try:
-            outcome = await Reporter(config, stop=stop).run(once=args.once)
+            reporter = Reporter(config, stop=stop)
+            if args.exit_with_parent:
+                _watch_parent(reporter.abandon)
+            outcome = await reporter.run(once=args.once)
         except Unreachable as error:
             if stop.is_set():  # told to stop while still looking for the servers
                 return EXIT_OK
@@ -177,6 +187,29 @@ def _run(args: argparse.Namespace) -> int:
     for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signo, signal.SIG_IGN)
     return status
+
+
+def _watch_parent(gone: Callable[[], None]) -> None:
+    """Call `gone` on the event loop once our parent process has ended (at once if it has
+    already: we were reparented), by a pidfd: nothing polls."""
+    import asyncio
+
+    parent = os.getppid()
+    try:
+        pidfd = os.pidfd_open(parent)
+    except OSError:  # ended already (ESRCH), or no pidfd_open: stop rather than outlive it
+        pidfd = -1
+    if pidfd < 0 or os.getppid() != parent:  # the parent ended before we looked
+        gone()
+        return
+    loop = asyncio.get_running_loop()
+
+    def ended() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        gone()
+
+    loop.add_reader(pidfd, ended)
 
 
 def _watch_children_by_pidfd() -> None:

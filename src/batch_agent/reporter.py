@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STOP_REPORT_DEADLINE = timedelta(seconds=5)  # the last report (AGENT_STOPPED) on the way out
 # How long the exit waits for output on its way to Cloud Logging.
 LOGS_AT_STOP = timedelta(seconds=5)
+ABANDON_SLACK = timedelta(seconds=10)  # beyond the kill grace, for abandoned tasks to end
 
 
 class Unreachable(Exception):
@@ -89,6 +90,14 @@ class Reporter:
         self._machine: wiring.Machine | None = None  # read in start-up
         self._last_report = float("-inf")  # loop time of the last answer (or failure)
         self._telemetry = Telemetry(config, self._store, started=self._started)
+        self._abandoned = False  # see abandon()
+
+    def abandon(self) -> None:
+        """The process that started this agent (`batch-agent local`) is gone: cancel every
+        task, then stop. An agent on a VM never does this; its tasks outlive it."""
+        log.warning("the process that started this agent is gone: cancelling its tasks")
+        self._abandoned = True
+        self._stop.set()
 
     async def run(self, *, once: bool = False) -> Outcome:
         """Report until stopped (or, with once, until every task received has ended and its
@@ -279,6 +288,8 @@ class Reporter:
         if self._log_writer is not None and self._writing is not None:
             await self._log_writer.flush(LOGS_AT_STOP)
         if self._tasks is not None:
+            if self._abandoned:
+                await self._tasks.cancel_all(self._config.kill_grace + ABANDON_SLACK)
             await self._tasks.close()
         self._secrets.abort()  # a prestart's worker thread blocked on a secret would hold up exit
         if self._machine is not None and self._state is not AgentState.AGENT_STARTING:

@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+# --exit-with-parent: should `local` die without stopping them (SIGKILL, a crash), the agents
+# cancel their tasks and exit rather than retry a control plane that is gone, forever.
+AGENT_COMMAND = (
+    *(sys.executable, "-m", "batch_agent.cli", "run"),
+    *("--log-format", "json", "--exit-with-parent"),
+)
 _OUTPUT_LOGGER = "batch_agent.output"
 _CHATTER = ('"severity": "INFO"', '"severity": "DEBUG"')  # as `--log-format json` spells them
 _TAG = re.compile(r"task (\d+) r(\d+)")
@@ -76,7 +82,7 @@ class AgentProcess:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batch_agent.cli", "run", "--log-format", "json"],
+            [*AGENT_COMMAND],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

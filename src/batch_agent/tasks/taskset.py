@@ -160,6 +160,18 @@ class TaskSet:
         states = (s.record.state for s in self._slots.values())
         return self._deleted_failed or TaskState.FAILED in states
 
+    async def cancel_all(self, timeout: timedelta) -> None:
+        """Cancel every unfinished task as the server's CANCELLED would, and wait at most
+        `timeout` for them to end: for an agent whose `local` is gone, so that no task of a
+        run nobody watches goes on."""
+        driving = []
+        for slot in self._slots.values():
+            if slot.run is not None and slot.driving is not None and not slot.driving.done():
+                slot.run.cancel()
+                driving.append(slot.driving)
+        if driving:
+            await asyncio.wait(driving, timeout=timeout.total_seconds())
+
     async def close(self) -> None:
         """Leave every task running (they outlive the agent) and stop driving them. Deletions
         under way get TEARDOWN_AT_CLOSE to finish (a record left behind is deleted again by the
