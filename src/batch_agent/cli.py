@@ -193,13 +193,19 @@ def _watch_parent(gone: Callable[[], None]) -> None:
     """Call `gone` on the event loop once our parent process has ended (at once if it has
     already: we were reparented), by a pidfd: nothing polls."""
     import asyncio
+    import logging
 
     parent = os.getppid()
     try:
         pidfd = os.pidfd_open(parent)
-    except OSError:  # ended already (ESRCH), or no pidfd_open: stop rather than outlive it
-        pidfd = -1
-    if pidfd < 0 or os.getppid() != parent:  # the parent ended before we looked
+    except ProcessLookupError:  # it has ended already
+        gone()
+        return
+    except OSError as error:  # no pidfd_open (Linux < 5.3, seccomp): run on unwatched
+        logging.getLogger(__name__).warning("cannot watch the parent process: %s", error)
+        return
+    if os.getppid() != parent:  # it ended before we looked: this pidfd may be another's
+        os.close(pidfd)
         gone()
         return
     loop = asyncio.get_running_loop()
