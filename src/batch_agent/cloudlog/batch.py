@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch_agent.cloudlog.body import bodies
 from batch_agent.cloudlog.entries import Destination, Segment, entries_for, segment_lines
 from batch_agent.cloudlog.reader import TRUNCATED, file_size, read_again, read_new
 from batch_agent.cloudlog.tasklogs import STREAMS, TaskLog
@@ -31,8 +32,7 @@ class Write:
     """One request: the segments of each task, their entries, and the agent's own entries."""
 
     segments: dict[TaskLog, list[Segment]] = field(default_factory=dict)
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)  # the entries' calls, once encoded
+    bodies: list[bytes] = field(default_factory=list)  # the entries' calls, encoded
     full: bool = False  # a budget ran out: there is more to send at once
 
 
@@ -78,11 +78,13 @@ def build(
     masker: Masker | None,
     now_ns: int,
 ) -> Write:
-    """Read, mask and turn the picks into entries; new segments are stamped `now_ns`.
-    Blocks on local reads: call it from a worker thread."""
+    """Read, mask and turn the picks into entries, encoded as the calls that write them (the
+    entries themselves are not kept); new segments are stamped `now_ns`. Blocks on local
+    reads and encodes: call it from a worker thread."""
     write = Write()
+    entries: list[dict[str, Any]] = []
     for task_log, chosen, again in picks:
-        if len(write.entries) >= MAX_ENTRIES:
+        if len(entries) >= MAX_ENTRIES:
             write.full = True
             break
         path = output_path(task_dir(workdir, task_log.record.task_id), chosen.k, chosen.stream)
@@ -98,7 +100,7 @@ def build(
                 continue
             segment = Segment(chosen.k, chosen.stream, chosen.start, end, now_ns, chosen.final)
         lines = segment_lines(data, segment)
-        room = MAX_ENTRIES - len(write.entries)
+        room = MAX_ENTRIES - len(entries)
         if not again and len(lines) > room:  # cut the new segment at a line boundary
             write.full = True
             cut = lines[room][0]  # where the first line left out starts
@@ -106,6 +108,8 @@ def build(
             segment = Segment(segment.k, segment.stream, segment.start, cut, now_ns)
         if masker is not None:
             lines = [(offset, masker.mask_bytes(raw)) for offset, raw in lines]
-        write.entries += entries_for(lines, segment, destinations[task_log])
+        entries += entries_for(lines, segment, destinations[task_log])
         write.segments.setdefault(task_log, []).append(segment)
+    if entries:
+        write.bodies = bodies(entries)
     return write

@@ -32,14 +32,11 @@ from typing import TypeVar
 from batch_agent.cloudlog.agentlog import AgentLog
 from batch_agent.cloudlog.batch import (
     MAX_ENTRIES,
-    Pick,
-    Write,
     build,
     pick,
     streams,
 )
 from batch_agent.cloudlog.body import bodies
-from batch_agent.cloudlog.entries import Destination
 from batch_agent.cloudlog.sender import LogClient, Sender
 from batch_agent.cloudlog.tasklogs import Site, TaskLog
 from batch_agent.tasks.masking import Masker
@@ -189,7 +186,7 @@ class CloudLogWriter:
         masker = self._masker if self._masker else None
         now_ns = time.time_ns()
         write = await self._in_thread(
-            functools.partial(_prepare, picks, self._workdir, destinations, masker, now_ns)
+            functools.partial(build, picks, self._workdir, destinations, masker, now_ns)
         )
         write.full |= full
         if agent_entries:  # a call of their own: the rest was encoded in a worker thread
@@ -256,18 +253,3 @@ class CloudLogWriter:
             task_log = self._logs.get(name)
             if task_log is None or self._caught_up(task_log):
                 done.set()
-
-
-def _prepare(
-    picks: list[Pick],
-    workdir: Path,
-    destinations: dict[TaskLog, Destination],
-    masker: Masker | None,
-    now_ns: int,
-) -> Write:
-    """`build`, and the calls that write its entries (their JSON), in the same worker thread:
-    the entries themselves are not kept."""
-    write = build(picks, workdir, destinations, masker, now_ns)
-    if write.entries:
-        write.bodies, write.entries = bodies(write.entries), []
-    return write
