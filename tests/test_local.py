@@ -398,17 +398,24 @@ def test_output_is_read_from_cloud_logging_after_the_task_runs(tmp_path: Path) -
     assert len(warnings) == 6 and all(" WARNING: [task_id:task/" in w for w in warnings)
 
 
+def sleeping_job(tmp_path: Path, count: int, *, stderr: int) -> subprocess.Popen[str]:
+    """`local --json` running `count` tasks (2 at a time) that each write their shell's and a
+    `sleep 300`'s pids to `tmp_path/pids`, print "started" and wait."""
+    pids = tmp_path / "pids"
+    text = f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; echo started; wait"
+    config = job(script(text), count=count, parallelism=2)
+    return subprocess.Popen(
+        [*LOCAL, write(tmp_path, config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def test_sigint_cancels_the_job_and_leaves_nothing_behind(tmp_path: Path) -> None:
     """Ctrl-C cancels every task (their processes die), stops every agent and exits 130."""
     pids = tmp_path / "pids"
-    text = f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; echo started; wait"
-    config = job(script(text), count=3, parallelism=2)
-    with subprocess.Popen(
-        [*LOCAL, write(tmp_path, config), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with sleeping_job(tmp_path, 3, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         seen: list[dict[str, Any]] = []
         while sum(e["event"] == "output" for e in seen) < 2:
@@ -436,14 +443,7 @@ def test_agents_cancel_their_tasks_and_exit_when_local_is_killed(tmp_path: Path)
     its parent), cancels its tasks and exits instead of retrying a control plane that is
     gone."""
     pids = tmp_path / "pids"
-    text = f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; echo started; wait"
-    config = job(script(text), count=2, parallelism=2)
-    with subprocess.Popen(
-        [*LOCAL, write(tmp_path, config), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as proc:
+    with sleeping_job(tmp_path, 2, stderr=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
         agents: set[int] = set()
         while len(agents) < 2:

@@ -487,14 +487,7 @@ def test_find_waiter_by_its_command_line(tmp_path: Path) -> None:
     script.chmod(0o700)
 
     async def go() -> tuple[int, int | None]:
-        started = await start_script(
-            script,
-            env={"PATH": "/usr/bin:/bin"},
-            cwd=tmp_path,
-            stdout_path=tmp_path / "out",
-            stderr_path=tmp_path / "err",
-            status_path=tmp_path / "status",
-        )
+        started = await start(tmp_path, script)
         assert isinstance(started, ScriptExecution)
         try:
             found = find_waiter(tmp_path / "status")
