@@ -77,19 +77,6 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def parse_wire_time(value: object) -> datetime:
-    """A `google-datetime` value as it arrives (any JSON) -> an aware datetime; ValueError
-    naming the value if it is not a short RFC 3339 string."""
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT:
-        try:
-            return parse_time(value)
-        except ValueError:
-            pass
-    raise ValueError(f"{quote(value)} is not an RFC 3339 time")
-
-
 def parse_integer(value: object, kind: str) -> int:
     """An integer of `kind` (int32, int64, uint64) as it arrives: a JSON number or, as proto3
     JSON allows and int64 requires, a decimal string. ValueError naming the value when it is
