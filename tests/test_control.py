@@ -140,6 +140,15 @@ def test_unknown_parent_is_not_retryable(control: ControlPlane) -> None:
     assert (error.retryable, error.status) == (False, 404)
 
 
+def test_each_parent_is_reported_to_its_own_uri(emu: Emulator, control: ControlPlane) -> None:
+    """The request built once per parent (and kept) is not reused for another parent."""
+    control.report(PARENT, REQUEST)
+    error = report_error(control, parent="projects/123456789012/locations/europe-west4")
+    assert error.status == 404  # the emulator knows one region only: refused, not recorded
+    control.report(PARENT, REQUEST)
+    assert [r.body for r in emu.reports] == [REQUEST, REQUEST]
+
+
 def test_connection_refused_is_retryable(emu: Emulator, closed_port: int) -> None:
     """A control plane that refuses connections is retryable, without a status."""
     control = ControlPlane(f"http://127.0.0.1:{closed_port}/", metadata_host=emu.metadata_host)

@@ -11,6 +11,7 @@ proxy variables itself).
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -72,9 +73,8 @@ class ControlPlane(GoogleApi):
     def _report(
         self, parent: str, request: dict[str, Any], deadline: timedelta
     ) -> ReportAgentStateResponse:
-        state = self._resource("projects", "locations", "state")
-        call = state.report(parent=parent, body=request)
-        content = self._send(call, deadline)
+        call = self._call(("projects", "locations", "state"), "report", parent=parent)
+        content = self._send(call, deadline, json.dumps(request).encode())
         try:
             return parse_response(content)
         except MalformedResponse as error:

@@ -36,5 +36,5 @@ class CloudLogging(GoogleApi):
         # the largest cost of shipping. It builds the URI, method and headers from an empty one.
         self._classified(
             "a write",
-            lambda: self._send(self._resource("entries").write(body={}), self.deadline, body),
+            lambda: self._send(self._call(("entries",), "write"), self.deadline, body),
         )

@@ -65,6 +65,7 @@ class GoogleApi:
         self._metadata_host = metadata_host
         self._service: Any = None
         self._resources: dict[tuple[str, ...], Any] = {}  # see _resource
+        self._calls: dict[tuple[str, ...], Any] = {}  # see _call
         self._authorized: google_auth_httplib2.AuthorizedHttp | None = None
         self._abort = threading.Event()  # set by abort(), cleared by each call
         self._https: list[httplib2.Http] = []  # every connection pool a call may use
@@ -81,7 +82,7 @@ class GoogleApi:
         for pool in self._https:
             pool.close()
         self._service, self._authorized, self._https = None, None, []
-        self._resources = {}
+        self._resources, self._calls = {}, {}
 
     def _classified(self, what: str, call: Callable[[], T]) -> T:
         """`call()`, any failure raised as a ControlPlaneError: expected ones classified, a bug
@@ -131,6 +132,17 @@ class GoogleApi:
                 resource = getattr(resource, name)()
             self._resources[path] = resource
         return resource
+
+    def _call(self, path: tuple[str, ...], method: str, **params: str) -> Any:
+        """The request googleapiclient builds for `method` of the resource at `path` with
+        `params` and an empty body, built once and kept: its URI, method and headers serve
+        every call with those params, each sending its own body through `_send` (building it
+        anew cost ~0.2 ms a report: the method's parameter checks, its URI template)."""
+        key = (*path, method, *(f"{k}={v}" for k, v in sorted(params.items())))
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = getattr(self._resource(*path), method)(**params, body={})
+        return call
 
     def _send(self, call: Any, deadline: timedelta, body: bytes | None = None) -> bytes:
         """Send the request googleapiclient built (`call`; `body` instead of its own, already
