@@ -147,6 +147,7 @@ NOT_FOR_VERSION += ["logging", "argparse"]
 # container: google.oauth2.service_account (cryptography) and httplib2.auth (pyparsing) are
 # deferred by control/deferred.py; the rest are imported where used.
 NOT_FOR_RUN = ["cryptography", "pyparsing", "http.server", "prometheus_client", "docker"]
+NOT_FOR_RUN += ["pydantic"]  # the task models are plain dataclasses (wire/task.py)
 
 
 def test_version_loads_no_event_loop_no_google_stack_no_pydantic():
@@ -168,8 +169,8 @@ def test_an_agent_running_a_task_loads_none_of_what_it_does_not_use(make_emulato
 # Never loaded before an agent has a task: its first report (the VM's start-up) does not wait
 # for the task side. The task models, plans, runs, drivers, hooks and the process layer come
 # with the first task (tasks/taskset.py, tasks/assembly.py, cloudlog/tasklogs.py); so does
-# pydantic, which only the task models use (a report is plain code: wire/report.py).
-NOT_BEFORE_A_TASK = ["pydantic", "pydantic_core", "batch_agent.wire.fields"]
+# the task models (a report is plain code: wire/report.py). pydantic is never loaded.
+NOT_BEFORE_A_TASK = ["pydantic", "pydantic_core"]
 NOT_BEFORE_A_TASK += ["batch_agent.wire.task", "batch_agent.tasks.plan", "batch_agent.tasks.runner"]
 NOT_BEFORE_A_TASK += ["batch_agent.tasks.hooks", "batch_agent.tasks.volumes", *DRIVERS]
 NOT_BEFORE_A_TASK += [

@@ -23,7 +23,7 @@ NAME = "projects/1/locations/r/jobs/j/taskGroups/group0/tasks/7"
 
 
 def plan_of(**task):
-    return make_plan(AgentTask.model_validate({"task": NAME, **task}))
+    return make_plan(AgentTask.from_wire({"task": NAME, **task}))
 
 
 def test_spec_runnables_win_and_agent_spec_gives_the_user():
@@ -119,7 +119,7 @@ def test_all_problems_are_reported_at_once():
 def test_index_and_attempt_come_from_the_name():
     """The documented agent form gives BATCH_TASK_INDEX and BATCH_TASK_RETRY_ATTEMPT."""
     plan = make_plan(
-        AgentTask.model_validate(
+        AgentTask.from_wire(
             {"task": "task/j-1-2-group0-4/3/0", "spec": {"runnables": [{"script": {"text": "x"}}]}}
         )
     )

@@ -77,7 +77,7 @@ class Task:
     ) -> None:
         self.recorder = recorder or Recorder()
         self.lines: list[str] = []
-        agent_task = AgentTask.model_validate(
+        agent_task = AgentTask.from_wire(
             {"task": NAME, "spec": {"runnables": runnables, **spec.pop("spec", {})}, **spec}
         )
         self.record = record or TaskRecord(task_id=NAME, raw={})
@@ -422,7 +422,7 @@ def test_the_deadline_watch_ends_when_cancelled_as_a_runnable_ends():
     (asyncio.wait_for on Python 3.11 swallowed that cancel, and the task never finished: one
     `local` run of examples/hello-world.json in three hung)."""
     spec = {"runnables": [script("true")], "maxRunDuration": "60s"}  # the watch has a timeout
-    plan = make_plan(AgentTask.model_validate({"task": NAME, "spec": spec}))
+    plan = make_plan(AgentTask.from_wire({"task": NAME, "spec": spec}))
     record = TaskRecord(task_id=NAME, raw={})
     record.runnables[1] = RunnableRecord(started_at=format_time(datetime.now(UTC)))
 

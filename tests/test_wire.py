@@ -23,19 +23,16 @@ def _camel(name: str) -> str:
 
 
 def _fields(model: type) -> dict[str, object]:
-    """A model's wire names and annotations: pydantic's aliases (the task side) or the
-    dataclass fields' names in camelCase (the report side)."""
-    if dataclasses.is_dataclass(model):
-        hints = typing.get_type_hints(model)
-        return {_camel(f.name): hints[f.name] for f in dataclasses.fields(model)}
-    assert issubclass(model, wire.WireModel)
-    return {str(f.alias): f.annotation for f in model.model_fields.values()}
+    """A model's wire names and annotations: its dataclass fields' names in camelCase."""
+    assert dataclasses.is_dataclass(model)
+    hints = typing.get_type_hints(model)
+    return {_camel(f.name): hints[f.name] for f in dataclasses.fields(model)}
 
 
 def _is_model(annotation: object) -> bool:
     if not isinstance(annotation, type):
         return False
-    return dataclasses.is_dataclass(annotation) or issubclass(annotation, wire.WireModel)
+    return dataclasses.is_dataclass(annotation)
 
 
 def _models(annotation: object) -> list[type]:

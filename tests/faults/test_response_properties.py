@@ -171,7 +171,7 @@ def test_every_task_the_schema_accepts_parses(tasks: list[dict[str, Any]]) -> No
     body = json.dumps({"tasks": tasks, "minReportInterval": "1s"}).encode()
     response = wire.parse_response(body)
     assert [wire.parse_agent_task(raw) for raw in response.tasks] == [
-        wire.AgentTask.model_validate(raw) for raw in tasks
+        wire.AgentTask.from_wire(raw) for raw in tasks
     ]
     plan_each(response)
 

@@ -3,14 +3,14 @@
 Import everything from here (`from batch_agent.wire import AgentTask, parse_response`); the
 modules are `encoding` (the JSON encoding's wrinkles in plain code: int64 as strings,
 `google-duration`, RFC 3339 times; bounded-cost number parsing), `report` (the request and the
-response, plain dataclasses and a hand-written parser), `task` (the tasks a response assigns,
-pydantic models parsed one by one) and `fields` (the pydantic field types `task` is built of).
+response, plain dataclasses and a hand-written parser) and `task` (the tasks a response
+assigns, plain dataclasses parsed one by one by a parser their field types drive).
 Whatever a server sends, parsing costs time bounded by the body's size and raises only the
 documented errors (`parse_response`: MalformedResponse; `parse_agent_task`: none).
 
-This package imports nothing else of ours and knows nothing of HTTP. `task` and `fields`, and
-with them pydantic, are imported at the first use of one of their names, not with the package
-(see `__getattr__`): a report never loads them.
+This package imports nothing else of ours and knows nothing of HTTP. `task` is imported at the
+first use of one of its names, not with the package (see `__getattr__`): a report never loads
+it.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,6 @@ from batch_agent.wire.report import (
 )
 
 if TYPE_CHECKING:  # at run time `__getattr__` imports them at their first use
-    from batch_agent.wire.fields import Duration, Int32, Int64, WireModel
     from batch_agent.wire.task import (
         GCS,
         NFS,
@@ -58,7 +57,10 @@ if TYPE_CHECKING:  # at run time `__getattr__` imports them at their first use
         Barrier,
         ComputeResource,
         Container,
+        Duration,
         Environment,
+        Int32,
+        Int64,
         IntendedState,
         KMSEnvMap,
         LifecyclePolicy,
@@ -111,7 +113,6 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "Volume",
-    "WireModel",
     "format_duration",
     "format_time",
     "parse_agent_task",
@@ -121,16 +122,13 @@ __all__ = [
 ]
 
 
-_FIELDS = ("Duration", "Int32", "Int64", "WireModel")
-
-
 def __getattr__(name: str) -> Any:
-    """The names of `task` and `fields` (the only ones of `__all__` not bound above), imported
-    at the first use of one: an agent with no task yet reports without pydantic."""
+    """The names of `task` (the only ones of `__all__` not bound above), imported at the first
+    use of one: an agent with no task yet reports without the task models."""
     if name in __all__:
-        from batch_agent.wire import fields, task
+        from batch_agent.wire import task
 
-        value = getattr(fields if name in _FIELDS else task, name)
+        value = getattr(task, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,8 +6,8 @@ Numbers arrive as text from a server we do not control. Each is checked for leng
 before it is converted, so that parsing costs microseconds whatever is sent ("1e600000" or a
 million digits), and each is checked for range before it becomes a timedelta, so that neither
 timedelta nor `datetime.now() + duration` can overflow later. This module defines no message
-of the API, knows nothing of HTTP and imports no pydantic: the report path (`report`) uses it
-alone; the task side's pydantic field types (`fields`) are built on it.
+of the API and knows nothing of HTTP: the report path (`report`) uses it alone; the task side's
+field converters (`task`) are built on it.
 """
 
 from __future__ import annotations

@@ -1,21 +1,29 @@
 """The tasks a `state:report` response assigns: `AgentTask` and its spec, named as in
 batch.v1.json, and `parse_agent_task`, which parses one of them on its own.
 
-A response's tasks are parsed one by one so that one malformed task fails alone (as a
-`BadAgentTask` naming its problems) instead of taking the whole response with it; parsing
-never raises and costs time bounded by the task's size. This module knows nothing of HTTP
-and of what the agent does with a task.
+Plain frozen dataclasses, each field read from its camelCase wire name (or, as proto3 JSON
+parsers also accept, its snake_case one) by the converter its type names (`_converter`):
+strings, booleans, `Int32`/`Int64` (a JSON number or a decimal string), `Duration` (`"1.5s"`),
+lists, string maps and nested messages; unknown fields are ignored and JSON null is the same
+as no value. No pydantic: it and the models it built cost an agent ~150 ms of CPU at its first
+task. A response's tasks are parsed one by one so that one malformed task fails alone (as a
+`BadAgentTask` naming its problems, `path: what is wrong`) instead of taking the whole
+response with it; parsing never raises and costs time bounded by the task's size. This module
+knows nothing of HTTP and of what the agent does with a task.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError
-
-from batch_agent.wire.encoding import json_path
-from batch_agent.wire.fields import Duration, Int32, Int64, WireModel
+from batch_agent.wire.encoding import json_path, parse_duration, parse_integer, quote
 
 
 class IntendedState(StrEnum):  # values are the wire strings
@@ -24,24 +32,43 @@ class IntendedState(StrEnum):  # values are the wire strings
     DELETED = "DELETED"
 
 
-class Barrier(WireModel):
+# Field types whose JSON encoding has a wrinkle: the converter is named by the annotation.
+Int32 = Annotated[int, "int32"]
+Int64 = Annotated[int, "int64"]  # a decimal string on the wire (a JSON number is read too)
+Duration = Annotated[timedelta, "duration"]  # "3600s", "1.5s"
+
+# Each class has a docstring: without one, @dataclass makes one from inspect.signature when the
+# module is imported (see report.py).
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Barrier:
+    """A barrier runnable: every task of the group waits here for the others."""
+
     name: str | None = None
 
 
-class Script(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Script:
+    """A script runnable: a file to run, or its text."""
+
     path: str | None = None
     text: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentScript(Script):
-    pass
+    """A script runnable of an `agentTaskSpec`."""
 
 
-class Container(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Container:
+    """A container runnable."""
+
     image_uri: str | None = None
-    commands: list[str] = Field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     entrypoint: str | None = None
-    volumes: list[str] = Field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
     options: str | None = None
     block_external_network: bool | None = None
     username: str | None = None
@@ -49,36 +76,52 @@ class Container(WireModel):
     enable_image_streaming: bool | None = None
 
 
-class AgentContainer(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentContainer:
+    """A container runnable of an `agentTaskSpec`."""
+
     image_uri: str | None = None
-    commands: list[str] = Field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     entrypoint: str | None = None
-    volumes: list[str] = Field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
     options: str | None = None
 
 
-class KMSEnvMap(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KMSEnvMap:
+    """Variables encrypted with a Cloud KMS key: a JSON map once decrypted."""
+
     key_name: str | None = None
     cipher_text: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentKMSEnvMap(KMSEnvMap):
-    pass
+    """`KMSEnvMap` of an `agentTaskSpec`."""
 
 
-class Environment(WireModel):
-    variables: dict[str, str] = Field(default_factory=dict)
-    secret_variables: dict[str, str] = Field(default_factory=dict)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Environment:
+    """Variables of a task or a runnable: plain, from Secret Manager, encrypted."""
+
+    variables: dict[str, str] = field(default_factory=dict)
+    secret_variables: dict[str, str] = field(default_factory=dict)
     encrypted_variables: KMSEnvMap | None = None
 
 
-class AgentEnvironment(WireModel):
-    variables: dict[str, str] = Field(default_factory=dict)
-    secret_variables: dict[str, str] = Field(default_factory=dict)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentEnvironment:
+    """`Environment` of an `agentTaskSpec`."""
+
+    variables: dict[str, str] = field(default_factory=dict)
+    secret_variables: dict[str, str] = field(default_factory=dict)
     encrypted_variables: AgentKMSEnvMap | None = None
 
 
-class AgentTaskRunnable(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentTaskRunnable:
+    """A runnable of an `agentTaskSpec` (no barriers, no names)."""
+
     script: AgentScript | None = None
     container: AgentContainer | None = None
     environment: AgentEnvironment | None = None
@@ -88,7 +131,10 @@ class AgentTaskRunnable(WireModel):
     timeout: Duration | None = None
 
 
-class Runnable(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Runnable:
+    """A runnable of a `spec`."""
+
     script: Script | None = None
     container: Container | None = None
     barrier: Barrier | None = None
@@ -98,84 +144,122 @@ class Runnable(WireModel):
     background: bool = False
     always_run: bool = False
     timeout: Duration | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
-class NFS(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NFS:
+    """An NFS export to mount."""
+
     server: str | None = None
     remote_path: str | None = None
 
 
-class GCS(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GCS:
+    """A Cloud Storage bucket (and path) to mount."""
+
     remote_path: str | None = None
 
 
-class Volume(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Volume:
+    """A volume to mount at `mount_path`: NFS, a bucket or a disk."""
+
     mount_path: str | None = None
     nfs: NFS | None = None
     gcs: GCS | None = None
     device_name: str | None = None
-    mount_options: list[str] = Field(default_factory=list)
+    mount_options: list[str] = field(default_factory=list)
 
 
-class ComputeResource(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComputeResource:
+    """What a task asks of the VM."""
+
     cpu_milli: Int64 | None = None
     memory_mib: Int64 | None = None
     boot_disk_mib: Int64 | None = None
 
 
-class ActionCondition(WireModel):
-    exit_codes: list[Int32] = Field(default_factory=list)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActionCondition:
+    """The exit codes a lifecycle policy applies to."""
+
+    exit_codes: list[Int32] = field(default_factory=list)
 
 
-class LifecyclePolicy(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LifecyclePolicy:
+    """What to do (retry, fail) when a task ends with one of some exit codes."""
+
     action: str | None = None
     action_condition: ActionCondition | None = None
 
 
-class TaskSpec(WireModel):
-    runnables: list[Runnable] = Field(default_factory=list)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    """A task's `spec`: its runnables (barriers and names too), limits, volumes, variables."""
+
+    runnables: list[Runnable] = field(default_factory=list)
     compute_resource: ComputeResource | None = None
     max_run_duration: Duration | None = None
     max_retry_count: Int32 | None = None
-    lifecycle_policies: list[LifecyclePolicy] = Field(default_factory=list)
-    environments: dict[str, str] = Field(default_factory=dict)
-    volumes: list[Volume] = Field(default_factory=list)
+    lifecycle_policies: list[LifecyclePolicy] = field(default_factory=list)
+    environments: dict[str, str] = field(default_factory=dict)
+    volumes: list[Volume] = field(default_factory=list)
     environment: Environment | None = None
 
 
-class AgentTaskUserAccount(WireModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentTaskUserAccount:
+    """The user a task's runnables run as."""
+
     uid: Int64 | None = None
     gid: Int64 | None = None
 
 
-class AgentTaskLoggingOption(WireModel):
-    labels: dict[str, str] = Field(default_factory=dict)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentTaskLoggingOption:
+    """Ship the task's output to Cloud Logging, with these labels."""
+
+    labels: dict[str, str] = field(default_factory=dict)
 
 
-class AgentTaskSpec(WireModel):
-    runnables: list[AgentTaskRunnable] = Field(default_factory=list)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentTaskSpec:
+    """A task's `agentTaskSpec`: its runnables, variables, limit, user and logging."""
+
+    runnables: list[AgentTaskRunnable] = field(default_factory=list)
     environment: AgentEnvironment | None = None
     max_run_duration: Duration | None = None
     user_account: AgentTaskUserAccount | None = None
     logging_option: AgentTaskLoggingOption | None = None
 
 
-def _unspecified_is_unset(value: object) -> object:
-    # The proto3 zero value, which the discovery document lists: the same as no value.
-    return None if value == "INTENDED_STATE_UNSPECIFIED" else value
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentTask:
+    """One task of a response: its name, what the server wants of it, and its work."""
 
-
-class AgentTask(WireModel):
     task: str
-    intended_state: Annotated[IntendedState | None, BeforeValidator(_unspecified_is_unset)] = None
+    intended_state: IntendedState | None = None
     reached_barrier: Int64 = 0
     spec: TaskSpec | None = None
     agent_task_spec: AgentTaskSpec | None = None
     task_source: str | None = None
 
+    @classmethod
+    def from_wire(cls, raw: object) -> AgentTask:
+        """A task from its JSON form; raises ValueError naming every problem (for callers
+        sure of it: a response's tasks go through `parse_agent_task`)."""
+        task = parse_agent_task(raw)
+        if isinstance(task, BadAgentTask):
+            raise ValueError("; ".join(task.problems))
+        return task
 
-class BadAgentTask(BaseModel):
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BadAgentTask:
     """A response task that could not be parsed; `problems` name the field and what is wrong."""
 
     task: str
@@ -191,22 +275,165 @@ def parse_agent_task(raw: object) -> AgentTask | BadAgentTask:
     or whose name is not a string, is a BadAgentTask named ""."""
     if not isinstance(raw, dict):
         return BadAgentTask(task="", intended_state=None, problems=["task: not an object"])
+    problems: list[str] = []
+    task = _message(AgentTask, raw, (), problems)
+    if not problems and isinstance(task, AgentTask):
+        return task
+    if len(problems) > _MAX_PROBLEMS:
+        more = len(problems) - _MAX_PROBLEMS
+        problems = [*problems[:_MAX_PROBLEMS], f"... and {more} more problems"]
+    name = raw.get("task")
+    intended = raw.get("intendedState")
+    return BadAgentTask(
+        task=name if isinstance(name, str) else "",
+        # isinstance first: a list or dict here is unhashable.
+        intended_state=(
+            IntendedState(intended)
+            if isinstance(intended, str) and intended in IntendedState.__members__
+            else None
+        ),
+        problems=problems,
+    )
+
+
+# --- the parser ------------------------------------------------------------------------------
+
+Path = tuple[int | str, ...]
+# A converter: (value, its path, the problems so far) -> the value, or _BAD (a problem added).
+Converter = Callable[[Any, Path, list[str]], Any]
+_BAD: Any = object()
+_BOOLEANS = {
+    **dict.fromkeys(("1", "on", "t", "true", "y", "yes"), True),
+    **dict.fromkeys(("0", "off", "f", "false", "n", "no"), False),
+}
+# (python name, wire name, converter, required) of each field of each message, made at first
+# use from the dataclass fields and their annotations.
+_FIELDS: dict[type, list[tuple[str, str, Converter, bool]]] = {}
+
+
+def _message(cls: type, value: Any, path: Path, problems: list[str]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(f"{json_path(path)}: {quote(value)} is not an object")
+        return _BAD
+    before = len(problems)
+    values: dict[str, Any] = {}
+    for name, wire, convert, required in _FIELDS.get(cls) or _fields(cls):
+        key = wire if wire in value else name
+        item = value.get(key)
+        if item is None:  # absent, or JSON null: the default
+            if required:
+                problems.append(f"{json_path((*path, wire))}: required")
+            continue
+        converted = convert(item, (*path, key), problems)
+        if converted is not _BAD:
+            values[name] = converted
+    return cls(**values) if len(problems) == before else _BAD
+
+
+def _fields(cls: type) -> list[tuple[str, str, Converter, bool]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    _FIELDS[cls] = fields = [
+        (f.name, _camel(f.name), _converter(hints[f.name]), _required(f))
+        for f in dataclasses.fields(cls)
+    ]
+    return fields
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _converter(annotation: Any) -> Converter:
+    """The converter for a field annotated `annotation` (Optional is JSON null: no value)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: null is no value anyway
+        return _converter(next(a for a in args if a is not type(None)))
+    if origin is Annotated:
+        kind = annotation.__metadata__[0]
+        return _duration if kind == "duration" else _integer(kind)
+    if origin is list:
+        return _list(_converter(args[0]))
+    if origin is dict:
+        return _string_map
+    if annotation is str:
+        return _string
+    if annotation is bool:
+        return _boolean
+    if annotation is IntendedState:
+        return _intended_state
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        cls = annotation
+        return lambda value, path, problems: _message(cls, value, path, problems)
+    raise TypeError(f"no converter for {annotation!r}")
+
+
+def _string(value: Any, path: Path, problems: list[str]) -> Any:
+    if isinstance(value, str):
+        return value
+    problems.append(f"{json_path(path)}: {quote(value)} is not a string")
+    return _BAD
+
+
+def _boolean(value: Any, path: Path, problems: list[str]) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _BOOLEANS:
+        return _BOOLEANS[value.lower()]
+    problems.append(f"{json_path(path)}: {quote(value)} is not a boolean")
+    return _BAD
+
+
+def _integer(kind: str) -> Converter:
+    def convert(value: Any, path: Path, problems: list[str]) -> Any:
+        try:
+            return parse_integer(value, kind)
+        except ValueError as error:
+            problems.append(f"{json_path(path)}: {error}")
+            return _BAD
+
+    return convert
+
+
+def _duration(value: Any, path: Path, problems: list[str]) -> Any:
     try:
-        return AgentTask.model_validate(raw)
-    except ValidationError as error:
-        name = raw.get("task")
-        intended = raw.get("intendedState")
-        problems = [f"{json_path(item['loc'])}: {item['msg']}" for item in error.errors()]
-        if len(problems) > _MAX_PROBLEMS:
-            more = len(problems) - _MAX_PROBLEMS
-            problems = [*problems[:_MAX_PROBLEMS], f"... and {more} more problems"]
-        return BadAgentTask(
-            task=name if isinstance(name, str) else "",
-            # isinstance first: a list or dict here is unhashable.
-            intended_state=(
-                IntendedState(intended)
-                if isinstance(intended, str) and intended in IntendedState.__members__
-                else None
-            ),
-            problems=problems,
-        )
+        return parse_duration(value)
+    except ValueError as error:
+        problems.append(f"{json_path(path)}: {error}")
+        return _BAD
+
+
+def _intended_state(value: Any, path: Path, problems: list[str]) -> Any:
+    if value == "INTENDED_STATE_UNSPECIFIED":  # the proto3 zero value: the same as no value
+        return None
+    if isinstance(value, str) and value in IntendedState.__members__:
+        return IntendedState(value)
+    problems.append(f"{json_path(path)}: {quote(value)} is not one of {', '.join(IntendedState)}")
+    return _BAD
+
+
+def _list(item: Converter) -> Converter:
+    def convert(value: Any, path: Path, problems: list[str]) -> Any:
+        if not isinstance(value, list):
+            problems.append(f"{json_path(path)}: {quote(value)} is not a list")
+            return _BAD
+        items = [item(element, (*path, i), problems) for i, element in enumerate(value)]
+        return _BAD if any(element is _BAD for element in items) else items
+
+    return convert
+
+
+def _string_map(value: Any, path: Path, problems: list[str]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(f"{json_path(path)}: {quote(value)} is not an object")
+        return _BAD
+    bad = [key for key, item in value.items() if not isinstance(item, str)]
+    for key in bad:
+        problems.append(f"{json_path((*path, key))}: {quote(value[key])} is not a string")
+    return _BAD if bad else dict(value)
