@@ -320,3 +320,47 @@ def test_a_response_may_use_the_proto_field_names():
     assert response.use_batch_monitored_resource is True
     both = b'{"minReportInterval": "1s", "min_report_interval": "9s"}'
     assert wire.parse_response(both).min_report_interval == timedelta(seconds=1)
+
+
+def test_snake_case_names_and_nulls_parse_as_proto3_json_does():
+    """A field under its proto name is read too; JSON null is the field's default."""
+    task = wire.parse_agent_task(
+        {
+            "task": "t",
+            "intended_state": "CANCELLED",
+            "reachedBarrier": None,
+            "agent_task_spec": {"runnables": [{"script": {"text": "x"}, "ignoreExitStatus": None}]},
+        }
+    )
+    assert isinstance(task, wire.AgentTask)
+    assert task.intended_state is wire.IntendedState.CANCELLED
+    assert task.reached_barrier == 0
+    assert task.agent_task_spec is not None
+    assert task.agent_task_spec.runnables[0].ignore_exit_status is False
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ({"spec": {"runnables": [{"script": {"text": 5}}]}}, "runnables[0].script.text: 5 is not"),
+        ({"spec": {"runnables": {"a": 1}}}, "runnables: {'a': 1} is not a list"),
+        ({"spec": {"environment": {"variables": {"A": 1}}}}, "environment.variables.A: 1 is not"),
+        ({"spec": {"runnables": [{"background": "maybe"}]}}, 'runnables[0].background: "maybe"'),
+        ({"intendedState": "SOON"}, 'intendedState: "SOON" is not one of'),
+        ({"spec": 5}, "task: 5 is not an object"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_its_path(raw, problem):
+    task = wire.parse_agent_task({"task": "t", **raw})
+    assert isinstance(task, wire.BadAgentTask)
+    assert any(p.startswith(problem) for p in task.problems), task.problems
+
+
+def test_a_task_without_a_name_is_nameless():
+    task = wire.parse_agent_task({"intendedState": "ASSIGNED"})
+    assert isinstance(task, wire.BadAgentTask)
+    assert (task.task, task.intended_state, task.problems) == (
+        "",
+        wire.IntendedState.ASSIGNED,
+        ["task: required"],
+    )
