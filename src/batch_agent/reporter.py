@@ -5,11 +5,10 @@ store and the task set, which wiring.py builds at start-up. Cadence: `defaultRep
 between idle reports, an early report after a task changed, never two reports closer than
 `minReportInterval` (counted from the previous answer), and an early report waits for a burst
 of changes to pause (`Burst`: a task's end and the next one's start go in one report). A
-failed call is retried with capped,
-jittered backoff (at least the server's Retry-After) while tasks keep running; a call the
-server rejects for good (a 400, say) ends the loop with `Rejected`, and so does `--once` after
-`unreachable_timeout` without an answer (`Unreachable`). Blocking calls run in worker threads;
-the loop itself never blocks.
+failed call is retried with capped, jittered backoff (at least the server's Retry-After) while
+tasks keep running; a call the server rejects for good (a 400, say) ends the loop with
+`Rejected`, and so does `--once` after `unreachable_timeout` without an answer (`Unreachable`).
+Blocking calls run in worker threads; the loop itself never blocks.
 """
 
 from __future__ import annotations
