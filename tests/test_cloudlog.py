@@ -135,6 +135,28 @@ def test_the_agent_log_queue_is_bounded_and_says_what_it_dropped() -> None:
     assert accepted(taken)
 
 
+def test_an_agent_log_entry_is_the_logger_and_message_with_any_traceback() -> None:
+    """`logger: message`, as the handler's formatter would make it, the traceback after."""
+    handler = AgentLog()
+    handler.configure(Site("p", "us-central1-a", "us-central1"), "vm-1", "123")
+    logger = logging.getLogger("test.agentlog.text")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        logger.info("task %s: %s", "t-1", "started")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed %d", 3)
+    finally:
+        logger.removeHandler(handler)
+    plain, failed = [e["textPayload"] for e in handler.take(10)]
+    assert plain == "test.agentlog.text: task t-1: started"
+    assert failed.startswith("test.agentlog.text: failed 3\nTraceback")
+    assert failed.endswith("ValueError: boom")
+
+
 def test_a_report_in_protobuf_text_form() -> None:
     """Snake_case names, messages in braces, enums bare, repeated fields repeated, times as
     seconds and nanos: the form Google's troubleshooting guide shows."""
