@@ -20,11 +20,12 @@ When systemd is PID 1 the waiter's command is prefixed with `systemd-run --scope
 user, `setpriv`), which put it in a transient scope of its own and exec it in place: the pid
 started is still the waiter's, with its start time and command line (see `scope.py`).
 
-This module starts runnables (`start_script`) and finds an unrecorded waiter by its command line
-(`find_waiter`); `waiter.py` follows a started one (`ScriptExecution`, `read_status`), and is
-re-exported here. This module must not know about Batch, tasks, HTTP or the wire format, and
-must not block the event loop: `start_script` forks in a worker thread (`spawn_script` is
-the blocking part), `find_waiter` scans /proc and is for worker threads too.
+This module starts runnables in two steps, `open_files` (the checks and file work, for a worker
+thread) and `spawn_opened` (the fork, cheap enough for the event loop's thread: see there), or
+both at once (`start_script`, `spawn_script`), and finds an unrecorded waiter by its command line
+(`find_waiter`, a /proc scan for worker threads); `waiter.py` follows a started one
+(`ScriptExecution`, `read_status`), and is re-exported here. This module must not know about
+Batch, tasks, HTTP or the wire format.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,12 @@ __all__ = [
     "SHELL",
     "STATUS_LOST",
     "WAITER_NAME",
+    "OpenedFiles",
     "ScriptExecution",
     "find_waiter",
+    "open_files",
     "read_status",
+    "spawn_opened",
     "spawn_script",
     "start_script",
     "waiter_argv",
@@ -126,19 +131,20 @@ async def start_script(
     user: tuple[int, int] | None = None,
     leftover_grace: timedelta = LEFTOVER_GRACE,
 ) -> ScriptExecution | ExitResult:
-    """`spawn_script` in a worker thread: the event loop goes on while the files are made and
-    the waiter is forked and exec'd (many tasks starting at once start side by side)."""
-    return await asyncio.to_thread(
-        spawn_script,
+    """`open_files` in a worker thread (the event loop goes on while the files are made), then
+    `spawn_opened` on the loop's thread."""
+    files = await asyncio.to_thread(
+        open_files,
         program,
-        env=env,
         cwd=cwd,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
         status_path=status_path,
         user=user,
-        leftover_grace=leftover_grace,
     )
+    if isinstance(files, ExitResult):
+        return files
+    return spawn_opened(files, env=env, cwd=cwd, user=user, leftover_grace=leftover_grace)
 
 
 def spawn_script(
@@ -151,40 +157,65 @@ def spawn_script(
     status_path: Path,
     user: tuple[int, int] | None = None,
     leftover_grace: timedelta = LEFTOVER_GRACE,
-    gate: Callable[[], bool] | None = None,
 ) -> ScriptExecution | ExitResult:
-    """Start `program` under the waiter in a new session; see the module docstring.
+    """`open_files` then `spawn_opened`, in the calling thread; blocks."""
+    files = open_files(
+        program,
+        cwd=cwd,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        status_path=status_path,
+        user=user,
+    )
+    if isinstance(files, ExitResult):
+        return files
+    return spawn_opened(files, env=env, cwd=cwd, user=user, leftover_grace=leftover_grace)
 
-    A relative `program` is taken relative to `cwd`. stdout/stderr are appended to the given
-    files (created 0600 if missing); stdin is /dev/null; `env` is the complete environment.
-    A stale `status_path` is removed (with `user`: truncated and given to that user, who runs
-    the waiter and the program as that uid/gid with no supplementary groups; stdout and stderr
-    are given to it too, so that it can read them back). None of the three is opened through
-    a symlink or when it is not a regular file (126): with `user`, they must be in a folder
-    that user cannot write, so that it cannot swap a name for another.
 
-    Never raises for a program that cannot start: returns an ExitResult with a reason and exit
-    code 127 (not found) or 126 (not executable, or any other start failure). Failures the
-    waiter only meets at exec time (e.g. unreadable by `user`) look like the program exiting
-    126/127 with the shell's message in stderr. Blocks on small local file operations and
-    until the waiter is exec'd (a fork from the event loop would stall it for that long): call
-    it from a worker thread. `leftover_grace` is the execution's grace before SIGKILL for what
-    the program leaves running when it ends (see `ScriptExecution`). `gate`, when given, is
-    called once the files are open, just before the fork, and may block: False means "do not
-    start" (126).
+@dataclass
+class OpenedFiles:
+    """What one start of the waiter needs, checked and open: `spawn_opened` closes the fds."""
+
+    program: Path
+    status_path: Path
+    stdout: int
+    stderr: int
+    status: int | None  # with a user only: the waiter, as that user, must be able to write it
+
+    def close(self) -> None:
+        for fd in (self.stdout, self.stderr, self.status):
+            if fd is not None:
+                os.close(fd)
+
+
+def open_files(
+    program: Path,
+    *,
+    cwd: Path,
+    stdout_path: Path,
+    stderr_path: Path,
+    status_path: Path,
+    user: tuple[int, int] | None = None,
+) -> OpenedFiles | ExitResult:
+    """Check `program` and open the files of its start; see the module docstring.
+
+    A relative `program` is taken relative to `cwd`. stdout/stderr are opened for appending
+    (created 0600 if missing). A stale `status_path` is removed (with `user`: truncated and
+    given to that user, who runs the waiter and the program; stdout and stderr are given to it
+    too, so that it can read them back). None of the three is opened through a symlink or when
+    it is not a regular file (126): with `user`, they must be in a folder that user cannot
+    write, so that it cannot swap a name for another. A program that cannot start gives an
+    ExitResult with a reason and exit code 127 (not found) or 126 (not executable, or any other
+    failure); this never raises. Blocks on small local file operations: for a worker thread.
     """
     if not program.is_absolute():
         program = cwd / program
     problem = _cannot_execute(program, user)
     if problem is not None:
         return problem
-
-    launcher = scope.launcher(status_path, user)
-    extra: dict[str, Any] = {}
-    if user is not None and launcher is None:  # in a scope, setpriv drops to the user
-        extra = {"user": user[0], "group": user[1], "extra_groups": []}
     fds: list[int] = []
     try:
+        status_fd = None
         if user is not None:  # the waiter, running as `user`, must be able to write it
             fds.append(status_fd := _open_regular(status_path, os.O_TRUNC))
             os.fchown(status_fd, user[0], user[1])
@@ -196,39 +227,74 @@ def spawn_script(
         if user is not None:  # the user may read back what it wrote
             os.fchown(stdout_fd, user[0], user[1])
             os.fchown(stderr_fd, user[0], user[1])
-        if gate is not None and not gate():
-            return ExitResult(126, reason=f"cannot start {program}: its start was called off")
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        return _not_started(program, e)
+    return OpenedFiles(program, status_path, stdout_fd, stderr_fd, status_fd)
+
+
+def spawn_opened(
+    files: OpenedFiles,
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    user: tuple[int, int] | None = None,
+    leftover_grace: timedelta = LEFTOVER_GRACE,
+) -> ScriptExecution | ExitResult:
+    """Start the waiter in a new session on the files `open_files` opened, and close them.
+
+    stdin is /dev/null; `env` is the complete environment; with `user`, the waiter and the
+    program run as that uid/gid with no supplementary groups. Never raises for a program that
+    cannot start (an ExitResult, as `open_files`); failures the waiter only meets at exec time
+    (e.g. unreadable by `user`) look like the program exiting 126/127 with the shell's message
+    in stderr. `leftover_grace` is the execution's grace before SIGKILL for what the program
+    leaves running when it ends (see `ScriptExecution`).
+
+    Forks in the calling thread, the event loop's too: Python forks with vfork where it can
+    (no `user` to switch to here: without systemd's scope), so the caller waits only until the
+    waiter is exec'd, a fraction of a millisecond, and no thread hop comes between a runnable's
+    intent and its start. With a `user` and no scope it is a full fork, ~1 ms for the agent.
+    """
+    launcher = scope.launcher(files.status_path, user)
+    extra: dict[str, Any] = {}
+    if user is not None and launcher is None:  # in a scope, setpriv drops to the user
+        extra = {"user": user[0], "group": user[1], "extra_groups": []}
+    try:
         started = time.monotonic()  # before the waiter's pid is handed out
         with _EXCLUSIVE.hold("fork"):
             process = subprocess.Popen(
-                waiter_argv(program, status_path, launcher or []),
+                waiter_argv(files.program, files.status_path, launcher or []),
                 stdin=subprocess.DEVNULL,
-                stdout=stdout_fd,
-                stderr=stderr_fd,
+                stdout=files.stdout,
+                stderr=files.stderr,
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
                 **extra,
             )
     except OSError as e:
-        what = f": {e.filename}" if e.filename else ""
-        code = 127 if e.errno == errno.ENOENT else 126
-        return ExitResult(code, reason=f"cannot start {program}: {e.strerror}{what}")
+        return _not_started(files.program, e)
     except ValueError as e:  # a NUL byte or '=' in the environment, say
-        return ExitResult(126, reason=f"cannot start {program}: {e}")
+        return ExitResult(126, reason=f"cannot start {files.program}: {e}")
     finally:
-        for fd in fds:
-            os.close(fd)
+        files.close()
     # If the waiter is already gone its status file is written, which is all reattach needs.
     waiter = procfs.read_stat(process.pid)
     return ScriptExecution(
         pid=process.pid,
         start_time=waiter.start_time if waiter else 0,
-        status_path=status_path,
+        status_path=files.status_path,
         process=process,
         leftover_grace=leftover_grace,
         started=started,
     )
+
+
+def _not_started(program: Path, error: OSError) -> ExitResult:
+    what = f": {error.filename}" if error.filename else ""
+    code = 127 if error.errno == errno.ENOENT else 126
+    return ExitResult(code, reason=f"cannot start {program}: {error.strerror}{what}")
 
 
 def waiter_argv(program: Path, status_path: Path, prefix: list[str]) -> list[str]:
