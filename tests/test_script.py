@@ -23,9 +23,12 @@ from batch_agent.tasks.procfs import read_stat
 from batch_agent.tasks.scope import scope_argv
 from batch_agent.tasks.script import (
     WAITER_SCRIPT,
+    OpenedFiles,
     ScriptExecution,
     find_waiter,
+    open_files,
     read_status,
+    spawn_opened,
     spawn_script,
     start_script,
     waiter_argv,
@@ -529,6 +532,29 @@ def test_scope_command_execs_the_waiter_in_a_transient_scope() -> None:
         "--",
     ]
     assert waiter_argv(Path("/p"), Path("/s"), [])[:2] == ["/bin/sh", "-c"]
+
+
+def test_a_script_known_to_have_no_shebang_runs_under_sh_as_its_exec_would(tmp_path: Path) -> None:
+    """`shell=True` runs `/bin/sh PROGRAM` at once: the same program, `$0` and result as the
+    exec that fails with ENOEXEC and falls back to sh, and the waiter stays findable."""
+    program = write_script('echo "$0"; exit 4', tmp_path)
+    argv = waiter_argv(program, tmp_path / "status", [], shell=True)
+    assert argv[-2:] == ["/bin/sh", str(program)]
+    results = []
+    for shell in (False, True):
+        files = open_files(
+            program,
+            cwd=tmp_path,
+            stdout_path=tmp_path / f"out-{shell}",
+            stderr_path=tmp_path / f"err-{shell}",
+            status_path=tmp_path / f"status-{shell}",
+            shell=shell,
+        )
+        assert isinstance(files, OpenedFiles)
+        execution = spawn_opened(files, env=ENV, cwd=tmp_path)
+        assert isinstance(execution, ScriptExecution)
+        results.append((run(execution.wait()), (tmp_path / f"out-{shell}").read_text()))
+    assert results[0] == results[1] == (ExitResult(4), f"{program}\n")
 
 
 def test_a_prefix_that_execs_in_place_keeps_the_waiter_findable(tmp_path: Path) -> None:

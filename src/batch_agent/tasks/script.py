@@ -8,7 +8,8 @@ and signalled):
         batch-waiter STATUS_FILE PROGRAM
 
 The waiter forks and execs PROGRAM (a shebang picks the interpreter; a file without one that
-fails with ENOEXEC is run by the forked shell as a shell script, as execvp would) and, when it
+fails with ENOEXEC is run by the forked shell as a shell script, as execvp would; a script text
+known to have none is given as `/bin/sh PROGRAM`, the same a failed exec sooner) and, when it
 ends, writes `$?` (128+signo for a signal death) to STATUS_FILE. The trap is a handler, not an
 ignore, so PROGRAM gets default signal dispositions while the waiter survives a SIGTERM/SIGINT
 to the group and still records the status; only SIGKILL takes the waiter down with it.
@@ -177,6 +178,7 @@ class OpenedFiles:
     """What one start of the waiter needs, checked and open: `spawn_opened` closes the fds."""
 
     program: Path
+    shell: bool  # run by /bin/sh: see `open_files`
     status_path: Path
     stdout: int
     stderr: int
@@ -196,8 +198,12 @@ def open_files(
     stderr_path: Path,
     status_path: Path,
     user: tuple[int, int] | None = None,
+    shell: bool = False,
 ) -> OpenedFiles | ExitResult:
     """Check `program` and open the files of its start; see the module docstring.
+
+    `shell`: the waiter runs `/bin/sh PROGRAM`, for a script known to have no shebang: what
+    its exec would come to after ENOEXEC, one failed exec sooner.
 
     A relative `program` is taken relative to `cwd`. stdout/stderr are opened for appending
     (created 0600 if missing). A stale `status_path` is removed (with `user`: truncated and
@@ -231,7 +237,7 @@ def open_files(
         for fd in fds:
             os.close(fd)
         return _not_started(program, e)
-    return OpenedFiles(program, status_path, stdout_fd, stderr_fd, status_fd)
+    return OpenedFiles(program, shell, status_path, stdout_fd, stderr_fd, status_fd)
 
 
 def spawn_opened(
@@ -264,7 +270,7 @@ def spawn_opened(
         started = time.monotonic()  # before the waiter's pid is handed out
         with _EXCLUSIVE.hold("fork"):
             process = subprocess.Popen(
-                waiter_argv(files.program, files.status_path, launcher or []),
+                waiter_argv(files.program, files.status_path, launcher or [], shell=files.shell),
                 stdin=subprocess.DEVNULL,
                 stdout=files.stdout,
                 stderr=files.stderr,
@@ -297,10 +303,13 @@ def _not_started(program: Path, error: OSError) -> ExitResult:
     return ExitResult(code, reason=f"cannot start {program}: {error.strerror}{what}")
 
 
-def waiter_argv(program: Path, status_path: Path, prefix: list[str]) -> list[str]:
-    """The waiter's command for `program`, after `prefix` (a scope's command, or nothing), which
-    must exec what follows it in place. Pure."""
-    return [*prefix, SHELL, "-c", WAITER_SCRIPT, WAITER_NAME, str(status_path), str(program)]
+def waiter_argv(
+    program: Path, status_path: Path, prefix: list[str], *, shell: bool = False
+) -> list[str]:
+    """The waiter's command for `program` (run by /bin/sh if `shell`), after `prefix` (a
+    scope's command, or nothing), which must exec what follows it in place. Pure."""
+    run = [SHELL, str(program)] if shell else [str(program)]
+    return [*prefix, SHELL, "-c", WAITER_SCRIPT, WAITER_NAME, str(status_path), *run]
 
 
 def _open_regular(path: Path, flags: int) -> int:

@@ -114,7 +114,7 @@ class PreparedScript:
         # The file work goes on while the intent is being saved.
         made = await self.made if self.made is not None else None
         if isinstance(made, Path):  # our own script, its files made: only opened, here
-            files = _open(context, k, made)
+            files = _open(context, k, self.spec, made)
         else:  # in a worker thread: a `path` may lead to a slow mount
             files = await asyncio.to_thread(_write_and_open, context, k, self.spec)
         if isinstance(files, ExitResult):
@@ -145,10 +145,12 @@ def _write_and_open(context: TaskContext, k: int, spec: ScriptSpec) -> OpenedFil
             program = write_script(spec.text, context.scripts, owner=context.plan.user)
         except OSError as error:
             return ExitResult.not_started(events.script_not_written(error))
-    return _open(context, k, program)
+    return _open(context, k, spec, program)
 
 
-def _open(context: TaskContext, k: int, program: Path) -> OpenedFiles | ExitResult:
+def _open(
+    context: TaskContext, k: int, spec: ScriptSpec, program: Path
+) -> OpenedFiles | ExitResult:
     return open_files(
         program,
         cwd=context.work,
@@ -156,6 +158,7 @@ def _open(context: TaskContext, k: int, program: Path) -> OpenedFiles | ExitResu
         stderr_path=context.output(k, "stderr"),
         status_path=context.status(k),
         user=context.plan.user,
+        shell=spec.text is not None and not spec.text.startswith("#!"),  # sh's default
     )
 
 
