@@ -148,10 +148,17 @@ def pids_since(pid: int, *, started: float) -> range | None:
     if last < pid:
         return None
     free = pid_max - _RESERVED_PIDS - threads  # what a full round of the counter takes
-    most = (time.monotonic() - started) * (os.cpu_count() or 1) * _PIDS_PER_CPU_SECOND
+    most = (time.monotonic() - started) * _cpus() * _PIDS_PER_CPU_SECOND
     if most >= free:
         return None
     return range(pid + 1, last + 1)
+
+
+@functools.cache
+def _cpus() -> int:
+    """The CPUs online at start-up (os.cpu_count reads sysfs on every call; a VM's count does
+    not change under a running agent)."""
+    return os.cpu_count() or 1
 
 
 @functools.cache
