@@ -2,7 +2,7 @@
 ignored, frozen) and the field types whose JSON encoding has a wrinkle (`Int32`, `Int64`,
 `Duration`), each a validator around `encoding`'s plain parsers.
 
-Only `task` imports this module, so pydantic is loaded with the first task, never for a
+Only `task` imports this module, so pydantic is loaded with the task side, never for a
 report (`report` is plain code). Knows nothing of HTTP.
 """
 
