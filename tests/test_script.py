@@ -29,7 +29,6 @@ from batch_agent.tasks.script import (
     open_files,
     read_status,
     spawn_opened,
-    spawn_script,
     start_script,
     waiter_argv,
     write_script,
@@ -583,25 +582,30 @@ def test_a_prefix_that_execs_in_place_keeps_the_waiter_findable(tmp_path: Path) 
 def test_scripts_written_and_started_side_by_side_never_find_their_file_busy(
     tmp_path: Path,
 ) -> None:
-    """Many scripts written and started at once from worker threads (as the driver does) all
-    run: none is exec'd while a child forked meanwhile still holds it open for writing
-    (ETXTBSY, "Text file busy", exit 126)."""
+    """Many scripts written in worker threads while others start from the event loop (as the
+    driver does) all run: none is exec'd while a child forked meanwhile still holds it open for
+    writing (ETXTBSY, "Text file busy", exit 126)."""
 
-    def write_and_spawn(i: int) -> ScriptExecution | ExitResult:
+    def write_and_open(i: int) -> OpenedFiles | ExitResult:
         folder = tmp_path / f"t{i}"
         folder.mkdir()
         program = write_script("#!/bin/sh\nexit 0\n", folder)
-        return spawn_script(
+        return open_files(
             program,
-            env={"PATH": "/usr/bin:/bin"},
             cwd=folder,
             stdout_path=folder / "out",
             stderr_path=folder / "err",
             status_path=folder / "status",
         )
 
+    async def start(i: int) -> ScriptExecution | ExitResult:
+        files = await asyncio.to_thread(write_and_open, i)
+        if isinstance(files, ExitResult):
+            return files
+        return spawn_opened(files, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path / f"t{i}")
+
     async def scenario() -> list[ExitResult]:
-        started = await asyncio.gather(*(asyncio.to_thread(write_and_spawn, i) for i in range(96)))
+        started = await asyncio.gather(*(start(i) for i in range(96)))
         return [s if isinstance(s, ExitResult) else await s.wait() for s in started]
 
     results = asyncio.run(scenario())

@@ -23,7 +23,7 @@ started is still the waiter's, with its start time and command line (see `scope.
 
 This module starts runnables in two steps, `open_files` (the checks and file work, for a worker
 thread) and `spawn_opened` (the fork, cheap enough for the event loop's thread: see there), or
-both at once (`start_script`, `spawn_script`), and finds an unrecorded waiter by its command line
+both at once (`start_script`), and finds an unrecorded waiter by its command line
 (`find_waiter`, a /proc scan for worker threads); `waiter.py` follows a started one
 (`ScriptExecution`, `read_status`), and is re-exported here. This module must not know about
 Batch, tasks, HTTP or the wire format.
@@ -60,7 +60,6 @@ __all__ = [
     "open_files",
     "read_status",
     "spawn_opened",
-    "spawn_script",
     "start_script",
     "waiter_argv",
     "write_script",
@@ -76,8 +75,8 @@ class _ForksOrScriptWrites:
 
     A child forked by one thread while another thread has a script open for writing holds that
     open until it execs; exec'ing the script meanwhile fails with ETXTBSY ("Text file busy",
-    exit 126). Scripts are written and waiters forked in worker threads side by side, so each
-    waits for the other kind to finish.
+    exit 126). Scripts are written in worker threads while waiters are forked from the event
+    loop's thread, so each waits for the other kind to finish (a write takes microseconds).
     """
 
     def __init__(self) -> None:
@@ -136,31 +135,6 @@ async def start_script(
     `spawn_opened` on the loop's thread."""
     files = await asyncio.to_thread(
         open_files,
-        program,
-        cwd=cwd,
-        stdout_path=stdout_path,
-        stderr_path=stderr_path,
-        status_path=status_path,
-        user=user,
-    )
-    if isinstance(files, ExitResult):
-        return files
-    return spawn_opened(files, env=env, cwd=cwd, user=user, leftover_grace=leftover_grace)
-
-
-def spawn_script(
-    program: Path,
-    *,
-    env: dict[str, str],
-    cwd: Path,
-    stdout_path: Path,
-    stderr_path: Path,
-    status_path: Path,
-    user: tuple[int, int] | None = None,
-    leftover_grace: timedelta = LEFTOVER_GRACE,
-) -> ScriptExecution | ExitResult:
-    """`open_files` then `spawn_opened`, in the calling thread; blocks."""
-    files = open_files(
         program,
         cwd=cwd,
         stdout_path=stdout_path,
@@ -257,10 +231,11 @@ def spawn_opened(
     in stderr. `leftover_grace` is the execution's grace before SIGKILL for what the program
     leaves running when it ends (see `ScriptExecution`).
 
-    Forks in the calling thread, the event loop's too: Python forks with vfork where it can
-    (no `user` to switch to here: without systemd's scope), so the caller waits only until the
-    waiter is exec'd, a fraction of a millisecond, and no thread hop comes between a runnable's
-    intent and its start. With a `user` and no scope it is a full fork, ~1 ms for the agent.
+    Forks in the calling thread, the event loop's too: Python forks with vfork unless it must
+    switch to a `user` itself (under systemd, setpriv does that after the exec), so the caller
+    waits only until the waiter is exec'd, a fraction of a millisecond, and no thread hop comes
+    between a runnable's intent and its start. A full fork, for a `user` without systemd,
+    stalls the caller ~1 ms.
     """
     launcher = scope.launcher(files.status_path, user)
     extra: dict[str, Any] = {}
