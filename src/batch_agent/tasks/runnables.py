@@ -76,7 +76,6 @@ class Runnables:
         # The driver may write the script and open the output files while the intent is being
         # saved; it starts nothing before the save is done.
         intent = asyncio.ensure_future(saving)
-        await asyncio.sleep(0)  # the save goes first, to its thread, and the driver meanwhile
         try:
             started = await prepared.start(intent)
         finally:
