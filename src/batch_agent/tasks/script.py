@@ -38,9 +38,7 @@ import os
 import stat
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -70,53 +68,28 @@ WAITER_NAME = "batch-waiter"
 WAITER_SCRIPT = 's=$1; shift; trap : TERM INT HUP QUIT; "$@"; rc=$?; echo "$rc" >"$s"; exit "$rc"'
 
 
-class _ForksOrScriptWrites:
-    """Forks, or script files open for writing, never both at once (each kind many at once).
-
-    A child forked by one thread while another thread has a script open for writing holds that
-    open until it execs; exec'ing the script meanwhile fails with ETXTBSY ("Text file busy",
-    exit 126). Scripts are written in worker threads while waiters are forked from the event
-    loop's thread, so each waits for the other kind to finish (a write takes microseconds).
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._kind = ""  # "fork" or "write" while any runs
-        self._running = 0
-
-    @contextlib.contextmanager
-    def hold(self, kind: str) -> Iterator[None]:
-        with self._changed:
-            self._changed.wait_for(lambda: self._running == 0 or self._kind == kind)
-            self._kind, self._running = kind, self._running + 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._running -= 1
-                self._changed.notify_all()
-
-
-_EXCLUSIVE = _ForksOrScriptWrites()
-
-
 def write_script(text: str, directory: Path, *, owner: tuple[int, int] | None = None) -> Path:
     """Write `text` to a new private file (mode 0700) in `directory` and return its path.
 
     `owner=(uid, gid)` chowns it so that a runnable started with that `user` can execute it.
-    Blocks on a small local write (and while a waiter is being forked); raises OSError if the
-    directory is not writable.
+    Blocks on a small local write; raises OSError if the directory is not writable.
+
+    Scripts are written in worker threads while the event loop's thread forks waiters: a child
+    forked while a script is open for writing holds it open too, and exec'ing the script
+    meanwhile fails with ETXTBSY ("Text file busy", 126). That cannot happen as long as every
+    fork is on the loop's thread: the fd is O_CLOEXEC, `Popen` returns only once its child has
+    exec'd, and a script's waiter is forked only after its write is done, so every child that
+    got a copy has let it go before anyone execs the script. Fork from no other thread.
     """
-    with _EXCLUSIVE.hold("write"):
-        fd, name = tempfile.mkstemp(prefix="script-", dir=directory)
-        try:
-            os.fchmod(fd, 0o700)
-            if owner is not None:
-                os.fchown(fd, owner[0], owner[1])
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(text.encode())
-        finally:
-            os.close(fd)
+    fd, name = tempfile.mkstemp(prefix="script-", dir=directory)  # O_CLOEXEC
+    try:
+        os.fchmod(fd, 0o700)
+        if owner is not None:
+            os.fchown(fd, owner[0], owner[1])
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(text.encode())
+    finally:
+        os.close(fd)
     return Path(name)
 
 
@@ -231,11 +204,11 @@ def spawn_opened(
     in stderr. `leftover_grace` is the execution's grace before SIGKILL for what the program
     leaves running when it ends (see `ScriptExecution`).
 
-    Forks in the calling thread, the event loop's too: Python forks with vfork unless it must
-    switch to a `user` itself (under systemd, setpriv does that after the exec), so the caller
-    waits only until the waiter is exec'd, a fraction of a millisecond, and no thread hop comes
-    between a runnable's intent and its start. A full fork, for a `user` without systemd,
-    stalls the caller ~1 ms.
+    Forks in the calling thread, which must be the event loop's, where every waiter is forked
+    (see `write_script`). Python forks with vfork unless it must switch to a `user` itself
+    (under systemd, setpriv does that after the exec), so the loop waits only until the waiter
+    is exec'd, a fraction of a millisecond, and no thread hop comes between a runnable's intent
+    and its start. A full fork, for a `user` without systemd, stalls the loop ~1 ms.
     """
     launcher = scope.launcher(files.status_path, user)
     extra: dict[str, Any] = {}
@@ -243,17 +216,16 @@ def spawn_opened(
         extra = {"user": user[0], "group": user[1], "extra_groups": []}
     try:
         started = time.monotonic()  # before the waiter's pid is handed out
-        with _EXCLUSIVE.hold("fork"):
-            process = subprocess.Popen(
-                waiter_argv(files.program, files.status_path, launcher or [], shell=files.shell),
-                stdin=subprocess.DEVNULL,
-                stdout=files.stdout,
-                stderr=files.stderr,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                **extra,
-            )
+        process = subprocess.Popen(  # on the loop's thread: see write_script
+            waiter_argv(files.program, files.status_path, launcher or [], shell=files.shell),
+            stdin=subprocess.DEVNULL,
+            stdout=files.stdout,
+            stderr=files.stderr,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            **extra,
+        )
     except OSError as e:
         return _not_started(files.program, e)
     except ValueError as e:  # a NUL byte or '=' in the environment, say
