@@ -127,7 +127,7 @@ def waiter_floor(runnables: int) -> float:
     ):
         files = runtime or Path(tmp)
         program = write_script("true", files)
-        argv = waiter_argv(program, files / "status", [])
+        argv = waiter_argv(program, files / "status", [], shell=True)  # as the agent runs it
         start = time.perf_counter()
         for _ in range(runnables):
             subprocess.run(argv, check=True, cwd=tmp, stdin=subprocess.DEVNULL)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import batch_agent
+from batch_agent.tasks.taskset import TASK_SIDE
 from tests.helpers import agent_env, job, script
 
 ROOT = Path(batch_agent.__file__).parent
@@ -125,19 +126,32 @@ def test_the_rules_name_real_modules():
             assert any(under(m, [name]) for m in MODULES), name
 
 
-def loaded_modules(argv: list[str], env: dict[str, str] | None = None) -> set[str]:
-    """The modules a fresh `batch-agent ARGV` process has loaded when it exits."""
+def loaded_modules(
+    argv: list[str], env: dict[str, str] | None = None, *, stop_at: str | None = None
+) -> set[str]:
+    """The modules a fresh `batch-agent ARGV` process has loaded when it exits; one that does
+    not exit on its own gets SIGTERM once its log says `stop_at`."""
     program = (
         "import atexit, sys\n"
         "atexit.register(lambda: print('MODULES', *sys.modules, file=sys.stderr))\n"
         "from batch_agent.cli import main\n"
         f"sys.exit(main({argv!r}))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return set(done.stderr.rpartition("MODULES ")[2].split())
+    with subprocess.Popen(
+        [sys.executable, "-c", program], env=env, stderr=subprocess.PIPE, text=True
+    ) as agent:
+        assert agent.stderr is not None
+        lines = []
+        if stop_at is not None:
+            for line in agent.stderr:
+                lines.append(line)
+                if stop_at in line:
+                    agent.terminate()
+                    break
+        _, rest = agent.communicate(timeout=120)
+    stderr = "".join(lines) + rest
+    assert agent.returncode == 0, stderr[-3000:]
+    return set(stderr.rpartition("MODULES ")[2].split())
 
 
 # Never loaded by `batch-agent version`: it prints two strings.
@@ -178,6 +192,16 @@ NOT_BEFORE_A_TASK += [
     "batch_agent.tasks.session",
     "batch_agent.tasks.docker",
 ]
+
+
+def test_an_agent_that_stays_loads_the_task_side_after_its_first_report(make_emulator, tmp_path):
+    """Without `--once`, the first task need not wait for the task side's import: it is
+    loaded once the first report's call is over, before any task."""
+    emu = make_emulator()
+    env = agent_env(emu, tmp_path / "state")
+    loaded = loaded_modules(["run"], env, stop_at="task side loaded")
+    assert emu.reports  # it reported first
+    assert all(name in loaded for name in TASK_SIDE)
 
 
 def test_an_agent_without_a_task_reports_without_the_task_side(make_emulator, tmp_path):

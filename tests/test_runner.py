@@ -346,6 +346,24 @@ def test_a_runnable_starts_only_once_its_intent_is_saved(tmp_path):
     assert marker.read_text() == "x\ny\n"
 
 
+def test_the_next_runnables_files_are_made_while_the_one_before_runs(tmp_path):
+    """Runnable 2's output files exist while runnable 1 still runs (its start then only opens
+    them), and a runnable that never starts after a failure leaves only empty files behind."""
+    folder = task_dir(tmp_path / "tasks", NAME)
+    wait_for_next = (
+        f"for i in $(seq 500); do [ -e {folder}/runnable-2.stdout ] && exit 0; sleep 0.01; done; "
+        "exit 1"
+    )
+    runnables = [script(wait_for_next), script("echo two; exit 3"), script("echo never")]
+    task = Task(tmp_path, runnables)
+    record = task.go()
+    assert record.state is TaskState.FAILED and record.runnables[2].exit_code == 3
+    assert task.lines == ["two"]
+    assert 3 not in record.runnables  # never started: at most its empty files are left
+    leftover = [p for p in folder.glob("runnable-3.*") if p.stat().st_size]
+    assert not leftover
+
+
 def test_a_barrier_first_saves_running_on_its_own(tmp_path):
     """With no intent to carry it, RUNNING is saved before the task waits at a barrier."""
     task = Task(tmp_path, [{"barrier": {}}, script("exit 0")])

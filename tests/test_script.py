@@ -23,10 +23,12 @@ from batch_agent.tasks.procfs import read_stat
 from batch_agent.tasks.scope import scope_argv
 from batch_agent.tasks.script import (
     WAITER_SCRIPT,
+    OpenedFiles,
     ScriptExecution,
     find_waiter,
+    open_files,
     read_status,
-    spawn_script,
+    spawn_opened,
     start_script,
     waiter_argv,
     write_script,
@@ -531,6 +533,29 @@ def test_scope_command_execs_the_waiter_in_a_transient_scope() -> None:
     assert waiter_argv(Path("/p"), Path("/s"), [])[:2] == ["/bin/sh", "-c"]
 
 
+def test_a_script_known_to_have_no_shebang_runs_under_sh_as_its_exec_would(tmp_path: Path) -> None:
+    """`shell=True` runs `/bin/sh PROGRAM` at once: the same program, `$0` and result as the
+    exec that fails with ENOEXEC and falls back to sh, and the waiter stays findable."""
+    program = write_script('echo "$0"; exit 4', tmp_path)
+    argv = waiter_argv(program, tmp_path / "status", [], shell=True)
+    assert argv[-2:] == ["/bin/sh", str(program)]
+    results = []
+    for shell in (False, True):
+        files = open_files(
+            program,
+            cwd=tmp_path,
+            stdout_path=tmp_path / f"out-{shell}",
+            stderr_path=tmp_path / f"err-{shell}",
+            status_path=tmp_path / f"status-{shell}",
+            shell=shell,
+        )
+        assert isinstance(files, OpenedFiles)
+        execution = spawn_opened(files, env=ENV, cwd=tmp_path)
+        assert isinstance(execution, ScriptExecution)
+        results.append((run(execution.wait()), (tmp_path / f"out-{shell}").read_text()))
+    assert results[0] == results[1] == (ExitResult(4), f"{program}\n")
+
+
 def test_a_prefix_that_execs_in_place_keeps_the_waiter_findable(tmp_path: Path) -> None:
     """A command put before the waiter that execs it in place (as systemd-run --scope does)
     leaves the started pid the waiter's: found by its command line, and it records the status."""
@@ -557,25 +582,30 @@ def test_a_prefix_that_execs_in_place_keeps_the_waiter_findable(tmp_path: Path) 
 def test_scripts_written_and_started_side_by_side_never_find_their_file_busy(
     tmp_path: Path,
 ) -> None:
-    """Many scripts written and started at once from worker threads (as the driver does) all
-    run: none is exec'd while a child forked meanwhile still holds it open for writing
-    (ETXTBSY, "Text file busy", exit 126)."""
+    """Many scripts written in worker threads while others start from the event loop (as the
+    driver does) all run: none is exec'd while a child forked meanwhile still holds it open for
+    writing (ETXTBSY, "Text file busy", exit 126)."""
 
-    def write_and_spawn(i: int) -> ScriptExecution | ExitResult:
+    def write_and_open(i: int) -> OpenedFiles | ExitResult:
         folder = tmp_path / f"t{i}"
         folder.mkdir()
         program = write_script("#!/bin/sh\nexit 0\n", folder)
-        return spawn_script(
+        return open_files(
             program,
-            env={"PATH": "/usr/bin:/bin"},
             cwd=folder,
             stdout_path=folder / "out",
             stderr_path=folder / "err",
             status_path=folder / "status",
         )
 
+    async def start(i: int) -> ScriptExecution | ExitResult:
+        files = await asyncio.to_thread(write_and_open, i)
+        if isinstance(files, ExitResult):
+            return files
+        return spawn_opened(files, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path / f"t{i}")
+
     async def scenario() -> list[ExitResult]:
-        started = await asyncio.gather(*(asyncio.to_thread(write_and_spawn, i) for i in range(96)))
+        started = await asyncio.gather(*(start(i) for i in range(96)))
         return [s if isinstance(s, ExitResult) else await s.wait() for s in started]
 
     results = asyncio.run(scenario())

@@ -20,7 +20,7 @@ from batch_agent.cloudlog.entries import Destination, Segment, task_key
 from batch_agent.names import parse_task_name
 from batch_agent.tasks.record import TaskRecord
 
-# The task side (its models, plans, hooks) is imported with the first task: the writer is
+# The task side (its models, plans, hooks) is imported after the first report: the writer is
 # made before the agent's first report, which must not wait for it.
 if TYPE_CHECKING:
     from batch_agent.wire import AgentTask

@@ -38,6 +38,9 @@ class ContainerDriver:
         assert isinstance(runnable.action, ContainerSpec)
         return PreparedContainer(self, runnable, runnable.action)
 
+    def ahead(self, runnable: RunnablePlan) -> None:
+        """Nothing to do ahead: an image pull is not harmless (it may fail the task)."""
+
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
         from batch_agent.tasks.docker import EngineError
 

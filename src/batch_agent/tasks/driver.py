@@ -53,6 +53,11 @@ class Driver(Protocol):
         EXIT_CODE_UNKNOWN with a reason when its status was lost."""
         ...
 
+    def ahead(self, runnable: RunnablePlan) -> None:
+        """`runnable` is likely to start next: do now, in the background, what its start
+        needs and what is harmless if it never starts (a script's files). May do nothing."""
+        ...
+
 
 @dataclass
 class SecretValues:

@@ -133,7 +133,7 @@ def pids_since(pid: int, *, started: float) -> range | None:
     that cannot be told: the pid counter passed its maximum since (it starts again from 300,
     and could come round to `pid` and beyond), or it may have, as so much time has passed
     that all CPUs creating threads flat out could have used up every free pid, or /proc is
-    not our pid namespace's. Blocks on two tiny reads.
+    not our pid namespace's. Blocks on a tiny read.
     """
     if not _our_namespace():
         return None
@@ -141,17 +141,32 @@ def pids_since(pid: int, *, started: float) -> range | None:
         with open(f"{PROC}/loadavg", "rb") as f:  # "0.00 0.01 0.05 1/123 4567"
             fields = f.read().split()
         threads, last = int(fields[3].partition(b"/")[2]), int(fields[4])
-        with open(f"{PROC}/sys/kernel/pid_max", "rb") as f:
-            pid_max = int(f.read())
+        pid_max = _pid_max()
     except (OSError, ValueError, IndexError):
         return None
     if last < pid:
         return None
     free = pid_max - _RESERVED_PIDS - threads  # what a full round of the counter takes
-    most = (time.monotonic() - started) * (os.cpu_count() or 1) * _PIDS_PER_CPU_SECOND
+    most = (time.monotonic() - started) * _cpus() * _PIDS_PER_CPU_SECOND
     if most >= free:
         return None
     return range(pid + 1, last + 1)
+
+
+@functools.cache
+def _pid_max() -> int:
+    """kernel.pid_max, read once: raised later, it only makes `pids_since` more careful;
+    lowered, the counter's wrap below `pid` is still seen (`last < pid`). Raises OSError or
+    ValueError, and is then read again next time."""
+    with open(f"{PROC}/sys/kernel/pid_max", "rb") as f:
+        return int(f.read())
+
+
+@functools.cache
+def _cpus() -> int:
+    """The CPUs online at start-up (os.cpu_count reads sysfs on every call; a VM's count does
+    not change under a running agent)."""
+    return os.cpu_count() or 1
 
 
 @functools.cache

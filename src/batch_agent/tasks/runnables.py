@@ -95,6 +95,12 @@ class Runnables:
         log.info("task %s: started %s", self._record.task_id, runnable.label)
         return started.execution
 
+    def ahead(self, runnable: RunnablePlan) -> None:
+        """`runnable` is likely to start next: let its driver get ready (a script's files)."""
+        driver = self._drivers.get(type(runnable.action))  # none for a barrier
+        if driver is not None and runnable.index not in self._record.runnables:
+            driver.ahead(runnable)
+
     async def finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
         """Record how `runnable` ended (once: not again after an agent restart), ship the rest
         of its output, and say so."""

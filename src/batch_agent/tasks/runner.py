@@ -14,8 +14,8 @@ What is saved when, here and in `runnables` (each save is one commit, fsynced on
 terminal state: see `TaskSet.transition`; the in-process tests pin these down):
 - a state change or an event: at once, before it is reported (`transition`, `Runnables.event`);
 - a runnable's intent to start: before it starts, so a crash never leads to a second start
-  (its driver writes the script and opens the output files while the intent is being saved,
-  and forks once the save is done);
+  (its driver makes the script and output files while the runnable before it runs, or while
+  the intent is being saved, and forks once the save is done);
 - ASSIGNED -> RUNNING: in one save with the first runnable's intent (on its own only when no
   intent comes first: a barrier first, or nothing starts). A save writes the whole record, so
   after a crash the disk holds both or neither. Neither: the task is ASSIGNED with no runnable,
@@ -191,6 +191,8 @@ class TaskRun:
                 if runnable.background:
                     self._background.add(runnable, started)
                     continue
+                if position < len(self.plan.runnables):  # the next, while this one runs
+                    self._runnables.ahead(self.plan.runnables[position])
                 outcome = await self._wait(runnable, started)
                 failure = failure or outcome
             limit = await self._limit_reached()  # always: it stops what must stop

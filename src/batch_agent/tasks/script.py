@@ -8,7 +8,8 @@ and signalled):
         batch-waiter STATUS_FILE PROGRAM
 
 The waiter forks and execs PROGRAM (a shebang picks the interpreter; a file without one that
-fails with ENOEXEC is run by the forked shell as a shell script, as execvp would) and, when it
+fails with ENOEXEC is run by the forked shell as a shell script, as execvp would; a script text
+known to have none is given as `/bin/sh PROGRAM`, the same a failed exec sooner) and, when it
 ends, writes `$?` (128+signo for a signal death) to STATUS_FILE. The trap is a handler, not an
 ignore, so PROGRAM gets default signal dispositions while the waiter survives a SIGTERM/SIGINT
 to the group and still records the status; only SIGKILL takes the waiter down with it.
@@ -20,11 +21,12 @@ When systemd is PID 1 the waiter's command is prefixed with `systemd-run --scope
 user, `setpriv`), which put it in a transient scope of its own and exec it in place: the pid
 started is still the waiter's, with its start time and command line (see `scope.py`).
 
-This module starts runnables (`start_script`) and finds an unrecorded waiter by its command line
-(`find_waiter`); `waiter.py` follows a started one (`ScriptExecution`, `read_status`), and is
-re-exported here. This module must not know about Batch, tasks, HTTP or the wire format, and
-must not block the event loop: `start_script` forks in a worker thread (`spawn_script` is
-the blocking part), `find_waiter` scans /proc and is for worker threads too.
+This module starts runnables in two steps, `open_files` (the checks and file work, for a worker
+thread) and `spawn_opened` (the fork, cheap enough for the event loop's thread: see there), or
+both at once (`start_script`), and finds an unrecorded waiter by its command line
+(`find_waiter`, a /proc scan for worker threads); `waiter.py` follows a started one
+(`ScriptExecution`, `read_status`), and is re-exported here. This module must not know about
+Batch, tasks, HTTP or the wire format.
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ import os
 import stat
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,12 @@ __all__ = [
     "SHELL",
     "STATUS_LOST",
     "WAITER_NAME",
+    "OpenedFiles",
     "ScriptExecution",
     "find_waiter",
+    "open_files",
     "read_status",
-    "spawn_script",
+    "spawn_opened",
     "start_script",
     "waiter_argv",
     "write_script",
@@ -65,53 +68,28 @@ WAITER_NAME = "batch-waiter"
 WAITER_SCRIPT = 's=$1; shift; trap : TERM INT HUP QUIT; "$@"; rc=$?; echo "$rc" >"$s"; exit "$rc"'
 
 
-class _ForksOrScriptWrites:
-    """Forks, or script files open for writing, never both at once (each kind many at once).
-
-    A child forked by one thread while another thread has a script open for writing holds that
-    open until it execs; exec'ing the script meanwhile fails with ETXTBSY ("Text file busy",
-    exit 126). Scripts are written and waiters forked in worker threads side by side, so each
-    waits for the other kind to finish.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._kind = ""  # "fork" or "write" while any runs
-        self._running = 0
-
-    @contextlib.contextmanager
-    def hold(self, kind: str) -> Iterator[None]:
-        with self._changed:
-            self._changed.wait_for(lambda: self._running == 0 or self._kind == kind)
-            self._kind, self._running = kind, self._running + 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._running -= 1
-                self._changed.notify_all()
-
-
-_EXCLUSIVE = _ForksOrScriptWrites()
-
-
 def write_script(text: str, directory: Path, *, owner: tuple[int, int] | None = None) -> Path:
     """Write `text` to a new private file (mode 0700) in `directory` and return its path.
 
     `owner=(uid, gid)` chowns it so that a runnable started with that `user` can execute it.
-    Blocks on a small local write (and while a waiter is being forked); raises OSError if the
-    directory is not writable.
+    Blocks on a small local write; raises OSError if the directory is not writable.
+
+    Scripts are written in worker threads while the event loop's thread forks waiters: a child
+    forked while a script is open for writing holds it open too, and exec'ing the script
+    meanwhile fails with ETXTBSY ("Text file busy", 126). That cannot happen as long as every
+    fork is on the loop's thread: the fd is O_CLOEXEC, `Popen` returns only once its child has
+    exec'd, and a script's waiter is forked only after its write is done, so every child that
+    got a copy has let it go before anyone execs the script. Fork from no other thread.
     """
-    with _EXCLUSIVE.hold("write"):
-        fd, name = tempfile.mkstemp(prefix="script-", dir=directory)
-        try:
-            os.fchmod(fd, 0o700)
-            if owner is not None:
-                os.fchown(fd, owner[0], owner[1])
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(text.encode())
-        finally:
-            os.close(fd)
+    fd, name = tempfile.mkstemp(prefix="script-", dir=directory)  # O_CLOEXEC
+    try:
+        os.fchmod(fd, 0o700)
+        if owner is not None:
+            os.fchown(fd, owner[0], owner[1])
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(text.encode())
+    finally:
+        os.close(fd)
     return Path(name)
 
 
@@ -126,65 +104,71 @@ async def start_script(
     user: tuple[int, int] | None = None,
     leftover_grace: timedelta = LEFTOVER_GRACE,
 ) -> ScriptExecution | ExitResult:
-    """`spawn_script` in a worker thread: the event loop goes on while the files are made and
-    the waiter is forked and exec'd (many tasks starting at once start side by side)."""
-    return await asyncio.to_thread(
-        spawn_script,
+    """`open_files` in a worker thread (the event loop goes on while the files are made), then
+    `spawn_opened` on the loop's thread."""
+    files = await asyncio.to_thread(
+        open_files,
         program,
-        env=env,
         cwd=cwd,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
         status_path=status_path,
         user=user,
-        leftover_grace=leftover_grace,
     )
+    if isinstance(files, ExitResult):
+        return files
+    return spawn_opened(files, env=env, cwd=cwd, user=user, leftover_grace=leftover_grace)
 
 
-def spawn_script(
+@dataclass
+class OpenedFiles:
+    """What one start of the waiter needs, checked and open: `spawn_opened` closes the fds."""
+
+    program: Path
+    shell: bool  # run by /bin/sh: see `open_files`
+    status_path: Path
+    stdout: int
+    stderr: int
+    status: int | None  # with a user only: the waiter, as that user, must be able to write it
+
+    def close(self) -> None:
+        for fd in (self.stdout, self.stderr, self.status):
+            if fd is not None:
+                os.close(fd)
+
+
+def open_files(
     program: Path,
     *,
-    env: dict[str, str],
     cwd: Path,
     stdout_path: Path,
     stderr_path: Path,
     status_path: Path,
     user: tuple[int, int] | None = None,
-    leftover_grace: timedelta = LEFTOVER_GRACE,
-    gate: Callable[[], bool] | None = None,
-) -> ScriptExecution | ExitResult:
-    """Start `program` under the waiter in a new session; see the module docstring.
+    shell: bool = False,
+) -> OpenedFiles | ExitResult:
+    """Check `program` and open the files of its start; see the module docstring.
 
-    A relative `program` is taken relative to `cwd`. stdout/stderr are appended to the given
-    files (created 0600 if missing); stdin is /dev/null; `env` is the complete environment.
-    A stale `status_path` is removed (with `user`: truncated and given to that user, who runs
-    the waiter and the program as that uid/gid with no supplementary groups; stdout and stderr
-    are given to it too, so that it can read them back). None of the three is opened through
-    a symlink or when it is not a regular file (126): with `user`, they must be in a folder
-    that user cannot write, so that it cannot swap a name for another.
+    `shell`: the waiter runs `/bin/sh PROGRAM`, for a script known to have no shebang: what
+    its exec would come to after ENOEXEC, one failed exec sooner.
 
-    Never raises for a program that cannot start: returns an ExitResult with a reason and exit
-    code 127 (not found) or 126 (not executable, or any other start failure). Failures the
-    waiter only meets at exec time (e.g. unreadable by `user`) look like the program exiting
-    126/127 with the shell's message in stderr. Blocks on small local file operations and
-    until the waiter is exec'd (a fork from the event loop would stall it for that long): call
-    it from a worker thread. `leftover_grace` is the execution's grace before SIGKILL for what
-    the program leaves running when it ends (see `ScriptExecution`). `gate`, when given, is
-    called once the files are open, just before the fork, and may block: False means "do not
-    start" (126).
+    A relative `program` is taken relative to `cwd`. stdout/stderr are opened for appending
+    (created 0600 if missing). A stale `status_path` is removed (with `user`: truncated and
+    given to that user, who runs the waiter and the program; stdout and stderr are given to it
+    too, so that it can read them back). None of the three is opened through a symlink or when
+    it is not a regular file (126): with `user`, they must be in a folder that user cannot
+    write, so that it cannot swap a name for another. A program that cannot start gives an
+    ExitResult with a reason and exit code 127 (not found) or 126 (not executable, or any other
+    failure); this never raises. Blocks on small local file operations: for a worker thread.
     """
     if not program.is_absolute():
         program = cwd / program
     problem = _cannot_execute(program, user)
     if problem is not None:
         return problem
-
-    launcher = scope.launcher(status_path, user)
-    extra: dict[str, Any] = {}
-    if user is not None and launcher is None:  # in a scope, setpriv drops to the user
-        extra = {"user": user[0], "group": user[1], "extra_groups": []}
     fds: list[int] = []
     try:
+        status_fd = None
         if user is not None:  # the waiter, running as `user`, must be able to write it
             fds.append(status_fd := _open_regular(status_path, os.O_TRUNC))
             os.fchown(status_fd, user[0], user[1])
@@ -196,45 +180,83 @@ def spawn_script(
         if user is not None:  # the user may read back what it wrote
             os.fchown(stdout_fd, user[0], user[1])
             os.fchown(stderr_fd, user[0], user[1])
-        if gate is not None and not gate():
-            return ExitResult(126, reason=f"cannot start {program}: its start was called off")
-        started = time.monotonic()  # before the waiter's pid is handed out
-        with _EXCLUSIVE.hold("fork"):
-            process = subprocess.Popen(
-                waiter_argv(program, status_path, launcher or []),
-                stdin=subprocess.DEVNULL,
-                stdout=stdout_fd,
-                stderr=stderr_fd,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                **extra,
-            )
     except OSError as e:
-        what = f": {e.filename}" if e.filename else ""
-        code = 127 if e.errno == errno.ENOENT else 126
-        return ExitResult(code, reason=f"cannot start {program}: {e.strerror}{what}")
-    except ValueError as e:  # a NUL byte or '=' in the environment, say
-        return ExitResult(126, reason=f"cannot start {program}: {e}")
-    finally:
         for fd in fds:
             os.close(fd)
+        return _not_started(program, e)
+    return OpenedFiles(program, shell, status_path, stdout_fd, stderr_fd, status_fd)
+
+
+def spawn_opened(
+    files: OpenedFiles,
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    user: tuple[int, int] | None = None,
+    leftover_grace: timedelta = LEFTOVER_GRACE,
+) -> ScriptExecution | ExitResult:
+    """Start the waiter in a new session on the files `open_files` opened, and close them.
+
+    stdin is /dev/null; `env` is the complete environment; with `user`, the waiter and the
+    program run as that uid/gid with no supplementary groups. Never raises for a program that
+    cannot start (an ExitResult, as `open_files`); failures the waiter only meets at exec time
+    (e.g. unreadable by `user`) look like the program exiting 126/127 with the shell's message
+    in stderr. `leftover_grace` is the execution's grace before SIGKILL for what the program
+    leaves running when it ends (see `ScriptExecution`).
+
+    Forks in the calling thread, which must be the event loop's, where every waiter is forked
+    (see `write_script`). Python forks with vfork unless it must switch to a `user` itself
+    (under systemd, setpriv does that after the exec), so the loop waits only until the waiter
+    is exec'd, a fraction of a millisecond, and no thread hop comes between a runnable's intent
+    and its start. A full fork, for a `user` without systemd, stalls the loop ~1 ms.
+    """
+    launcher = scope.launcher(files.status_path, user)
+    extra: dict[str, Any] = {}
+    if user is not None and launcher is None:  # in a scope, setpriv drops to the user
+        extra = {"user": user[0], "group": user[1], "extra_groups": []}
+    try:
+        started = time.monotonic()  # before the waiter's pid is handed out
+        process = subprocess.Popen(  # on the loop's thread: see write_script
+            waiter_argv(files.program, files.status_path, launcher or [], shell=files.shell),
+            stdin=subprocess.DEVNULL,
+            stdout=files.stdout,
+            stderr=files.stderr,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            **extra,
+        )
+    except OSError as e:
+        return _not_started(files.program, e)
+    except ValueError as e:  # a NUL byte or '=' in the environment, say
+        return ExitResult(126, reason=f"cannot start {files.program}: {e}")
+    finally:
+        files.close()
     # If the waiter is already gone its status file is written, which is all reattach needs.
     waiter = procfs.read_stat(process.pid)
     return ScriptExecution(
         pid=process.pid,
         start_time=waiter.start_time if waiter else 0,
-        status_path=status_path,
+        status_path=files.status_path,
         process=process,
         leftover_grace=leftover_grace,
         started=started,
     )
 
 
-def waiter_argv(program: Path, status_path: Path, prefix: list[str]) -> list[str]:
-    """The waiter's command for `program`, after `prefix` (a scope's command, or nothing), which
-    must exec what follows it in place. Pure."""
-    return [*prefix, SHELL, "-c", WAITER_SCRIPT, WAITER_NAME, str(status_path), str(program)]
+def _not_started(program: Path, error: OSError) -> ExitResult:
+    what = f": {error.filename}" if error.filename else ""
+    code = 127 if error.errno == errno.ENOENT else 126
+    return ExitResult(code, reason=f"cannot start {program}: {error.strerror}{what}")
+
+
+def waiter_argv(
+    program: Path, status_path: Path, prefix: list[str], *, shell: bool = False
+) -> list[str]:
+    """The waiter's command for `program` (run by /bin/sh if `shell`), after `prefix` (a
+    scope's command, or nothing), which must exec what follows it in place. Pure."""
+    run = [SHELL, str(program)] if shell else [str(program)]
+    return [*prefix, SHELL, "-c", WAITER_SCRIPT, WAITER_NAME, str(status_path), *run]
 
 
 def _open_regular(path: Path, flags: int) -> int:

@@ -67,10 +67,10 @@ class LiveOutput:
         beyond the shipped offsets are not read at all. The moved offsets are saved by
         `save_if_moved` or by the task's next save."""
         chosen = self._running() if only is None else {only: self._record.runnables[only]}
-        before = sum(map(sum, self._offsets().values()))
         async with self._turn:
             if final and not self._output.pending(chosen, final=True):
                 return 0  # nothing written since (a silent runnable): no worker-thread trip
+            before = _shipped(chosen)
             # A shipment in a worker thread cannot be interrupted: let it finish even if the
             # caller is cancelled, so that two never overlap.
             shipment = asyncio.ensure_future(
@@ -86,7 +86,7 @@ class LiveOutput:
             self._record_custom(custom)
             await self._save()
             self._lifecycle.notify()
-        return sum(map(sum, self._offsets().values())) - before
+        return _shipped(chosen) - before
 
     def moved(self) -> bool:
         """Whether the record's offsets moved since this object last saved it."""
@@ -119,6 +119,11 @@ class LiveOutput:
         that a runnable added to the record does not count as a move to save."""
         offsets = {k: (r.stdout_offset, r.stderr_offset) for k, r in self._record.runnables.items()}
         return {k: pair for k, pair in offsets.items() if pair != (0, 0)}
+
+
+def _shipped(runnables: dict[int, RunnableRecord]) -> int:
+    """The bytes of these runnables' output shipped so far."""
+    return sum(r.stdout_offset + r.stderr_offset for r in runnables.values())
 
 
 class Shipping:

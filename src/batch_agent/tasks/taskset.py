@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -329,6 +330,26 @@ class TaskSet:
         self._deleted_failed |= slot.record.state is TaskState.FAILED
         del self._slots[name]
         log.info("task %s: deleted", name)
+
+
+# What a task's start imports and an agent without tasks does not hold: the task models,
+# plans, runs, drivers, hooks.
+TASK_SIDE = (
+    "batch_agent.wire.task",
+    "batch_agent.tasks.plan",
+    "batch_agent.tasks.runner",
+    "batch_agent.tasks.hooks",
+    "batch_agent.tasks.volumes",
+    "batch_agent.tasks.script_driver",
+    "batch_agent.tasks.container_driver",
+)
+
+
+def load_task_side() -> None:
+    """Import the task side now rather than with the first task: ~0.1-0.3 s that would
+    otherwise delay its start. Blocks: for a worker thread, once the first report is over."""
+    for name in TASK_SIDE:
+        importlib.import_module(name)
 
 
 def _remove_folders(roots: set[Path], name: str) -> None:
