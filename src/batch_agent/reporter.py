@@ -49,8 +49,8 @@ ABANDON_SLACK = timedelta(seconds=10)  # beyond the kill grace, for abandoned ta
 # An early report waits until no change came for SETTLE, at most SETTLE_MAX: a task's end (its
 # runnable exits, then SUCCEEDED) and a start (RUNNING, its runnable started) are bursts of
 # changes a few ms apart, and each report costs both sides ~2-3 ms of CPU.
-SETTLE = timedelta(milliseconds=5)
-SETTLE_MAX = timedelta(milliseconds=20)
+SETTLE = timedelta(milliseconds=10)
+SETTLE_MAX = timedelta(milliseconds=40)
 
 
 class Unreachable(Exception):
