@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from pytest import approx
 
-from batch_agent.reporter import SETTLE, SETTLE_MAX, Burst
+from batch_agent.burst import SETTLE, SETTLE_MAX, Burst
 
 S, LONGEST = SETTLE.total_seconds(), SETTLE_MAX.total_seconds()
 
