@@ -185,7 +185,8 @@ def test_an_agent_running_a_task_loads_none_of_what_it_does_not_use(make_emulato
 # with the first task (tasks/taskset.py, tasks/assembly.py, cloudlog/tasklogs.py); so does
 # the task models (a report is plain code: wire/report.py). pydantic is never loaded.
 NOT_BEFORE_A_TASK = ["pydantic", "pydantic_core"]
-NOT_BEFORE_A_TASK += ["batch_agent.wire.task", "batch_agent.tasks.plan", "batch_agent.tasks.runner"]
+NOT_BEFORE_A_TASK += ["batch_agent.wire.task", "batch_agent.wire.convert", "batch_agent.tasks.plan"]
+NOT_BEFORE_A_TASK += ["batch_agent.tasks.runner"]
 NOT_BEFORE_A_TASK += ["batch_agent.tasks.hooks", "batch_agent.tasks.volumes", *DRIVERS]
 NOT_BEFORE_A_TASK += [
     "batch_agent.tasks.script",

@@ -1,29 +1,25 @@
 """The tasks a `state:report` response assigns: `AgentTask` and its spec, named as in
 batch.v1.json, and `parse_agent_task`, which parses one of them on its own.
 
-Plain frozen dataclasses, each field read from its camelCase wire name (or, as proto3 JSON
-parsers also accept, its snake_case one) by the converter its type names (`_converter`):
-strings, booleans, `Int32`/`Int64` (a JSON number or a decimal string), `Duration` (`"1.5s"`),
-lists, string maps and nested messages; unknown fields are ignored and JSON null is the same
-as no value. No pydantic: it and the models it built cost an agent ~150 ms of CPU at its first
-task. A response's tasks are parsed one by one so that one malformed task fails alone (as a
-`BadAgentTask` naming its problems, `path: what is wrong`) instead of taking the whole
-response with it; parsing never raises and costs time bounded by the task's size. This module
-knows nothing of HTTP and of what the agent does with a task.
+Plain frozen dataclasses, read by `convert.py` (each field by the converter its type names;
+`Int32`/`Int64` are a JSON number or a decimal string, `Duration` is `"1.5s"`; unknown fields
+are ignored and JSON null is the same as no value). No pydantic: it and the models it built
+cost an agent ~150 ms of CPU at its first task. A response's tasks are parsed one by one so
+that one malformed task fails alone (as a `BadAgentTask` naming its problems, `path: what is
+wrong`) instead of taking the whole response with it; parsing never raises and costs time
+bounded by the task's size. This module knows nothing of HTTP and of what the agent does with
+a task.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from batch_agent.wire.encoding import json_path, parse_duration, parse_integer, quote
+from batch_agent.wire import convert
+from batch_agent.wire.encoding import json_path, quote
 
 
 class IntendedState(StrEnum):  # values are the wire strings
@@ -276,7 +272,7 @@ def parse_agent_task(raw: object) -> AgentTask | BadAgentTask:
     if not isinstance(raw, dict):
         return BadAgentTask(task="", intended_state=None, problems=["task: not an object"])
     problems: list[str] = []
-    task = _message(AgentTask, raw, (), problems)
+    task = convert.message(AgentTask, raw, (), problems)
     if not problems and isinstance(task, AgentTask):
         return task
     if len(problems) > _MAX_PROBLEMS:
@@ -296,144 +292,13 @@ def parse_agent_task(raw: object) -> AgentTask | BadAgentTask:
     )
 
 
-# --- the parser ------------------------------------------------------------------------------
-
-Path = tuple[int | str, ...]
-# A converter: (value, its path, the problems so far) -> the value, or _BAD (a problem added).
-Converter = Callable[[Any, Path, list[str]], Any]
-_BAD: Any = object()
-_BOOLEANS = {
-    **dict.fromkeys(("1", "on", "t", "true", "y", "yes"), True),
-    **dict.fromkeys(("0", "off", "f", "false", "n", "no"), False),
-}
-# (python name, wire name, converter, required) of each field of each message, made at first
-# use from the dataclass fields and their annotations.
-_FIELDS: dict[type, list[tuple[str, str, Converter, bool]]] = {}
-
-
-def _message(cls: type, value: Any, path: Path, problems: list[str]) -> Any:
-    if not isinstance(value, dict):
-        problems.append(f"{json_path(path)}: {quote(value)} is not an object")
-        return _BAD
-    before = len(problems)
-    values: dict[str, Any] = {}
-    for name, wire, convert, required in _FIELDS.get(cls) or _fields(cls):
-        key = wire if wire in value else name
-        item = value.get(key)
-        if item is None:  # absent, or JSON null: the default
-            if required:
-                problems.append(f"{json_path((*path, wire))}: required")
-            continue
-        converted = convert(item, (*path, key), problems)
-        if converted is not _BAD:
-            values[name] = converted
-    return cls(**values) if len(problems) == before else _BAD
-
-
-def _fields(cls: type) -> list[tuple[str, str, Converter, bool]]:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    _FIELDS[cls] = fields = [
-        (f.name, _camel(f.name), _converter(hints[f.name]), _required(f))
-        for f in dataclasses.fields(cls)
-    ]
-    return fields
-
-
-def _required(f: dataclasses.Field[Any]) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def _converter(annotation: Any) -> Converter:
-    """The converter for a field annotated `annotation` (Optional is JSON null: no value)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):  # `X | None`: null is no value anyway
-        return _converter(next(a for a in args if a is not type(None)))
-    if origin is Annotated:
-        kind = annotation.__metadata__[0]
-        return _duration if kind == "duration" else _integer(kind)
-    if origin is list:
-        return _list(_converter(args[0]))
-    if origin is dict:
-        return _string_map
-    if annotation is str:
-        return _string
-    if annotation is bool:
-        return _boolean
-    if annotation is IntendedState:
-        return _intended_state
-    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-        cls = annotation
-        return lambda value, path, problems: _message(cls, value, path, problems)
-    raise TypeError(f"no converter for {annotation!r}")
-
-
-def _string(value: Any, path: Path, problems: list[str]) -> Any:
-    if isinstance(value, str):
-        return value
-    problems.append(f"{json_path(path)}: {quote(value)} is not a string")
-    return _BAD
-
-
-def _boolean(value: Any, path: Path, problems: list[str]) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in _BOOLEANS:
-        return _BOOLEANS[value.lower()]
-    problems.append(f"{json_path(path)}: {quote(value)} is not a boolean")
-    return _BAD
-
-
-def _integer(kind: str) -> Converter:
-    def convert(value: Any, path: Path, problems: list[str]) -> Any:
-        try:
-            return parse_integer(value, kind)
-        except ValueError as error:
-            problems.append(f"{json_path(path)}: {error}")
-            return _BAD
-
-    return convert
-
-
-def _duration(value: Any, path: Path, problems: list[str]) -> Any:
-    try:
-        return parse_duration(value)
-    except ValueError as error:
-        problems.append(f"{json_path(path)}: {error}")
-        return _BAD
-
-
-def _intended_state(value: Any, path: Path, problems: list[str]) -> Any:
+def _intended_state(value: Any, path: convert.Path, problems: list[str]) -> Any:
     if value == "INTENDED_STATE_UNSPECIFIED":  # the proto3 zero value: the same as no value
         return None
     if isinstance(value, str) and value in IntendedState.__members__:
         return IntendedState(value)
     problems.append(f"{json_path(path)}: {quote(value)} is not one of {', '.join(IntendedState)}")
-    return _BAD
+    return convert.BAD
 
 
-def _list(item: Converter) -> Converter:
-    def convert(value: Any, path: Path, problems: list[str]) -> Any:
-        if not isinstance(value, list):
-            problems.append(f"{json_path(path)}: {quote(value)} is not a list")
-            return _BAD
-        items = [item(element, (*path, i), problems) for i, element in enumerate(value)]
-        return _BAD if any(element is _BAD for element in items) else items
-
-    return convert
-
-
-def _string_map(value: Any, path: Path, problems: list[str]) -> Any:
-    if not isinstance(value, dict):
-        problems.append(f"{json_path(path)}: {quote(value)} is not an object")
-        return _BAD
-    bad = [key for key, item in value.items() if not isinstance(item, str)]
-    for key in bad:
-        problems.append(f"{json_path((*path, key))}: {quote(value[key])} is not a string")
-    return _BAD if bad else dict(value)
+convert.CONVERTERS[IntendedState] = _intended_state
