@@ -332,8 +332,8 @@ class TaskSet:
         log.info("task %s: deleted", name)
 
 
-# What a task's start imports and an agent without tasks does not hold: the task models,
-# plans, runs, drivers, hooks.
+# What a task's start imports and the first report never waits for: the task models, plans,
+# runs, drivers, hooks.
 TASK_SIDE = (
     "batch_agent.wire.task",
     "batch_agent.tasks.plan",
@@ -346,8 +346,8 @@ TASK_SIDE = (
 
 
 def load_task_side() -> None:
-    """Import the task side now rather than with the first task: ~0.1-0.3 s that would
-    otherwise delay its start. Blocks: for a worker thread, once the first report is over."""
+    """Import the task side now rather than with the first task, whose start it would delay.
+    Blocks: for a worker thread, once the first report is over."""
     for name in TASK_SIDE:
         importlib.import_module(name)
 
