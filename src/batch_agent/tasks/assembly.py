@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from batch_agent.tasks.filework import FileWork
 from batch_agent.tasks.folders import task_dir
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.masking import MaskedEvents, Masker
@@ -44,6 +45,7 @@ class TaskSettings:
     base_env: Mapping[str, str]
     output: Sink
     shipping: Shipping = field(default_factory=Shipping)  # one output tick for all tasks
+    files: FileWork = field(default_factory=FileWork)  # one thread for the tasks' folders
     docker_host: str | None = None
     kill_grace: timedelta = timedelta(seconds=10)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -124,6 +126,7 @@ def make_run(
         base_env=settings.base_env,
         kill_grace=settings.kill_grace,
         secrets=secrets,
+        files=settings.files,
     )
     containers = ContainerDriver(context, engine)
     drivers: dict[type, Driver] = {ScriptSpec: ScriptDriver(context), ContainerSpec: containers}
@@ -133,7 +136,7 @@ def make_run(
         lifecycle=MaskedEvents(lifecycle, settings.masker),
         drivers=drivers,
         hooks=[
-            TaskFolder(folder, plan.user, runtime),
+            TaskFolder(folder, plan.user, runtime, settings.files),
             Secrets(plan, secrets, settings.secrets, settings.masker),
             Volumes(settings.mount_table, record.task_id, plan.mounts, plan.user),
             *([ContainerNetwork(containers)] if _blocks_networks(plan) else []),

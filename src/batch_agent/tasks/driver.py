@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from batch_agent.tasks.execution import Execution, ExitResult, Handle
+from batch_agent.tasks.filework import FileWork
 from batch_agent.tasks.folders import status_path, work_dir
 from batch_agent.tasks.plan import RunnablePlan, TaskPlan
 from batch_agent.tasks.taskoutput import output_path
@@ -91,6 +92,7 @@ class TaskContext:
     base_env: Mapping[str, str]
     kill_grace: timedelta = timedelta(seconds=10)
     secrets: SecretValues = field(default_factory=SecretValues)
+    files: FileWork = field(default_factory=FileWork)  # the agent's, for its own folders
 
     @property
     def work(self) -> Path:

@@ -20,6 +20,7 @@ from typing import Protocol
 from batch_agent.tasks import events
 from batch_agent.tasks.container_driver import ContainerDriver
 from batch_agent.tasks.driver import SecretValues
+from batch_agent.tasks.filework import FileWork
 from batch_agent.tasks.folders import make_task_folder
 from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.plan import ContainerSpec, SecretRefs, TaskPlan, is_secret_path
@@ -42,10 +43,13 @@ class TaskFolder:
     and owns the folder's `work/` (see folders.py); so does its folder for exit statuses (and
     scripts), `runtime`, when that is elsewhere."""
 
-    def __init__(self, folder: Path, user: tuple[int, int] | None, runtime: Path) -> None:
+    def __init__(
+        self, folder: Path, user: tuple[int, int] | None, runtime: Path, files: FileWork
+    ) -> None:
         self._folder = folder
         self._user = user
         self._runtime = runtime
+        self._files = files
 
     async def prestart(self) -> str | None:
         if self._user is not None:
@@ -55,7 +59,8 @@ class TaskFolder:
             except KeyError:
                 return events.unknown_user(uid)
         try:  # a new directory costs a disk's journal: off the event loop
-            await asyncio.to_thread(make_task_folder, self._folder, self._user, self._runtime)
+            folder, user, runtime = self._folder, self._user, self._runtime
+            await self._files.run(lambda: make_task_folder(folder, user, runtime))
         except OSError as error:
             return events.task_folder_failed(str(self._folder), error.strerror or str(error))
         return None

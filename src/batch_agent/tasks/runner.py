@@ -132,6 +132,8 @@ class TaskRun:
                 ExitResult(ExitCode.AGENT_FAILURE, reason=events.CANCELLED_BEFORE_START)
             )
             return
+        if self.plan.runnables:  # its files while the hooks run: the first comes first
+            self._runnables.ahead(self.plan.runnables[0])
         for hook in self._hooks:
             problem = await hook.prestart()
             if problem is not None:

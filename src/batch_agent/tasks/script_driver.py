@@ -23,6 +23,7 @@ from batch_agent.tasks import events
 from batch_agent.tasks.driver import Finished, Started, TaskContext
 from batch_agent.tasks.env import runnable_environment
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult, Handle
+from batch_agent.tasks.folders import make_task_folder
 from batch_agent.tasks.plan import RunnablePlan, ScriptSpec
 from batch_agent.tasks.script import (
     OpenedFiles,
@@ -55,20 +56,27 @@ class ScriptDriver:
         return PreparedScript(self._context, runnable, spec, self._ahead.pop(runnable.index, None))
 
     def ahead(self, runnable: RunnablePlan) -> None:
-        """Make the script file and output files of `runnable`, a `text` one, in a worker
-        thread now: it is likely to start next."""
+        """Make the script file and output files of `runnable`, a `text` one, now (in the
+        tasks' file thread): it is likely to start next."""
         spec = runnable.action
         if not isinstance(spec, ScriptSpec) or spec.text is None or runnable.index in self._ahead:
             return
+        context = self._context
 
         def make() -> Path | ExitResult:
-            files = _write_and_open(self._context, runnable.index, spec)
+            # The first runnable's may come before the TaskFolder hook: the same folders, made
+            # the same way (a no-op once they exist).
+            try:
+                make_task_folder(context.folder, context.plan.user, context.runtime)
+            except OSError as error:  # the hook says so, in its event; the start tries again
+                return ExitResult.not_started(str(error))
+            files = _write_and_open(context, runnable.index, spec)
             if isinstance(files, ExitResult):
                 return files
             files.close()
             return files.program
 
-        self._ahead[runnable.index] = asyncio.ensure_future(asyncio.to_thread(make))
+        self._ahead[runnable.index] = context.files.submit(make)
 
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
         status = self._context.status(runnable.index)
@@ -116,7 +124,10 @@ class PreparedScript:
         made = await self.made if self.made is not None else None
         if isinstance(made, Path):  # our own script, its files made: only opened, here
             files = _open(context, k, self.spec, made)
-        else:  # in a worker thread: a `path` may lead to a slow mount
+        elif self.spec.text is not None:  # all in the agent's own folders
+            spec = self.spec
+            files = await context.files.run(lambda: _write_and_open(context, k, spec))
+        else:  # in a thread of its own: a `path` may lead to a slow mount
             files = await asyncio.to_thread(_write_and_open, context, k, self.spec)
         if isinstance(files, ExitResult):
             return files

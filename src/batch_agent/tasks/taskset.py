@@ -187,6 +187,7 @@ class TaskSet:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         self._containers.close()
+        self._settings.files.close()
 
     # -- the one state change -----------------------------------------------------------------
 
