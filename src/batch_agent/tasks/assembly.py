@@ -96,8 +96,10 @@ def make_run(
     *,
     lifecycle: Lifecycle,
     engine: EngineFactory,
+    resumed: bool = False,
 ) -> TaskRun:
-    """A task's run with its drivers and hooks, in the task's folder under the workdir."""
+    """A task's run with its drivers and hooks, in the task's folder under the workdir;
+    `resumed`: its record is an earlier agent's (see `Runnables`)."""
     from batch_agent.tasks.container_driver import ContainerDriver
     from batch_agent.tasks.driver import Driver, SecretValues, TaskContext
     from batch_agent.tasks.hooks import ContainerNetwork, Secrets, TaskFolder
@@ -107,8 +109,7 @@ def make_run(
     from batch_agent.tasks.volumes import Volumes
 
     folder = task_dir(settings.workdir, record.task_id)
-    if record.runtime is None and not record.runnables:  # fixed before the first runnable
-        record.runtime = str(settings.runtime or settings.workdir)
+    choose_runtime(record, settings)  # a record of an older agent may not have it
     runtime = runtime_folder(record, settings.workdir)
     # Scripts only where programs may run: the state dir, or a runtime dir not mounted noexec.
     in_runtime = settings.runtime is not None and runtime.parent == settings.runtime
@@ -145,7 +146,15 @@ def make_run(
         settings=RunSettings(
             settings.output, settings.shipping, kill_grace=settings.kill_grace, now=settings.now
         ),
+        resumed=resumed,
     )
+
+
+def choose_runtime(record: TaskRecord, settings: TaskSettings) -> None:
+    """Fix where the task's exit statuses (and scripts) go, once and before anything of it
+    starts, so that a restarted agent finds them whatever its own setting. Pure."""
+    if record.runtime is None and not record.runnables:
+        record.runtime = str(settings.runtime or settings.workdir)
 
 
 def runtime_folder(record: TaskRecord, workdir: Path) -> Path:

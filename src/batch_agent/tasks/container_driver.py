@@ -41,6 +41,10 @@ class ContainerDriver:
     def ahead(self, runnable: RunnablePlan) -> None:
         """Nothing to do ahead: an image pull is not harmless (it may fail the task)."""
 
+    async def find(self, runnable: RunnablePlan) -> Started | None:
+        """None: a container starts only once its intent is saved."""
+        return None
+
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
         from batch_agent.tasks.docker import EngineError
 

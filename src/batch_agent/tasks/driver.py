@@ -37,10 +37,10 @@ class Prepared(Protocol):
         ...
 
     async def start(self, intent: asyncio.Future[None]) -> Started | ExitResult:
-        """Start it, but nothing of it before `intent` (the save of the runnable's intent to
-        start) is done without error; what needs no start (writing a script, opening its
-        output files) may go on meanwhile. An ExitResult (`not_started`, or 126/127) when it
-        cannot run, or when the intent's save failed."""
+        """Start it once `intent` (the save of the runnable's intent to start) is done without
+        error, or, for a driver whose `find` can tell an unrecorded start, at once. An
+        ExitResult (`not_started`, or 126/127) when it cannot run, or when the intent's save
+        it waited for failed."""
         ...
 
 
@@ -52,6 +52,12 @@ class Driver(Protocol):
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
         """The execution an earlier agent started with `handle`, still running or ended;
         EXIT_CODE_UNKNOWN with a reason when its status was lost."""
+        ...
+
+    async def find(self, runnable: RunnablePlan) -> Started | None:
+        """`runnable` as an earlier agent may have started it without recording it (it died
+        between the start and the save of the intent), running or ended; None if it never
+        started. Only a driver that starts before its intent is saved finds anything."""
         ...
 
     def ahead(self, runnable: RunnablePlan) -> None:

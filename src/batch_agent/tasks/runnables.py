@@ -16,7 +16,7 @@ from datetime import datetime
 
 from batch_agent.tasks import events
 from batch_agent.tasks.deadlines import Deadlines
-from batch_agent.tasks.driver import Driver, Finished
+from batch_agent.tasks.driver import Driver, Finished, Started
 from batch_agent.tasks.execution import Execution, ExitResult
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.plan import RunnablePlan
@@ -38,6 +38,7 @@ class Runnables:
         deadlines: Deadlines,
         output: LiveOutput,
         now: Callable[[], datetime],
+        resumed: bool = False,
     ) -> None:
         self._record = record
         self._lifecycle = lifecycle
@@ -45,6 +46,10 @@ class Runnables:
         self._deadlines = deadlines
         self._output = output
         self._now = now
+        # An earlier agent may have started the first runnable it did not record: a script
+        # starts without waiting for its intent's save. Until that one is looked for, nothing
+        # is made ahead (a script's files would replace the status file that tells).
+        self._unsure = resumed
 
     async def start(self, runnable: RunnablePlan) -> Execution | ExitResult:
         """Start (or, after an agent restart, recover) one runnable through its driver; an
@@ -61,10 +66,21 @@ class Runnables:
                 return ExitResult(task_code(found), reason=found.reason)
             self._deadlines.started(runnable)
             return found
+        if self._unsure:
+            self._unsure = False
+            earlier = await driver.find(runnable)
+            if earlier is not None:
+                log.info(
+                    "task %s: %s was started before an agent restart",
+                    self._record.task_id,
+                    runnable.label,
+                )
+                return await self._found(runnable, earlier)
         prepared = driver.prepare(runnable)
         if isinstance(prepared, ExitResult):
             return cannot_start(k, prepared)
-        # Persist the intent first: a crash after the start must never lead to a second start.
+        # The intent to start, saved before the start (or, for a script, while it starts: an
+        # unrecorded start is found by `find`): a crash never leads to a second start.
         self._record.runnables[k] = RunnableRecord(started_at=format_time(self._now()))
         self._record.runnables[k].adopt(prepared.handle)
         self._record.runnable = max(self._record.runnable, k)
@@ -73,13 +89,13 @@ class Runnables:
             saving = self._lifecycle.transition(self._record, TaskState.RUNNING)
         else:
             saving = self._lifecycle.persist(self._record)
-        # The driver may write the script and open the output files while the intent is being
-        # saved; it starts nothing before the save is done.
+        # The driver starts the runnable once the save is done, or (a script) at once, while
+        # it is under way: see its `Prepared.start`.
         intent = asyncio.ensure_future(saving)
         try:
             started = await prepared.start(intent)
         finally:
-            await intent  # done already, unless the start failed first; raises what it raised
+            await intent  # the run goes on once it is saved; raises what the save raised
         if isinstance(started, ExitResult):
             self._record.runnables[k].exit_code = task_code(started)
             self._record.runnables[k].ended_at = self._record.runnables[k].started_at
@@ -98,8 +114,23 @@ class Runnables:
     def ahead(self, runnable: RunnablePlan) -> None:
         """`runnable` is likely to start next: let its driver get ready (a script's files)."""
         driver = self._drivers.get(type(runnable.action))  # none for a barrier
-        if driver is not None and runnable.index not in self._record.runnables:
+        if driver is not None and runnable.index not in self._record.runnables and not self._unsure:
             driver.ahead(runnable)
+
+    async def _found(self, runnable: RunnablePlan, started: Started) -> Execution:
+        """Record a runnable an earlier agent started but did not record, as if just started
+        (its start time unknown: now); RUNNING first if that was not recorded either."""
+        k = runnable.index
+        self._record.runnables[k] = RunnableRecord(started_at=format_time(self._now()))
+        self._record.runnables[k].adopt(started.handle)
+        self._record.runnable = max(self._record.runnable, k)
+        if self._record.state is TaskState.ASSIGNED:
+            # ASSIGNED -> RUNNING: the earlier agent died before it saved it
+            await self._lifecycle.transition(self._record, TaskState.RUNNING)
+        else:
+            await self._lifecycle.persist(self._record)
+        self._deadlines.started(runnable)
+        return started.execution
 
     async def finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
         """Record how `runnable` ended (once: not again after an agent restart), ship the rest

@@ -13,17 +13,18 @@ runnables are not run again, started ones are recovered from their handle.
 What is saved when, here and in `runnables` (each save is one commit, fsynced only for the
 terminal state: see `TaskSet.transition`; the in-process tests pin these down):
 - a state change or an event: at once, before it is reported (`transition`, `Runnables.event`);
-- a runnable's intent to start: before it starts, so a crash never leads to a second start
-  (its driver makes the script and output files while the runnable before it runs, or while
-  the intent is being saved, and forks once the save is done);
+- a runnable's intent to start: before a container starts; while a script starts (its waiter
+  is forked at once, its files made while the runnable before it ran). A crash never leads to
+  a second start: an agent that resumes a task looks for the first runnable its record does
+  not hold (`Driver.find`: a script's waiter or status file) before it starts it;
 - ASSIGNED -> RUNNING: in one save with the first runnable's intent (on its own only when no
   intent comes first: a barrier first, or nothing starts). A save writes the whole record, so
-  after a crash the disk holds both or neither. Neither: the task is ASSIGNED with no runnable,
-  and nothing ran (a runnable starts only once its intent is on disk): the next agent starts
-  it from the top. Both: the next agent recovers that runnable from its handle and never
-  starts it again, and the RUNNING event, on disk with the record, is reported then; the early
-  report is asked for only after the save, so the server never hears of RUNNING before the
-  disk has it. A save the state dir refuses leaves both in memory, written together later;
+  after a crash the disk holds both or neither. Neither: the task is ASSIGNED with no runnable;
+  the next agent finds the first runnable if it started (and saves RUNNING then), else starts
+  it. Both: the next agent recovers that runnable from its handle and never starts it again,
+  and the RUNNING event, on disk with the record, is reported then; the early report is asked
+  for only after the save, so the server never hears of RUNNING before the disk has it. A save
+  the state dir refuses leaves both in memory, written together later;
 - a container's start and end: at once (it is found by labels, and removed after it ends);
 - a script's pid and exit code: with the next save; until then the waiter's command line and
   its status file let a restarted agent find both;
@@ -78,6 +79,7 @@ class TaskRun:
         hooks: Sequence[Hook],
         folder: Path,
         settings: RunSettings,
+        resumed: bool = False,
     ) -> None:
         self.record = record
         self.plan = plan
@@ -96,6 +98,7 @@ class TaskRun:
             deadlines=self._deadlines,
             output=self._output,
             now=settings.now,
+            resumed=resumed,
         )
         self._background = BackgroundRunnables(
             record,

@@ -5,11 +5,13 @@ output and exit status in the task's folder (the program runs in its `work/`, se
 finds a waiter again by pid and start time, or by its command line when the pid was not saved
 yet. Knows nothing of task states or persistence.
 
-A runnable's start waits for its intent to be saved, and its new files could cost as much on
-a disk (0.02-0.7 ms each on the development machine's ext4, by the folder's history; opening
-one again, a few us): `ahead` makes the next runnable's script and output files while the one
-before it runs, so that its start only opens them.
-Files made for a runnable that never starts are left empty in the task's folder, harmless.
+A script starts without waiting for its intent's save: from its first instant its waiter
+(by its command line), then its status file, tell a restarted agent that it started (`find`).
+New files could cost as much as the rest of a start on a disk (0.02-0.7 ms each on the
+development machine's ext4, by the folder's history; opening one again, a few us): `ahead`
+makes the next runnable's script and output files while the one before it runs (the first's
+with the task's folder), so that its start only opens them. Files made for a runnable that
+never starts are left empty in the task's folder, harmless.
 """
 
 from __future__ import annotations
@@ -78,6 +80,22 @@ class ScriptDriver:
 
         self._ahead[runnable.index] = context.files.submit(make)
 
+    async def find(self, runnable: RunnablePlan) -> Started | None:
+        """Its status file (it ended) or its waiter (it runs), which a start makes before its
+        intent is saved: see `PreparedScript.start`. Blocks on a scan of /proc, in a thread."""
+        status = self._context.status(runnable.index)
+        waiter = await asyncio.to_thread(find_waiter, status)
+        ended = read_status(status)  # after the scan: a waiter that ended meanwhile wrote it
+        if ended is not None:
+            return Started(Finished(ended), Handle())
+        if waiter is None:
+            return None
+        grace = self._context.kill_grace
+        found = ScriptExecution.reattach(*waiter, status, leftover_grace=grace)
+        if isinstance(found, ExitResult):
+            return Started(Finished(found), Handle())
+        return Started(found, Handle(pid=waiter[0], start_time=waiter[1]))
+
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
         status = self._context.status(runnable.index)
         grace = self._context.kill_grace
@@ -131,14 +149,8 @@ class PreparedScript:
             files = await asyncio.to_thread(_write_and_open, context, k, self.spec)
         if isinstance(files, ExitResult):
             return files
-        try:
-            await asyncio.wait([intent])  # nothing starts before the intent is on disk
-        except BaseException:  # cancelled: the agent stops
-            files.close()
-            raise
-        if intent.cancelled() or intent.exception() is not None:
-            files.close()
-            return ExitResult(126, reason=f"cannot start {files.program}: its intent was not saved")
+        # At once, the intent's save under way: an agent that dies before it lands leaves the
+        # run's status file or its waiter, which the next one finds (`ScriptDriver.find`).
         # The fork on the loop's thread: see spawn_opened.
         started = spawn_opened(
             files, env=env, cwd=context.work, user=user, leftover_grace=context.kill_grace

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from batch_agent.names import parse_task_name
 from batch_agent.store import StorageError, TaskStore
 from batch_agent.tasks import events
-from batch_agent.tasks.assembly import EngineOnDemand, make_run
+from batch_agent.tasks.assembly import EngineOnDemand, choose_runtime, make_run
 from batch_agent.tasks.assembly import TaskSettings as TaskSettings  # TaskSet's callers make one
 from batch_agent.tasks.events import ExitCode
 from batch_agent.tasks.folders import remove_task_dir, task_dir
@@ -87,7 +87,8 @@ class TaskSet:
             task = parse_agent_task(record.raw)
             plan = await self._plan_or_fail(record, task)
             if plan is not None:
-                self._launch(slot, plan, cancelled=task.intended_state is IntendedState.CANCELLED)
+                cancelled = task.intended_state is IntendedState.CANCELLED
+                self._launch(slot, plan, cancelled=cancelled, resumed=True)
 
     async def apply(self, tasks: list[dict[str, Any]]) -> int:
         """Apply a response's tasks; returns how many were new. The new ones are saved in one
@@ -243,6 +244,8 @@ class TaskSet:
             return
         from batch_agent.wire import IntendedState
 
+        for slot, _, _ in accepted:
+            choose_runtime(slot.record, self._settings)  # saved with the task, on disk first
         try:
             await self._store.save_many([slot.record for slot, _, _ in accepted])
         except StorageError as error:
@@ -284,8 +287,17 @@ class TaskSet:
         )
         return None
 
-    def _launch(self, slot: _Slot, plan: TaskPlan, *, cancelled: bool) -> None:
-        run = make_run(slot.record, plan, self._settings, lifecycle=self, engine=self._containers)
+    def _launch(
+        self, slot: _Slot, plan: TaskPlan, *, cancelled: bool, resumed: bool = False
+    ) -> None:
+        run = make_run(
+            slot.record,
+            plan,
+            self._settings,
+            lifecycle=self,
+            engine=self._containers,
+            resumed=resumed,
+        )
         if cancelled:
             run.cancel()
         if self._preempted:
