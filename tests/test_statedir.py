@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -30,3 +31,27 @@ def test_a_second_claim_is_refused_until_released(tmp_path):
         claim_state_dir(tmp_path)
     lock.release()
     claim_state_dir(tmp_path).release()
+
+
+def _lsattr(path: object) -> str | None:
+    """`lsattr -d`'s flags of `path`, or None where the tool or the filesystem has none."""
+    try:
+        found = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True)
+    except FileNotFoundError:
+        return None
+    return found.stdout.split()[0] if found.returncode == 0 and found.stdout else None
+
+
+def test_tasks_folders_are_spread_like_top_level_ones(tmp_path):
+    """On ext4, tasks/ carries the "top of directory hierarchy" flag (chattr +T), so that the
+    churn of task folders does not pile up in one block group; elsewhere the claim works all
+    the same."""
+    lock = claim_state_dir(tmp_path / "state")
+    try:
+        flags = _lsattr(tmp_path / "state" / "tasks")
+        if flags is None or _lsattr(tmp_path) is None:
+            pytest.skip("no inode flags here (lsattr missing, or not ext2/3/4)")
+        assert "T" in flags
+        assert "T" not in (_lsattr(tmp_path / "state") or "")
+    finally:
+        lock.release()
