@@ -7,6 +7,7 @@ task through its real drivers and hooks, and looks at what was persisted, in ord
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -311,7 +312,8 @@ class CrashBeforeRunning(Recorder):
         await super().transition(record, new, **details)
 
 
-# A dead agent does not reap its waiters: the crashed run's Popen is collected with it running.
+# A dead agent does not reap its waiters: the crashed run's Popen may be collected with its
+# waiter running. Collected before the test ends (`gc.collect`), never in a later test.
 _OUTLIVED = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
@@ -333,6 +335,8 @@ def test_a_crash_after_the_running_save_starts_nothing_twice(tmp_path):
     assert counter.read_text() == "x\ny\n"
     assert record.state is TaskState.SUCCEEDED
     assert record.runnables[1].exit_code == 0
+    del first
+    gc.collect()
 
 
 @_OUTLIVED
@@ -352,6 +356,8 @@ def test_a_script_started_before_its_intent_was_saved_is_found_not_started_again
     assert record.state is TaskState.SUCCEEDED
     assert (record.runnables[1].exit_code, record.runnables[2].exit_code) == (3, 0)
     assert "ASSIGNED to RUNNING" in record.events[0]["description"]
+    del first
+    gc.collect()
 
 
 class SavesWhenRan(Recorder):
