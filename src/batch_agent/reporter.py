@@ -77,8 +77,10 @@ class Reporter:
         self._log_writer: CloudLogWriter | None = None  # made at start-up
         self._writing: asyncio.Task[None] | None = None
         self._once = False  # run's: an agent that ends after its tasks loads nothing ahead
-        # The agent's own log to Cloud Logging (batch_agent_logs), unless it is off.
-        self._agent_log = AgentLog() if config.cloud_logging != "never" else None
+        # The agent's own log to Cloud Logging (batch_agent_logs), unless it is off (`tasks`:
+        # task output only, as `batch-agent local` asks, which reads the agent's stderr).
+        shipped = config.cloud_logging not in ("never", "tasks")
+        self._agent_log = AgentLog() if shipped else None
         self._masker = Masker()  # every secret value a task resolves, masked from then on
         self._metadata = MetadataServer(config.metadata_host)
         self._store = TaskStore(config.state_dir / "state.db")
