@@ -12,6 +12,11 @@ its agents, their shells; user + system, from the children's rusage) against the
 xargs, split into the agents with their shells (the summary's `cpu`) and `local` (the rest,
 its start-up included), and the `state:report` calls per task (the summary's `reports`).
 
+`--against SRC` compares instead with another checkout's code (its `src`, e.g. `main`'s in a
+worktree): the same run alternately with ours and with SRC's (on `PYTHONPATH`, so its agents
+run it too), ours first in even pairs and SRC's first in odd ones, the way changes are judged
+on a shared machine. A tree whose summary has no `cpu` shows its CPU as `local`'s alone.
+
 The agent's modules are compiled to bytecode first, as pip does when it installs the wheel: a
 checkout run with PYTHONDONTWRITEBYTECODE would otherwise compile every module at every start
 of `local` and of each agent (~0.2 s of CPU each, ~1.5 ms a task here), which no installed
@@ -58,10 +63,17 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def through_local(config: Path, *flags: str) -> tuple[float, float, float, float, float]:
-    """One local run: (end to end, first RUNNING to last SUCCEEDED) in tasks per second, CPU
-    ms per task of the process tree and of its agents with their shells, state:report calls
-    per task."""
+def through_local(
+    config: Path, *flags: str, src: Path | None = None
+) -> tuple[float, float, float, float, float]:
+    """One local run (of the code in `src` when given): (end to end, first RUNNING to last
+    SUCCEEDED) in tasks per second, CPU ms per task of the process tree and of its agents with
+    their shells, state:report calls per task."""
+    env = None
+    if src is not None:
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])
+        )
     cpu = _children_cpu()
     began = time.perf_counter()
     done = subprocess.run(
@@ -70,6 +82,7 @@ def through_local(config: Path, *flags: str) -> tuple[float, float, float, float
         text=True,
         timeout=TIMEOUT,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     wall = time.perf_counter() - began
     cpu = _children_cpu() - cpu
@@ -154,10 +167,49 @@ def run(repeats: int) -> list[Figure]:
     ]
 
 
+def against(repeats: int, src: Path) -> list[Figure]:
+    """Ours against the code in `src`: `repeats` interleaved pairs of the default run."""
+    compileall.compile_dir(Path(batch_agent.__file__).parent, quiet=1)
+    compileall.compile_dir(src / "batch_agent", quiet=1)
+    labels = (
+        ("`batch-agent local`, end to end", "tasks/s"),
+        ("first task running -> last task done", "tasks/s"),
+        ("CPU per task (`local`, agents, shells)", "ms"),
+        ("CPU per task, the agents and their shells", "ms"),
+        ("CPU per task, `local` (start-up included)", "ms"),
+        ("`state:report` calls per task", "calls"),
+    )
+    # per side, per figure of `labels`: its samples
+    sides: dict[Path | None, list[list[float]]] = {None: [], src: []}
+    for side in sides.values():
+        side.extend([] for _ in labels)
+    with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
+        config = Path(tmp, "many-small-tasks.json")
+        config.write_text(json.dumps(job()))
+        for i in range(repeats):
+            for tree in (None, src) if i % 2 == 0 else (src, None):
+                whole, running, cpu, agents, calls = through_local(config, src=tree)
+                for samples, value in zip(
+                    sides[tree], (whole, running, cpu, agents, cpu - agents, calls), strict=True
+                ):
+                    samples.append(value)
+    name = f"{TASKS} x `true`, parallelism {PARALLELISM}, {PER_VM} per VM"
+    return [
+        Figure(f"{name}: {label}", unit, mine, f"the code in {src}", theirs)
+        for (label, unit), mine, theirs in zip(labels, sides[None], sides[src], strict=True)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--against", type=Path, help="another checkout's src to compare with")
     args = parser.parse_args()
+    if args.against is not None:
+        print(f"load average {os.getloadavg()}")
+        print_figures(against(args.repeats, args.against.resolve()))
+        print(f"load average {os.getloadavg()}")
+        return
     print_figures(run(args.repeats))
 
 
