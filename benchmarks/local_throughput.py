@@ -6,10 +6,16 @@ timed from its start to its exit (Python start-up of `local` and both agents inc
 the same run, the span from the first task's RUNNING to the last task's SUCCEEDED (the emulator's
 change times: the steady state, start-up excluded). The baseline runs the same 400 `sh -c true`
 with xargs, 8 at a time. A third figure runs the job again with `--min-report-interval 0.1s`,
-the fixed cadence `local` had before its cadence followed the work. Runs are interleaved. Two
-more figures from the first kind of run: the CPU time per task of the whole process tree
-(`local`, its agents, their shells; user + system, from the children's rusage) against the
-same for xargs, and the `state:report` calls per task (the summary's `reports`).
+the fixed cadence `local` had before its cadence followed the work. Runs are interleaved. More
+figures from the first kind of run: the CPU time per task of the whole process tree (`local`,
+its agents, their shells; user + system, from the children's rusage) against the same for
+xargs, split into the agents with their shells (the summary's `cpu`) and `local` (the rest,
+its start-up included), and the `state:report` calls per task (the summary's `reports`).
+
+`--against SRC` compares instead with another checkout's code (its `src`, e.g. `main`'s in a
+worktree): the same run alternately with ours and with SRC's (on `PYTHONPATH`, so its agents
+run it too), ours first in even pairs and SRC's first in odd ones, the way changes are judged
+on a shared machine. A tree whose summary has no `cpu` shows its CPU as `local`'s alone.
 
 The agent's modules are compiled to bytecode first, as pip does when it installs the wheel: a
 checkout run with PYTHONDONTWRITEBYTECODE would otherwise compile every module at every start
@@ -57,9 +63,17 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def through_local(config: Path, *flags: str) -> tuple[float, float, float, float]:
-    """One local run: (end to end, first RUNNING to last SUCCEEDED) in tasks per second, CPU
-    ms per task of the process tree, state:report calls per task."""
+def through_local(
+    config: Path, *flags: str, src: Path | None = None
+) -> tuple[float, float, float, float, float]:
+    """One local run (of the code in `src` when given): (end to end, first RUNNING to last
+    SUCCEEDED) in tasks per second, CPU ms per task of the process tree and of its agents with
+    their shells, state:report calls per task."""
+    env = None
+    if src is not None:
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])
+        )
     cpu = _children_cpu()
     began = time.perf_counter()
     done = subprocess.run(
@@ -68,6 +82,7 @@ def through_local(config: Path, *flags: str) -> tuple[float, float, float, float
         text=True,
         timeout=TIMEOUT,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     wall = time.perf_counter() - began
     cpu = _children_cpu() - cpu
@@ -80,7 +95,9 @@ def through_local(config: Path, *flags: str) -> tuple[float, float, float, float
     first = min(c["time"] for c in tasks if c["state"] in ("RUNNING", "SUCCEEDED"))
     last = max(c["time"] for c in tasks if c["state"] == "SUCCEEDED")
     reports = changes[-1]["reports"] / TASKS
-    return TASKS / wall, TASKS / max(last - first, 0.001), cpu * 1000 / TASKS, reports
+    agents = changes[-1].get("cpu", {}).get("agents", 0.0)
+    rates = TASKS / wall, TASKS / max(last - first, 0.001)
+    return *rates, cpu * 1000 / TASKS, agents * 1000 / TASKS, reports
 
 
 def xargs() -> tuple[float, float]:
@@ -97,6 +114,7 @@ def run(repeats: int) -> list[Figure]:
     end_to_end: list[float] = []
     steady: list[float] = []
     cpu: list[float] = []
+    agents_cpu: list[float] = []
     reports: list[float] = []
     fixed: list[float] = []
     baseline: list[float] = []
@@ -106,10 +124,11 @@ def run(repeats: int) -> list[Figure]:
         config = Path(tmp, "many-small-tasks.json")
         config.write_text(json.dumps(job()))
         for _ in range(repeats):
-            whole, running, used, calls = through_local(config)
+            whole, running, used, agents, calls = through_local(config)
             end_to_end.append(whole)
             steady.append(running)
             cpu.append(used)
+            agents_cpu.append(agents)
             reports.append(calls)
             rate, base_cpu = xargs()
             baseline.append(rate)
@@ -138,14 +157,59 @@ def run(repeats: int) -> list[Figure]:
             f"median <= {budget:.0f} ms (400 tasks/s on {os.cpu_count()} CPUs)",
             statistics.median(cpu) <= budget,
         ),
+        Figure(f"{name}: CPU per task, the agents and their shells", "ms", agents_cpu),
+        Figure(
+            f"{name}: CPU per task, `local` (start-up included)",
+            "ms",
+            [whole - agents for whole, agents in zip(cpu, agents_cpu, strict=True)],
+        ),
         Figure(f"{name}: `state:report` calls per task", "calls", reports),
+    ]
+
+
+def against(repeats: int, src: Path) -> list[Figure]:
+    """Ours against the code in `src`: `repeats` interleaved pairs of the default run."""
+    compileall.compile_dir(Path(batch_agent.__file__).parent, quiet=1)
+    compileall.compile_dir(src / "batch_agent", quiet=1)
+    labels = (
+        ("`batch-agent local`, end to end", "tasks/s"),
+        ("first task running -> last task done", "tasks/s"),
+        ("CPU per task (`local`, agents, shells)", "ms"),
+        ("CPU per task, the agents and their shells", "ms"),
+        ("CPU per task, `local` (start-up included)", "ms"),
+        ("`state:report` calls per task", "calls"),
+    )
+    # per side, per figure of `labels`: its samples
+    sides: dict[Path | None, list[list[float]]] = {None: [], src: []}
+    for side in sides.values():
+        side.extend([] for _ in labels)
+    with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
+        config = Path(tmp, "many-small-tasks.json")
+        config.write_text(json.dumps(job()))
+        for i in range(repeats):
+            for tree in (None, src) if i % 2 == 0 else (src, None):
+                whole, running, cpu, agents, calls = through_local(config, src=tree)
+                for samples, value in zip(
+                    sides[tree], (whole, running, cpu, agents, cpu - agents, calls), strict=True
+                ):
+                    samples.append(value)
+    name = f"{TASKS} x `true`, parallelism {PARALLELISM}, {PER_VM} per VM"
+    return [
+        Figure(f"{name}: {label}", unit, mine, f"the code in {src}", theirs)
+        for (label, unit), mine, theirs in zip(labels, sides[None], sides[src], strict=True)
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--against", type=Path, help="another checkout's src to compare with")
     args = parser.parse_args()
+    if args.against is not None:
+        print(f"load average {os.getloadavg()}")
+        print_figures(against(args.repeats, args.against.resolve()))
+        print(f"load average {os.getloadavg()}")
+        return
     print_figures(run(args.repeats))
 
 

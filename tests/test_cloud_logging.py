@@ -161,6 +161,17 @@ def test_tasks_without_logging_option_are_not_shipped(make_emulator, start_agent
     assert payloads(emu.logs.entries("batch_task_logs")) == ["loud"]
 
 
+def test_tasks_mode_ships_every_task_but_not_the_agent_log(make_emulator, start_agent) -> None:
+    """`--cloud-logging tasks` (what `batch-agent local` asks for) ships a task's output even
+    without loggingOption, and none of the agent's own log."""
+    emu = make_emulator(None)
+    emu.add_task({"agentTaskSpec": {"runnables": [script("echo loud")]}})
+    agent = start_agent(emu, "--once", "--cloud-logging", "tasks", **logging_env(emu))
+    assert agent.wait(90) == 0, agent.log()
+    assert payloads(emu.logs.entries("batch_task_logs")) == ["loud"]
+    assert emu.logs.received("batch_agent_logs") == 0
+
+
 def test_secret_values_are_masked_in_cloud_logging(make_emulator, start_agent) -> None:
     """A secret the task prints is `***` in its Cloud Logging entries, as in the agent log."""
     version = "projects/123456789012/secrets/db/versions/1"

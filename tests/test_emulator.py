@@ -276,6 +276,33 @@ def test_metadata_refuses_without_flavor_and_404s_unknown_keys(make: Any) -> Non
     assert (status, headers["Metadata-Flavor"]) == (200, "Google")
 
 
+def raw_exchange(host: str, request: bytes) -> bytes:
+    """Send `request` as it is on a new connection; everything the emulator answers."""
+    address, port = host.rsplit(":", 1)
+    with socket.create_connection((address, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_malformed_requests_get_an_http_error_and_threads_are_reused(make: Any) -> None:
+    """A request line that is not HTTP is 400, a method other than GET and POST 501, a bad
+    Content-Length 400; and a hundred requests one after the other take no thread each."""
+    emu = make()
+    assert raw_exchange(emu.metadata_host, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+    answer = raw_exchange(emu.metadata_host, b"PUT / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 501 ")
+    answer = raw_exchange(emu.metadata_host, b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400 ")
+    before = threading.active_count()
+    for _ in range(100):
+        assert meta(emu.metadata_host, "instance/name")[0] == 200
+    assert threading.active_count() <= before + 2
+
+
 def test_preempted_wait_for_change(make: Any) -> None:
     """A wait_for_change request returns once the value changes, or after timeout_sec."""
     emu = make()

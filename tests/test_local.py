@@ -525,12 +525,12 @@ def test_parse_agent_lines() -> None:
 def test_only_warnings_and_errors_of_an_agent_are_parsed() -> None:
     """INFO and DEBUG lines (chatter, output copies) are never shown, so they are not parsed;
     a severity quoted inside a message does not count."""
-    assert is_chatter('{"time": "T", "severity": "INFO", "logger": "batch_agent", "message": "x"}')
-    assert is_chatter('{"time": "T", "severity": "DEBUG", "message": "x"}')
-    assert not is_chatter('{"time": "T", "severity": "WARNING", "message": "x"}')
+    assert is_chatter(b'{"time": "T", "severity": "INFO", "logger": "batch_agent", "message": "x"}')
+    assert is_chatter(b'{"time": "T", "severity": "DEBUG", "message": "x"}')
+    assert not is_chatter(b'{"time": "T", "severity": "WARNING", "message": "x"}')
     quoted = json.dumps({"severity": "ERROR", "message": '"severity": "INFO"'})
-    assert not is_chatter(quoted) and parse_line(0, quoted).severity == "ERROR"
-    assert not is_chatter('Traceback (most recent call last): "severity": "INFO"')
+    assert not is_chatter(quoted.encode()) and parse_line(0, quoted).severity == "ERROR"
+    assert not is_chatter(b'Traceback (most recent call last): "severity": "INFO"')
 
 
 def test_sigint_leaves_no_container_behind(

@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--cloud-logging",
-        choices=["auto", "always", "never"],
-        help="ship task output to Cloud Logging (env BATCH_AGENT_CLOUD_LOGGING; default auto)",
+        choices=["auto", "always", "tasks", "never"],
+        help="ship task output to Cloud Logging (env BATCH_AGENT_CLOUD_LOGGING; default auto;"
+        " tasks: every task's, not the agent's own log)",
     )
     run.add_argument("--state-dir", type=Path, help="durable state (env BATCH_AGENT_STATE_DIR)")
     run.add_argument("--config", type=Path, help="a JSON file of settings")

@@ -27,7 +27,7 @@ DEFAULT_METADATA_HOST = "metadata.google.internal"  # host[:port], as GCE_METADA
 DEFAULT_LOGGING_ENDPOINT = "https://logging.googleapis.com/"  # control/cloudlogging.py
 DEFAULT_STATE_DIR = "/var/lib/batch-agent"
 RUNTIME_DIR = "/run/batch-agent"  # systemd's RuntimeDirectory=batch-agent
-CLOUD_LOGGING_MODES = ("auto", "always", "never")
+CLOUD_LOGGING_MODES = ("auto", "always", "tasks", "never")
 LOG_FORMATS = ("auto", "text", "json", "journal")
 ENV_PREFIX = "BATCH_AGENT_"
 # Settings read from the variables other tools read too, not from BATCH_AGENT_<NAME>.

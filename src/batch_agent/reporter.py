@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from batch_agent import wiring
 from batch_agent.burst import Burst
@@ -71,14 +72,17 @@ class Reporter:
         self._state_lock = claim_state_dir(config.state_dir)
         self._config = config
         self._stop = stop
+        self._stopping: asyncio.Task[Literal[True]] | None = None  # see _stopped
         self._control = wiring.control_plane(config)
         self._secrets = wiring.secrets_client(config)
         self._logging = wiring.logging_client(config)
         self._log_writer: CloudLogWriter | None = None  # made at start-up
         self._writing: asyncio.Task[None] | None = None
         self._once = False  # run's: an agent that ends after its tasks loads nothing ahead
-        # The agent's own log to Cloud Logging (batch_agent_logs), unless it is off.
-        self._agent_log = AgentLog() if config.cloud_logging != "never" else None
+        # The agent's own log to Cloud Logging (batch_agent_logs), unless it is off (`tasks`:
+        # task output only, as `batch-agent local` asks, which reads the agent's stderr).
+        shipped = config.cloud_logging not in ("never", "tasks")
+        self._agent_log = AgentLog() if shipped else None
         self._masker = Masker()  # every secret value a task resolves, masked from then on
         self._metadata = MetadataServer(config.metadata_host)
         self._store = TaskStore(config.state_dir / "state.db")
@@ -243,11 +247,7 @@ class Reporter:
         """A report, or None if told to stop first: the call in flight is then abandoned, so
         that a hanging server never holds up the exit (systemd waits 30 s, not a deadline)."""
         call = asyncio.ensure_future(self._report(state, deadline=deadline))
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({call, stopping}, return_when="FIRST_COMPLETED")
-        finally:
-            stopping.cancel()
+        await asyncio.wait({call, self._stopped()}, return_when="FIRST_COMPLETED")
         if call.done():
             return call.result()
         self._control.abort()
@@ -330,6 +330,8 @@ class Reporter:
             await asyncio.gather(self._writing, return_exceptions=True)
         if self._agent_log is not None:
             logging.getLogger().removeHandler(self._agent_log)
+        if self._stopping is not None:
+            self._stopping.cancel()
         self._logging.close()
         self._control.close()
         self._secrets.close()
@@ -362,11 +364,21 @@ class Reporter:
         elapsed = asyncio.get_running_loop().time() - self._last_report
         return max(self._min_interval.total_seconds() - elapsed, 0.0)
 
+    def _stopped(self) -> asyncio.Task[Literal[True]]:
+        """A task that ends when the agent is told to stop: one for every wait (a task made and
+        cancelled per wait cost the loop more than the report's own step, a few per report)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop.wait())
+        return self._stopping
+
     async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
         """Sleep, waking early on stop (returns True) or on `wake`."""
-        waits = [asyncio.ensure_future(self._stop.wait())]
-        if wake is not None:
-            waits.append(asyncio.ensure_future(wake.wait()))
+        if seconds <= 0 and wake is None:
+            return self._stop.is_set()
+        waits = [self._stopped()]
+        woken = asyncio.ensure_future(wake.wait()) if wake is not None else None
+        if woken is not None:
+            waits.append(woken)
         # The loop pings systemd's watchdog while it waits, at least every half WatchdogSec:
         # a loop wedged anywhere else stops the pings and systemd restarts us.
         ping = self._telemetry.watchdog_interval
@@ -382,6 +394,6 @@ class Reporter:
                     break
                 self._telemetry.watchdog()
         finally:
-            for w in waits:
-                w.cancel()
+            if woken is not None:
+                woken.cancel()
         return self._stop.is_set()

@@ -1,14 +1,15 @@
 """`batch-agent status`: what the agent on this VM is doing, read from its state dir.
 
-Read-only and safe while the agent runs. The running agent may hold its sqlite db in
-exclusive locking mode, and then nobody else can read it; so after each report it publishes
-`LIVE_NAME` (our pid and start, the last report's time, outcome and error, and the task records
-without their specs, which hold secrets), and we read that while its process lives. Once the
-agent is gone (stopped, or killed) we read the db itself, opened `mode=ro`, where it left the
-same facts (`AGENT_FACT`, `REPORT_FACT`) and the records. Task output files are only stat'ed;
-the agent's lock is never taken. Under systemd a running script runnable's CPU and memory
-are read from its scope's cgroup (`tasks/scope.py`). Builds a JSON-able dict (`read_status`)
-and its terminal form (`render`). Must not import the report loop.
+Read-only and safe while the agent runs. The running agent may hold its sqlite db in exclusive
+locking mode, and then nobody else can read it; so after its reports (at most once a second,
+the last one always) it publishes `LIVE_NAME` (our pid and start, the last report's time,
+outcome and error, and the task records without their specs, which hold secrets), and we read
+that while its process lives. Once the agent is gone (stopped, or killed) we read the db
+itself, opened `mode=ro`, where it left the same facts (`AGENT_FACT`, `REPORT_FACT`) and the
+records. Task output files are only stat'ed; the agent's lock is never taken. Under systemd a
+running script runnable's CPU and memory are read from its scope's cgroup (`tasks/scope.py`).
+Builds a JSON-able dict (`read_status`) and its terminal form (`render`). Must not import the
+report loop.
 """
 
 from __future__ import annotations

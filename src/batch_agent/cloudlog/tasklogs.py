@@ -93,7 +93,7 @@ class TaskLog:
 def _wanted(task: AgentTask, mode: str) -> bool:
     if mode == "never":
         return False
-    if mode == "always":
+    if mode in ("always", "tasks"):
         return True
     spec = task.agent_task_spec
     return spec is not None and spec.logging_option is not None

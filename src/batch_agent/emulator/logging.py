@@ -21,6 +21,7 @@ agent code or parse HTTP.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import re
@@ -279,11 +280,8 @@ def _problem(entry: dict[str, Any], now_ns: int) -> str | None:
     name = entry.get("logName")
     if not name:
         return "logName is required (in the entry or the request)"
-    match = _LOG_NAME.fullmatch(name)
-    if match is None:
-        return f"logName {name!r} is not projects/PROJECT_ID/logs/LOG_ID"
-    if not _LOG_ID.fullmatch(unquote(match[2])):
-        return f"logName {name!r}: LOG_ID must be under 512 characters of [A-Za-z0-9/_.-]"
+    if problem := _log_name_problem(name):
+        return problem
     if not entry.get("resource", {}).get("type"):
         return "resource.type is required (in the entry or the request)"
     if len([p for p in _PAYLOADS if p in entry]) > 1:
@@ -298,6 +296,19 @@ def _problem(entry: dict[str, Any], now_ns: int) -> str | None:
     return None
 
 
+# A request's entries share a few log names and instants a second apart: each is read once.
+@functools.lru_cache(maxsize=256)
+def _log_name_problem(name: str) -> str | None:
+    """Why `name` is no log name Cloud Logging takes; None when it is one."""
+    match = _LOG_NAME.fullmatch(name)
+    if match is None:
+        return f"logName {name!r} is not projects/PROJECT_ID/logs/LOG_ID"
+    if not _LOG_ID.fullmatch(unquote(match[2])):
+        return f"logName {name!r}: LOG_ID must be under 512 characters of [A-Za-z0-9/_.-]"
+    return None
+
+
+@functools.lru_cache(maxsize=256)
 def _split_log_name(name: str) -> tuple[str, str]:
     """(parent, LOG_ID decoded) of a stored (valid) log name."""
     match = _LOG_NAME.fullmatch(name)
@@ -315,6 +326,10 @@ def _instant_ns(stamp: str) -> int:
         zone = rest[len(frac) :]
     else:
         head, frac, zone = stamp[:19], "", stamp[19:]
+    return _epoch_seconds(head, zone) * 10**9 + int((frac + "000000000")[:9])
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch_seconds(head: str, zone: str) -> int:
     zone = "+00:00" if zone in ("Z", "z") else zone
-    seconds = int(datetime.fromisoformat(head + zone).timestamp())
-    return seconds * 10**9 + int((frac + "000000000")[:9])
+    return int(datetime.fromisoformat(head + zone).timestamp())

@@ -30,7 +30,8 @@ AGENT_COMMAND = (
     *("--log-format", "json", "--exit-with-parent"),
 )
 _OUTPUT_LOGGER = "batch_agent.output"
-_CHATTER = ('"severity": "INFO"', '"severity": "DEBUG"')  # as `--log-format json` spells them
+_CHATTER = (b'"severity": "INFO"', b'"severity": "DEBUG"')  # as `--log-format json` spells them
+_CHUNK = 65536  # bytes read from an agent's stderr at once
 _TAG = re.compile(r"task (\d+) r(\d+)")
 
 
@@ -47,12 +48,13 @@ class Line:
     stream: str | None = None
 
 
-def is_chatter(text: str) -> bool:
+def is_chatter(raw: bytes) -> bool:
     """An INFO or DEBUG line of an agent's JSON log: its chatter and its copy of the output,
     most of its lines (several per task). `local` shows none of them (`LocalRun._show`), so
-    they go to agent.log only, unparsed. A quote inside a JSON string is escaped, so only the
+    they go to agent.log only, undecoded. A quote inside a JSON string is escaped, so only the
     line's own severity matches."""
-    return text.startswith("{") and any(severity in text for severity in _CHATTER)
+    info, debug = _CHATTER
+    return raw.startswith(b"{") and (info in raw or debug in raw)
 
 
 def parse_line(vm: int, text: str) -> Line:
@@ -104,12 +106,23 @@ class AgentProcess:
         return self.proc.pid
 
     def _read(self, pipe: IO[bytes], lines: queue.Queue[Line]) -> None:
+        """Copy the pipe to agent.log as it comes, a chunk at a time, and queue the lines that
+        are not chatter (a line cut by a chunk's end waits for the rest)."""
+        fd = pipe.fileno()
         with pipe, (self.directory / "agent.log").open("wb") as copy:
-            for raw in pipe:
-                copy.write(raw)
-                text = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if text and not is_chatter(text):
-                    lines.put(parse_line(self.vm, text))
+            rest = b""
+            while chunk := os.read(fd, _CHUNK):
+                copy.write(chunk)
+                *whole, rest = (rest + chunk).split(b"\n")
+                for raw in whole:
+                    self._take(raw, lines)
+            self._take(rest, lines)
+
+    def _take(self, raw: bytes, lines: queue.Queue[Line]) -> None:
+        if raw and not is_chatter(raw):
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            if text:
+                lines.put(parse_line(self.vm, text))
 
     def terminate(self) -> None:
         """Ask the agent to stop (SIGTERM), once: it reports AGENT_STOPPED and exits."""

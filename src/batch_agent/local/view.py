@@ -51,6 +51,10 @@ class Summary:
     tasks: tuple[TaskSummary, ...]
     kept: Path | None  # the work dir, when --keep kept it
     reports: int = 0  # state:report calls the local control plane answered
+    # CPU seconds (user + system) during the run: `local` itself, and its agents with their
+    # tasks' processes (each agent reaped by then)
+    cpu_local: float = 0.0
+    cpu_agents: float = 0.0
 
 
 def duration(seconds: float | None) -> str:
@@ -249,6 +253,7 @@ class JsonView(View):
             exitStatus=summary.exit_status,
             elapsed=round(summary.elapsed, 3),
             reports=summary.reports,
+            cpu={"local": round(summary.cpu_local, 3), "agents": round(summary.cpu_agents, 3)},
             tasks=tasks,
             **kept,
         )
