@@ -150,7 +150,8 @@ def open_files(
     """Check `program` and open the files of its start; see the module docstring.
 
     `shell`: the waiter runs `/bin/sh PROGRAM`, for a script known to have no shebang: what
-    its exec would come to after ENOEXEC, one failed exec sooner.
+    its exec would come to after ENOEXEC, one failed exec sooner (`program`, which sh only
+    reads, is then not checked: sh says what is wrong with it, in stderr).
 
     A relative `program` is taken relative to `cwd`. stdout/stderr are opened for appending
     (created 0600 if missing). A stale `status_path` is removed (with `user`: truncated and
@@ -163,7 +164,7 @@ def open_files(
     """
     if not program.is_absolute():
         program = cwd / program
-    problem = _cannot_execute(program, user)
+    problem = None if shell else _cannot_execute(program, user)
     if problem is not None:
         return problem
     fds: list[int] = []
