@@ -71,9 +71,9 @@ def spread_subfolders(folder: Path) -> None:
     rather than in the group of `folder` itself.
 
     A task folder and its files are made, then deleted, thousands of times in `tasks/`: in one
-    group, that churn made a new task's folders and files cost several times as much kernel
-    time on the development machine's ext4 (docs/choices.md, "Task folders"). Elsewhere (no
-    such flag, not ext4) this does nothing.
+    group, on an ext4 without a journal, that churn made a new task's folders and files cost
+    several times as much kernel time (docs/choices.md, "Task folders"). Elsewhere (no such
+    flag, not ext4) this does nothing.
     """
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
