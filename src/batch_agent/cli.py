@@ -119,11 +119,33 @@ def _run(args: argparse.Namespace) -> int:
     # is then frozen, so that no later collection scans it again.
     gc.disable()
     try:
+        from batch_agent.config import ConfigError, load_config
+
+        try:
+            config = load_config(
+                args.config,
+                endpoint=args.endpoint,
+                secretmanager_endpoint=args.secretmanager_endpoint,
+                kms_endpoint=args.kms_endpoint,
+                logging_endpoint=args.logging_endpoint,
+                cloud_logging=args.cloud_logging,
+                state_dir=args.state_dir,
+                log_format=args.log_format,
+                reported_version=args.reported_version,
+            )
+        except ConfigError as error:
+            print(f"batch-agent: configuration: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        # What the first report needs from the metadata server is asked now, in threads: the
+        # answers come while the rest of the agent is imported (most of its start-up).
+        from batch_agent.vm import ask_early
+
+        early = ask_early(config.metadata_host, token=config.credentials_file is None)
+
         import asyncio
         import logging
         import signal
 
-        from batch_agent.config import ConfigError, load_config
         from batch_agent.logformat import setup_logging
         from batch_agent.reporter import Rejected, Reporter, Unreachable
         from batch_agent.statedir import StateDirBusy
@@ -131,21 +153,6 @@ def _run(args: argparse.Namespace) -> int:
         gc.freeze()
         gc.enable()
 
-    try:
-        config = load_config(
-            args.config,
-            endpoint=args.endpoint,
-            secretmanager_endpoint=args.secretmanager_endpoint,
-            kms_endpoint=args.kms_endpoint,
-            logging_endpoint=args.logging_endpoint,
-            cloud_logging=args.cloud_logging,
-            state_dir=args.state_dir,
-            log_format=args.log_format,
-            reported_version=args.reported_version,
-        )
-    except ConfigError as error:
-        print(f"batch-agent: configuration: {error}", file=sys.stderr)
-        return EXIT_USAGE
     setup_logging(config.log_format)
     _watch_children_by_pidfd()
     log = logging.getLogger("batch_agent")
@@ -158,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
         # A hangup (a closed terminal, a careless `kill -HUP`) must not end the agent.
         loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP ignored"))
         try:
-            reporter = Reporter(config, stop=stop)
+            reporter = Reporter(config, stop=stop, early=early)
             if args.exit_with_parent:
                 _watch_parent(reporter.abandon)
             outcome = await reporter.run(once=args.once)

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -155,13 +155,14 @@ METADATA_KEYS = (  # with the identity's keys, the report's `metadata` (and the 
     "instance/attributes/created-by",
     "instance/image",
 )
+TOKEN_KEY = "instance/service-accounts/default/token"  # control's credentials read it
 
 
 def read_vm(
-    server: MetadataServer, *, version: str, os_release: dict[str, str]
+    server: MetadataServer | EarlyAnswers, *, version: str, os_release: dict[str, str]
 ) -> tuple[VmIdentity, AgentMetadata]:
     """The VM's identity and the report's `metadata`. BLOCKS (one round trip: every key is
-    read once, all at once).
+    read once, all at once; none with EarlyAnswers that have come).
 
     Raises MetadataError when the server cannot be reached, answers an error status, or lacks
     an identity key (or gives a malformed one); any other key it lacks is left out of the
@@ -169,6 +170,58 @@ def read_vm(
     """
     values = server.get_many([*IDENTITY_KEYS, *METADATA_KEYS])
     return _identity(values), _metadata(values, version=version, os_release=os_release)
+
+
+class EarlyAnswers:
+    """The metadata server's answers to `keys`, asked at once (a daemon thread each) as soon as
+    this is made: the agent asks before its imports, so that the answers arrive while it
+    imports. `get_many` as MetadataServer's, each key waiting for its early answer (a key not
+    asked early is asked then). Thread-safe; never logs (logging is not set up yet)."""
+
+    def __init__(self, server: MetadataServer, keys: Iterable[str]) -> None:
+        self._server = server
+        self._answers: dict[str, Future[str | None]] = {}
+        for key in dict.fromkeys(keys):
+            answer: Future[str | None] = Future()
+            self._answers[key] = answer
+            threading.Thread(
+                target=self._ask, args=(key, answer), name="metadata-early", daemon=True
+            ).start()
+
+    def _ask(self, key: str, answer: Future[str | None]) -> None:
+        try:
+            answer.set_result(self._server.get(key))
+        except BaseException as error:  # kept for the reader; the thread ends quietly
+            answer.set_exception(error)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """As `MetadataServer.get_many`. BLOCKS until each key's answer came (the server's
+        timeout bounds each)."""
+        return {key: self.get(key) for key in dict.fromkeys(keys)}
+
+    def get(self, key: str) -> str | None:
+        """As `MetadataServer.get`: the early answer, else the server's now."""
+        answer = self._answers.get(key)
+        return self._server.get(key) if answer is None else answer.result()
+
+    def first(self, key: str) -> Callable[[], str | None]:
+        """For a caller that wants one answer once (a token): a function giving the early
+        answer of `key`, None when it failed (the caller then asks the server itself)."""
+
+        def early() -> str | None:
+            try:
+                return self.get(key)
+            except MetadataError:
+                return None
+
+        return early
+
+
+def ask_early(host: str, *, token: bool) -> EarlyAnswers:
+    """Ask the metadata server at `host` every key `read_vm` reads, and the service account's
+    token when `token` (the agent's credentials come from the metadata server), now."""
+    keys = [*IDENTITY_KEYS, *METADATA_KEYS, *([TOKEN_KEY] if token else [])]
+    return EarlyAnswers(MetadataServer(host), keys)
 
 
 def _identity(values: Mapping[str, str | None]) -> VmIdentity:

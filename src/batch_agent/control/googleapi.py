@@ -53,6 +53,7 @@ class GoogleApi:
         credentials: object | None = None,
         application_default: bool = False,
         metadata_host: str = DEFAULT_METADATA_HOST,
+        early_token: Callable[[], str | None] | None = None,
     ) -> None:
         if deadline <= timedelta(0):
             raise ValueError(f"a call deadline must be positive, got {deadline}")
@@ -63,6 +64,7 @@ class GoogleApi:
         self._credentials = credentials
         self._application_default = application_default
         self._metadata_host = metadata_host
+        self._early_token = early_token  # see credentials.MetadataServerCredentials
         self._service: Any = None
         self._resources: dict[tuple[str, ...], Any] = {}  # see _resource
         self._calls: dict[tuple[str, ...], Any] = {}  # see _call
@@ -109,7 +111,9 @@ class GoogleApi:
                 metadata_host=self._metadata_host,
                 timeout=self.timeout,
                 scope=CLOUD_PLATFORM_SCOPE,
+                early_token=self._early_token,
             )
+            self._early_token = None  # a client built again later gets a fresh token
             # `http` and `credentials` are mutually exclusive in build(); the credentials
             # travel inside AuthorizedHttp.
             self._service = discovery.build(
