@@ -11,10 +11,11 @@ module must not know about agents, tasks or HTTP.
 from __future__ import annotations
 
 import functools
-import importlib.resources
+import importlib.util
 import json
 import re
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 _DOCUMENTS = "discovery_cache/documents/"
@@ -40,9 +41,13 @@ _RANGES = {
 def document(api: str = BATCH) -> dict[str, Any]:
     """The parsed discovery document of `api` (`BATCH`, `LOGGING`); loaded on first call, then
     shared (do not mutate)."""
-    path = f"{_DOCUMENTS}{api}.json"
-    text = importlib.resources.files("googleapiclient").joinpath(path).read_text("utf-8")
-    doc: dict[str, Any] = json.loads(text)
+    # The package's folder, found without importing it (nor importlib.resources: ~3 ms at the
+    # agent's first report, which logs the request in a form this document describes).
+    spec = importlib.util.find_spec("googleapiclient")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("google-api-python-client is not installed")
+    path = Path(spec.origin).parent / f"{_DOCUMENTS}{api}.json"
+    doc: dict[str, Any] = json.loads(path.read_text("utf-8"))
     return doc
 
 
