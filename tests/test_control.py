@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -293,6 +295,25 @@ def test_without_a_usable_early_token_the_metadata_server_is_asked(
     credentials = MetadataServerCredentials(emu.metadata_host, http=http, early=lambda: early)
     credentials.refresh(google_auth_httplib2.Request(http))
     assert credentials.token == "emu-token-vm-0"
+
+
+def test_google_api_core_runs_its_init_only_when_used() -> None:
+    """The discovery client loads google.api_core's submodules without the package's own
+    __init__ (version checks through importlib.metadata); reading another attribute of the
+    package runs it, in the same module, its submodules kept (a fresh interpreter)."""
+    program = (
+        "import sys\n"
+        "import batch_agent.control\n"
+        "from googleapiclient import discovery\n"
+        "assert 'importlib.metadata' not in sys.modules\n"
+        "import google.api_core\n"
+        "package = sys.modules['google.api_core']\n"
+        "assert google.api_core.__version__\n"
+        "assert 'importlib.metadata' in sys.modules\n"
+        "assert sys.modules['google.api_core'] is package\n"
+        "assert google.api_core.client_options.ClientOptions\n"
+    )
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
 
 
 def test_constructing_does_no_io() -> None:
