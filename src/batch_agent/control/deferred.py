@@ -55,7 +55,7 @@ class _DeferredInit(types.ModuleType):
                 return importlib.import_module(submodule)
         spec = self.__spec__
         assert spec is not None and spec.loader is not None  # set by defer_unused_imports
-        self.__class__ = types.ModuleType  # a plain module from now on: no more stand-in
+        self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module now
         self.__file__, self.__loader__, self.__package__ = spec.origin, spec.loader, spec.name
         spec.loader.exec_module(self)
         return getattr(self, attribute)
