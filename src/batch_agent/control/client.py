@@ -49,6 +49,7 @@ class ControlPlane(GoogleApi):
     API = "batch"
     VERSION = "v1"
     TITLE = "Batch API"
+    METHODS = ("projects.locations.state.report",)
 
     def report(
         self,
