@@ -1,28 +1,31 @@
 """Facts about this VM for the report: metadata server reads, identity, boot time, os-release.
 
-Metadata reads use only the standard library (urllib.request): httplib2 and the Google
-client libraries belong to control/. This module does not read the environment (the
-caller passes the metadata host, as GCE_METADATA_HOST gives it) and does not retry; every
-metadata call BLOCKS and belongs in a worker thread when called from the event loop.
+Metadata reads use only the standard library (http.client: no proxy, as the metadata server
+answers only on the VM itself): httplib2 and the Google client libraries belong to control/.
+This module does not read the environment (the caller passes the metadata host, as
+GCE_METADATA_HOST gives it) and does not retry; every metadata call BLOCKS and belongs in a
+worker thread when called from the event loop.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batch_agent.config import DEFAULT_METADATA_HOST as DEFAULT_METADATA_HOST  # vm's default
-from batch_agent.wire import AgentMetadata
+
+if TYPE_CHECKING:  # imported where used: the CLI asks the metadata server before the models
+    from batch_agent.wire import AgentMetadata
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +43,10 @@ class MetadataServer:
     def __init__(
         self, host: str = DEFAULT_METADATA_HOST, timeout: timedelta = timedelta(seconds=5)
     ) -> None:
+        # No proxies (http.client knows none): the metadata server is link-local and an
+        # http_proxy in the environment (for the user's tasks) must not capture our requests.
         self.host = host
         self.timeout = timeout
-        # No proxies: the metadata server is link-local and an http_proxy in the environment
-        # (for the user's tasks) must not capture our requests.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def get(self, key: str) -> str | None:
         """The value of `key` (e.g. "instance/zone"), or None when the server has no such key.
@@ -89,22 +91,28 @@ class MetadataServer:
     def _get(
         self, key: str, query: dict[str, str], timeout: timedelta
     ) -> tuple[str | None, str | None]:
-        url = f"http://{self.host}/computeMetadata/v1/{key.lstrip('/')}"
+        path = f"/computeMetadata/v1/{key.lstrip('/')}"
         if query:
-            url += "?" + urllib.parse.urlencode(query)
-        request = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
+            path += "?" + urllib.parse.urlencode(query)
+        url = f"http://{self.host}{path}"
         try:
-            with self._opener.open(request, timeout=timeout.total_seconds()) as response:
-                flavor = response.headers.get("Metadata-Flavor")
-                etag = response.headers.get("ETag")
-                body: bytes = response.read()
-        except urllib.error.HTTPError as error:
-            error.close()
-            if error.code == HTTPStatus.NOT_FOUND:
-                return None, None
-            raise MetadataError(f"metadata server answered {error.code} for {key}") from None
-        except (OSError, ValueError) as error:  # URLError, timeouts, refused; bad host
+            connection = http.client.HTTPConnection(self.host, timeout=timeout.total_seconds())
+            try:
+                connection.request("GET", path, headers={"Metadata-Flavor": "Google"})
+                response = connection.getresponse()
+                status = response.status
+                flavor = response.getheader("Metadata-Flavor")
+                etag = response.getheader("ETag")
+                body = response.read()
+            finally:
+                connection.close()
+        # Timeouts, refused, reset; a bad host or port; garbage in place of HTTP.
+        except (OSError, ValueError, http.client.HTTPException) as error:
             raise MetadataError(f"cannot read {key} from the metadata server: {error}") from error
+        if status == HTTPStatus.NOT_FOUND:
+            return None, None
+        if status != HTTPStatus.OK:
+            raise MetadataError(f"metadata server answered {status} for {key}")
         # The header proves we reached a metadata server, not a proxy or a captive portal.
         if flavor != "Google":
             raise MetadataError(f"{url} answered without Metadata-Flavor: Google")
@@ -261,6 +269,8 @@ def _metadata(
     def optional(key: str) -> str | None:
         value = values[key]
         return value.strip() if value is not None and value.strip() else None
+
+    from batch_agent.wire import AgentMetadata
 
     zone = optional("instance/zone")
     machine_type = optional("instance/machine-type")
