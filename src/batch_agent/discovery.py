@@ -14,6 +14,7 @@ import functools
 import importlib.util
 import json
 import re
+import threading
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -38,12 +39,19 @@ _RANGES = {
 }
 
 
-@functools.cache
+_LOADING = threading.Lock()  # the first report's call and its log line both want Batch's
+
+
 def document(api: str = BATCH) -> dict[str, Any]:
     """The parsed discovery document of `api` (`BATCH`, `LOGGING`); loaded on first call, then
-    shared (do not mutate)."""
-    # The package's folder, found without importing it (nor importlib.resources: ~3 ms at the
-    # agent's first report, which logs the request in a form this document describes).
+    shared (do not mutate). Thread-safe: loaded once."""
+    with _LOADING:
+        return _load(api)
+
+
+@functools.cache
+def _load(api: str) -> dict[str, Any]:
+    # The package's folder, found without importing it.
     spec = importlib.util.find_spec("googleapiclient")
     if spec is None or spec.origin is None:
         raise FileNotFoundError("google-api-python-client is not installed")
