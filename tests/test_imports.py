@@ -163,6 +163,7 @@ NOT_FOR_VERSION += ["logging", "argparse"]
 # read installed packages' metadata); the rest are imported where used.
 NOT_FOR_RUN = ["cryptography", "pyparsing", "http.server", "prometheus_client", "docker"]
 NOT_FOR_RUN += ["google.api_core._python_package_support", "importlib.metadata"]
+NOT_FOR_RUN += ["argparse"]  # `run`'s usual command lines are read without it (cli.py)
 NOT_FOR_RUN += ["pydantic"]  # the task models are plain dataclasses (wire/task.py)
 
 
