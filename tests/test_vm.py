@@ -349,3 +349,11 @@ def test_an_early_failure_is_raised_when_read_and_none_for_first(sparse: _Sparse
         read_vm(early, version="v", os_release={})
     assert early.first("instance/zone")() is None
     assert early.get("instance/name") == "vm-x"
+
+
+def test_an_early_answer_read_late_is_passed_over(sparse: _SparseMetadata) -> None:
+    """`first` gives None for an answer older than `fresh_for`: a token asked at start-up and
+    first used much later may be near its end, so the caller asks afresh."""
+    early = EarlyAnswers(MetadataServer(sparse.host), ["instance/name"])
+    assert early.first("instance/name")() == "vm-x"
+    assert early.first("instance/name", fresh_for=0.0)() is None

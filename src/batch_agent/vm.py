@@ -189,6 +189,7 @@ class EarlyAnswers:
     def __init__(self, server: MetadataServer, keys: Iterable[str]) -> None:
         self._server = server
         self._answers: dict[str, Future[str | None]] = {}
+        self._arrived: dict[str, float] = {}  # time.monotonic() of each answer
         for key in dict.fromkeys(keys):
             answer: Future[str | None] = Future()
             self._answers[key] = answer
@@ -198,9 +199,12 @@ class EarlyAnswers:
 
     def _ask(self, key: str, answer: Future[str | None]) -> None:
         try:
-            answer.set_result(self._server.get(key))
+            value = self._server.get(key)
         except BaseException as error:  # kept for the reader; the thread ends quietly
             answer.set_exception(error)
+            return
+        self._arrived[key] = time.monotonic()
+        answer.set_result(value)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, str | None]:
         """As `MetadataServer.get_many`. BLOCKS until each key's answer came (the server's
@@ -212,15 +216,19 @@ class EarlyAnswers:
         answer = self._answers.get(key)
         return self._server.get(key) if answer is None else answer.result()
 
-    def first(self, key: str) -> Callable[[], str | None]:
+    def first(self, key: str, *, fresh_for: float = 60.0) -> Callable[[], str | None]:
         """For a caller that wants one answer once (a token): a function giving the early
-        answer of `key`, None when it failed (the caller then asks the server itself)."""
+        answer of `key`; None when it failed, or came more than `fresh_for` seconds before
+        it is read (a token may then be near its end). The caller then asks the server."""
 
         def early() -> str | None:
             try:
-                return self.get(key)
+                value = self.get(key)
             except MetadataError:
                 return None
+            if time.monotonic() - self._arrived.get(key, float("-inf")) > fresh_for:
+                return None
+            return value
 
         return early
 
