@@ -1,9 +1,12 @@
 """Footprint: the agent's start-up, `batch-agent version`, and its RSS and CPU idle and busy.
 
-Four measures, each as min/median/max of `--repeats` samples:
+Five measures, each as min/median/max of `--repeats` samples:
 - start-up to the first report: a fresh agent and state dir each time, from its Popen to the
   emulator's stamp of its first report (the same clock), interleaved with the baseline
   `python -c pass` (the interpreter's own start);
+- the CPU time (user + system, all threads) the agent had used when its first report was seen
+  (polled every ms, so it may include a ms of what follows), next to `python -c pass`'s: a
+  start-up is CPU-bound, and CPU moves less than wall time with the machine's load;
 - `batch-agent version`, interleaved with `python -c pass`;
 - one agent with no task (defaultReportInterval "10s"): after 5 s to settle, its peak VmRSS
   (sampled once a second) and its CPU (utime+stime across the window) in each of `repeats`
@@ -64,7 +67,11 @@ def main() -> None:
 def run(repeats: int, window: float = 10.0, tasks: int = TASKS) -> list[Figure]:
     """The start-up figures, then the idle and busy windows of one agent."""
     compileall.compile_dir(Path(batch_agent.__file__).parent, quiet=1)
-    first, bare = interleaved(repeats, first_report, python_pass)
+    first_cpu: list[float] = []
+    bare_cpu: list[float] = []
+    first, bare = interleaved(
+        repeats, lambda: first_report(first_cpu), lambda: python_pass(bare_cpu)
+    )
     version, bare_version = interleaved(
         repeats, lambda: timed([sys.executable, "-m", "batch_agent.cli", "version"]), python_pass
     )
@@ -79,6 +86,13 @@ def run(repeats: int, window: float = 10.0, tasks: int = TASKS) -> list[Figure]:
             baseline_samples=[s * 1000 for s in bare],
             target=f"median <= {FIRST_REPORT_TARGET * 1000:.0f} ms",
             met=statistics.median(first) <= FIRST_REPORT_TARGET,
+        ),
+        Figure(
+            "start-up CPU: user + system time of the agent at its first report",
+            "ms",
+            [s * 1000 for s in first_cpu],
+            baseline="`python -c pass`",
+            baseline_samples=[s * 1000 for s in bare_cpu],
         ),
         Figure(
             "`batch-agent version`",
@@ -113,13 +127,24 @@ def run(repeats: int, window: float = 10.0, tasks: int = TASKS) -> list[Figure]:
     ]
 
 
-def python_pass() -> float:
-    """The baseline: the interpreter starting and exiting."""
-    return timed([sys.executable, "-c", "pass"])
+def python_pass(cpu: list[float] | None = None) -> float:
+    """The baseline: the interpreter starting and exiting (its CPU seconds appended to
+    `cpu` when given)."""
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"`python -c pass` exited {proc.returncode}")
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
+    return took
 
 
-def first_report() -> float:
-    """Seconds from starting a fresh agent to its first report reaching the emulator."""
+def first_report(cpu: list[float]) -> float:
+    """Seconds from starting a fresh agent to its first report reaching the emulator; the
+    agent's CPU seconds by then are appended to `cpu`."""
     emu = Emulator(None, default_report_interval="10s", log=None)
     emu.start()
     agent: Agent | None = None
@@ -131,6 +156,7 @@ def first_report() -> float:
                 if agent.proc.poll() is not None or time.monotonic() - start > 30:
                     raise SystemExit(f"no first report:\n{agent.log()[-3000:]}")
                 time.sleep(0.001)
+            cpu.append(cpu_seconds(agent.proc.pid))
             agent.close()
     finally:
         if agent is not None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import google_auth_httplib2
+import httplib2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +21,7 @@ from batch_agent.control import (
     Backoff,
     ControlPlane,
     ControlPlaneError,
+    MetadataServerCredentials,
     is_retryable_status,
     parse_retry_after,
 )
@@ -265,6 +270,50 @@ def test_missing_credentials_file_is_not_retryable(
         control.close()
     assert (error.retryable, error.status) == (False, None)
     assert "credentials" in str(error)
+
+
+def test_an_early_token_answer_serves_the_first_refresh(emu: Emulator) -> None:
+    """The token answer asked early (before the agent's imports) is the first token: no
+    second request; the next refresh asks the metadata server again."""
+    http = httplib2.Http(timeout=10)
+    early = '{"access_token": "early-token", "expires_in": 3599, "token_type": "Bearer"}'
+    credentials = MetadataServerCredentials(emu.metadata_host, http=http, early=lambda: early)
+    request = google_auth_httplib2.Request(http)
+    credentials.refresh(request)
+    assert credentials.token == "early-token"
+    credentials.refresh(request)
+    assert credentials.token == "emu-token-vm-0"  # the emulator's, for its VM 0
+
+
+@pytest.mark.parametrize("early", [None, "not json", '{"expires_in": 3599}'])
+def test_without_a_usable_early_token_the_metadata_server_is_asked(
+    emu: Emulator, early: str | None
+) -> None:
+    """An early answer that failed (None) or holds no token is passed over: the first
+    refresh asks the metadata server, as without one."""
+    http = httplib2.Http(timeout=10)
+    credentials = MetadataServerCredentials(emu.metadata_host, http=http, early=lambda: early)
+    credentials.refresh(google_auth_httplib2.Request(http))
+    assert credentials.token == "emu-token-vm-0"
+
+
+def test_google_api_core_runs_its_init_only_when_used() -> None:
+    """The discovery client loads google.api_core's submodules without the package's own
+    __init__ (version checks through importlib.metadata); reading another attribute of the
+    package runs it, in the same module, its submodules kept (a fresh interpreter)."""
+    program = (
+        "import sys\n"
+        "import batch_agent.control\n"
+        "from googleapiclient import discovery\n"
+        "assert 'importlib.metadata' not in sys.modules\n"
+        "import google.api_core\n"
+        "package = sys.modules['google.api_core']\n"
+        "assert google.api_core.__version__\n"
+        "assert 'importlib.metadata' in sys.modules\n"
+        "assert sys.modules['google.api_core'] is package\n"
+        "assert google.api_core.client_options.ClientOptions\n"
+    )
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
 
 
 def test_constructing_does_no_io() -> None:

@@ -159,8 +159,11 @@ NOT_FOR_VERSION = ["asyncio", "pydantic", "googleapiclient", "httplib2", "batch_
 NOT_FOR_VERSION += ["logging", "argparse"]
 # Never loaded by an agent that gets its token from the metadata server, metrics off, no
 # container: google.oauth2.service_account (cryptography) and httplib2.auth (pyparsing) are
-# deferred by control/deferred.py; the rest are imported where used.
+# deferred by control/deferred.py, and so is google.api_core's __init__ (its version checks
+# read installed packages' metadata); the rest are imported where used.
 NOT_FOR_RUN = ["cryptography", "pyparsing", "http.server", "prometheus_client", "docker"]
+NOT_FOR_RUN += ["google.api_core._python_package_support", "importlib.metadata"]
+NOT_FOR_RUN += ["argparse"]  # `run`'s usual command lines are read without it (cli.py)
 NOT_FOR_RUN += ["pydantic"]  # the task models are plain dataclasses (wire/task.py)
 
 

@@ -15,6 +15,8 @@ from batch_agent.emulator import Emulator
 from batch_agent.vm import (
     IDENTITY_KEYS,
     METADATA_KEYS,
+    TOKEN_KEY,
+    EarlyAnswers,
     MetadataError,
     MetadataServer,
     VmIdentity,
@@ -24,6 +26,7 @@ from batch_agent.vm import (
     region_of,
     watch_preemption,
 )
+from tests.helpers import wait_until
 
 OS_RELEASE = {"ID": "debian", "VERSION_ID": "12"}
 
@@ -317,3 +320,40 @@ def test_an_instance_id_that_is_no_uint64_is_left_out(sparse: _SparseMetadata, i
     _, metadata = read_vm(MetadataServer(sparse.host), version="v", os_release={})
     assert metadata.instance_id is None
     assert "instanceId" not in metadata.to_wire()
+
+
+# --- early answers -----------------------------------------------------------------------
+
+
+def test_early_answers_are_asked_at_once_and_read_later_without_asking_again(
+    sparse: _SparseMetadata,
+) -> None:
+    """EarlyAnswers asks every key as it is made, all at once; read_vm then takes those
+    answers and asks the server nothing more."""
+    keys = [*IDENTITY_KEYS, *METADATA_KEYS, TOKEN_KEY]
+    sparse.together = threading.Barrier(len(keys), timeout=10)
+    early = EarlyAnswers(MetadataServer(sparse.host), keys)
+    wait_until(lambda: len(sparse.asked) == len(keys), what="every key asked")
+    identity, _ = read_vm(early, version="v", os_release={})
+    assert identity.instance == "vm-x"
+    assert early.first(TOKEN_KEY)() is None  # no token on this server: 404
+    assert sorted(sparse.asked) == sorted(keys)
+
+
+def test_an_early_failure_is_raised_when_read_and_none_for_first(sparse: _SparseMetadata) -> None:
+    """An early answer that failed fails its reader as MetadataServer would; `first` gives
+    None instead, so that its caller asks again itself."""
+    sparse.answers["instance/zone"] = (500, "oops")
+    early = EarlyAnswers(MetadataServer(sparse.host), [*IDENTITY_KEYS, *METADATA_KEYS])
+    with pytest.raises(MetadataError, match="500"):
+        read_vm(early, version="v", os_release={})
+    assert early.first("instance/zone")() is None
+    assert early.get("instance/name") == "vm-x"
+
+
+def test_an_early_answer_read_late_is_passed_over(sparse: _SparseMetadata) -> None:
+    """`first` gives None for an answer older than `fresh_for`: a token asked at start-up and
+    first used much later may be near its end, so the caller asks afresh."""
+    early = EarlyAnswers(MetadataServer(sparse.host), ["instance/name"])
+    assert early.first("instance/name")() == "vm-x"
+    assert early.first("instance/name", fresh_for=0.0)() is None

@@ -10,6 +10,7 @@ import gc
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from batch_agent import REPORTED_VERSION, __version__
@@ -23,41 +24,55 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 
 
+# `run`'s options, in one place: `_parser` gives them to argparse, and `_run_args` reads the
+# usual command lines without it (argparse's import and the parser's build: ~10 ms of each
+# agent's start-up CPU). Each: flag, value (None: a switch; str; Path; or the choices), help.
+_RUN_OPTIONS: tuple[tuple[str, type | tuple[str, ...] | None, str | None], ...] = (
+    ("--once", None, "run the tasks received to their end"),
+    ("--endpoint", str, "Batch API root (env BATCH_AGENT_ENDPOINT)"),
+    (
+        "--secretmanager-endpoint",
+        str,
+        "Secret Manager API root (env BATCH_AGENT_SECRETMANAGER_ENDPOINT)",
+    ),
+    ("--kms-endpoint", str, "Cloud KMS API root (env BATCH_AGENT_KMS_ENDPOINT)"),
+    ("--logging-endpoint", str, "Cloud Logging API root (env BATCH_AGENT_LOGGING_ENDPOINT)"),
+    (
+        "--cloud-logging",
+        ("auto", "always", "tasks", "never"),
+        "ship task output to Cloud Logging (env BATCH_AGENT_CLOUD_LOGGING; default auto;"
+        " tasks: every task's, not the agent's own log)",
+    ),
+    ("--state-dir", Path, "durable state (env BATCH_AGENT_STATE_DIR)"),
+    ("--config", Path, "a JSON file of settings"),
+    ("--log-format", ("auto", "text", "json", "journal"), None),
+    (
+        "--reported-version",
+        str,
+        "the agent version told to the server (env BATCH_AGENT_REPORTED_VERSION)",
+    ),
+    (
+        "--exit-with-parent",
+        None,
+        "when the process that started this agent ends, cancel every task and stop"
+        " (`batch-agent local` uses it; never on a VM)",
+    ),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
     parser = argparse.ArgumentParser(prog="batch-agent", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the agent (a daemon, or one cycle with --once)")
-    run.add_argument("--once", action="store_true", help="run the tasks received to their end")
-    run.add_argument("--endpoint", help="Batch API root (env BATCH_AGENT_ENDPOINT)")
-    run.add_argument(
-        "--secretmanager-endpoint",
-        help="Secret Manager API root (env BATCH_AGENT_SECRETMANAGER_ENDPOINT)",
-    )
-    run.add_argument("--kms-endpoint", help="Cloud KMS API root (env BATCH_AGENT_KMS_ENDPOINT)")
-    run.add_argument(
-        "--logging-endpoint", help="Cloud Logging API root (env BATCH_AGENT_LOGGING_ENDPOINT)"
-    )
-    run.add_argument(
-        "--cloud-logging",
-        choices=["auto", "always", "tasks", "never"],
-        help="ship task output to Cloud Logging (env BATCH_AGENT_CLOUD_LOGGING; default auto;"
-        " tasks: every task's, not the agent's own log)",
-    )
-    run.add_argument("--state-dir", type=Path, help="durable state (env BATCH_AGENT_STATE_DIR)")
-    run.add_argument("--config", type=Path, help="a JSON file of settings")
-    run.add_argument("--log-format", choices=["auto", "text", "json", "journal"])
-    run.add_argument(
-        "--reported-version",
-        help="the agent version told to the server (env BATCH_AGENT_REPORTED_VERSION)",
-    )
-    run.add_argument(
-        "--exit-with-parent",
-        action="store_true",
-        help="when the process that started this agent ends, cancel every task and stop"
-        " (`batch-agent local` uses it; never on a VM)",
-    )
+    for flag, value, text in _RUN_OPTIONS:
+        if value is None:
+            run.add_argument(flag, action="store_true", help=text)
+        elif isinstance(value, tuple):
+            run.add_argument(flag, choices=list(value), help=text)
+        else:
+            run.add_argument(flag, type=value, help=text)
     status = commands.add_parser("status", help="what the agent on this VM is doing (read-only)")
     status.add_argument("--state-dir", type=Path, help="default: env BATCH_AGENT_STATE_DIR")
     status.add_argument("--json", action="store_true", help="one JSON object")
@@ -85,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return local_main(args_list[1:])
     if args_list == ["version"]:  # as argparse would do it, without loading argparse
         return _version()
+    run = _run_args(args_list)
+    if run is not None:
+        return _run(run)
     try:
         args = _parser().parse_args(args_list)
     except SystemExit as exit_:
@@ -96,6 +114,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "logs":
         return _logs(args)
     return _run(args)
+
+
+def _run_args(argv: list[str]) -> SimpleNamespace | None:
+    """`run` and its options as argparse reads them, for the usual command lines: each option
+    named in full, with its value. None for anything else (an abbreviation, `-h`, a mistake):
+    argparse then reads it, with its own messages."""
+    if argv[:1] != ["run"]:
+        return None
+    options = {flag: value for flag, value, _ in _RUN_OPTIONS}
+    read: dict[str, object] = {
+        flag[2:].replace("-", "_"): False if value is None else None
+        for flag, value in options.items()
+    }
+    words = iter(argv[1:])
+    for word in words:
+        flag, equals, given = word.partition("=")
+        if flag not in options:
+            return None
+        value = options[flag]
+        if value is None:
+            if equals:
+                return None
+            read[flag[2:].replace("-", "_")] = True
+            continue
+        if not equals:
+            given = next(words, "-")
+            if given.startswith("-"):  # missing, or what argparse would take for an option
+                return None
+        if isinstance(value, tuple) and given not in value:
+            return None
+        read[flag[2:].replace("-", "_")] = given if isinstance(value, tuple) else value(given)
+    return SimpleNamespace(command="run", **read)
 
 
 def _version() -> int:
@@ -114,17 +164,39 @@ def _reported_version() -> str:
         return REPORTED_VERSION
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace | SimpleNamespace) -> int:
     # Importing the agent allocates much and frees next to nothing: the cycle collector's passes
     # over it are wasted start-up time (about 8 % of its CPU, measured). What the imports built
     # is then frozen, so that no later collection scans it again.
     gc.disable()
     try:
+        from batch_agent.config import ConfigError, load_config
+
+        try:
+            config = load_config(
+                args.config,
+                endpoint=args.endpoint,
+                secretmanager_endpoint=args.secretmanager_endpoint,
+                kms_endpoint=args.kms_endpoint,
+                logging_endpoint=args.logging_endpoint,
+                cloud_logging=args.cloud_logging,
+                state_dir=args.state_dir,
+                log_format=args.log_format,
+                reported_version=args.reported_version,
+            )
+        except ConfigError as error:
+            print(f"batch-agent: configuration: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        # What the first report needs from the metadata server is asked now, in threads: the
+        # answers come while the rest of the agent is imported (most of its start-up).
+        from batch_agent.vm import ask_early
+
+        early = ask_early(config.metadata_host, token=config.credentials_file is None)
+
         import asyncio
         import logging
         import signal
 
-        from batch_agent.config import ConfigError, load_config
         from batch_agent.logformat import setup_logging
         from batch_agent.reporter import Rejected, Reporter, Unreachable
         from batch_agent.statedir import StateDirBusy
@@ -132,21 +204,6 @@ def _run(args: argparse.Namespace) -> int:
         gc.freeze()
         gc.enable()
 
-    try:
-        config = load_config(
-            args.config,
-            endpoint=args.endpoint,
-            secretmanager_endpoint=args.secretmanager_endpoint,
-            kms_endpoint=args.kms_endpoint,
-            logging_endpoint=args.logging_endpoint,
-            cloud_logging=args.cloud_logging,
-            state_dir=args.state_dir,
-            log_format=args.log_format,
-            reported_version=args.reported_version,
-        )
-    except ConfigError as error:
-        print(f"batch-agent: configuration: {error}", file=sys.stderr)
-        return EXIT_USAGE
     setup_logging(config.log_format)
     _watch_children_by_pidfd()
     log = logging.getLogger("batch_agent")
@@ -159,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         # A hangup (a closed terminal, a careless `kill -HUP`) must not end the agent.
         loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP ignored"))
         try:
-            reporter = Reporter(config, stop=stop)
+            reporter = Reporter(config, stop=stop, early=early)
             if args.exit_with_parent:
                 _watch_parent(reporter.abandon)
             outcome = await reporter.run(once=args.once)

@@ -32,7 +32,7 @@ from batch_agent.store import TaskStore
 from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.taskset import TaskSet, load_task_side
 from batch_agent.telemetry import Telemetry
-from batch_agent.vm import MetadataServer, watch_preemption
+from batch_agent.vm import EarlyAnswers, MetadataServer, watch_preemption
 from batch_agent.wire import (
     AgentInfo,
     AgentState,
@@ -66,14 +66,18 @@ class Outcome:
 
 
 class Reporter:
-    def __init__(self, config: Config, *, stop: asyncio.Event) -> None:
+    def __init__(
+        self, config: Config, *, stop: asyncio.Event, early: EarlyAnswers | None = None
+    ) -> None:
+        # `early`: the metadata server's answers the CLI asked before its imports (vm.py).
         # The lock before anything: a second agent must touch nothing (raises StateDirBusy).
         # Held for the life of the process, never released.
         self._state_lock = claim_state_dir(config.state_dir)
         self._config = config
         self._stop = stop
         self._stopping: asyncio.Task[Literal[True]] | None = None  # see _stopped
-        self._control = wiring.control_plane(config)
+        self._control = wiring.control_plane(config, early)
+        self._early = early
         self._secrets = wiring.secrets_client(config)
         self._logging = wiring.logging_client(config)
         self._log_writer: CloudLogWriter | None = None  # made at start-up
@@ -138,7 +142,11 @@ class Reporter:
         give_up_at = self._started + self._config.unreachable_timeout if once else None
         try:
             self._machine = machine = await wiring.read_machine(
-                self._config, self._metadata, sleep=self._sleep, give_up_at=give_up_at
+                self._config,
+                self._metadata,
+                sleep=self._sleep,
+                give_up_at=give_up_at,
+                early=self._early,
             )
         except wiring.MetadataUnanswered as error:
             raise Unreachable(str(error)) from error

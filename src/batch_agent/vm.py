@@ -1,28 +1,31 @@
 """Facts about this VM for the report: metadata server reads, identity, boot time, os-release.
 
-Metadata reads use only the standard library (urllib.request): httplib2 and the Google
-client libraries belong to control/. This module does not read the environment (the
-caller passes the metadata host, as GCE_METADATA_HOST gives it) and does not retry; every
-metadata call BLOCKS and belongs in a worker thread when called from the event loop.
+Metadata reads use only the standard library (http.client: no proxy, as the metadata server
+answers only on the VM itself): httplib2 and the Google client libraries belong to control/.
+This module does not read the environment (the caller passes the metadata host, as
+GCE_METADATA_HOST gives it) and does not retry; every metadata call BLOCKS and belongs in a
+worker thread when called from the event loop.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batch_agent.config import DEFAULT_METADATA_HOST as DEFAULT_METADATA_HOST  # vm's default
-from batch_agent.wire import AgentMetadata
+
+if TYPE_CHECKING:  # imported where used: the CLI asks the metadata server before the models
+    from batch_agent.wire import AgentMetadata
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +43,10 @@ class MetadataServer:
     def __init__(
         self, host: str = DEFAULT_METADATA_HOST, timeout: timedelta = timedelta(seconds=5)
     ) -> None:
+        # No proxies (http.client knows none): the metadata server is link-local and an
+        # http_proxy in the environment (for the user's tasks) must not capture our requests.
         self.host = host
         self.timeout = timeout
-        # No proxies: the metadata server is link-local and an http_proxy in the environment
-        # (for the user's tasks) must not capture our requests.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def get(self, key: str) -> str | None:
         """The value of `key` (e.g. "instance/zone"), or None when the server has no such key.
@@ -89,22 +91,28 @@ class MetadataServer:
     def _get(
         self, key: str, query: dict[str, str], timeout: timedelta
     ) -> tuple[str | None, str | None]:
-        url = f"http://{self.host}/computeMetadata/v1/{key.lstrip('/')}"
+        path = f"/computeMetadata/v1/{key.lstrip('/')}"
         if query:
-            url += "?" + urllib.parse.urlencode(query)
-        request = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
+            path += "?" + urllib.parse.urlencode(query)
+        url = f"http://{self.host}{path}"
         try:
-            with self._opener.open(request, timeout=timeout.total_seconds()) as response:
-                flavor = response.headers.get("Metadata-Flavor")
-                etag = response.headers.get("ETag")
-                body: bytes = response.read()
-        except urllib.error.HTTPError as error:
-            error.close()
-            if error.code == HTTPStatus.NOT_FOUND:
-                return None, None
-            raise MetadataError(f"metadata server answered {error.code} for {key}") from None
-        except (OSError, ValueError) as error:  # URLError, timeouts, refused; bad host
+            connection = http.client.HTTPConnection(self.host, timeout=timeout.total_seconds())
+            try:
+                connection.request("GET", path, headers={"Metadata-Flavor": "Google"})
+                response = connection.getresponse()
+                status = response.status
+                flavor = response.getheader("Metadata-Flavor")
+                etag = response.getheader("ETag")
+                body = response.read()
+            finally:
+                connection.close()
+        # Timeouts, refused, reset; a bad host or port; garbage in place of HTTP.
+        except (OSError, ValueError, http.client.HTTPException) as error:
             raise MetadataError(f"cannot read {key} from the metadata server: {error}") from error
+        if status == HTTPStatus.NOT_FOUND:
+            return None, None
+        if status != HTTPStatus.OK:
+            raise MetadataError(f"metadata server answered {status} for {key}")
         # The header proves we reached a metadata server, not a proxy or a captive portal.
         if flavor != "Google":
             raise MetadataError(f"{url} answered without Metadata-Flavor: Google")
@@ -155,13 +163,14 @@ METADATA_KEYS = (  # with the identity's keys, the report's `metadata` (and the 
     "instance/attributes/created-by",
     "instance/image",
 )
+TOKEN_KEY = "instance/service-accounts/default/token"  # control's credentials read it
 
 
 def read_vm(
-    server: MetadataServer, *, version: str, os_release: dict[str, str]
+    server: MetadataServer | EarlyAnswers, *, version: str, os_release: dict[str, str]
 ) -> tuple[VmIdentity, AgentMetadata]:
     """The VM's identity and the report's `metadata`. BLOCKS (one round trip: every key is
-    read once, all at once).
+    read once, all at once; none with EarlyAnswers that have come).
 
     Raises MetadataError when the server cannot be reached, answers an error status, or lacks
     an identity key (or gives a malformed one); any other key it lacks is left out of the
@@ -169,6 +178,66 @@ def read_vm(
     """
     values = server.get_many([*IDENTITY_KEYS, *METADATA_KEYS])
     return _identity(values), _metadata(values, version=version, os_release=os_release)
+
+
+class EarlyAnswers:
+    """The metadata server's answers to `keys`, asked at once (a daemon thread each) as soon as
+    this is made: the agent asks before its imports, so that the answers arrive while it
+    imports. `get_many` as MetadataServer's, each key waiting for its early answer (a key not
+    asked early is asked then). Thread-safe; never logs (logging is not set up yet)."""
+
+    def __init__(self, server: MetadataServer, keys: Iterable[str]) -> None:
+        self._server = server
+        self._answers: dict[str, Future[str | None]] = {}
+        self._arrived: dict[str, float] = {}  # time.monotonic() of each answer
+        for key in dict.fromkeys(keys):
+            answer: Future[str | None] = Future()
+            self._answers[key] = answer
+            threading.Thread(
+                target=self._ask, args=(key, answer), name="metadata-early", daemon=True
+            ).start()
+
+    def _ask(self, key: str, answer: Future[str | None]) -> None:
+        try:
+            value = self._server.get(key)
+        except BaseException as error:  # kept for the reader; the thread ends quietly
+            answer.set_exception(error)
+            return
+        self._arrived[key] = time.monotonic()
+        answer.set_result(value)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """As `MetadataServer.get_many`. BLOCKS until each key's answer came (the server's
+        timeout bounds each)."""
+        return {key: self.get(key) for key in dict.fromkeys(keys)}
+
+    def get(self, key: str) -> str | None:
+        """As `MetadataServer.get`: the early answer, else the server's now."""
+        answer = self._answers.get(key)
+        return self._server.get(key) if answer is None else answer.result()
+
+    def first(self, key: str, *, fresh_for: float = 60.0) -> Callable[[], str | None]:
+        """For a caller that wants one answer once (a token): a function giving the early
+        answer of `key`; None when it failed, or came more than `fresh_for` seconds before
+        it is read (a token may then be near its end). The caller then asks the server."""
+
+        def early() -> str | None:
+            try:
+                value = self.get(key)
+            except MetadataError:
+                return None
+            if time.monotonic() - self._arrived.get(key, float("-inf")) > fresh_for:
+                return None
+            return value
+
+        return early
+
+
+def ask_early(host: str, *, token: bool) -> EarlyAnswers:
+    """Ask the metadata server at `host` every key `read_vm` reads, and the service account's
+    token when `token` (the agent's credentials come from the metadata server), now."""
+    keys = [*IDENTITY_KEYS, *METADATA_KEYS, *([TOKEN_KEY] if token else [])]
+    return EarlyAnswers(MetadataServer(host), keys)
 
 
 def _identity(values: Mapping[str, str | None]) -> VmIdentity:
@@ -208,6 +277,8 @@ def _metadata(
     def optional(key: str) -> str | None:
         value = values[key]
         return value.strip() if value is not None and value.strip() else None
+
+    from batch_agent.wire import AgentMetadata
 
     zone = optional("instance/zone")
     machine_type = optional("instance/machine-type")

@@ -32,6 +32,8 @@ from batch_agent.tasks.taskoutput import Sink
 from batch_agent.tasks.taskset import TaskSettings
 from batch_agent.telemetry import Telemetry
 from batch_agent.vm import (
+    TOKEN_KEY,
+    EarlyAnswers,
     MetadataError,
     MetadataServer,
     VmIdentity,
@@ -54,10 +56,11 @@ def _google_access(config: Config) -> dict[str, Any]:
     }
 
 
-def control_plane(config: Config) -> ControlPlane:
-    """The Batch API client (no call made yet)."""
+def control_plane(config: Config, early: EarlyAnswers | None = None) -> ControlPlane:
+    """The Batch API client (no call made yet); its first token from `early` if asked there."""
     return ControlPlane(
         config.endpoint,
+        early_token=early.first(TOKEN_KEY) if early is not None else None,
         **_google_access(config),
     )
 
@@ -131,20 +134,23 @@ async def read_machine(
     *,
     sleep: Callable[[float], Awaitable[bool]],
     give_up_at: datetime | None,
+    early: EarlyAnswers | None = None,
 ) -> Machine:
-    """The VM's identity and metadata from the metadata server (every key at once), retried
-    with backoff until it answers (in worker threads); os-release and the boot time from
-    their files.
+    """The VM's identity and metadata from the metadata server (every key at once; the first
+    try takes the `early` answers when given), retried with backoff until it answers (in
+    worker threads); os-release and the boot time from their files.
 
     `sleep(seconds)` waits between tries and returns True once the agent is told to stop.
     Raises MetadataUnanswered past `give_up_at` (None: never) or when told to stop.
     """
     os_release = read_os_release(config.os_release)
-    identity, metadata = await _retried(
-        lambda: read_vm(server, version=config.reported_version, os_release=os_release),
-        sleep=sleep,
-        give_up_at=give_up_at,
-    )
+    tries = [early] if early is not None else []
+
+    def read() -> tuple[VmIdentity, AgentMetadata]:
+        answers = tries.pop() if tries else server
+        return read_vm(answers, version=config.reported_version, os_release=os_release)
+
+    identity, metadata = await _retried(read, sleep=sleep, give_up_at=give_up_at)
     return Machine(identity, metadata, read_boot_time(config.proc_stat))
 
 

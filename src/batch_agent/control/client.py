@@ -32,7 +32,8 @@ class ControlPlane(GoogleApi):
     `application_default` is true (the caller sets it when GOOGLE_APPLICATION_CREDENTIALS is
     set), google-auth's Application Default Credentials, which read that variable themselves;
     else the VM's service account through the metadata server at `metadata_host` (host:port,
-    as GCE_METADATA_HOST gives it).
+    as GCE_METADATA_HOST gives it), its first token from `early_token` when that gives one
+    (the same server's answer, asked early: `vm.EarlyAnswers.first`).
 
     Proxies: the Batch API (and the OAuth token endpoint of Application Default Credentials)
     is reached through `https_proxy`/`http_proxy` unless `no_proxy` names its host, as
@@ -48,6 +49,7 @@ class ControlPlane(GoogleApi):
     API = "batch"
     VERSION = "v1"
     TITLE = "Batch API"
+    METHODS = ("projects.locations.state.report",)
 
     def report(
         self,

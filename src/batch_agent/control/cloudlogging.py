@@ -22,6 +22,7 @@ class CloudLogging(GoogleApi):
     API = "logging"
     VERSION = "v2"
     TITLE = "Cloud Logging"
+    METHODS = ("entries.write",)
 
     def __init__(self, endpoint: str = DEFAULT_LOGGING_ENDPOINT, **options: Any) -> None:
         super().__init__(endpoint, **options)

@@ -8,8 +8,10 @@ the caller hands it a proxy-less `httplib2.Http`).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 
@@ -19,7 +21,7 @@ import google.auth.transport
 import google_auth_httplib2
 import httplib2
 
-from batch_agent.vm import DEFAULT_METADATA_HOST
+from batch_agent.vm import DEFAULT_METADATA_HOST, TOKEN_KEY
 
 
 def _refresh_error(message: str) -> Exception:
@@ -38,12 +40,28 @@ class MetadataServerCredentials(google.auth.credentials.Credentials):
     gives no usable token.
     """
 
-    def __init__(self, host: str = DEFAULT_METADATA_HOST, http: httplib2.Http | None = None):
+    def __init__(
+        self,
+        host: str = DEFAULT_METADATA_HOST,
+        http: httplib2.Http | None = None,
+        early: Callable[[], str | None] | None = None,
+    ):
         super().__init__()  # type: ignore[no-untyped-call]
-        self._url = f"http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
+        self._url = f"http://{host}/computeMetadata/v1/{TOKEN_KEY}"
         self._http = http
+        # The same server's answer, asked before the agent's imports (vm.EarlyAnswers): the
+        # first refresh takes it if it holds a token, else asks as every later one does.
+        self._early = early
 
     def refresh(self, request: google.auth.transport.Request) -> None:
+        early, self._early = self._early, None
+        answer = early() if early is not None else None
+        if answer is not None:
+            with contextlib.suppress(google.auth.exceptions.RefreshError):
+                # Its lifetime is counted from now, not from its arrival a moment ago: a
+                # fraction of a second, well inside google-auth's early refresh.
+                self._accept(answer.encode())
+                return
         if self._http is not None:
             request = google_auth_httplib2.Request(self._http)
         try:
@@ -54,8 +72,12 @@ class MetadataServerCredentials(google.auth.credentials.Credentials):
             raise _refresh_error(message) from e
         if response.status != HTTPStatus.OK:
             raise _refresh_error(f"metadata server answered {response.status} for {self._url}")
+        self._accept(response.data)
+
+    def _accept(self, data: bytes) -> None:
+        """Take the token of a 200 answer's body; raises RefreshError when it has none."""
         try:
-            answer = json.loads(response.data)
+            answer = json.loads(data)
             token = answer["access_token"]
             lifetime = timedelta(seconds=min(float(answer["expires_in"]), 86400.0))
         except (ValueError, KeyError, TypeError, IndexError, RecursionError) as error:
@@ -76,11 +98,13 @@ def authorized_http(
     metadata_host: str,
     timeout: timedelta,
     scope: str,
+    early_token: Callable[[], str | None] | None = None,
 ) -> tuple[google_auth_httplib2.AuthorizedHttp, list[httplib2.Http]]:
     """An HTTP client that authorises every call, and its connection pools (for a caller that
     must be able to shut their sockets). Credentials: those `given`, else Application Default
-    Credentials when asked for, else the VM's service account from the metadata server. API
-    calls use the environment's proxies (httplib2's default); the metadata server never does."""
+    Credentials when asked for, else the VM's service account from the metadata server (its
+    first token from `early_token` when that gives one). API calls use the environment's
+    proxies (httplib2's default); the metadata server never does."""
     seconds = timeout.total_seconds()
     api = httplib2.Http(timeout=seconds)
     metadata = httplib2.Http(timeout=seconds, proxy_info=None)
@@ -88,5 +112,5 @@ def authorized_http(
     if credentials is None and application_default:
         credentials, _project = google.auth.default(scopes=[scope])
     if credentials is None:
-        credentials = MetadataServerCredentials(metadata_host, http=metadata)
+        credentials = MetadataServerCredentials(metadata_host, http=metadata, early=early_token)
     return google_auth_httplib2.AuthorizedHttp(credentials, http=api), [api, metadata]

@@ -26,6 +26,7 @@ from googleapiclient import discovery
 from batch_agent.control.credentials import authorized_http
 from batch_agent.control.deadline import deadline_watchdog
 from batch_agent.control.errors import ControlPlaneError, classify, status_error
+from batch_agent.discovery import document, only_methods
 from batch_agent.vm import DEFAULT_METADATA_HOST
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,13 @@ T = TypeVar("T")
 class GoogleApi:
     """One Google API through its discovery client. Constructing does no I/O. Not thread-safe:
     one call at a time (sequential calls from different worker threads are fine); `abort` may
-    be called from any thread. Subclasses name the API (`API`, `VERSION`, `TITLE`)."""
+    be called from any thread. Subclasses name the API (`API`, `VERSION`, `TITLE`) and the
+    methods they call (`METHODS`: the client has only those)."""
 
     API: ClassVar[str]  # the discovery document's name, e.g. "batch"
     VERSION: ClassVar[str]  # e.g. "v1"
     TITLE: ClassVar[str]  # how errors name it, e.g. "Batch API"
+    METHODS: ClassVar[tuple[str, ...]]  # those called, e.g. "projects.locations.state.report"
 
     def __init__(
         self,
@@ -53,6 +56,7 @@ class GoogleApi:
         credentials: object | None = None,
         application_default: bool = False,
         metadata_host: str = DEFAULT_METADATA_HOST,
+        early_token: Callable[[], str | None] | None = None,
     ) -> None:
         if deadline <= timedelta(0):
             raise ValueError(f"a call deadline must be positive, got {deadline}")
@@ -63,6 +67,7 @@ class GoogleApi:
         self._credentials = credentials
         self._application_default = application_default
         self._metadata_host = metadata_host
+        self._early_token = early_token  # see credentials.MetadataServerCredentials
         self._service: Any = None
         self._resources: dict[tuple[str, ...], Any] = {}  # see _resource
         self._calls: dict[tuple[str, ...], Any] = {}  # see _call
@@ -109,15 +114,15 @@ class GoogleApi:
                 metadata_host=self._metadata_host,
                 timeout=self.timeout,
                 scope=CLOUD_PLATFORM_SCOPE,
+                early_token=self._early_token,
             )
-            # `http` and `credentials` are mutually exclusive in build(); the credentials
-            # travel inside AuthorizedHttp.
-            self._service = discovery.build(
-                self.API,
-                self.VERSION,
-                http=self._authorized,
-                static_discovery=True,
-                client_options={"api_endpoint": self.endpoint},
+            self._early_token = None  # a client built again later gets a fresh token
+            # The document google-api-python-client ships, with only the methods we call.
+            methods = only_methods(document(f"{self.API}.{self.VERSION}"), self.METHODS)
+            # `http` and `credentials` are mutually exclusive; the credentials travel inside
+            # AuthorizedHttp.
+            self._service = discovery.build_from_document(
+                methods, http=self._authorized, client_options={"api_endpoint": self.endpoint}
             )
         return self._service
 

@@ -178,9 +178,11 @@ class _SecretManager(_SecretApi):
     API = "secretmanager"
     VERSION = "v1"
     TITLE = "Secret Manager"
+    METHODS = ("projects.secrets.versions.access",)
 
 
 class _CloudKms(_SecretApi):
     API = "cloudkms"
     VERSION = "v1"
     TITLE = "Cloud KMS"
+    METHODS = ("projects.locations.keyRings.cryptoKeys.decrypt",)
