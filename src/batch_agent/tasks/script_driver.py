@@ -138,7 +138,6 @@ class PreparedScript:
             context.batch_variables(),
             home=_home_of(user[0]) if user is not None else "/root",
         )
-        # The file work goes on while the intent is being saved.
         made = await self.made if self.made is not None else None
         if isinstance(made, Path):  # our own script, its files made: only opened, here
             files = _open(context, k, self.spec, made)
