@@ -24,6 +24,10 @@ class Deadlines:
         self._record = record
         self._now = now
         self._running: dict[int, RunnablePlan] = {}
+        # Without any limit nothing is watched: a runnable's start or end wakes nobody.
+        self._limited = plan.max_run_duration is not None or any(
+            r.timeout is not None for r in plan.runnables
+        )
         self._changed = asyncio.Event()
         self.reached = asyncio.Event()
         self.cause: str | None = None
@@ -31,11 +35,13 @@ class Deadlines:
 
     def started(self, runnable: RunnablePlan) -> None:
         self._running[runnable.index] = runnable
-        self._changed.set()
+        if self._limited:
+            self._changed.set()
 
     def ended(self, runnable: RunnablePlan) -> None:
         self._running.pop(runnable.index, None)
-        self._changed.set()
+        if self._limited:
+            self._changed.set()
 
     def expired(self) -> bool:
         """maxRunDuration is used up (then not even alwaysRun runnables start)."""
