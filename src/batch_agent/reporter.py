@@ -30,7 +30,7 @@ from batch_agent.control import Backoff, ControlPlaneError
 from batch_agent.statedir import claim_state_dir
 from batch_agent.store import TaskStore
 from batch_agent.tasks.masking import Masker
-from batch_agent.tasks.taskset import TaskSet, load_task_side
+from batch_agent.tasks.taskset import TaskSet, preload_task_side
 from batch_agent.telemetry import Telemetry
 from batch_agent.vm import EarlyAnswers, MetadataServer, watch_preemption
 from batch_agent.wire import (
@@ -180,7 +180,7 @@ class Reporter:
         """Start what the first report does not need, once its call is over (answered or not):
         the Cloud Logging writer (whose first call builds the Logging client from a 527 KB
         discovery document), the preemption watch (a metadata long poll, in a thread) and,
-        unless `--once`, the import of the task side (`load_task_side`, in a thread). All
+        unless `--once`, the import of the task side (`preload_task_side`, in a thread). All
         would compete with the first report for the GIL. Nothing is lost meanwhile: records
         wait in the agent log's queue, output in its files; the first report carries the
         preemption notice the start-up read. Idempotent."""
@@ -194,14 +194,7 @@ class Reporter:
 
         watch_preemption(self._metadata, on_notice)
         if not self._once:  # an agent that stays: its first task should not wait for imports
-            began = loop.time()
-
-            def loaded(future: asyncio.Future[None]) -> None:
-                if not future.cancelled() and future.exception() is None:
-                    took = 1000 * (loop.time() - began)
-                    log.info("task side loaded in %.0f ms, ahead of the first task", took)
-
-            loop.run_in_executor(None, load_task_side).add_done_callback(loaded)
+            preload_task_side(loop)
 
     async def _wait_for_cadence(self) -> bool:
         """Wait until the next report is due; True if told to stop meanwhile."""
