@@ -116,6 +116,24 @@ def test_environment_is_exactly_the_given_one(tmp_path: Path) -> None:
     assert seen == {**env, "PWD": str(tmp_path)}
 
 
+def test_a_script_gets_only_its_three_streams_and_default_signals(tmp_path: Path) -> None:
+    """No file of the agent's reaches a runnable, not even one the agent inherited without
+    close-on-exec (`os.posix_spawn` would pass those on: a pytest run here holds two), it runs
+    in its working directory, and SIGPIPE and SIGXFSZ, which Python ignores, are at their
+    defaults again (as Popen's restore_signals leaves them): `yes | head` ends quietly."""
+    text = (
+        "#!/bin/sh\nls /proc/self/fd | sort -n | tr '\\n' ' '; echo; pwd\n"
+        "grep SigIgn /proc/$$/status\nyes | head -n 1\n"
+    )
+    assert run(run_script(tmp_path, text)) == ExitResult(0)
+    fds, cwd, ignored, first = (tmp_path / "out").read_text().splitlines()
+    assert fds.split() == ["0", "1", "2", "3"]  # 3: the folder `ls` reads
+    assert cwd == str(tmp_path)
+    mask = int(ignored.split()[1], 16)
+    assert not mask & (1 << (signal.SIGPIPE - 1)) and not mask & (1 << (signal.SIGXFSZ - 1))
+    assert first == "y" and (tmp_path / "err").read_text() == ""
+
+
 def test_missing_non_executable_and_bad_interpreter_are_results(tmp_path: Path) -> None:
     """What cannot be executed is an ExitResult with a reason, not an exception."""
     missing = run(start(tmp_path, tmp_path / "nope"))
