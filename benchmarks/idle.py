@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import (
     Agent,
@@ -78,29 +79,17 @@ def run(repeats: int, window: float = 10.0, tasks: int = TASKS) -> list[Figure]:
     idle_rss, idle_cpu, busy_rss = windows(repeats, window, tasks)
     every = f"each of {repeats} windows of {window:.0f}s"
     return [
-        Figure(
+        against_python(
             "start-up: agent process started -> its first report received",
-            "ms",
-            [s * 1000 for s in first],
-            baseline="`python -c pass`",
-            baseline_samples=[s * 1000 for s in bare],
+            first,
+            bare,
             target=f"median <= {FIRST_REPORT_TARGET * 1000:.0f} ms",
             met=statistics.median(first) <= FIRST_REPORT_TARGET,
         ),
-        Figure(
-            "start-up CPU: user + system time of the agent at its first report",
-            "ms",
-            [s * 1000 for s in first_cpu],
-            baseline="`python -c pass`",
-            baseline_samples=[s * 1000 for s in bare_cpu],
+        against_python(
+            "start-up CPU: user + system time of the agent at its first report", first_cpu, bare_cpu
         ),
-        Figure(
-            "`batch-agent version`",
-            "ms",
-            [s * 1000 for s in version],
-            baseline="`python -c pass`",
-            baseline_samples=[s * 1000 for s in bare_version],
-        ),
+        against_python("`batch-agent version`", version, bare_version),
         Figure(
             f"idle agent, {every}: peak RSS",
             "MB",
@@ -125,6 +114,18 @@ def run(repeats: int, window: float = 10.0, tasks: int = TASKS) -> list[Figure]:
             met=max(busy_rss) <= BUSY_RSS_TARGET_MB,
         ),
     ]
+
+
+def against_python(name: str, ours: list[float], bare: list[float], **target: Any) -> Figure:
+    """A figure in ms from samples in seconds, against `python -c pass`'s."""
+    return Figure(
+        name,
+        "ms",
+        [s * 1000 for s in ours],
+        baseline="`python -c pass`",
+        baseline_samples=[s * 1000 for s in bare],
+        **target,
+    )
 
 
 def python_pass(cpu: list[float] | None = None) -> float:

@@ -118,9 +118,10 @@ def test_environment_is_exactly_the_given_one(tmp_path: Path) -> None:
 
 def test_a_script_gets_only_its_three_streams_and_default_signals(tmp_path: Path) -> None:
     """No file of the agent's reaches a runnable, not even one the agent inherited without
-    close-on-exec (`os.posix_spawn` would pass those on: a pytest run here holds two), it runs
-    in its working directory, and SIGPIPE and SIGXFSZ, which Python ignores, are at their
-    defaults again (as Popen's restore_signals leaves them): `yes | head` ends quietly."""
+    close-on-exec (`os.posix_spawn` would pass those on: a pytest run from this machine's
+    shell held two), it runs in its working directory, and SIGPIPE and SIGXFSZ, which Python
+    ignores, are at their defaults again (as Popen's restore_signals leaves them): `yes | head`
+    ends quietly."""
     text = (
         "#!/bin/sh\nls /proc/self/fd | sort -n | tr '\\n' ' '; echo; pwd\n"
         "grep SigIgn /proc/$$/status\nyes | head -n 1\n"

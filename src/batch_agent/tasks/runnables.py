@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
+from typing import Any
 
 from batch_agent.tasks import events
 from batch_agent.tasks.deadlines import Deadlines
 from batch_agent.tasks.driver import Driver, Finished, Started
-from batch_agent.tasks.execution import Execution, ExitResult
+from batch_agent.tasks.execution import Execution, ExitResult, Handle
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.plan import RunnablePlan
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
@@ -80,18 +81,10 @@ class Runnables:
         if isinstance(prepared, ExitResult):
             return cannot_start(k, prepared)
         # The intent to start, saved before the start (or, for a script, while it starts: an
-        # unrecorded start is found by `find`): a crash never leads to a second start.
-        self._record.runnables[k] = RunnableRecord(started_at=format_time(self._now()))
-        self._record.runnables[k].adopt(prepared.handle)
-        self._record.runnable = max(self._record.runnable, k)
-        if self._record.state is TaskState.ASSIGNED:
-            # ASSIGNED -> RUNNING: saved with this first intent, in one commit
-            saving = self._lifecycle.transition(self._record, TaskState.RUNNING)
-        else:
-            saving = self._lifecycle.persist(self._record)
-        # The driver starts the runnable once the save is done, or (a script) at once, while
-        # it is under way: see its `Prepared.start`.
-        intent = asyncio.ensure_future(saving)
+        # unrecorded start is found by `find`): a crash never leads to a second start. The
+        # driver starts the runnable once the save is done, or (a script) at once, while it
+        # is under way: see its `Prepared.start`.
+        intent = asyncio.ensure_future(self._record_start(k, prepared.handle))
         try:
             started = await prepared.start(intent)
         finally:
@@ -119,18 +112,21 @@ class Runnables:
 
     async def _found(self, runnable: RunnablePlan, started: Started) -> Execution:
         """Record a runnable an earlier agent started but did not record, as if just started
-        (its start time unknown: now); RUNNING first if that was not recorded either."""
-        k = runnable.index
-        self._record.runnables[k] = RunnableRecord(started_at=format_time(self._now()))
-        self._record.runnables[k].adopt(started.handle)
-        self._record.runnable = max(self._record.runnable, k)
-        if self._record.state is TaskState.ASSIGNED:
-            # ASSIGNED -> RUNNING: the earlier agent died before it saved it
-            await self._lifecycle.transition(self._record, TaskState.RUNNING)
-        else:
-            await self._lifecycle.persist(self._record)
+        (its start time unknown: now)."""
+        await self._record_start(runnable.index, started.handle)
         self._deadlines.started(runnable)
         return started.execution
+
+    def _record_start(self, k: int, handle: Handle) -> Coroutine[Any, Any, None]:
+        """Record runnable `k` as started now, with `handle`; returns its save, which carries
+        ASSIGNED -> RUNNING when it is the task's first."""
+        self._record.runnables[k] = RunnableRecord(started_at=format_time(self._now()))
+        self._record.runnables[k].adopt(handle)
+        self._record.runnable = max(self._record.runnable, k)
+        if self._record.state is TaskState.ASSIGNED:
+            # ASSIGNED -> RUNNING: saved with this first start, in one commit
+            return self._lifecycle.transition(self._record, TaskState.RUNNING)
+        return self._lifecycle.persist(self._record)
 
     async def finished(self, runnable: RunnablePlan, result: ExitResult) -> None:
         """Record how `runnable` ended (once: not again after an agent restart), ship the rest

@@ -44,6 +44,7 @@ class ScriptDriver:
         # Script runnables whose files are being made ahead, by index: the program's path
         # once made (or why not).
         self._ahead: dict[int, asyncio.Future[Path | ExitResult]] = {}
+        self._asked_ahead = False  # the first ask may come before the TaskFolder hook
 
     def prepare(self, runnable: RunnablePlan) -> PreparedScript | ExitResult:
         """Check that the script's path exists; a text is written to its file at the start
@@ -64,12 +65,14 @@ class ScriptDriver:
         if not isinstance(spec, ScriptSpec) or spec.text is None or runnable.index in self._ahead:
             return
         context = self._context
+        first, self._asked_ahead = not self._asked_ahead, True
 
         def make() -> Path | ExitResult:
-            # The first runnable's may come before the TaskFolder hook: the same folders, made
-            # the same way (a no-op once they exist).
+            # The first ask may come before the TaskFolder hook: the same folders, made the
+            # same way (a no-op once they exist); later ones come after it.
             try:
-                make_task_folder(context.folder, context.plan.user, context.runtime)
+                if first:
+                    make_task_folder(context.folder, context.plan.user, context.runtime)
             except OSError as error:  # the hook says so, in its event; the start tries again
                 return ExitResult.not_started(str(error))
             files = _write_and_open(context, runnable.index, spec)
@@ -83,29 +86,19 @@ class ScriptDriver:
     async def find(self, runnable: RunnablePlan) -> Started | None:
         """Its status file (it ended) or its waiter (it runs), which a start makes before its
         intent is saved: see `PreparedScript.start`. Blocks on a scan of /proc, in a thread."""
-        status = self._context.status(runnable.index)
-        waiter = await asyncio.to_thread(find_waiter, status)
-        ended = read_status(status)  # after the scan: a waiter that ended meanwhile wrote it
-        if ended is not None:
-            return Started(Finished(ended), Handle())
-        if waiter is None:
+        found = await self._without_pid(self._context.status(runnable.index))
+        if found is None:
             return None
-        grace = self._context.kill_grace
-        found = ScriptExecution.reattach(*waiter, status, leftover_grace=grace)
         if isinstance(found, ExitResult):
             return Started(Finished(found), Handle())
-        return Started(found, Handle(pid=waiter[0], start_time=waiter[1]))
+        return Started(found, Handle(pid=found.pid, start_time=found.start_time))
 
     async def recover(self, runnable: RunnablePlan, handle: Handle) -> Execution | ExitResult:
         status = self._context.status(runnable.index)
         grace = self._context.kill_grace
         found: ScriptExecution | ExitResult | None
         if handle.pid is None or handle.start_time is None:
-            # The pid is saved lazily (with the next save): find the waiter by its command line.
-            waiter = await asyncio.to_thread(find_waiter, status)
-            found = read_status(status)
-            if found is None and waiter is not None:
-                found = ScriptExecution.reattach(*waiter, status, leftover_grace=grace)
+            found = await self._without_pid(status)  # the pid is saved with the next save
         else:
             found = ScriptExecution.reattach(
                 handle.pid, handle.start_time, status, leftover_grace=grace
@@ -115,6 +108,17 @@ class ScriptDriver:
         if found is None or found.exit_code == EXIT_CODE_UNKNOWN:
             return ExitResult(EXIT_CODE_UNKNOWN, reason=events.status_lost(runnable.label))
         return Finished(found)
+
+    async def _without_pid(self, status: Path) -> ScriptExecution | ExitResult | None:
+        """The run that writes `status`, its pid unknown: its status (it ended), else its waiter
+        found by its command line (it runs), else None. Blocks on a scan of /proc, in a
+        thread."""
+        waiter = await asyncio.to_thread(find_waiter, status)
+        found = read_status(status)  # after the scan: a waiter that ended meanwhile wrote it
+        if found is None and waiter is not None:
+            grace = self._context.kill_grace
+            return ScriptExecution.reattach(*waiter, status, leftover_grace=grace)
+        return found
 
 
 @dataclass
