@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from batch_agent.tasks import events
+from batch_agent.tasks import events, procfs
 from batch_agent.tasks.assembly import TaskSettings, make_run
 from batch_agent.tasks.deadlines import Deadlines
 from batch_agent.tasks.env import base_environment
@@ -505,3 +505,22 @@ def test_the_deadline_watch_ends_when_cancelled_as_a_runnable_ends():
         assert watch in done and watch.cancelled()
 
     asyncio.run(go())
+
+
+def test_the_next_runnables_waiter_waits_ahead_and_is_let_go_if_it_never_starts(tmp_path):
+    """While runnable 1 runs, runnable 2's waiter is forked, waiting for its go (runnable 1
+    sees it by its command line); runnable 1 then fails, so runnable 2 never starts: its
+    waiter is let go when the sequence ends, having run and recorded nothing, and reaped."""
+    marker = tmp_path / "ran"
+    see_waiter_2 = (  # prints its /proc/PID/cmdline path
+        "for i in $(seq 500); do "
+        "grep -l -a -e 'runnable-2[.]status' /proc/[0-9]*/cmdline 2>/dev/null && exit 3; "
+        "sleep 0.01; done; exit 1"
+    )
+    task = Task(tmp_path, [script(see_waiter_2), script(f"touch {marker}")])
+    record = task.go()
+    assert (record.state, record.exit_code) == (TaskState.FAILED, 3)  # 3: it saw the waiter
+    assert 2 not in record.runnables and not marker.exists()
+    assert not list(tmp_path.rglob("runnable-2.status"))
+    (seen,) = task.lines
+    assert procfs.read_stat(int(seen.split("/")[2])) is None  # not waiting, and reaped

@@ -583,7 +583,12 @@ def test_a_prefix_that_execs_in_place_keeps_the_waiter_findable(tmp_path: Path) 
     script.chmod(0o700)
     status = tmp_path / "status"
     argv = waiter_argv(script, status, ["/usr/bin/env", "--"])
-    process = subprocess.Popen(argv, cwd=tmp_path, start_new_session=True, env=ENV)
+    process = subprocess.Popen(
+        argv, cwd=tmp_path, start_new_session=True, env=ENV, stdin=subprocess.PIPE
+    )
+    assert process.stdin is not None
+    process.stdin.write(b"go\n")  # its go
+    process.stdin.close()
     try:
         stat = read_stat(process.pid)
         assert stat is not None
@@ -630,3 +635,90 @@ def test_scripts_written_and_started_side_by_side_never_find_their_file_busy(
     results = asyncio.run(scenario())
     busy = [i for i, r in enumerate(results) if r != ExitResult(0)]
     assert not busy, [(tmp_path / f"t{i}" / "err").read_text() for i in busy[:3]]
+
+
+def _files(tmp_path: Path, program: Path) -> OpenedFiles:
+    files = open_files(
+        program,
+        cwd=tmp_path,
+        stdout_path=tmp_path / "out",
+        stderr_path=tmp_path / "err",
+        status_path=tmp_path / "status",
+    )
+    assert isinstance(files, OpenedFiles)
+    return files
+
+
+_READ = {"x86_64": 0, "aarch64": 63}  # read(2)'s number in /proc/PID/syscall
+
+
+def _reading_stdin(pid: int) -> bool:
+    """Whether `pid` is blocked in a read of its fd 0."""
+    try:
+        number, fd = Path(f"/proc/{pid}/syscall").read_text().split()[:2]
+    except (OSError, ValueError):
+        return False
+    return number == str(_READ[os.uname().machine]) and fd == "0x0"
+
+
+def test_a_waiter_forked_ahead_runs_nothing_before_its_go(tmp_path: Path) -> None:
+    """`go=False`: the waiter waits in a read of its stdin, with no child and no status;
+    `go()` runs the program, whose stdin is /dev/null, not the waiter's pipe."""
+    program = write_script("#!/bin/sh\nreadlink /proc/self/fd/0\nexit 6\n", tmp_path)
+
+    async def scenario() -> tuple[list[int], ExitResult]:
+        execution = spawn_opened(_files(tmp_path, program), env=ENV, cwd=tmp_path, go=False)
+        assert isinstance(execution, ScriptExecution)
+        await async_wait_until(lambda: _reading_stdin(execution.pid))
+        children = Path(f"/proc/{execution.pid}/task/{execution.pid}/children").read_text()
+        assert not (tmp_path / "status").exists()
+        execution.go()
+        return [int(pid) for pid in children.split()], await execution.wait()
+
+    children, result = run(scenario())
+    assert children == [] and result == ExitResult(6)
+    assert (tmp_path / "out").read_text() == "/dev/null\n"
+
+
+def test_a_dismissed_waiter_ends_having_run_and_recorded_nothing(tmp_path: Path) -> None:
+    """`dismiss()` lets a waiter that waits for its go end at once (and reaps it): the program
+    never ran and no status says it did, so a restarted agent would start it."""
+    program = write_script(f"#!/bin/sh\ntouch {tmp_path}/ran\n", tmp_path)
+
+    async def scenario() -> int:
+        execution = spawn_opened(_files(tmp_path, program), env=ENV, cwd=tmp_path, go=False)
+        assert isinstance(execution, ScriptExecution)
+        await execution.dismiss()
+        return execution.pid
+
+    pid = run(scenario())
+    assert read_stat(pid) is None  # ended and reaped
+    assert not (tmp_path / "ran").exists() and read_status(tmp_path / "status") is None
+
+
+def test_a_waiter_waiting_for_its_go_ends_with_the_agent_running_nothing(tmp_path: Path) -> None:
+    """An agent killed while a waiter waits for its go: the pipe's end closes with it, and the
+    waiter ends without running the program or recording a status."""
+    program = write_script(f"#!/bin/sh\ntouch {tmp_path}/ran\n", tmp_path)
+    agent = textwrap.dedent(
+        f"""
+        import asyncio, sys, time
+        from pathlib import Path
+        from batch_agent.tasks.script import open_files, spawn_opened
+        tmp = Path({str(tmp_path)!r})
+        files = open_files(Path({str(program)!r}), cwd=tmp, stdout_path=tmp / "out",
+                           stderr_path=tmp / "err", status_path=tmp / "status")
+        waiter = spawn_opened(files, env={ENV!r}, cwd=tmp, go=False)
+        print(waiter.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    process = subprocess.Popen([PY, "-c", agent], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    waiter = int(process.stdout.readline())
+    wait_until(lambda: _reading_stdin(waiter))
+    process.kill()
+    process.wait()
+    process.stdout.close()
+    wait_until(lambda: is_dead(waiter))
+    assert not (tmp_path / "ran").exists() and read_status(tmp_path / "status") is None

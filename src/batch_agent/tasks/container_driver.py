@@ -38,8 +38,11 @@ class ContainerDriver:
         assert isinstance(runnable.action, ContainerSpec)
         return PreparedContainer(self, runnable, runnable.action)
 
-    def ahead(self, runnable: RunnablePlan) -> None:
+    def ahead(self, runnable: RunnablePlan, *, hooks_done: bool = False) -> None:
         """Nothing to do ahead: an image pull is not harmless (it may fail the task)."""
+
+    async def dismiss_ahead(self) -> None:
+        """Nothing was made ready ahead."""
 
     async def find(self, runnable: RunnablePlan) -> Started | None:
         """None: a container starts only once its intent is saved."""

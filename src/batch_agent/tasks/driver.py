@@ -60,9 +60,15 @@ class Driver(Protocol):
         started. Only a driver that starts before its intent is saved finds anything."""
         ...
 
-    def ahead(self, runnable: RunnablePlan) -> None:
+    def ahead(self, runnable: RunnablePlan, *, hooks_done: bool = False) -> None:
         """`runnable` is likely to start next: do now, in the background, what its start
-        needs and what is harmless if it never starts (a script's files). May do nothing."""
+        needs and what is harmless if it never starts (a script's files; once the task's
+        prestart hooks are done, its waiter too, waiting for its go). May do nothing."""
+        ...
+
+    async def dismiss_ahead(self) -> None:
+        """The task's sequence is over: undo what `ahead` made ready that did not start and
+        would hold on (a script's waiter waiting for its go)."""
         ...
 
 

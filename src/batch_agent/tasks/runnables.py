@@ -104,11 +104,17 @@ class Runnables:
         log.info("task %s: started %s", self._record.task_id, runnable.label)
         return started.execution
 
-    def ahead(self, runnable: RunnablePlan) -> None:
-        """`runnable` is likely to start next: let its driver get ready (a script's files)."""
+    def ahead(self, runnable: RunnablePlan, *, hooks_done: bool = False) -> None:
+        """`runnable` is likely to start next: let its driver get ready (a script's files,
+        and its waiter once the prestart `hooks_done`)."""
         driver = self._drivers.get(type(runnable.action))  # none for a barrier
         if driver is not None and runnable.index not in self._record.runnables and not self._unsure:
-            driver.ahead(runnable)
+            driver.ahead(runnable, hooks_done=hooks_done)
+
+    async def dismiss_ahead(self) -> None:
+        """The sequence is over: what was made ready ahead and did not start is let go."""
+        for driver in set(self._drivers.values()):
+            await driver.dismiss_ahead()
 
     async def _found(self, runnable: RunnablePlan, started: Started) -> Execution:
         """Record a runnable an earlier agent started but did not record, as if just started

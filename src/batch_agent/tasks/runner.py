@@ -150,6 +150,7 @@ class TaskRun:
             outcome = await self._run_sequence()
         finally:
             self._settings.shipping.unfollow(self._output)
+            await self._runnables.dismiss_ahead()
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
         await self._enter_running()  # when no runnable started, RUNNING comes before the end
@@ -197,7 +198,7 @@ class TaskRun:
                     self._background.add(runnable, started)
                     continue
                 if position < len(self.plan.runnables):  # the next, while this one runs
-                    self._runnables.ahead(self.plan.runnables[position])
+                    self._runnables.ahead(self.plan.runnables[position], hooks_done=True)
                 outcome = await self._wait(runnable, started)
                 failure = failure or outcome
             limit = await self._limit_reached()  # always: it stops what must stop

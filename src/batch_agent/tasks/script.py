@@ -4,10 +4,16 @@ A runnable is started under a tiny `/bin/sh` waiter, in a new session (so the wa
 also the process group and session id, through which everything the program starts is found
 and signalled):
 
-    /bin/sh -c 's=$1; shift; trap : TERM INT HUP QUIT; "$@"; rc=$?; echo "$rc" >"$s"; exit "$rc"'
-        batch-waiter STATUS_FILE PROGRAM
+    /bin/sh -c 's=$1; shift; read -r g || exit 0; exec </dev/null; trap : TERM INT HUP QUIT;
+        "$@"; rc=$?; echo "$rc" >"$s"; exit "$rc"' batch-waiter STATUS_FILE PROGRAM
 
-The waiter forks and execs PROGRAM (a shebang picks the interpreter; a file without one that
+The waiter first waits for its go: a line on its stdin, a pipe whose other end only the agent
+holds. Without it (end of file: the agent let it go, or died) it exits at once, having run
+nothing and recorded nothing. So a waiter can be forked ahead, while the runnable before it
+still runs, and its start is then one write (`ScriptExecution.go`): the fork and the exec of
+the waiter's shell, most of a start's cost, are off the path from one runnable to the next.
+Given its go, the waiter forks and execs PROGRAM, its stdin /dev/null (a shebang picks the
+interpreter; a file without one that
 fails with ENOEXEC is run by the forked shell as a shell script, as execvp would; a script text
 known to have none is given as `/bin/sh PROGRAM`, the same a failed exec sooner) and, when it
 ends, writes `$?` (128+signo for a signal death) to STATUS_FILE. The trap is a handler, not an
@@ -65,7 +71,10 @@ __all__ = [
 
 SHELL = "/bin/sh"
 WAITER_NAME = "batch-waiter"
-WAITER_SCRIPT = 's=$1; shift; trap : TERM INT HUP QUIT; "$@"; rc=$?; echo "$rc" >"$s"; exit "$rc"'
+WAITER_SCRIPT = (
+    "s=$1; shift; read -r g || exit 0; exec </dev/null; trap : TERM INT HUP QUIT; "
+    '"$@"; rc=$?; echo "$rc" >"$s"; exit "$rc"'
+)
 
 
 def write_script(text: str, directory: Path, *, owner: tuple[int, int] | None = None) -> Path:
@@ -195,31 +204,35 @@ def spawn_opened(
     cwd: Path,
     user: tuple[int, int] | None = None,
     leftover_grace: timedelta = LEFTOVER_GRACE,
+    go: bool = True,
 ) -> ScriptExecution | ExitResult:
     """Start the waiter in a new session on the files `open_files` opened, and close them.
 
-    stdin is /dev/null; `env` is the complete environment; with `user`, the waiter and the
-    program run as that uid/gid with no supplementary groups. Never raises for a program that
-    cannot start (an ExitResult, as `open_files`); failures the waiter only meets at exec time
-    (e.g. unreadable by `user`) look like the program exiting 126/127 with the shell's message
-    in stderr. `leftover_grace` is the execution's grace before SIGKILL for what the program
-    leaves running when it ends (see `ScriptExecution`).
+    `go=False` leaves the waiter waiting for its go (`ScriptExecution.go`, or `dismiss`): the
+    program does not run before. The program's stdin is /dev/null; `env` is the complete
+    environment; with `user`, the waiter and the program run as that uid/gid with no
+    supplementary groups. Never raises for a program that cannot start (an ExitResult, as
+    `open_files`); failures the waiter only meets at exec time (e.g. unreadable by `user`)
+    look like the program exiting 126/127 with the shell's message in stderr.
+    `leftover_grace` is the execution's grace before SIGKILL for what the program leaves
+    running when it ends (see `ScriptExecution`).
 
     Forks in the calling thread, which must be the event loop's, where every waiter is forked
     (see `write_script`). Python forks with vfork unless it must switch to a `user` itself
     (under systemd, setpriv does that after the exec), so the loop waits only until the waiter
-    is exec'd, a fraction of a millisecond, and no thread hop comes between a runnable's intent
-    and its start. A full fork, for a `user` without systemd, stalls the loop ~1 ms.
+    is exec'd, a fraction of a millisecond. A full fork, for a `user` without systemd, stalls
+    the loop ~1 ms.
     """
     launcher = scope.launcher(files.status_path, user)
     extra: dict[str, Any] = {}
     if user is not None and launcher is None:  # in a scope, setpriv drops to the user
         extra = {"user": user[0], "group": user[1], "extra_groups": []}
+    waits, go_end = os.pipe()  # the waiter's stdin; only we hold the other end
     try:
         started = time.monotonic()  # before the waiter's pid is handed out
         process = subprocess.Popen(  # on the loop's thread: see write_script
             waiter_argv(files.program, files.status_path, launcher or [], shell=files.shell),
-            stdin=subprocess.DEVNULL,
+            stdin=waits,
             stdout=files.stdout,
             stderr=files.stderr,
             cwd=cwd,
@@ -228,21 +241,28 @@ def spawn_opened(
             **extra,
         )
     except OSError as e:
+        os.close(go_end)
         return _not_started(files.program, e)
     except ValueError as e:  # a NUL byte or '=' in the environment, say
+        os.close(go_end)
         return ExitResult(126, reason=f"cannot start {files.program}: {e}")
     finally:
         files.close()
+        os.close(waits)
     # If the waiter is already gone its status file is written, which is all reattach needs.
     waiter = procfs.read_stat(process.pid)
-    return ScriptExecution(
+    execution = ScriptExecution(
         pid=process.pid,
         start_time=waiter.start_time if waiter else 0,
         status_path=files.status_path,
         process=process,
         leftover_grace=leftover_grace,
         started=started,
+        go=go_end,
     )
+    if go:
+        execution.go()
+    return execution
 
 
 def _not_started(program: Path, error: OSError) -> ExitResult:

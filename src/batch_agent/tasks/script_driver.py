@@ -11,7 +11,11 @@ New files could cost as much as the rest of a start on a disk (0.02-0.7 ms each 
 development machine's ext4, by the folder's history; opening one again, a few us): `ahead`
 makes the next runnable's script and output files while the one before it runs (the first's
 with the task's folder), so that its start only opens them. Files made for a runnable that
-never starts are left empty in the task's folder, harmless.
+never starts are left empty in the task's folder, harmless. Once the task's prestart hooks are
+done (its secrets known), `ahead` also forks the runnable's waiter, which waits for its go
+(script.py): the start is then one write, and the fork and the waiter's exec (about half of a
+short runnable's cost over its own) happen while the runnable before it runs. A waiter that
+never gets its go is dismissed when the task's sequence ends (`dismiss_ahead`).
 """
 
 from __future__ import annotations
@@ -37,13 +41,18 @@ from batch_agent.tasks.script import (
     write_script,
 )
 
+# What `ahead` makes ready: the program's path (its files made), its waiter (forked, waiting
+# for its go), or why not (the start then tries again).
+Ahead = Path | ScriptExecution | ExitResult
+
 
 class ScriptDriver:
     def __init__(self, context: TaskContext) -> None:
         self._context = context
         # Script runnables whose files are being made ahead, by index: the program's path
-        # once made (or why not).
-        self._ahead: dict[int, asyncio.Future[Path | ExitResult]] = {}
+        # once made (or why not), or its waiter, forked and waiting for its go.
+        self._ahead: dict[int, asyncio.Future[Ahead]] = {}
+        self._waiting: dict[int, ScriptExecution] = {}  # waiters forked ahead, not yet started
         self._asked_ahead = False  # the first ask may come before the TaskFolder hook
 
     def prepare(self, runnable: RunnablePlan) -> PreparedScript | ExitResult:
@@ -56,18 +65,20 @@ class ScriptDriver:
             if not program.is_file():
                 missing = events.missing_script(runnable.index, str(program))
                 return ExitResult.not_started(missing)
-        return PreparedScript(self._context, runnable, spec, self._ahead.pop(runnable.index, None))
+        made = self._ahead.pop(runnable.index, None)
+        return PreparedScript(self._context, runnable, spec, made, self._waiting)
 
-    def ahead(self, runnable: RunnablePlan) -> None:
+    def ahead(self, runnable: RunnablePlan, *, hooks_done: bool = False) -> None:
         """Make the script file and output files of `runnable`, a `text` one, now (in the
-        tasks' file thread): it is likely to start next."""
+        tasks' file thread): it is likely to start next. With `hooks_done` (its secrets are
+        known), fork its waiter too, to wait for its go."""
         spec = runnable.action
         if not isinstance(spec, ScriptSpec) or spec.text is None or runnable.index in self._ahead:
             return
         context = self._context
         first, self._asked_ahead = not self._asked_ahead, True
 
-        def make() -> Path | ExitResult:
+        def make() -> Ahead:
             # The first ask may come before the TaskFolder hook: the same folders, made the
             # same way (a no-op once they exist); later ones come after it.
             try:
@@ -81,7 +92,41 @@ class ScriptDriver:
             files.close()
             return files.program
 
-        self._ahead[runnable.index] = context.files.submit(make)
+        made = context.files.submit(make)
+        self._ahead[runnable.index] = (
+            asyncio.ensure_future(self._fork(runnable, made)) if hooks_done else made
+        )
+
+    async def _fork(self, runnable: RunnablePlan, made: asyncio.Future[Ahead]) -> Ahead:
+        """Once `runnable`'s files are made, its waiter, forked to wait for its go."""
+        program = await made
+        if not isinstance(program, Path):
+            return program
+        spec, context = runnable.action, self._context
+        assert isinstance(spec, ScriptSpec)
+        files = _open(context, runnable.index, spec, program)
+        if isinstance(files, ExitResult):
+            return files
+        waiter = spawn_opened(
+            files,
+            env=_environment(context, runnable),
+            cwd=context.work,
+            user=context.plan.user,
+            leftover_grace=context.kill_grace,
+            go=False,
+        )
+        if isinstance(waiter, ScriptExecution):
+            self._waiting[runnable.index] = waiter
+        return waiter
+
+    async def dismiss_ahead(self) -> None:
+        """Let every waiter forked ahead that did not start end without running anything."""
+        for pending in self._ahead.values():
+            pending.cancel()  # a fork not made yet is not made
+        self._ahead.clear()
+        waiting, self._waiting = list(self._waiting.values()), {}
+        for waiter in waiting:
+            await waiter.dismiss()
 
     async def find(self, runnable: RunnablePlan) -> Started | None:
         """Its status file (it ended) or its waiter (it runs), which a start makes before its
@@ -126,7 +171,8 @@ class PreparedScript:
     context: TaskContext
     runnable: RunnablePlan
     spec: ScriptSpec
-    made: asyncio.Future[Path | ExitResult] | None  # its files, made by `ScriptDriver.ahead`
+    made: asyncio.Future[Ahead] | None  # what `ScriptDriver.ahead` made ready
+    waiting: dict[int, ScriptExecution]  # the driver's waiters forked ahead
 
     @property
     def handle(self) -> Handle:
@@ -134,15 +180,11 @@ class PreparedScript:
 
     async def start(self, intent: asyncio.Future[None]) -> Started | ExitResult:
         context, k = self.context, self.runnable.index
-        user = context.plan.user
-        env = runnable_environment(
-            context.base_env,
-            context.secrets.task_variables(context.plan),
-            context.secrets.runnable_variables(self.runnable),
-            context.batch_variables(),
-            home=_home_of(user[0]) if user is not None else "/root",
-        )
         made = await self.made if self.made is not None else None
+        if isinstance(made, ScriptExecution):  # its waiter forked ahead: it only needs its go
+            self.waiting.pop(k, None)
+            made.go()
+            return Started(made, Handle(pid=made.pid, start_time=made.start_time))
         if isinstance(made, Path):  # our own script, its files made: only opened, here
             files = _open(context, k, self.spec, made)
         elif self.spec.text is not None:  # all in the agent's own folders
@@ -155,8 +197,13 @@ class PreparedScript:
         # At once, the intent's save under way: an agent that dies before it lands leaves the
         # run's status file or its waiter, which the next one finds (`ScriptDriver.find`).
         # The fork on the loop's thread: see spawn_opened.
+        env = _environment(context, self.runnable)
         started = spawn_opened(
-            files, env=env, cwd=context.work, user=user, leftover_grace=context.kill_grace
+            files,
+            env=env,
+            cwd=context.work,
+            user=context.plan.user,
+            leftover_grace=context.kill_grace,
         )
         if isinstance(started, ExitResult):
             return started
@@ -186,6 +233,17 @@ def _open(
         status_path=context.status(k),
         user=context.plan.user,
         shell=spec.text is not None and not spec.text.startswith("#!"),  # sh's default
+    )
+
+
+def _environment(context: TaskContext, runnable: RunnablePlan) -> dict[str, str]:
+    user = context.plan.user
+    return runnable_environment(
+        context.base_env,
+        context.secrets.task_variables(context.plan),
+        context.secrets.runnable_variables(runnable),
+        context.batch_variables(),
+        home=_home_of(user[0]) if user is not None else "/root",
     )
 
 

@@ -70,6 +70,8 @@ class ScriptExecution:
     running when its waiter ends. `ended` is the result of a waiter that has already ended.
     `started` is the `time.monotonic()` taken just before we started the waiter (None when
     reattached): what it left running is then looked for among the pids handed out since.
+    `go` is our end of the pipe of a waiter still waiting for its go (see script.py): `go()`
+    lets it run the program, `dismiss()` lets it end without.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class ScriptExecution:
         leftover_grace: timedelta = LEFTOVER_GRACE,
         ended: ExitResult | None = None,
         started: float | None = None,
+        go: int | None = None,
     ) -> None:
         self._pid = pid
         self.start_time = start_time
@@ -93,6 +96,28 @@ class ScriptExecution:
         self._waiting: asyncio.Task[ExitResult] | None = None
         self._reaping: asyncio.Future[int] | None = None
         self._stop_lock = asyncio.Lock()
+        self._go = go
+
+    def go(self) -> None:
+        """Let a waiter that waits for its go run the program (nothing if it had it)."""
+        fd, self._go = self._go, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, b"go\n")
+        except BrokenPipeError:  # it is gone already (killed): `wait` says how it ended
+            pass
+        finally:
+            os.close(fd)
+
+    async def dismiss(self) -> None:
+        """Let a waiter that waits for its go end without running anything, and reap it."""
+        fd, self._go = self._go, None
+        if fd is None:
+            return
+        os.close(fd)  # end of file: it exits at once, recording nothing
+        if self._process is not None:
+            await self._reap(self._process)
 
     def __repr__(self) -> str:
         return f"ScriptExecution(pid={self._pid}, start_time={self.start_time})"
@@ -164,6 +189,8 @@ class ScriptExecution:
         warning, for a session that outlives SIGKILL by 10 s (a process stuck in the kernel).
         Idempotent; a session that is already gone is fine; never signals a recycled pid.
         """
+        if self._go is not None:  # never given its go: it ends at once
+            await self.dismiss()
         async with self._stop_lock:
             if not await self._session.terminate(grace):
                 return False
