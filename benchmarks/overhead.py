@@ -4,10 +4,11 @@ The agent's figure is the task's RUNNING -> SUCCEEDED span, taken from the event
 status events the agent reported (its own clock, so the report cadence does not count). The
 bare figure is 100 sequential subprocess.run(["sh", "-c", "true"]) in this process. Their
 difference over 100 is what the agent adds to each runnable: its bookkeeping, persisting,
-writing the script file and the waiter shell around each one. A third figure, the floor, runs
-the waiter's own command (`script.waiter_argv`) on a script file of `true` 100 times the same
-way: what the waiter design costs (a second shell, its fork, the status file) before any of the
-agent's work. The agent runs as under systemd: state dir on disk, runtime dir (scripts, exit
+writing the script file and the waiter shell around each one. A third figure runs the waiter's
+own command (`script.waiter_argv`, its go given at once) on a script file of `true` 100 times the
+same way: what the waiter design costs (a second shell, its fork, the status file) when nothing
+of it is done ahead. The agent forks each runnable's waiter while the one before it runs, so
+only the first runnable pays all of that on its path. The agent runs as under systemd: state dir on disk, runtime dir (scripts, exit
 statuses) on tmpfs, and the floor writes its status file on tmpfs too; a fourth figure runs
 the agent without a runtime dir (everything in the state dir, as where there is no tmpfs).
 """

@@ -13,10 +13,11 @@ runnables are not run again, started ones are recovered from their handle.
 What is saved when, here and in `runnables` (each save is one commit, fsynced only for the
 terminal state: see `TaskSet.transition`; the in-process tests pin these down):
 - a state change or an event: at once, before it is reported (`transition`, `Runnables.event`);
-- a runnable's intent to start: before a container starts; while a script starts (its waiter
-  is forked at once, its files made while the runnable before it ran). A crash never leads to
-  a second start: an agent that resumes a task looks for the first runnable its record does
-  not hold (`Driver.find`: a script's waiter or status file) before it starts it;
+- a runnable's intent to start: before a container starts; while a script starts (its files
+  made, and its waiter forked, while the runnable before it ran: its start is the waiter's go,
+  see script.py; a waiter whose agent dies before its go runs nothing). A crash never leads
+  to a second start: an agent that resumes a task looks for the first runnable its record
+  does not hold (`Driver.find`: a script's waiter or status file) before it starts it;
 - ASSIGNED -> RUNNING: in one save with the first runnable's intent (on its own only when no
   intent comes first: a barrier first, or nothing starts). A save writes the whole record, so
   after a crash the disk holds both or neither. Neither: the task is ASSIGNED with no runnable;
