@@ -8,9 +8,10 @@ writing the script file and the waiter shell around each one. A third figure run
 own command (`script.waiter_argv`, its go given at once) on a script file of `true` 100 times the
 same way: what the waiter design costs (a second shell, its fork, the status file) when nothing
 of it is done ahead. The agent forks each runnable's waiter while the one before it runs, so
-only the first runnable pays all of that on its path. The agent runs as under systemd: state dir on disk, runtime dir (scripts, exit
-statuses) on tmpfs, and the floor writes its status file on tmpfs too; a fourth figure runs
-the agent without a runtime dir (everything in the state dir, as where there is no tmpfs).
+only the first runnable pays all of that on its path. The agent runs as under systemd: state
+dir on disk, runtime dir (scripts, exit statuses) on tmpfs, and the floor writes its status
+file on tmpfs too; a fourth figure runs the agent without a runtime dir (everything in the
+state dir, as where there is no tmpfs).
 """
 
 from __future__ import annotations
