@@ -256,3 +256,36 @@ def test_a_user_runnable_runs_in_a_scope_as_that_user(installed: Machine):
     assert code == "0", (out, installed.run("cat", "/var/tmp/scope-user/err")[1])
     assert out[:3] == ["65534", "65534", "HOME=/home-as-given"], out
     assert any("/batch-tasks.slice/batch-task-" in line for line in out[3:]), out
+
+
+NOT_ROOT_RUN = """
+import asyncio
+import tempfile
+from pathlib import Path
+from batch_agent.tasks.script import start_script, write_script
+
+folder = Path(tempfile.mkdtemp())
+program = write_script("#!/bin/sh\\ncat /proc/self/cgroup\\n", folder)
+
+async def main() -> None:
+    started = await start_script(
+        program, env={"PATH": "/usr/bin:/bin"}, cwd=folder, stdout_path=folder / "out",
+        stderr_path=folder / "err", status_path=folder / "status",
+    )
+    print((await started.wait()).exit_code, (folder / "out").read_text(), sep="\\n")
+
+asyncio.run(main())
+"""
+
+
+def test_an_agent_not_run_as_root_runs_its_scripts_without_a_scope(installed: Machine):
+    """Only root may make a scope in the system's manager: an agent run by a user (as
+    `batch-agent local` may be) runs its runnables in plain sessions instead of having every
+    one refused."""
+    out = installed.check(
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+        "/opt/batch-agent/bin/python", "-c", NOT_ROOT_RUN,
+    )  # fmt: skip
+    code, *cgroup = out.splitlines()
+    assert code == "0", out
+    assert not any("/batch-tasks.slice/" in line for line in cgroup), out

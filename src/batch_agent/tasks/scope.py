@@ -1,7 +1,9 @@
 """Script runnables in transient systemd scopes, and what their cgroups account.
 
-When systemd is PID 1 (`/run/systemd/system` exists, as `sd_booted()` checks), each script
-runnable runs in a scope of its own under `SLICE`, so that the agent's unit holds only the
+When systemd is PID 1 (`/run/systemd/system` exists, as `sd_booted()` checks) and the agent
+runs as root (only root may make a scope in the system's manager: an agent of `batch-agent
+local` run by a user on a laptop would see every runnable refused), each script runnable runs
+in a scope of its own under `SLICE`, so that the agent's unit holds only the
 agent: a restart of the unit finds no "left-over process" in its cgroup, and each runnable's CPU
 and memory are accounted by its scope. The scope is made by putting `systemd-run --scope` in
 front of the waiter's command: systemd-run moves itself into the new scope, waits for systemd
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import secrets
 import shutil
@@ -64,10 +67,10 @@ def scope_argv(
 
 
 def launcher(status_path: Path, user: tuple[int, int] | None) -> list[str] | None:
-    """The scope command to put in front of a runnable's waiter when systemd is PID 1 and the
-    tools it needs are installed; None otherwise (the waiter then runs in a plain session).
-    Blocks on a stat and a PATH lookup."""
-    if not systemd_booted():
+    """The scope command to put in front of a runnable's waiter when systemd is PID 1, we are
+    root and the tools it needs are installed; None otherwise (the waiter then runs in a plain
+    session). Blocks on a stat and a PATH lookup."""
+    if os.geteuid() != 0 or not systemd_booted():
         return None
     systemd_run = shutil.which("systemd-run")
     setpriv = shutil.which("setpriv") if user is not None else None
