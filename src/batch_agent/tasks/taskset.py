@@ -37,7 +37,7 @@ from batch_agent.wire import AgentTaskInfo, TaskState
 if TYPE_CHECKING:
     from batch_agent.tasks.plan import TaskPlan
     from batch_agent.tasks.runner import TaskRun
-    from batch_agent.wire import AgentTask, BadAgentTask
+    from batch_agent.wire import AgentTask, AgentTaskHead, BadAgentTask
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,24 @@ class TaskSet:
         commit, before any of them starts."""
         if not tasks:
             return 0
-        from batch_agent.wire import AgentTask, IntendedState, parse_agent_task
+        from batch_agent.wire import (
+            AgentTaskHead,
+            BadAgentTask,
+            IntendedState,
+            parse_agent_task,
+            parse_task_head,
+        )
 
-        seen: list[tuple[_Slot, AgentTask | BadAgentTask]] = []
+        # What the server wants of each task: CANCELLED, and the barrier reached (None: not
+        # known, the task could not be read).
+        seen: list[tuple[_Slot, IntendedState | None, int | None]] = []
         new: list[tuple[_Slot, AgentTask | BadAgentTask]] = []
         for raw in tasks:
-            task = parse_agent_task(raw)
+            # A known task needs only its head: a response repeats every task it has not
+            # deleted, and parsing each one's spec in full again was most of this method.
+            task: AgentTaskHead | AgentTask | BadAgentTask | None = parse_task_head(raw)
+            if task is None or task.task not in self._slots:
+                task = parse_agent_task(raw)
             name = task.task
             if not name:
                 log.error("response task without a name ignored: %.200s", raw)
@@ -113,17 +125,19 @@ class TaskSet:
             if slot is not None and slot.teardown is not None:
                 continue  # the same name again (a retry): accepted once the old one is gone
             if slot is None:
+                assert not isinstance(task, AgentTaskHead)
                 slot = self._slots[name] = _Slot(TaskRecord(task_id=name, raw=dict(raw)))
                 new.append((slot, task))
-            seen.append((slot, task))
+            barrier = None if isinstance(task, BadAgentTask) else task.reached_barrier
+            seen.append((slot, task.intended_state, barrier))
         await self._accept(new)
-        for slot, task in seen:
+        for slot, intended, barrier in seen:
             if slot.run is None:
                 continue
-            if task.intended_state is IntendedState.CANCELLED:
+            if intended is IntendedState.CANCELLED:
                 slot.run.cancel()
-            if isinstance(task, AgentTask):
-                slot.run.update_barrier(task.reached_barrier)
+            if barrier is not None:
+                slot.run.update_barrier(barrier)
         return len(new)
 
     def preempted(self) -> None:
