@@ -100,3 +100,26 @@ def test_an_unreadable_head_is_left_to_the_full_parse() -> None:
     assert parse_task_head({"task": NAME, "intendedState": "GONE"}) is None
     assert parse_task_head({"intendedState": "DELETED"}) is None
     assert parse_task_head(["not", "an", "object"]) is None
+
+
+def test_the_tasks_one_answer_deletes_are_all_forgotten(tmp_path: Path) -> None:
+    """Several DELETED in one answer (their folders removed in one trip): every folder and
+    record goes, and the same name may then be assigned again."""
+    names = [f"task/j-1-group0-{i}/0/0" for i in range(3)]
+    done = {"runnables": [{"script": {"text": "true"}}]}
+
+    async def go(tasks: TaskSet) -> None:
+        await tasks.apply([{"task": n, "spec": done} for n in names])
+        await _until(lambda: all(r.state.is_terminal for r in tasks.all_records()))
+        assert len(list((tmp_path / "tasks").iterdir())) == 3
+        await tasks.apply([{"task": n, "intendedState": "DELETED"} for n in names])
+        await _until(lambda: not tasks.all_records())
+        assert list((tmp_path / "tasks").iterdir()) == []
+        assert await tasks.apply([{"task": names[0], "spec": done}]) == 1
+
+    _run(tmp_path, go)
+    store = TaskStore(tmp_path / "state.db")
+    try:
+        assert [r.task_id for r in store.load_all()] == names[:1]
+    finally:
+        store.close()
