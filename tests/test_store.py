@@ -113,6 +113,32 @@ def test_saves_asked_for_together_share_one_commit(tmp_path):
         store.close()
 
 
+def test_settled_returns_once_every_save_asked_for_is_on_disk(tmp_path):
+    """settled (what a report awaits): the saves asked for before it, in flight or queued, are
+    in the database when it returns; with none, it returns at once."""
+    path = tmp_path / "state.db"
+
+    def on_disk() -> list[str]:
+        with sqlite3.connect(path) as other:  # another connection: what a crash would leave
+            return [row[0] for row in other.execute("SELECT task_id FROM tasks ORDER BY rowid")]
+
+    async def write() -> None:
+        store = TaskStore(path)
+        try:
+            await store.settled()  # nothing asked for
+            first = asyncio.ensure_future(store.save(TaskRecord(task_id="a", raw={})))
+            await asyncio.sleep(0)  # its commit under way
+            second = asyncio.ensure_future(store.save(TaskRecord(task_id="b", raw={})))
+            await asyncio.sleep(0)  # queued behind it
+            await store.settled()
+            assert on_disk() == ["a", "b"]
+            await asyncio.gather(first, second)
+        finally:
+            store.close()
+
+    asyncio.run(write())
+
+
 _SAVE_THEN_DIE = """
 import asyncio, contextlib, os, signal, sys
 from pathlib import Path

@@ -262,6 +262,7 @@ class Reporter:
     ) -> ReportAgentStateResponse:
         assert self._machine is not None
         request = self._request(state, self._machine).to_wire()  # once: the call and the log
+        await self._store.settled()  # persist before report: every change it holds is on disk
         parent = self._machine.identity.parent
         loop = asyncio.get_running_loop()
         began = loop.time()

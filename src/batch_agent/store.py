@@ -12,7 +12,9 @@ keeps is always a prefix of the saves). Which saves must be durable is the calle
 disk in one commit: the tasks of one response are accepted together. Saves asked for while a
 commit is under way share the next one (a group commit: 64 tasks starting at once do not
 queue for 64 fsyncs), durable if any of them asked for it, each still returning only once its
-own record is written. A write the state dir cannot take
+own record is written. `settled` waits for every write asked for so far: a state change is
+made in memory and its save asked for in one step, and a report built meanwhile must not go
+out before the save lands. A write the state dir cannot take
 (a full disk, an I/O error) stays pending in memory and is written (all pending writes in one
 commit) before the next write, or by a retry every `retry_every`: `save` raises StorageError
 so that its caller can decide about the task, `delete` and `set_fact` only log. Opening the
@@ -83,6 +85,7 @@ class TaskStore:
         # and the future it awaits.
         self._queued: list[tuple[list[_Write], bool, asyncio.Future[None]]] = []
         self._committing: asyncio.Task[None] | None = None
+        self._in_flight: list[tuple[list[_Write], bool, asyncio.Future[None]]] = []  # committing
 
     def load_all(self) -> list[TaskRecord]:
         """Every record, oldest first. Blocks: call at start-up, before the loop runs tasks."""
@@ -123,6 +126,15 @@ class TaskStore:
         write = functools.partial(self._delete, task_id)
         await self._write_later(f"task {task_id}", write, durable=False)
 
+    async def settled(self) -> None:
+        """Returns once every write asked for before the call is committed (fsynced if it asked
+        to be) or refused: what a report about to go out says is on disk by then. A state
+        change is made in memory and its save asked for in one step, so a report built from
+        memory may hold one whose save is still under way."""
+        waiting = [done for _, _, done in (*self._in_flight, *self._queued) if not done.done()]
+        if waiting:
+            await asyncio.wait(waiting)
+
     def fact(self, key: str) -> str | None:
         """A small durable value (e.g. the boot time seen last). Blocks briefly."""
         row = self._executor.submit(
@@ -162,28 +174,34 @@ class TaskStore:
     async def _commit_queued(self) -> None:
         """Commit what is queued, batch after batch, until the queue is empty."""
         loop = asyncio.get_running_loop()
-        while self._queued:
-            batches, self._queued = self._queued, []
-            writes = [write for batch, _, _ in batches for write in batch]
-            durable = any(durable for _, durable, _ in batches)
-            failure: Exception | None = None
-            try:
-                await loop.run_in_executor(self._executor, self._queue_and_flush, writes, durable)
-            except StorageError as error:
-                if self._retrying is None or self._retrying.done():
-                    self._retrying = asyncio.create_task(self._retry())
-                failure = error
-            except Exception as error:  # a bug: every caller hears of it, none waits forever
-                failure = error
-            for _, _, done in batches:
-                if done.done():  # its caller was cancelled
-                    continue
-                if failure is None:
-                    done.set_result(None)
-                elif isinstance(failure, StorageError):  # one of its own per caller
-                    done.set_exception(StorageError(str(failure), no_space=failure.no_space))
-                else:
-                    done.set_exception(failure)
+        try:
+            while self._queued:
+                batches, self._queued = self._queued, []
+                self._in_flight = batches
+                writes = [write for batch, _, _ in batches for write in batch]
+                durable = any(durable for _, durable, _ in batches)
+                failure: Exception | None = None
+                try:
+                    await loop.run_in_executor(
+                        self._executor, self._queue_and_flush, writes, durable
+                    )
+                except StorageError as error:
+                    if self._retrying is None or self._retrying.done():
+                        self._retrying = asyncio.create_task(self._retry())
+                    failure = error
+                except Exception as error:  # a bug: every caller hears of it, none waits forever
+                    failure = error
+                for _, _, done in batches:
+                    if done.done():  # its caller was cancelled
+                        continue
+                    if failure is None:
+                        done.set_result(None)
+                    elif isinstance(failure, StorageError):  # one of its own per caller
+                        done.set_exception(StorageError(str(failure), no_space=failure.no_space))
+                    else:
+                        done.set_exception(failure)
+        finally:
+            self._in_flight = []
 
     async def _write_later(
         self, key: str, write: Callable[[], None], *, durable: bool = True
