@@ -12,12 +12,13 @@ keeps is always a prefix of the saves). Which saves must be durable is the calle
 disk in one commit: the tasks of one response are accepted together. Saves asked for while a
 commit is under way share the next one (a group commit: 64 tasks starting at once do not
 queue for 64 fsyncs), durable if any of them asked for it, each still returning only once its
-own record is written. `settled` waits for every write asked for so far: a state change is
+own record is written. `forget` (a deleted task's record) needs no commit of its own: the
+next one takes it along. `settled` waits for every write asked for so far: a state change is
 made in memory and its save asked for in one step, and a report built meanwhile must not go
 out before the save lands. A write the state dir cannot take
 (a full disk, an I/O error) stays pending in memory and is written (all pending writes in one
 commit) before the next write, or by a retry every `retry_every`: `save` raises StorageError
-so that its caller can decide about the task, `delete` and `set_fact` only log. Opening the
+so that its caller can decide about the task, `forget` and `set_fact` only log. Opening the
 file (its modes, WAL, a corrupt one set aside) is `dbfile`'s. Knows nothing of processes or
 HTTP.
 """
@@ -41,6 +42,7 @@ from batch_agent.tasks.record import TaskRecord
 log = logging.getLogger(__name__)
 
 RETRY_EVERY = timedelta(seconds=5)  # pending writes retried while the state dir refuses them
+FORGET_WITHIN = timedelta(seconds=1)  # a deletion waits at most this long for a commit to join
 
 _Write = tuple[str, Callable[[], None]]  # what it writes ("task <id>"), and how
 
@@ -86,6 +88,10 @@ class TaskStore:
         self._queued: list[tuple[list[_Write], bool, asyncio.Future[None]]] = []
         self._committing: asyncio.Task[None] | None = None
         self._in_flight: list[tuple[list[_Write], bool, asyncio.Future[None]]] = []  # committing
+        # Deletions for the next commit to take along (see `forget`).
+        self._forgetting: list[_Write] = []
+        self._forget_soon: asyncio.TimerHandle | None = None
+        self._forgetting_now: asyncio.Task[None] | None = None
 
     def load_all(self) -> list[TaskRecord]:
         """Every record, oldest first. Blocks: call at start-up, before the loop runs tasks."""
@@ -119,12 +125,28 @@ class TaskStore:
         ]
         await self._write(writes, durable=durable)
 
-    async def delete(self, task_id: str) -> None:
-        """Forget a task; not fsynced (a power loss may bring back the record of a task the
-        server deleted: it is reported, and deleted, again). A deletion the state dir refuses
-        is logged and done later."""
-        write = functools.partial(self._delete, task_id)
-        await self._write_later(f"task {task_id}", write, durable=False)
+    def forget(self, task_id: str) -> None:
+        """Delete a task's record with the next commit, at the latest FORGET_WITHIN from now
+        (or at `close`); not fsynced. Returns at once: a deletion needs no commit of its own
+        (a response deletes the tasks that ended while new ones start, whose saves carry it).
+        The record may come back after a crash in between, as after a power loss before the
+        next fsync: it is reported, and deleted, again. One the state dir refuses is logged
+        and done later."""
+        self._forgetting.append((f"forget {task_id}", functools.partial(self._delete, task_id)))
+        if self._forget_soon is None:
+            loop = asyncio.get_running_loop()
+            self._forget_soon = loop.call_later(FORGET_WITHIN.total_seconds(), self._forget_now)
+
+    def _forget_now(self) -> None:
+        self._forget_soon = None
+        if self._forgetting:  # no commit took them along meanwhile
+            self._forgetting_now = asyncio.create_task(self._commit_forgotten())
+
+    async def _commit_forgotten(self) -> None:
+        try:
+            await self._write([], durable=False)  # a commit of nothing else
+        except StorageError as error:
+            log.warning("state dir: deleted tasks' records not removed yet: %s", error)
 
     async def settled(self) -> None:
         """Returns once every write asked for before the call is committed (fsynced if it asked
@@ -152,8 +174,12 @@ class TaskStore:
             self._retrying.cancel()
         if self._committing is not None:
             self._committing.cancel()
-        queued = [write for writes, _, _ in self._queued for write in writes]
-        self._queued = []
+        if self._forget_soon is not None:
+            self._forget_soon.cancel()
+        if self._forgetting_now is not None:
+            self._forgetting_now.cancel()
+        queued = [*self._forgetting, *(write for writes, _, _ in self._queued for write in writes)]
+        self._queued, self._forgetting = [], []
         try:
             self._executor.submit(self._queue_and_flush, queued, True).result()
         except StorageError as error:
@@ -178,7 +204,10 @@ class TaskStore:
             while self._queued:
                 batches, self._queued = self._queued, []
                 self._in_flight = batches
-                writes = [write for batch, _, _ in batches for write in batch]
+                # Deletions first: a task deleted and then assigned again under the same
+                # name (a retry) is inserted anew after its old record is gone.
+                writes = [*self._forgetting, *(write for batch, _, _ in batches for write in batch)]
+                self._forgetting = []
                 durable = any(durable for _, durable, _ in batches)
                 failure: Exception | None = None
                 try:

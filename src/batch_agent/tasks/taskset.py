@@ -354,7 +354,7 @@ class TaskSet:
         if slot.record.runtime is not None:  # its scripts and exit statuses, maybe on tmpfs
             roots.add(Path(slot.record.runtime))
         await self._removals.remove(roots, name)
-        await self._store.delete(name)
+        self._store.forget(name)  # with the next commit: it needs none of its own
         self._deleted_failed |= slot.record.state is TaskState.FAILED
         del self._slots[name]
         log.info("task %s: deleted", name)
