@@ -3,10 +3,11 @@
 The report loop talks to tasks through this façade only: `resume` at start-up, `apply` for
 each response (accept, cancel, delete, barriers), `preempted`, `snapshot` for each report and
 `close` at the end. `transition` is the one way a task's state changes: it checks the edge
-(`record.EDGES`), appends the event, persists, then asks for an early report (persist before
-report). A deleted task leaves the reports at once; its teardown (stop, remove containers,
-forget the record and folder) runs in the background, so a task that ignores SIGTERM never
-holds up the reports of the others; its record stays on disk until the teardown is done.
+(`record.EDGES`), appends the event, asks for an early report and persists (the report waits
+for the save: persist before report). A deleted task leaves the reports at once; its teardown
+(stop, remove containers, forget the record and folder) runs in the background, so a task
+that ignores SIGTERM never holds up the reports of the others; its record stays on disk until
+the teardown is done.
 How one task's run is put together (drivers, hooks) is `assembly`'s. Knows nothing of HTTP.
 """
 
@@ -215,7 +216,8 @@ class TaskSet:
         exit_code: int | None = None,
         cause: str | None = None,
     ) -> None:
-        """Move `record` to `new`: edge check, event, persist, report early. Raises
+        """Move `record` to `new`: edge check, event, report early, persist (before the
+        report goes out: the reporter waits for every save under way). Raises
         IllegalTransition for an edge the state machine does not have.
 
         A terminal state is fsynced before it is reported: the server hears it once and for
@@ -224,13 +226,16 @@ class TaskSet:
         the disk says about it (docs/choices.md, "Durability and restarts")."""
         now = self._settings.now()
         record.transition(new, at=now, where=self._settings.where, exit_code=exit_code, cause=cause)
+        # Asked for now, with the change: a report waits for the save (`TaskStore.settled`),
+        # and one built meanwhile carries the change already, so a notice after the save
+        # would ask for a second report with nothing new in it.
+        self._on_change()
         try:
             await self._store.save(record, durable=new.is_terminal)
         except StorageError as error:
             # Reported from memory all the same; the store writes it at its next chance.
             log.error("task %s: %s not recorded yet: %s", record.task_id, new, error)
         log.info("task %s: %s", record.task_id, record.events[-1]["description"])
-        self._on_change()
 
     async def persist(self, record: TaskRecord) -> None:
         """Save the record (a runnable's intent, an event, output offsets) so that it survives
@@ -333,7 +338,8 @@ class TaskSet:
                     exit_code=ExitCode.AGENT_FAILURE,
                     cause=events.INTERNAL_ERROR,
                 )
-        self._on_change()
+        if not run.record.state.is_terminal:  # a terminal state asked for its report itself
+            self._on_change()
 
     async def _tear_down(self, slot: _Slot) -> None:
         """Stop what still runs of a deleted task, then forget it (record last: crash-safe)."""
