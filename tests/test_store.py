@@ -10,13 +10,14 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from batch_agent.store import StorageError, TaskStore
+from batch_agent.store import FORGET_WITHIN, StorageError, TaskStore
 from batch_agent.tasks.record import RunnableRecord, TaskRecord
 from batch_agent.wire import TaskState
 from tests.helpers import fill, tmpfs
@@ -34,7 +35,7 @@ def test_records_survive_reopen_and_delete(tmp_path):
         await store.save(first)
         await store.save(TaskRecord(task_id="b", raw={"task": "b"}))
         await store.save(TaskRecord(task_id="c", raw={"task": "c"}))
-        await store.delete("b")
+        store.forget("b")  # the next commit takes it along
         await store.set_fact("boot_time", "x")
         store.close()
 
@@ -111,6 +112,63 @@ def test_saves_asked_for_together_share_one_commit(tmp_path):
         assert [r.task_id for r in store.load_all()] == [f"t{i}" for i in range(20)]
     finally:
         store.close()
+
+
+def test_settled_returns_once_every_save_asked_for_is_on_disk(tmp_path):
+    """settled (what a report awaits): the saves asked for before it, in flight or queued, are
+    in the database when it returns; with none, it returns at once."""
+    path = tmp_path / "state.db"
+
+    def on_disk() -> list[str]:
+        with sqlite3.connect(path) as other:  # another connection: what a crash would leave
+            return [row[0] for row in other.execute("SELECT task_id FROM tasks ORDER BY rowid")]
+
+    async def write() -> None:
+        store = TaskStore(path)
+        try:
+            await store.settled()  # nothing asked for
+            first = asyncio.ensure_future(store.save(TaskRecord(task_id="a", raw={})))
+            await asyncio.sleep(0)  # its commit under way
+            second = asyncio.ensure_future(store.save(TaskRecord(task_id="b", raw={})))
+            await asyncio.sleep(0)  # queued behind it
+            await store.settled()
+            assert on_disk() == ["a", "b"]
+            await asyncio.gather(first, second)
+        finally:
+            store.close()
+
+    asyncio.run(write())
+
+
+def test_a_forgotten_record_goes_with_the_next_commit_or_within_a_second(tmp_path):
+    """forget: the next commit takes the deletion along (none of its own), before that
+    commit's saves, so that a task assigned again under the same name (a retry) is stored
+    anew, its spec too; with no other write, the deletion is committed within FORGET_WITHIN."""
+    path = tmp_path / "state.db"
+
+    def on_disk() -> dict[str, str]:
+        with sqlite3.connect(path) as other:
+            return dict(other.execute("SELECT task_id, raw FROM tasks").fetchall())
+
+    async def write() -> None:
+        store = TaskStore(path)
+        try:
+            await store.save(TaskRecord(task_id="a", raw={"attempt": 1}))
+            await store.save(TaskRecord(task_id="b", raw={}))
+            before = _commits(Path(f"{path}-wal"))
+            store.forget("a")
+            await store.save(TaskRecord(task_id="a", raw={"attempt": 2}))
+            assert _commits(Path(f"{path}-wal")) == before + 1
+            assert on_disk() == {"a": '{"attempt": 2}', "b": "{}"}
+            store.forget("b")
+            began = time.monotonic()
+            while "b" in on_disk():
+                assert time.monotonic() - began < FORGET_WITHIN.total_seconds() + 5
+                await asyncio.sleep(0.05)
+        finally:
+            store.close()
+
+    asyncio.run(write())
 
 
 _SAVE_THEN_DIE = """
@@ -256,7 +314,7 @@ def test_refused_writes_are_kept_and_written_when_space_returns(small_disk):
         record.transition(TaskState.FAILED, at=datetime.now(UTC), where="w", exit_code=50000)
         with pytest.raises(StorageError):
             await store.save(record)
-        await store.delete("gone")
+        store.forget("gone")
         await store.set_fact("boot_time", "b")
         filler.unlink()
         for _ in range(200):  # no other write: the retry alone must carry them

@@ -217,7 +217,7 @@ class Reporter:
 
     async def _report_with_retries(self, *, once: bool) -> ReportAgentStateResponse | None:
         """One report, retried until it is answered; None if stopped meanwhile."""
-        backoff = Backoff()
+        backoff: Backoff | None = None  # made at the first failure (it seeds a Random)
         last_success = self._last_success
         while True:
             deadline = None
@@ -233,6 +233,7 @@ class Reporter:
                     raise Rejected(str(error)) from error
                 if once and datetime.now(UTC) - last_success > self._config.unreachable_timeout:
                     raise Unreachable(str(error)) from error
+                backoff = backoff or Backoff()
                 delay = max(backoff.next_delay(), error.retry_after or timedelta(0))
                 log.warning("report failed (%s); retrying in %.1fs", error, delay.total_seconds())
                 if await self._sleep(delay.total_seconds()):
@@ -261,6 +262,7 @@ class Reporter:
     ) -> ReportAgentStateResponse:
         assert self._machine is not None
         request = self._request(state, self._machine).to_wire()  # once: the call and the log
+        await self._store.settled()  # persist before report: every change it holds is on disk
         parent = self._machine.identity.parent
         loop = asyncio.get_running_loop()
         began = loop.time()

@@ -12,10 +12,13 @@ keeps is always a prefix of the saves). Which saves must be durable is the calle
 disk in one commit: the tasks of one response are accepted together. Saves asked for while a
 commit is under way share the next one (a group commit: 64 tasks starting at once do not
 queue for 64 fsyncs), durable if any of them asked for it, each still returning only once its
-own record is written. A write the state dir cannot take
+own record is written. `forget` (a deleted task's record) needs no commit of its own: the
+next one takes it along. `settled` waits for every write asked for so far: a state change is
+made in memory and its save asked for in one step, and a report built meanwhile must not go
+out before the save lands. A write the state dir cannot take
 (a full disk, an I/O error) stays pending in memory and is written (all pending writes in one
 commit) before the next write, or by a retry every `retry_every`: `save` raises StorageError
-so that its caller can decide about the task, `delete` and `set_fact` only log. Opening the
+so that its caller can decide about the task, `forget` and `set_fact` only log. Opening the
 file (its modes, WAL, a corrupt one set aside) is `dbfile`'s. Knows nothing of processes or
 HTTP.
 """
@@ -39,6 +42,7 @@ from batch_agent.tasks.record import TaskRecord
 log = logging.getLogger(__name__)
 
 RETRY_EVERY = timedelta(seconds=5)  # pending writes retried while the state dir refuses them
+FORGET_WITHIN = timedelta(seconds=1)  # a deletion waits at most this long for a commit to join
 
 _Write = tuple[str, Callable[[], None]]  # what it writes ("task <id>"), and how
 
@@ -83,6 +87,11 @@ class TaskStore:
         # and the future it awaits.
         self._queued: list[tuple[list[_Write], bool, asyncio.Future[None]]] = []
         self._committing: asyncio.Task[None] | None = None
+        self._in_flight: list[tuple[list[_Write], bool, asyncio.Future[None]]] = []  # committing
+        # Deletions for the next commit to take along (see `forget`).
+        self._forgetting: list[_Write] = []
+        self._forget_soon: asyncio.TimerHandle | None = None
+        self._forgetting_now: asyncio.Task[None] | None = None
 
     def load_all(self) -> list[TaskRecord]:
         """Every record, oldest first. Blocks: call at start-up, before the loop runs tasks."""
@@ -116,12 +125,37 @@ class TaskStore:
         ]
         await self._write(writes, durable=durable)
 
-    async def delete(self, task_id: str) -> None:
-        """Forget a task; not fsynced (a power loss may bring back the record of a task the
-        server deleted: it is reported, and deleted, again). A deletion the state dir refuses
-        is logged and done later."""
-        write = functools.partial(self._delete, task_id)
-        await self._write_later(f"task {task_id}", write, durable=False)
+    def forget(self, task_id: str) -> None:
+        """Delete a task's record with the next commit, at the latest FORGET_WITHIN from now
+        (or at `close`); not fsynced. Returns at once: a deletion needs no commit of its own
+        (a response deletes the tasks that ended while new ones start, whose saves carry it).
+        The record may come back after a crash in between, as after a power loss before the
+        next fsync: it is reported, and deleted, again. One the state dir refuses is logged
+        and done later."""
+        self._forgetting.append((f"forget {task_id}", functools.partial(self._delete, task_id)))
+        if self._forget_soon is None:
+            loop = asyncio.get_running_loop()
+            self._forget_soon = loop.call_later(FORGET_WITHIN.total_seconds(), self._forget_now)
+
+    def _forget_now(self) -> None:
+        self._forget_soon = None
+        if self._forgetting:  # no commit took them along meanwhile
+            self._forgetting_now = asyncio.create_task(self._commit_forgotten())
+
+    async def _commit_forgotten(self) -> None:
+        try:
+            await self._write([], durable=False)  # a commit of nothing else
+        except StorageError as error:
+            log.warning("state dir: deleted tasks' records not removed yet: %s", error)
+
+    async def settled(self) -> None:
+        """Returns once every write asked for before the call is committed (fsynced if it asked
+        to be) or refused: what a report about to go out says is on disk by then. A state
+        change is made in memory and its save asked for in one step, so a report built from
+        memory may hold one whose save is still under way."""
+        waiting = [done for _, _, done in (*self._in_flight, *self._queued) if not done.done()]
+        if waiting:
+            await asyncio.wait(waiting)
 
     def fact(self, key: str) -> str | None:
         """A small durable value (e.g. the boot time seen last). Blocks briefly."""
@@ -140,8 +174,12 @@ class TaskStore:
             self._retrying.cancel()
         if self._committing is not None:
             self._committing.cancel()
-        queued = [write for writes, _, _ in self._queued for write in writes]
-        self._queued = []
+        if self._forget_soon is not None:
+            self._forget_soon.cancel()
+        if self._forgetting_now is not None:
+            self._forgetting_now.cancel()
+        queued = [*self._forgetting, *(write for writes, _, _ in self._queued for write in writes)]
+        self._queued, self._forgetting = [], []
         try:
             self._executor.submit(self._queue_and_flush, queued, True).result()
         except StorageError as error:
@@ -162,28 +200,37 @@ class TaskStore:
     async def _commit_queued(self) -> None:
         """Commit what is queued, batch after batch, until the queue is empty."""
         loop = asyncio.get_running_loop()
-        while self._queued:
-            batches, self._queued = self._queued, []
-            writes = [write for batch, _, _ in batches for write in batch]
-            durable = any(durable for _, durable, _ in batches)
-            failure: Exception | None = None
-            try:
-                await loop.run_in_executor(self._executor, self._queue_and_flush, writes, durable)
-            except StorageError as error:
-                if self._retrying is None or self._retrying.done():
-                    self._retrying = asyncio.create_task(self._retry())
-                failure = error
-            except Exception as error:  # a bug: every caller hears of it, none waits forever
-                failure = error
-            for _, _, done in batches:
-                if done.done():  # its caller was cancelled
-                    continue
-                if failure is None:
-                    done.set_result(None)
-                elif isinstance(failure, StorageError):  # one of its own per caller
-                    done.set_exception(StorageError(str(failure), no_space=failure.no_space))
-                else:
-                    done.set_exception(failure)
+        try:
+            while self._queued:
+                batches, self._queued = self._queued, []
+                self._in_flight = batches
+                # Deletions first: a task deleted and then assigned again under the same
+                # name (a retry) is inserted anew after its old record is gone.
+                writes = [*self._forgetting, *(write for batch, _, _ in batches for write in batch)]
+                self._forgetting = []
+                durable = any(durable for _, durable, _ in batches)
+                failure: Exception | None = None
+                try:
+                    await loop.run_in_executor(
+                        self._executor, self._queue_and_flush, writes, durable
+                    )
+                except StorageError as error:
+                    if self._retrying is None or self._retrying.done():
+                        self._retrying = asyncio.create_task(self._retry())
+                    failure = error
+                except Exception as error:  # a bug: every caller hears of it, none waits forever
+                    failure = error
+                for _, _, done in batches:
+                    if done.done():  # its caller was cancelled
+                        continue
+                    if failure is None:
+                        done.set_result(None)
+                    elif isinstance(failure, StorageError):  # one of its own per caller
+                        done.set_exception(StorageError(str(failure), no_space=failure.no_space))
+                    else:
+                        done.set_exception(failure)
+        finally:
+            self._in_flight = []
 
     async def _write_later(
         self, key: str, write: Callable[[], None], *, durable: bool = True

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # at run time `__getattr__` imports them at their first use
         AgentKMSEnvMap,
         AgentScript,
         AgentTask,
+        AgentTaskHead,
         AgentTaskLoggingOption,
         AgentTaskRunnable,
         AgentTaskSpec,
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # at run time `__getattr__` imports them at their first use
         TaskSpec,
         Volume,
         parse_agent_task,
+        parse_task_head,
     )
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "AgentScript",
     "AgentState",
     "AgentTask",
+    "AgentTaskHead",
     "AgentTaskInfo",
     "AgentTaskLoggingOption",
     "AgentTaskRunnable",
@@ -118,6 +121,7 @@ __all__ = [
     "parse_agent_task",
     "parse_duration",
     "parse_response",
+    "parse_task_head",
     "parse_time",
 ]
 

@@ -1,5 +1,6 @@
 """The tasks a `state:report` response assigns: `AgentTask` and its spec, named as in
-batch.v1.json, and `parse_agent_task`, which parses one of them on its own.
+batch.v1.json, and `parse_agent_task`, which parses one of them on its own (`parse_task_head`
+only its name, intended state and barrier: all that a task the agent holds needs).
 
 Plain frozen dataclasses, read by `convert.py` (each field by the converter its type names;
 `Int32`/`Int64` are a JSON number or a decimal string, `Duration` is `"1.5s"`; unknown fields
@@ -261,6 +262,24 @@ class BadAgentTask:
     task: str
     intended_state: IntendedState | None
     problems: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentTaskHead:
+    """What a response says of a task the agent holds already: its name, intended state and
+    barrier, its spec not read again (it never changes for a name)."""
+
+    task: str
+    intended_state: IntendedState | None = None
+    reached_barrier: Int64 = 0
+
+
+def parse_task_head(raw: object) -> AgentTaskHead | None:
+    """`raw`'s head, read as `parse_agent_task` reads those fields; None where it cannot be
+    read (`parse_agent_task` then says why). Never raises."""
+    problems: list[str] = []
+    head = convert.message(AgentTaskHead, raw, (), problems)
+    return None if problems else head
 
 
 _MAX_PROBLEMS = 20  # a task with a thousand bad fields fails with an event of readable size
