@@ -16,11 +16,10 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from batch_agent.config import DEFAULT_METADATA_HOST as DEFAULT_METADATA_HOST  # vm's default
 
@@ -135,8 +134,7 @@ def region_of(zone: str) -> str:
     return region
 
 
-@dataclass(frozen=True)
-class VmIdentity:
+class VmIdentity(NamedTuple):  # not a dataclass: its generated methods cost ~1 ms at start-up
     """Who this VM is, as the Batch API names it."""
 
     project_number: str
