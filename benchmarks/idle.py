@@ -16,6 +16,10 @@ Five measures, each as min/median/max of `--repeats` samples:
   peak VmRSS in each window, next to the idle windows of the same process as the baseline.
 MB = 10**6 bytes. CPU time comes in clock ticks (usually 10 ms), so short windows are coarse.
 
+`--against SRC` compares the start-up instead with another checkout's code (its `src`, on
+`PYTHONPATH`): `--repeats` pairs of a first report with ours and with SRC's, ours first in even
+pairs and SRC's first in odd ones, and the same for `batch-agent version`.
+
 The agent's modules are compiled to bytecode first, as pip does when it installs the wheel on
 a VM: a checkout run with PYTHONDONTWRITEBYTECODE would otherwise compile every module at
 every start, which no installed agent does.
@@ -61,7 +65,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="each sampling window")
     parser.add_argument("--repeats", type=int, default=5, help="samples of each figure")
     parser.add_argument("--tasks", type=int, default=TASKS, help="tasks running when busy")
+    parser.add_argument("--against", type=Path, help="another checkout's src to compare with")
     args = parser.parse_args()
+    if args.against is not None:
+        print(f"load average {os.getloadavg()}")
+        print_figures(against(args.repeats, args.against.resolve()))
+        print(f"load average {os.getloadavg()}")
+        return
     print_figures(run(args.repeats, window=args.seconds, tasks=args.tasks))
 
 
@@ -116,6 +126,50 @@ def run(repeats: int, window: float = 10.0, tasks: int = TASKS) -> list[Figure]:
     ]
 
 
+def against(repeats: int, src: Path) -> list[Figure]:
+    """The start-up figures of ours against the code in `src`: `repeats` alternating pairs."""
+    compileall.compile_dir(Path(batch_agent.__file__).parent, quiet=1)
+    compileall.compile_dir(src / "batch_agent", quiet=1)
+    theirs_env = {"PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    # per side (None: ours): first report s, CPU at it s, `version` s
+    sides: dict[Path | None, tuple[list[float], list[float], list[float]]] = {
+        None: ([], [], []),
+        src: ([], [], []),
+    }
+    version = [sys.executable, "-m", "batch_agent.cli", "version"]
+    for i in range(repeats):
+        for tree in (None, src) if i % 2 == 0 else (src, None):
+            first, cpu, took = sides[tree]
+            env = {} if tree is None else theirs_env
+            first.append(first_report(cpu, **env))
+            took.append(timed(version, env=env))
+    (first, cpu, took), (their_first, their_cpu, their_took) = sides[None], sides[src]
+    baseline = f"`{src}`"
+    return [
+        Figure(
+            "start-up: agent process started -> its first report received",
+            "ms",
+            [s * 1000 for s in first],
+            baseline=baseline,
+            baseline_samples=[s * 1000 for s in their_first],
+        ),
+        Figure(
+            "start-up CPU: user + system time of the agent at its first report",
+            "ms",
+            [s * 1000 for s in cpu],
+            baseline=baseline,
+            baseline_samples=[s * 1000 for s in their_cpu],
+        ),
+        Figure(
+            "`batch-agent version`",
+            "ms",
+            [s * 1000 for s in took],
+            baseline=baseline,
+            baseline_samples=[s * 1000 for s in their_took],
+        ),
+    ]
+
+
 def against_python(name: str, ours: list[float], bare: list[float], **target: Any) -> Figure:
     """A figure in ms from samples in seconds, against `python -c pass`'s."""
     return Figure(
@@ -143,16 +197,16 @@ def python_pass(cpu: list[float] | None = None) -> float:
     return took
 
 
-def first_report(cpu: list[float]) -> float:
-    """Seconds from starting a fresh agent to its first report reaching the emulator; the
-    agent's CPU seconds by then are appended to `cpu`."""
+def first_report(cpu: list[float], **env: str) -> float:
+    """Seconds from starting a fresh agent (with `env` added to its environment) to its first
+    report reaching the emulator; the agent's CPU seconds by then are appended to `cpu`."""
     emu = Emulator(None, default_report_interval="10s", log=None)
     emu.start()
     agent: Agent | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="bench-start-") as tmp:
             start = time.monotonic()
-            agent = Agent(emu, Path(tmp) / "state")
+            agent = Agent(emu, Path(tmp) / "state", **env)
             while not emu.reports:
                 if agent.proc.poll() is not None or time.monotonic() - start > 30:
                     raise SystemExit(f"no first report:\n{agent.log()[-3000:]}")
@@ -166,9 +220,11 @@ def first_report(cpu: list[float]) -> float:
     return emu.reports[0].time - start
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str], env: dict[str, str] | None = None) -> float:
+    """Seconds `command` took (with `env` added to our environment)."""
     start = time.monotonic()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    environ = None if not env else {**os.environ, **env}
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=environ)
     return time.monotonic() - start
 
 

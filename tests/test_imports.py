@@ -159,12 +159,34 @@ NOT_FOR_VERSION = ["asyncio", "pydantic", "googleapiclient", "httplib2", "batch_
 NOT_FOR_VERSION += ["logging", "argparse"]
 # Never loaded by an agent that gets its token from the metadata server, metrics off, no
 # container: google.oauth2.service_account (cryptography) and httplib2.auth (pyparsing) are
-# deferred by control/deferred.py, and so is google.api_core's __init__ (its version checks
+# deferred by deferred.py, and so is google.api_core's __init__ (its version checks
 # read installed packages' metadata); the rest are imported where used.
 NOT_FOR_RUN = ["cryptography", "pyparsing", "http.server", "prometheus_client", "docker"]
 NOT_FOR_RUN += ["google.api_core._python_package_support", "importlib.metadata"]
 NOT_FOR_RUN += ["argparse"]  # `run`'s usual command lines are read without it (cli.py)
 NOT_FOR_RUN += ["pydantic"]  # the task models are plain dataclasses (wire/task.py)
+# Requests are made from the discovery documents by control/googleapi.py, without the
+# discovery client (and its email.mime, uritemplate, google.api_core).
+NOT_FOR_RUN += ["googleapiclient.discovery", "uritemplate", "email.mime"]
+
+
+def test_the_cli_defers_standard_modules_until_used():
+    """After the CLI's import, ipaddress, textwrap, bz2 and lzma are stand-ins (as pathlib,
+    logging and shutil import them); the first use loads the real module, the same for every
+    caller (a fresh interpreter)."""
+    program = (
+        "import sys, batch_agent.cli, shutil, traceback, urllib.parse\n"
+        "names = ('ipaddress', 'textwrap', 'bz2', 'lzma')\n"
+        "assert all(type(sys.modules[n]).__name__ == '_Deferred' for n in names)\n"
+        "assert urllib.parse.urlsplit('http://[::1]:8/').hostname == '::1'\n"
+        "import textwrap\n"
+        "assert textwrap.indent('a', '> ') == '> a'\n"
+        "from textwrap import indent\n"
+        "assert indent is sys.modules['textwrap'].indent is traceback.textwrap.indent\n"
+        "assert type(sys.modules['ipaddress']).__name__ == 'module'\n"
+        "assert type(sys.modules['bz2']).__name__ == '_Deferred'  # never used\n"
+    )
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
 
 
 def test_version_loads_no_event_loop_no_google_stack_no_pydantic():
@@ -177,7 +199,7 @@ def test_an_agent_running_a_task_loads_none_of_what_it_does_not_use(make_emulato
     emu = make_emulator(job(script("true")))
     env = agent_env(emu, tmp_path / "state")
     loaded = loaded_modules(["run", "--once"], env)
-    assert "googleapiclient.discovery" in loaded  # it did report
+    assert "batch_agent.control.client" in loaded  # it did report
     assert "batch_agent.tasks.runner" in loaded  # and ran the task
     assert not [m for m in loaded if under(m, NOT_FOR_RUN)]
     assert emu.task_events(emu.task_names()[0])[-1]["taskState"] == "SUCCEEDED"
@@ -212,7 +234,7 @@ def test_an_agent_without_a_task_reports_without_the_task_side(make_emulator, tm
     emu = make_emulator()
     env = agent_env(emu, tmp_path / "state")
     loaded = loaded_modules(["run", "--once"], env)
-    assert "googleapiclient.discovery" in loaded  # it did report
+    assert "batch_agent.control.client" in loaded  # it did report
     assert emu.reports  # and the server heard it
     assert "batch_agent.tasks.taskset" in loaded  # with its (empty) task set
     assert not [m for m in loaded if under(m, NOT_BEFORE_A_TASK)]

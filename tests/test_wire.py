@@ -22,17 +22,27 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def _names(model: type) -> tuple[str, ...]:
+    """A model's field names: a dataclass's (the task side) or a named tuple's (the report)."""
+    if dataclasses.is_dataclass(model):
+        return tuple(f.name for f in dataclasses.fields(model))
+    fields: tuple[str, ...] = getattr(model, "_fields", ())
+    return fields
+
+
 def _fields(model: type) -> dict[str, object]:
-    """A model's wire names and annotations: its dataclass fields' names in camelCase."""
-    assert dataclasses.is_dataclass(model)
+    """A model's wire names and annotations: its fields' names in camelCase."""
+    assert _is_model(model), model
     hints = typing.get_type_hints(model)
-    return {_camel(f.name): hints[f.name] for f in dataclasses.fields(model)}
+    return {_camel(name): hints[name] for name in _names(model)}
 
 
 def _is_model(annotation: object) -> bool:
     if not isinstance(annotation, type):
         return False
-    return dataclasses.is_dataclass(annotation)
+    return dataclasses.is_dataclass(annotation) or (
+        issubclass(annotation, tuple) and bool(getattr(annotation, "_fields", ()))
+    )
 
 
 def _models(annotation: object) -> list[type]:

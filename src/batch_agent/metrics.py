@@ -15,10 +15,10 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from batch_agent.tasks.record import TaskRecord
-
 if TYPE_CHECKING:  # imported by `_serve`: with metrics off the agent never loads http.server
     from http.server import ThreadingHTTPServer
+
+    from batch_agent.tasks.record import TaskRecord
 
 REPORT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -27,7 +27,7 @@ from batch_agent.burst import Burst
 from batch_agent.cloudlog import AgentLog, CloudLogWriter, report_text
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlaneError
-from batch_agent.statedir import claim_state_dir
+from batch_agent.statedir import StateDirLock, claim_state_dir
 from batch_agent.store import TaskStore
 from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.taskset import TaskSet, preload_task_side
@@ -67,12 +67,20 @@ class Outcome:
 
 class Reporter:
     def __init__(
-        self, config: Config, *, stop: asyncio.Event, early: EarlyAnswers | None = None
+        self,
+        config: Config,
+        *,
+        stop: asyncio.Event,
+        early: EarlyAnswers | None = None,
+        state: tuple[StateDirLock, TaskStore] | None = None,
     ) -> None:
-        # `early`: the metadata server's answers the CLI asked before its imports (vm.py).
+        # `early`: the metadata server's answers the CLI asked before its imports (vm.py);
+        # `state`: the state dir's lock and store, which it took then too.
         # The lock before anything: a second agent must touch nothing (raises StateDirBusy).
         # Held for the life of the process, never released.
-        self._state_lock = claim_state_dir(config.state_dir)
+        if state is None:
+            state = claim_state_dir(config.state_dir), TaskStore(config.state_dir / "state.db")
+        self._state_lock, self._store = state
         self._config = config
         self._stop = stop
         self._stopping: asyncio.Task[Literal[True]] | None = None  # see _stopped
@@ -89,7 +97,6 @@ class Reporter:
         self._agent_log = AgentLog() if shipped else None
         self._masker = Masker()  # every secret value a task resolves, masked from then on
         self._metadata = MetadataServer(config.metadata_host)
-        self._store = TaskStore(config.state_dir / "state.db")
         self._tasks: TaskSet | None = None
         self._changed = asyncio.Event()  # a task changed: report early
         self._changed.set()  # the first report is due at once

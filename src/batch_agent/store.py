@@ -69,12 +69,21 @@ class TaskStore:
     touches the connection, `_stored` and `_pending`; `_queued` and `_committing` belong to
     the event loop."""
 
-    def __init__(self, path: Path, *, retry_every: timedelta = RETRY_EVERY) -> None:
+    def __init__(
+        self, path: Path, *, retry_every: timedelta = RETRY_EVERY, wait: bool = True
+    ) -> None:
+        """Open the database at `path` (made if missing) on the store's thread. Blocks until
+        it is open, or with `wait` false returns at once: each call then runs once it is open
+        (one made before it waits), and raises the opening's error if it failed. The agent
+        opens its store so as it starts, the disk's waits (a new database's fsyncs) passing
+        while it imports."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._retry_every = retry_every
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._db = self._executor.submit(open_database, path, _SCHEMA).result()
+        self._opening = self._executor.submit(open_database, path, _SCHEMA)
+        if wait:
+            self._opening.result()
         self._stored: set[str] = set()  # task ids whose raw spec is on disk already
         # Writes the state dir refused, by what they write ("task <id>"), in the order last
         # asked for: a newer write of the same thing replaces an older one.
@@ -92,6 +101,12 @@ class TaskStore:
         self._forgetting: list[_Write] = []
         self._forget_soon: asyncio.TimerHandle | None = None
         self._forgetting_now: asyncio.Task[None] | None = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection: open before any call runs on the store's thread (raises the
+        opening's error if it failed)."""
+        return self._opening.result()
 
     def load_all(self) -> list[TaskRecord]:
         """Every record, oldest first. Blocks: call at start-up, before the loop runs tasks."""
@@ -170,6 +185,9 @@ class TaskStore:
 
     def close(self) -> None:
         """A last try at what is pending, then close. Blocks."""
+        if self._opening.exception() is not None:  # never opened: nothing to write or close
+            self._executor.shutdown()
+            return
         if self._retrying is not None:
             self._retrying.cancel()
         if self._committing is not None:

@@ -6,7 +6,9 @@ Here that becomes sd_notify messages (READY, STATUS, WATCHDOG, STOPPING), facts 
 (our pid and start; the last report's time, outcome and error), the same facts with the task
 records in `status.LIVE_NAME` for `batch-agent status` while we hold the db, and metrics.
 Nothing here decides anything about tasks or reports, and a failure here (a full disk for a
-fact, a lost datagram) is logged, never raised into the loop.
+fact, a lost datagram) is logged, never raised into the loop. The first facts and status.json
+are written once the first report's call is over, not before it: the VM's first report waits
+for no disk of ours but the store's.
 """
 
 from __future__ import annotations
@@ -20,20 +22,23 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from batch_agent import __version__
-from batch_agent.config import Config
-from batch_agent.control import ControlPlaneError
-from batch_agent.metrics import Metrics, start_metrics
+from batch_agent.metrics import Metrics
 from batch_agent.notify import Notifier
-from batch_agent.status import AGENT_FACT, LIVE_NAME, REPORT_FACT
-from batch_agent.store import TaskStore
-from batch_agent.tasks.output import Lines
-from batch_agent.tasks.procfs import read_stat
-from batch_agent.tasks.record import TaskRecord
-from batch_agent.tasks.taskoutput import Sink
-from batch_agent.tasks.taskset import TaskSet
 from batch_agent.wire import format_time
+
+# What only the facts and status.json need (`status` and its task modules, procfs) is imported
+# when they are first written: after the first report's call (see `reported`).
+if TYPE_CHECKING:
+    from batch_agent.config import Config
+    from batch_agent.control import ControlPlaneError
+    from batch_agent.store import TaskStore
+    from batch_agent.tasks.output import Lines
+    from batch_agent.tasks.record import TaskRecord
+    from batch_agent.tasks.taskoutput import Sink
+    from batch_agent.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +86,13 @@ class Telemetry:
 
         READY now, not at the first answer: an unreachable control plane must not make systemd
         kill us in start-up (TimeoutStartSec) while we drive tasks; STATUS says no report yet.
+        Our pid and start (and status.json) are recorded after the first report call ends.
         """
         self._tasks = tasks
-        await self._record_agent()
-        await self._publish(tasks.records())
         port = self._config.metrics_port
         if port:
+            from batch_agent.metrics import start_metrics
+
             try:
                 self._metrics = start_metrics(port, healthy)
                 log.info("metrics on http://127.0.0.1:%d/metrics", port)
@@ -121,7 +127,12 @@ class Telemetry:
 
     async def _record_reports(self) -> None:
         """status.json after the reports, at most every PUBLISH_EVERY, until the latest one is
-        in it; the database's copy (an fsync) at most every REPORT_FACT_EVERY, and at the stop."""
+        in it; the database's copy (an fsync) at most every REPORT_FACT_EVERY, and at the stop.
+        The first time, our pid and start go first (`ready` left them for after the call)."""
+        from batch_agent.status import REPORT_FACT
+
+        if not self._agent_fact:
+            await self._record_agent()
         while True:
             wait = self._published + PUBLISH_EVERY.total_seconds() - time.monotonic()
             if wait > 0 and not self._hurry.is_set():
@@ -145,6 +156,8 @@ class Telemetry:
 
     async def stopped(self) -> None:
         """The last step: record the stop for `batch-agent status`, stop serving metrics."""
+        from batch_agent.status import LIVE_NAME, REPORT_FACT
+
         if self._recording is not None:
             self._hurry.set()
             await asyncio.gather(self._recording, return_exceptions=True)
@@ -171,6 +184,9 @@ class Telemetry:
 
     async def _record_agent(self, *, stopped: bool = False) -> None:
         """Leave our pid and start for `batch-agent status` (and, on the way out, the stop)."""
+        from batch_agent.status import AGENT_FACT
+        from batch_agent.tasks.procfs import read_stat
+
         found = read_stat(os.getpid())
         fact = {
             "pid": os.getpid(),
@@ -192,6 +208,8 @@ class Telemetry:
         """Write `LIVE_NAME` for `batch-agent status` (it cannot read the db we hold): the
         facts and the records without their specs (which hold secrets). Replaced whole, so a
         reader never sees half of it; not fsync'd: the db is the durable copy."""
+        from batch_agent.status import LIVE_NAME
+
         text = json.dumps(
             {
                 "agent": self._agent_fact,

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from batch_agent.cloudlog import AgentLog, CloudLogWriter, Site
 from batch_agent.config import Config
@@ -114,8 +113,7 @@ class MetadataUnanswered(Exception):
     """The metadata server did not answer within the budget, or the agent was told to stop."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Machine:
+class Machine(NamedTuple):  # not a dataclass: its generated methods cost ~1.5 ms at start-up
     """This VM as the reports describe it."""
 
     identity: VmIdentity
@@ -124,8 +122,8 @@ class Machine:
 
     def preempted(self) -> Machine:
         """This machine, its metadata saying that a preemption notice came."""
-        metadata = dataclasses.replace(self.metadata, instance_preemption_notice_received=True)
-        return dataclasses.replace(self, metadata=metadata)
+        metadata = self.metadata._replace(instance_preemption_notice_received=True)
+        return self._replace(metadata=metadata)
 
 
 async def read_machine(

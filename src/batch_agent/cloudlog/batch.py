@@ -9,7 +9,6 @@ it changes no record (but a truncated stream's offset, reset to 0). Knows nothin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,13 @@ MAX_ENTRIES = 10_000  # entries per write
 Pick = tuple[TaskLog, Segment, bool]  # (task, segment, sent before: send it as it is)
 
 
-@dataclass
-class Write:
+class Write:  # a plain class: a dataclass's generated methods cost ~1 ms of start-up
     """One request: the segments of each task, their entries, and the agent's own entries."""
 
-    segments: dict[TaskLog, list[Segment]] = field(default_factory=dict)
-    bodies: list[bytes] = field(default_factory=list)  # the entries' calls, encoded
-    full: bool = False  # a budget ran out: there is more to send at once
+    def __init__(self) -> None:
+        self.segments: dict[TaskLog, list[Segment]] = {}
+        self.bodies: list[bytes] = []  # the entries' calls, encoded
+        self.full = False  # a budget ran out: there is more to send at once
 
 
 def pick(followed: list[TaskLog], workdir: Path) -> tuple[list[Pick], bool]:

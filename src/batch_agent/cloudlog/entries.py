@@ -16,8 +16,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_ENTRY_TEXT = 250 * 1024  # a payload's JSON form: the 256 KiB entry limit less room for the rest
 MAX_PIECE = 200 * 1024  # bytes: a longer line is cut into pieces of at most this many
@@ -29,8 +28,7 @@ _ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "TRACE": "DEBUG"}
 STREAM_SEVERITY = {"stdout": "INFO", "stderr": "ERROR"}
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):  # a named tuple: a frozen dataclass costs ~1.5 ms of start-up
     """Bytes [start, end) of runnable `k`'s `stream` file, first read at `at_ns` (ns since the
     epoch); `final`: the range ends with an unterminated line (its writer has ended)."""
 
@@ -63,8 +61,7 @@ class Segment:
         )
 
 
-@dataclass(frozen=True)
-class Destination:
+class Destination(NamedTuple):
     """Where one task's entries go and what they carry besides the line."""
 
     log_name: str  # projects/PROJECT_ID/logs/batch_task_logs (or batch_agent_logs)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from batch_agent.cloudlog.entries import Destination, Segment, task_key
 from batch_agent.names import parse_task_name
@@ -30,8 +29,7 @@ AGENT_LOGS = "batch_agent_logs"
 STREAMS = ("stdout", "stderr")
 
 
-@dataclass(frozen=True)
-class Site:
+class Site(NamedTuple):  # a named tuple: a frozen dataclass costs ~1.5 ms of start-up
     """What the entries say about this VM and project."""
 
     project_id: str  # logName's PROJECT_ID (the metadata's project-id, else the number)
