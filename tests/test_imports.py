@@ -159,7 +159,7 @@ NOT_FOR_VERSION = ["asyncio", "pydantic", "googleapiclient", "httplib2", "batch_
 NOT_FOR_VERSION += ["logging", "argparse"]
 # Never loaded by an agent that gets its token from the metadata server, metrics off, no
 # container: google.oauth2.service_account (cryptography) and httplib2.auth (pyparsing) are
-# deferred by deferred.py, and so is google.api_core's __init__ (its version checks
+# deferred by control/deferred.py, and so is google.api_core's __init__ (its version checks
 # read installed packages' metadata); the rest are imported where used.
 NOT_FOR_RUN = ["cryptography", "pyparsing", "http.server", "prometheus_client", "docker"]
 NOT_FOR_RUN += ["google.api_core._python_package_support", "importlib.metadata"]
@@ -168,25 +168,6 @@ NOT_FOR_RUN += ["pydantic"]  # the task models are plain dataclasses (wire/task.
 # Requests are made from the discovery documents by control/googleapi.py, without the
 # discovery client (and its email.mime, uritemplate, google.api_core).
 NOT_FOR_RUN += ["googleapiclient.discovery", "uritemplate", "email.mime"]
-
-
-def test_the_cli_defers_standard_modules_until_used():
-    """After the CLI's import, ipaddress, textwrap, bz2 and lzma are stand-ins (as pathlib,
-    logging and shutil import them); the first use loads the real module, the same for every
-    caller (a fresh interpreter)."""
-    program = (
-        "import sys, batch_agent.cli, shutil, traceback, urllib.parse\n"
-        "names = ('ipaddress', 'textwrap', 'bz2', 'lzma')\n"
-        "assert all(type(sys.modules[n]).__name__ == '_Deferred' for n in names)\n"
-        "assert urllib.parse.urlsplit('http://[::1]:8/').hostname == '::1'\n"
-        "import textwrap\n"
-        "assert textwrap.indent('a', '> ') == '> a'\n"
-        "from textwrap import indent\n"
-        "assert indent is sys.modules['textwrap'].indent is traceback.textwrap.indent\n"
-        "assert type(sys.modules['ipaddress']).__name__ == 'module'\n"
-        "assert type(sys.modules['bz2']).__name__ == '_Deferred'  # never used\n"
-    )
-    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
 
 
 def test_version_loads_no_event_loop_no_google_stack_no_pydantic():

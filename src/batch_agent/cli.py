@@ -9,16 +9,11 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from batch_agent import REPORTED_VERSION, __version__
-from batch_agent.deferred import defer_unused_stdlib
-
-defer_unused_stdlib()  # before pathlib imports urllib.parse (see `deferred`)
-
-# ruff: isort: split
-from pathlib import Path  # noqa: E402
 
 if TYPE_CHECKING:
     import argparse

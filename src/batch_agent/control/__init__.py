@@ -6,13 +6,13 @@ google_auth_httplib2 in the project; everything else talks to the names below an
 models. Its modules: `googleapi` (what every API client shares: HTTP stack, requests made from
 the discovery documents, whole-call deadline, abort), `client` (ControlPlane), `errors` (what a
 failure means, Retry-After), `credentials` (tokens from a metadata server), `deadline` (the per-call
-watchdog), `backoff`,
+watchdog), `backoff`, `deferred` (two modules of the client libraries loaded only if used),
 `secrets` (Secret Manager and Cloud KMS for tasks' variables: the one client that retries,
 within a stated budget), `cloudlogging` (Cloud Logging's `entries.write`). Nothing here reads
 the environment.
 """
 
-from batch_agent.deferred import defer_unused_imports
+from batch_agent.control.deferred import defer_unused_imports
 
 defer_unused_imports()  # before httplib2 and googleapiclient are imported (see `deferred`)
 

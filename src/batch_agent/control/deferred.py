@@ -1,5 +1,4 @@
-"""Defers what our Google client libraries and the standard library import and the agent almost
-never uses.
+"""Defers what our Google client libraries import and the agent almost never uses.
 
 `googleapiclient.discovery` imports `google.oauth2.service_account` (and through it
 `cryptography`: ~8 MB) for key-file credentials, which the agent does not use: it gets its
@@ -22,11 +21,6 @@ Default Credentials with a key file load the real `service_account` through its 
 
 `defer_unused_imports` must run before `httplib2` and `googleapiclient` are first imported
 (`batch_agent.control` calls it first thing). Imports neither of them itself.
-
-Standard modules imported by others at their top and used only in a function the agent seldom
-calls get stand-ins too (`defer_unused_stdlib`, which the CLI calls before its own imports):
-`ipaddress` (urllib.parse, for a URL's `[IPv6]` host), `textwrap` (traceback, for exception
-groups), `bz2` and `lzma` (shutil, for archives): ~13M instructions of every start, ~5 ms.
 """
 
 from __future__ import annotations
@@ -39,7 +33,6 @@ from typing import Any
 
 DEFERRED = ("google.oauth2.service_account", "httplib2.auth")
 DEFERRED_INITS = ("google.api_core",)  # packages: their submodules load without it
-DEFERRED_STDLIB = ("ipaddress", "textwrap", "bz2", "lzma")
 
 
 class _Deferred(types.ModuleType):
@@ -70,13 +63,6 @@ class _DeferredInit(types.ModuleType):
         self.__file__, self.__loader__, self.__package__ = spec.origin, spec.loader, spec.name
         spec.loader.exec_module(self)
         return getattr(self, attribute)
-
-
-def defer_unused_stdlib() -> None:
-    """Put the stand-ins in place for the modules of `DEFERRED_STDLIB` not imported yet."""
-    for name in DEFERRED_STDLIB:
-        if name not in sys.modules:
-            sys.modules[name] = _Deferred(name)
 
 
 def defer_unused_imports() -> None:
