@@ -9,24 +9,19 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import google_auth_httplib2
 import httplib2
 import pytest
-from googleapiclient.discovery import build_from_document
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batch_agent import discovery
 from batch_agent.control import (
     MAX_RETRY_AFTER,
     Backoff,
-    CloudLogging,
     ControlPlane,
     ControlPlaneError,
     MetadataServerCredentials,
-    SecretsClient,
     is_retryable_status,
     parse_retry_after,
 )
@@ -300,61 +295,6 @@ def test_without_a_usable_early_token_the_metadata_server_is_asked(
     credentials = MetadataServerCredentials(emu.metadata_host, http=http, early=lambda: early)
     credentials.refresh(google_auth_httplib2.Request(http))
     assert credentials.token == "emu-token-vm-0"
-
-
-@pytest.mark.parametrize(
-    ("api", "method", "body", "params"),
-    [
-        (ControlPlane, "projects.locations.state.report", {"agentInfo": {}}, {"parent": PARENT}),
-        (CloudLogging, "entries.write", {"entries": []}, {}),
-        (
-            SecretsClient,
-            "projects.secrets.versions.access",
-            None,
-            {"name": "projects/p/secrets/s/versions/1"},
-        ),
-        (
-            SecretsClient,
-            "projects.locations.keyRings.cryptoKeys.decrypt",
-            {"ciphertext": "Y2lwaGVy"},
-            {"name": "projects/p/locations/global/keyRings/r/cryptoKeys/k"},
-        ),
-    ],
-)
-def test_requests_are_those_the_discovery_client_builds(
-    api: type, method: str, body: dict[str, Any] | None, params: dict[str, str]
-) -> None:
-    """Each method's request (URI, verb, headers, body) is the one googleapiclient's discovery
-    client builds from the same document: the wire is its, without its import."""
-    endpoint = "http://127.0.0.1:1/"
-    client: Any
-    if api is SecretsClient:
-        secrets = SecretsClient(secretmanager_endpoint=endpoint, kms_endpoint=endpoint)
-        client = secrets._kms if "decrypt" in method else secrets._secretmanager
-    else:
-        client = api(endpoint)
-    ours = client._request(method, body, **params)
-    service = build_from_document(
-        discovery.document(f"{client.API}.{client.VERSION}"),
-        http=httplib2.Http(),
-        client_options={"api_endpoint": endpoint},
-    )
-    *path, name = method.split(".")
-    resource = service
-    for step in path:
-        resource = getattr(resource, step)()
-    theirs = getattr(resource, name)(**params, **({"body": body} if body is not None else {}))
-    assert (ours.uri, ours.method, ours.headers) == (theirs.uri, theirs.method, theirs.headers)
-    assert ours.body == (theirs.body.encode() if theirs.body is not None else None)
-
-
-def test_a_parameter_off_its_pattern_is_refused_as_googleapiclient_does() -> None:
-    """A parent that does not match the document's pattern is a TypeError, before any I/O."""
-    plane = ControlPlane("http://127.0.0.1:1/")
-    with pytest.raises(TypeError, match="does not match the pattern"):
-        plane._request("projects.locations.state.report", None, parent="not-a-parent")
-    with pytest.raises(TypeError, match="Missing required parameter"):
-        plane._request("projects.locations.state.report")
 
 
 def test_google_api_core_runs_its_init_only_when_used() -> None:

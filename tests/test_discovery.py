@@ -202,3 +202,33 @@ def test_duration_grammar(text: str) -> None:
     expected = re.fullmatch(r"-?[0-9]+(\.[0-9]{1,9})?s", text) is not None
     assert (interval_errors(text) == []) is expected
     assert interval_errors(1.5) == ["defaultReportInterval: 1.5 is not a string"]
+
+
+def test_only_methods_keeps_the_methods_named_and_their_paths() -> None:
+    """The cut document has the methods named, the resources on their paths (with their own
+    keys) and a bare schema for each schema they name; the document itself is unchanged."""
+    doc = discovery.document()
+    before = len(doc["resources"]["projects"]["resources"]["locations"]["resources"])
+    cut = discovery.only_methods(doc, ["projects.locations.state.report"])
+    locations = cut["resources"]["projects"]["resources"]["locations"]
+    assert "methods" not in locations  # get and list are left out
+    assert list(locations["resources"]) == ["state"]
+    report = locations["resources"]["state"]["methods"]["report"]
+    assert (
+        report
+        is doc["resources"]["projects"]["resources"]["locations"]["resources"]["state"]["methods"][
+            "report"
+        ]
+    )
+    assert cut["schemas"] == {
+        name: {"id": name, "type": "object"}
+        for name in ("ReportAgentStateRequest", "ReportAgentStateResponse")
+    }
+    assert cut["rootUrl"] == doc["rootUrl"]
+    assert len(doc["resources"]["projects"]["resources"]["locations"]["resources"]) == before
+
+
+def test_only_methods_refuses_a_method_the_document_lacks() -> None:
+    """A method name that is not in the document is a KeyError, not an empty client."""
+    with pytest.raises(KeyError):
+        discovery.only_methods(discovery.document(), ["projects.locations.state.nosuch"])

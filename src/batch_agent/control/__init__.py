@@ -1,11 +1,11 @@
 """The Batch API control plane as the agent sees it: `ControlPlane` (one `state:report` call),
 `ControlPlaneError` (every failure, classified) and `Backoff` (the loop's retry delays).
 
-This package is the only importer of googleapiclient (its version), httplib2, google.auth and
+This package is the only importer of googleapiclient, httplib2, google.auth and
 google_auth_httplib2 in the project; everything else talks to the names below and the wire
-models. Its modules: `googleapi` (what every API client shares: HTTP stack, requests made from
-the discovery documents, whole-call deadline, abort), `client` (ControlPlane), `errors` (what a
-failure means, Retry-After), `credentials` (tokens from a metadata server), `deadline` (the per-call
+models. Its modules: `googleapi` (what every API client shares: HTTP stack, discovery
+client, whole-call deadline, abort), `client` (ControlPlane), `errors` (what a failure means,
+Retry-After), `credentials` (tokens from a metadata server), `deadline` (the per-call
 watchdog), `backoff`, `deferred` (two modules of the client libraries loaded only if used),
 `secrets` (Secret Manager and Cloud KMS for tasks' variables: the one client that retries,
 within a stated budget), `cloudlogging` (Cloud Logging's `entries.write`). Nothing here reads

@@ -1,12 +1,12 @@
 """The Batch API client: `ControlPlane`, one `state:report` call with its credentials and its
 deadline, every failure raised as a classified `ControlPlaneError`.
 
-What every Google API client of the agent shares (HTTP stack, requests from the discovery
-document, deadline, abort) lives in `googleapi`; what failures mean in `errors`, the
-metadata-server token in `credentials`. It must not retry: a call either returns a response
-or raises, and the agent loop owns retries (see `Backoff`). It must not read the environment:
-the caller passes the metadata host and says whether to use Application Default Credentials
-(httplib2 reads the proxy variables itself).
+What every Google API client of the agent shares (HTTP stack, discovery client, deadline,
+abort) lives in `googleapi`; what failures mean in `errors`, the metadata-server token in
+`credentials`. It must not retry: a call either returns a response or raises, and the agent
+loop owns retries (see `Backoff`). It must not read the environment: the caller passes the
+metadata host and says whether to use Application Default Credentials (httplib2 reads the
+proxy variables itself).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class ControlPlane(GoogleApi):
     def _report(
         self, parent: str, request: dict[str, Any], deadline: timedelta
     ) -> ReportAgentStateResponse:
-        call = self._request("projects.locations.state.report", parent=parent)
+        call = self._call(("projects", "locations", "state"), "report", parent=parent)
         content = self._send(call, deadline, json.dumps(request).encode())
         try:
             return parse_response(content)

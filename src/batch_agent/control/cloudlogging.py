@@ -33,8 +33,9 @@ class CloudLogging(GoogleApi):
         BLOCKS for at most about the deadline (call it from a worker thread). One attempt.
         Raises ControlPlaneError and nothing else; `status` 403 is a denial (API disabled or
         no `logging.logEntries.create`), `retryable` as for the Batch API."""
-        # The body goes as given, encoded once by the writer: the largest cost of shipping.
+        # The body goes as given: the discovery client would str() and re-encode a dict body,
+        # the largest cost of shipping. It builds the URI, method and headers from an empty one.
         self._classified(
             "a write",
-            lambda: self._send(self._request("entries.write"), self.deadline, body),
+            lambda: self._send(self._call(("entries",), "write"), self.deadline, body),
         )

@@ -15,10 +15,6 @@ old ones: ~10 ms of the agent's start-up CPU, for warnings that never apply to t
 pin. Its stand-in lets submodules load as usual and runs the real `__init__` only when another
 attribute of the package is read.
 
-The agent itself no longer imports `googleapiclient.discovery` (its requests are made from the
-discovery documents: `googleapi`); the stand-ins stay for whatever imports it or them (Application
-Default Credentials with a key file load the real `service_account` through its stand-in).
-
 `defer_unused_imports` must run before `httplib2` and `googleapiclient` are first imported
 (`batch_agent.control` calls it first thing). Imports neither of them itself.
 """

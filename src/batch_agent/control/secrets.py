@@ -2,8 +2,8 @@
 (a secret version's payload) and `SecretsClient.decrypt` (a KMS ciphertext), every failure a
 classified `SecretError`.
 
-Each API is a `GoogleApi` (its own HTTP stack and credentials, requests made from the static
-documents secretmanager v1 and cloudkms v1, a whole-call deadline, `abort`). Unlike the
+Each API is a `GoogleApi` (its own HTTP stack and credentials, the discovery client from the
+static documents secretmanager v1 and cloudkms v1, a whole-call deadline, `abort`). Unlike the
 report call, a secret call is retried here, within `budget`: a task waits for its secrets in
 its prestart and has no loop of its own to retry. Each attempt ends within `CALL_DEADLINE`
 (or what is left of the budget), so a hanging server costs a task at most its budget. It must
@@ -18,6 +18,7 @@ import binascii
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -81,7 +82,8 @@ class SecretsClient:
         """The payload of `projects/P/secrets/S/versions/V` as text. BLOCKS (retries within the
         budget); raises SecretError."""
         answer = self._call(
-            self._secretmanager, "projects.secrets.versions.access", name=version_path
+            self._secretmanager,
+            lambda s: s.projects().secrets().versions().access(name=version_path),
         )
         try:
             data = base64.b64decode(answer["payload"]["data"], validate=True)
@@ -96,9 +98,13 @@ class SecretsClient:
         (`projects/P/locations/L/keyRings/R/cryptoKeys/K`). BLOCKS; raises SecretError."""
         answer = self._call(
             self._kms,
-            "projects.locations.keyRings.cryptoKeys.decrypt",
-            {"ciphertext": ciphertext_b64},
-            name=key_name,
+            lambda s: (
+                s.projects()
+                .locations()
+                .keyRings()
+                .cryptoKeys()
+                .decrypt(name=key_name, body={"ciphertext": ciphertext_b64})
+            ),
         )
         try:
             return base64.b64decode(answer["plaintext"], validate=True)
@@ -120,9 +126,7 @@ class SecretsClient:
             with api.lock:
                 api.close()
 
-    def _call(
-        self, api: _SecretApi, method: str, body: object = None, /, **params: str
-    ) -> dict[str, Any]:
+    def _call(self, api: _SecretApi, build: Callable[[Any], Any]) -> dict[str, Any]:
         backoff = Backoff(maximum=timedelta(seconds=10))
         give_up = time.monotonic() + self.budget.total_seconds()
         while True:
@@ -131,8 +135,7 @@ class SecretsClient:
                     if self._stopping.is_set():
                         raise ControlPlaneError("abandoned: the agent is stopping", retryable=False)
                     left = timedelta(seconds=round(give_up - time.monotonic(), 1))
-                    deadline = max(min(api.deadline, left), _SHORTEST_ATTEMPT)
-                    return api.answer(deadline, method, body, **params)
+                    return api.answer(build, max(min(api.deadline, left), _SHORTEST_ATTEMPT))
             except ControlPlaneError as error:
                 failure = SecretError(str(error), permanent=not error.retryable)
             delay = backoff.next_delay().total_seconds()
@@ -150,14 +153,10 @@ class _SecretApi(GoogleApi):
         super().__init__(endpoint, **options)
         self.lock = threading.Lock()
 
-    def answer(
-        self, deadline: timedelta, method: str, body: object = None, /, **params: str
-    ) -> dict[str, Any]:
-        """The JSON answer to `method` with `params` and `body`, within `deadline`. One
-        attempt; hold `lock`. Raises ControlPlaneError."""
-        content = self._classified(
-            "a call", lambda: self._send(self._request(method, body, **params), deadline)
-        )
+    def answer(self, build: Callable[[Any], Any], deadline: timedelta) -> dict[str, Any]:
+        """The JSON answer to the call `build` makes of the discovery client, within
+        `deadline`. One attempt; hold `lock`. Raises ControlPlaneError."""
+        content = self._classified("a call", lambda: self._send(build(self._client()), deadline))
         try:
             answer = json.loads(content)
         except (ValueError, RecursionError):  # garbage, or nested deep enough to overflow
