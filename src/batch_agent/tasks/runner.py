@@ -191,6 +191,8 @@ class TaskRun:
             if isinstance(runnable.action, BarrierSpec):
                 await self._wait_barrier(runnable)
             else:
+                if position < len(self.plan.runnables):  # the next, while this one starts and runs
+                    self._runnables.ahead(self.plan.runnables[position], hooks_done=True)
                 started = await self._runnables.start(runnable)
                 if isinstance(started, ExitResult):
                     failure = failure or started
@@ -198,8 +200,6 @@ class TaskRun:
                 if runnable.background:
                     self._background.add(runnable, started)
                     continue
-                if position < len(self.plan.runnables):  # the next, while this one runs
-                    self._runnables.ahead(self.plan.runnables[position], hooks_done=True)
                 outcome = await self._wait(runnable, started)
                 failure = failure or outcome
             limit = await self._limit_reached()  # always: it stops what must stop
