@@ -73,6 +73,25 @@ def cpu_seconds(pid: int) -> float:
     return (found.utime + found.stime) / CLOCK_TICKS
 
 
+@contextlib.contextmanager
+def docker_engine() -> Iterator[str]:
+    """The DOCKER_HOST of a live engine: DOCKER_HOST's, the machine's own, else a private
+    dockerd started here and stopped after. Raises docker_support.Unavailable without one."""
+    from tests import docker_support
+
+    daemon = None
+    host = os.environ.get("DOCKER_HOST") or docker_support.engine_host()
+    try:
+        if host is None:
+            daemon = docker_support.DockerDaemon()
+            daemon.start()
+            host = daemon.host
+        yield host
+    finally:
+        if daemon is not None:
+            daemon.stop()
+
+
 def script_task(text: str) -> dict[str, Any]:
     """An AgentTask JSON (for Emulator.add_task) with one script runnable."""
     return {"intendedState": "ASSIGNED", "spec": {"runnables": [{"script": {"text": text}}]}}

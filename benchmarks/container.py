@@ -12,14 +12,13 @@ Uses the engine at DOCKER_HOST, or starts a private dockerd as the tests do.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from _common import Agent, Figure, Skipped, event_time, fmt_ms
+from _common import Agent, Figure, Skipped, docker_engine, event_time, fmt_ms
 
 from batch_agent.emulator import Emulator
 from tests import docker_support
@@ -32,20 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    daemon = None
-    host = os.environ.get("DOCKER_HOST") or docker_support.engine_host()
-    if host is None:
-        daemon = docker_support.DockerDaemon()
-        daemon.start()
-        host = daemon.host
-    try:
+    with docker_engine() as host:
         docker_support.import_busybox(host)
         through_agent(host)  # warm up the engine's caches
         runs = [through_agent(host) for _ in range(args.repeats)]
         cli = [docker_run(host) for _ in range(args.repeats)]
-    finally:
-        if daemon is not None:
-            daemon.stop()
     agent = [warm for _, warm in runs]
     cold = statistics.median(c for c, _ in runs)
     a, c = statistics.median(agent), statistics.median(cli)
@@ -62,25 +52,17 @@ def main() -> None:
 def run(repeats: int) -> list[Figure]:
     """The warm container via the agent and `docker run --rm`, interleaved, in ms; the first
     container of each agent as a figure of its own. Skipped without a Docker engine."""
-    daemon = None
+    runs: list[tuple[float, float]] = []
+    cli: list[float] = []
     try:
-        host = os.environ.get("DOCKER_HOST") or docker_support.engine_host()
-        if host is None:
-            daemon = docker_support.DockerDaemon()
-            daemon.start()
-            host = daemon.host
-        docker_support.import_busybox(host)
-        through_agent(host)  # warm up the engine's caches
-        runs: list[tuple[float, float]] = []
-        cli: list[float] = []
-        for _ in range(repeats):  # interleaved: both see the same engine and machine load
-            runs.append(through_agent(host))
-            cli.append(1000 * docker_run(host))
+        with docker_engine() as host:
+            docker_support.import_busybox(host)
+            through_agent(host)  # warm up the engine's caches
+            for _ in range(repeats):  # interleaved: both see the same engine and machine load
+                runs.append(through_agent(host))
+                cli.append(1000 * docker_run(host))
     except docker_support.Unavailable as e:
         raise Skipped(f"no Docker engine: {e}") from None
-    finally:
-        if daemon is not None:
-            daemon.stop()
     warm = [1000 * w for _, w in runs]
     ratio = statistics.median(warm) / statistics.median(cli)
     base = f"`docker run --rm {BUSYBOX_IMAGE} true`"

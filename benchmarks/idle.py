@@ -144,29 +144,20 @@ def against(repeats: int, src: Path) -> list[Figure]:
             first.append(first_report(cpu, **env))
             took.append(timed(version, env=env))
     (first, cpu, took), (their_first, their_cpu, their_took) = sides[None], sides[src]
-    baseline = f"`{src}`"
+    pairs = (
+        ("start-up: agent process started -> its first report received", first, their_first),
+        ("start-up CPU: user + system time of the agent at its first report", cpu, their_cpu),
+        ("`batch-agent version`", took, their_took),
+    )
     return [
         Figure(
-            "start-up: agent process started -> its first report received",
+            name,
             "ms",
-            [s * 1000 for s in first],
-            baseline=baseline,
-            baseline_samples=[s * 1000 for s in their_first],
-        ),
-        Figure(
-            "start-up CPU: user + system time of the agent at its first report",
-            "ms",
-            [s * 1000 for s in cpu],
-            baseline=baseline,
-            baseline_samples=[s * 1000 for s in their_cpu],
-        ),
-        Figure(
-            "`batch-agent version`",
-            "ms",
-            [s * 1000 for s in took],
-            baseline=baseline,
-            baseline_samples=[s * 1000 for s in their_took],
-        ),
+            [s * 1000 for s in ours],
+            baseline=f"`{src}`",
+            baseline_samples=[s * 1000 for s in theirs],
+        )
+        for name, ours, theirs in pairs
     ]
 
 

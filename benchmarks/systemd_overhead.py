@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from _common import Figure, Skipped, event_time, print_figures, wait
+from _common import Figure, Skipped, docker_engine, event_time, print_figures, wait
 
 from batch_agent.emulator import Emulator
-from tests import docker_support
 from tests.systemd_support import Machine, Unavailable, booted, build_wheelhouse, install
 
 RUNNABLES = 100
@@ -81,16 +79,11 @@ SCOPE = ["systemd-run", "--scope", "--quiet", "--collect"]
 @contextlib.contextmanager
 def machine() -> Iterator[tuple[Machine, Emulator]]:
     """A machine booted by systemd with the agent installed and reporting to an emulator."""
-    daemon = None
     emu = Emulator(None, default_report_interval="1s", min_report_interval="0.2s", log=None)
     try:
-        host = os.environ.get("DOCKER_HOST") or docker_support.engine_host()
-        if host is None:
-            daemon = docker_support.DockerDaemon()
-            daemon.start()
-            host = daemon.host
         emu.start()
         with (
+            docker_engine() as host,
             tempfile.TemporaryDirectory(prefix="bench-systemd-") as tmp,
             booted(host) as box,
         ):
@@ -101,8 +94,6 @@ def machine() -> Iterator[tuple[Machine, Emulator]]:
         raise Skipped(f"no machine booted by systemd: {e}") from None
     finally:
         emu.stop()
-        if daemon is not None:
-            daemon.stop()
 
 
 def through_agent(emu: Emulator) -> float:
