@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import batch_agent
-from batch_agent.tasks.taskset import TASK_SIDE
+from batch_agent.tasks.assembly import TASK_SIDE
 from tests.helpers import agent_env, job, script
 
 ROOT = Path(batch_agent.__file__).parent

@@ -6,10 +6,9 @@ between idle reports, an early report after a task changed, never two reports cl
 `minReportInterval` (counted from the previous answer), and an early report waits for a burst
 of changes to pause (`Burst`: a task's end and the next one's start go in one report). A
 failed call is retried with capped, jittered backoff (at least the server's Retry-After) while
-tasks keep running; a call the server rejects for good (a 400, say) ends the loop with
-`Rejected`, and so does `--once` after `unreachable_timeout` without an answer (`Unreachable`).
-Blocking calls run in worker threads; the loop itself never blocks.
-"""
+tasks keep running; a call the server rejects for good (a 400, say) ends the loop (`Rejected`),
+as does `--once` after `unreachable_timeout` without an answer (`Unreachable`). Blocking calls
+run in worker threads; the loop never blocks."""
 
 from __future__ import annotations
 
@@ -29,8 +28,9 @@ from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlaneError
 from batch_agent.statedir import StateDirLock, claim_state_dir
 from batch_agent.store import TaskStore
+from batch_agent.tasks.assembly import preload_task_side
 from batch_agent.tasks.masking import Masker
-from batch_agent.tasks.taskset import TaskSet, preload_task_side
+from batch_agent.tasks.taskset import TaskSet
 from batch_agent.telemetry import Telemetry
 from batch_agent.vm import EarlyAnswers, MetadataServer, watch_preemption
 from batch_agent.wire import (
@@ -45,8 +45,7 @@ from batch_agent.wire import (
 log = logging.getLogger(__name__)
 
 STOP_REPORT_DEADLINE = timedelta(seconds=5)  # the last report (AGENT_STOPPED) on the way out
-# How long the exit waits for output on its way to Cloud Logging.
-LOGS_AT_STOP = timedelta(seconds=5)
+LOGS_AT_STOP = timedelta(seconds=5)  # the exit's wait for output on its way to Cloud Logging
 ABANDON_SLACK = timedelta(seconds=10)  # beyond the kill grace, for abandoned tasks to end
 
 
@@ -74,10 +73,9 @@ class Reporter:
         early: EarlyAnswers | None = None,
         state: tuple[StateDirLock, TaskStore] | None = None,
     ) -> None:
-        # `early`: the metadata server's answers the CLI asked before its imports (vm.py);
-        # `state`: the state dir's lock and store, which it took then too.
-        # The lock before anything: a second agent must touch nothing (raises StateDirBusy).
-        # Held for the life of the process, never released.
+        # `early`, `state`: the metadata's answers and the state dir's lock and store, which
+        # the CLI took before its imports. The lock before anything: a second agent must touch
+        # nothing (raises StateDirBusy). Held for the life of the process, never released.
         if state is None:
             state = claim_state_dir(config.state_dir), TaskStore(config.state_dir / "state.db")
         self._state_lock, self._store = state
@@ -184,13 +182,11 @@ class Reporter:
         return self._tasks
 
     def _after_first_call(self) -> None:
-        """Start what the first report does not need, once its call is over (answered or not):
-        the Cloud Logging writer (whose first call builds the Logging client from a 527 KB
-        discovery document), the preemption watch (a metadata long poll, in a thread) and,
-        unless `--once`, the import of the task side (`preload_task_side`, in a thread). All
-        would compete with the first report for the GIL. Nothing is lost meanwhile: records
-        wait in the agent log's queue, output in its files; the first report carries the
-        preemption notice the start-up read. Idempotent."""
+        """Once the first report's call is over (answered or not), start what it does not need
+        and would compete with for the GIL: the Cloud Logging writer, the preemption watch (a
+        long poll, in a thread) and, unless `--once`, the task side's import (in a thread).
+        Nothing waits meanwhile: log records queue, output stays in its files, the first
+        report carries the preemption notice the start-up read. Idempotent."""
         if self._writing is not None or self._log_writer is None:
             return
         self._writing = asyncio.create_task(self._log_writer.run())
@@ -270,8 +266,7 @@ class Reporter:
         assert self._machine is not None
         request = self._request(state, self._machine).to_wire()  # once: the call and the log
         await self._store.settled()  # persist before report: every change it holds is on disk
-        parent = self._machine.identity.parent
-        loop = asyncio.get_running_loop()
+        parent, loop = self._machine.identity.parent, asyncio.get_running_loop()
         began = loop.time()
         # In a worker thread from now on: the log's text is made while the call waits.
         call = loop.run_in_executor(
@@ -285,9 +280,7 @@ class Reporter:
             await self._reported(began, error)
             raise
         finally:
-            # Counted from the answer, so the server never sees two reports closer than the
-            # minimum, whatever the latency.
-            self._last_report = loop.time()
+            self._last_report = loop.time()  # from the answer: never two closer than the min
             self._after_first_call()
         await self._reported(began, None)
         if self._log_writer is not None:
@@ -330,7 +323,7 @@ class Reporter:
         if self._machine is not None and self._state is not AgentState.AGENT_STARTING:
             try:
                 await asyncio.sleep(min(self._until_min_interval(), 2.0))
-                # Bounded in the call itself: a worker thread still blocked would hold up exit.
+                # Bounded in the call: a worker thread still blocked would hold up the exit.
                 await self._report(AgentState.AGENT_STOPPED, deadline=STOP_REPORT_DEADLINE)
             except ControlPlaneError as error:
                 log.warning("last report (AGENT_STOPPED) failed: %s", error)
@@ -375,8 +368,8 @@ class Reporter:
         return max(self._min_interval.total_seconds() - elapsed, 0.0)
 
     def _stopped(self) -> asyncio.Task[Literal[True]]:
-        """A task that ends when the agent is told to stop: one for every wait (a task made and
-        cancelled per wait cost the loop more than the report's own step, a few per report)."""
+        """The task that ends when the agent is told to stop, shared by every wait (one made
+        per wait cost the loop more than the report's own step)."""
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop.wait())
         return self._stopping
@@ -385,10 +378,8 @@ class Reporter:
         """Sleep, waking early on stop (returns True) or on `wake`."""
         if seconds <= 0 and wake is None:
             return self._stop.is_set()
-        waits = [self._stopped()]
         woken = asyncio.ensure_future(wake.wait()) if wake is not None else None
-        if woken is not None:
-            waits.append(woken)
+        waits = [self._stopped(), *([woken] if woken is not None else [])]
         # The loop pings systemd's watchdog while it waits, at least every half WatchdogSec:
         # a loop wedged anywhere else stops the pings and systemd restarts us.
         ping = self._telemetry.watchdog_interval

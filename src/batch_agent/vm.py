@@ -3,9 +3,8 @@
 Metadata reads use only the standard library (http.client: no proxy, as the metadata server
 answers only on the VM itself): httplib2 and the Google client libraries belong to control/.
 This module does not read the environment (the caller passes the metadata host, as
-GCE_METADATA_HOST gives it) and does not retry; every metadata call BLOCKS and belongs in a
-worker thread when called from the event loop.
-"""
+GCE_METADATA_HOST gives it) and does not retry; every metadata call BLOCKS: from the event
+loop, call it in a worker thread."""
 
 from __future__ import annotations
 
@@ -179,13 +178,11 @@ def read_vm(
 
 
 class EarlyAnswers:
-    """The metadata server's answers to `keys`, asked as soon as this is made: the agent asks
-    before its imports, so that the answers arrive while it imports. One daemon thread asks
-    them one after another, and each of `alone` (the token, which the server may be slow to
-    make) has a thread of its own: a thread per key cost the start-up twice the CPU for no
-    gain, their round trips together being far shorter than the imports. `get_many` as
-    MetadataServer's, each key waiting for its early answer (a key not asked early is asked
-    then). Thread-safe; never logs (logging may not be set up yet)."""
+    """The metadata server's answers to `keys`, asked as soon as this is made (the agent asks
+    before its imports, which last longer than all the round trips): one daemon thread asks
+    them in turn, each of `alone` (the token, maybe slow to make) has its own (a thread per
+    key doubled their CPU). `get_many` as MetadataServer's, each key waiting for its early
+    answer (one not asked early is asked then). Thread-safe; never logs (no logging yet)."""
 
     def __init__(
         self, server: MetadataServer, keys: Iterable[str], *, alone: Iterable[str] = ()

@@ -5,13 +5,13 @@ Why not `asyncio.to_thread` each: 64 tasks of one response start in the same tur
 loop, and each trip costs the loop a future chained across threads and a wake-up, while six
 default-executor threads doing a few syscalls each fight the loop for the GIL (each syscall
 gives it up, and getting it back from a busy loop can take the 5 ms switch interval). One
-trip for the whole batch pays that once (and hands the loop what is done every 2 ms). The
-thread is this work's own: a file operation
-never waits behind a Docker call or a secret's fetch in the default executor.
+trip for the whole batch pays that once (and hands the loop what is done every 2 ms).
 
-Only for work on the agent's own local folders, which takes microseconds: a call that can
-hang (a `path` script on a network mount, say) would hold up every call of its batch, and
-stays on `asyncio.to_thread`.
+Each FileWork has a thread of its own: a file operation never waits behind a Docker call or a
+secret's fetch in the default executor, and the task set removes deleted tasks' folders
+through a second one, so that new tasks' files never wait behind a big folder. Only for work
+on the agent's own local folders: a call that can hang (a `path` script on a network mount,
+say) would hold up every call of its batch, and stays on `asyncio.to_thread`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from batch_agent.tasks import events
 from batch_agent.tasks.assembly import EngineOnDemand, choose_runtime, make_run
 from batch_agent.tasks.assembly import TaskSettings as TaskSettings  # TaskSet's callers make one
 from batch_agent.tasks.events import ExitCode
+from batch_agent.tasks.filework import FileWork
 from batch_agent.tasks.folders import remove_task_dir, task_dir
 from batch_agent.tasks.record import TaskRecord
 from batch_agent.wire import AgentTaskInfo, TaskState
@@ -64,7 +65,10 @@ class TaskSet:
         self._containers = EngineOnDemand(settings.docker_host)
         self._preempted = False
         self._deleted_failed = False  # a task that FAILED was since deleted (for --once)
-        self._removals = _Removals()
+        # Deleted tasks' folders, in a FileWork of their own: a response deletes several tasks
+        # at once (one trip for all), and a big folder takes long to remove: new tasks' files
+        # must not wait behind it.
+        self._removals = FileWork()
 
     # -- the façade ---------------------------------------------------------------------------
 
@@ -205,6 +209,7 @@ class TaskSet:
         await asyncio.gather(*running, return_exceptions=True)
         self._containers.close()
         self._settings.files.close()
+        self._removals.close()
 
     # -- the one state change -----------------------------------------------------------------
 
@@ -359,91 +364,15 @@ class TaskSet:
         roots = {self._settings.workdir}
         if slot.record.runtime is not None:  # its scripts and exit statuses, maybe on tmpfs
             roots.add(Path(slot.record.runtime))
-        await self._removals.remove(roots, name)
+        await self._removals.run(functools.partial(_remove_folders, roots, name))
         self._store.forget(name)  # with the next commit: it needs none of its own
         self._deleted_failed |= slot.record.state is TaskState.FAILED
         del self._slots[name]
         log.info("task %s: deleted", name)
 
 
-# What a task's start imports and the first report never waits for: the task models, plans,
-# runs, drivers, hooks.
-TASK_SIDE = (
-    "batch_agent.wire.task",
-    "batch_agent.tasks.plan",
-    "batch_agent.tasks.runner",
-    "batch_agent.tasks.hooks",
-    "batch_agent.tasks.volumes",
-    "batch_agent.tasks.script_driver",
-    "batch_agent.tasks.container_driver",
-)
-
-
-def preload_task_side(loop: asyncio.AbstractEventLoop) -> None:
-    """Import the task side now, in a worker thread, rather than with the first task, whose
-    start it would delay (for once the first report is over); say how long it took."""
-    began = loop.time()
-
-    def load() -> None:
-        for name in TASK_SIDE:
-            importlib.import_module(name)
-
-    def loaded(future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            took = 1000 * (loop.time() - began)
-            log.info("task side loaded in %.0f ms, ahead of the first task", took)
-
-    loop.run_in_executor(None, load).add_done_callback(loaded)
-
-
-class _Removals:
-    """Deleted tasks' folders, every one asked for in one turn of the loop removed in one trip
-    to a worker thread: a response deletes several tasks at once, and each trip costs the loop
-    ~0.1 ms of CPU (a future chained across threads, a wake-up). Not `FileWork`'s thread: a
-    big work folder takes long to remove, and new tasks' folders must not wait behind it."""
-
-    def __init__(self) -> None:
-        self._asked: list[tuple[set[Path], str, asyncio.Future[None]]] = []
-
-    def remove(self, roots: set[Path], name: str) -> asyncio.Future[None]:
-        """Remove task `name`'s folder under each of `roots`; done once they are gone."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        if not self._asked:
-            loop.call_soon(self._send, loop)  # after the rest of this turn has asked too
-        self._asked.append((roots, name, future))
-        return future
-
-    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._asked = self._asked, []
-        trip = loop.run_in_executor(None, _remove_folders, [(r, n) for r, n, _ in batch])
-
-        def settle(trip: asyncio.Future[list[Exception | None]]) -> None:
-            if trip.cancelled():  # the loop is going away: nobody waits any more
-                return
-            failure = trip.exception()
-            errors = [failure] * len(batch) if failure is not None else trip.result()
-            for (_, _, future), error in zip(batch, errors, strict=True):
-                if future.done():  # its teardown was cancelled
-                    continue
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
-
-        trip.add_done_callback(settle)
-
-
-def _remove_folders(folders: list[tuple[set[Path], str]]) -> list[Exception | None]:
-    """Remove each task's folder under each of its roots (blocks on the disk); per task, what
-    went wrong (`remove_task_dir` logs a failed removal itself)."""
-    errors: list[Exception | None] = []
-    for roots, name in folders:
-        try:
-            for root in sorted(roots):
-                remove_task_dir(root, task_dir(root, name))
-        except Exception as error:  # a bug: its teardown hears of it, not the others'
-            errors.append(error)
-        else:
-            errors.append(None)
-    return errors
+def _remove_folders(roots: set[Path], name: str) -> None:
+    """Remove task `name`'s folder under each of `roots` (blocks on the disk; `remove_task_dir`
+    logs a failed removal itself)."""
+    for root in sorted(roots):
+        remove_task_dir(root, task_dir(root, name))
