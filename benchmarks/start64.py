@@ -8,7 +8,9 @@ figure runs from that response's `Report.time` to the 64th line read; with all 6
 agent's thread count and VmRSS are read from /proc/PID/status. The gate is then opened (64
 newlines, one per blocked `read`) and the tasks end. The baseline, in the same repeat: the same
 script started 64 times by `subprocess.Popen(["/bin/sh", SCRIPT])` from this process, from the
-first Popen to the 64th line.
+first Popen to the 64th line. A third figure starts the same scripts through the waiter's own
+command (`script.waiter_argv`, its go given at once), 64 times, the same way: the floor of the
+waiter design (a second shell per runnable, its status file) with no agent around it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from _common import Agent, Figure, fmt_ms, rss_bytes, runtime_dir, runtime_env
 from dispatch import AFTER_REPORT, FifoClock, wait_for
 
 from batch_agent.emulator import Emulator
+from batch_agent.tasks.script import waiter_argv, write_script
 
 TASKS = 64
 TARGET_RATIO = 2.0  # the agent within 2x of bare Popen
@@ -37,10 +40,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="agent/bare pairs, interleaved")
     args = parser.parse_args()
 
-    agent_s, bare_s, threads, rss = [], [], [], []
+    agent_s, bare_s, floor_s, threads, rss = [], [], [], [], []
     for i in range(args.repeats):
         took, thread_count, rss_mb = through_agent(args.tasks)
         bare_took = bare(args.tasks)
+        floor_s.append(bare(args.tasks, waiter=True))
         agent_s.append(took)
         bare_s.append(bare_took)
         threads.append(thread_count)
@@ -51,6 +55,7 @@ def main() -> None:
         )
     print(f"start{args.tasks}: agent {summary(agent_s)}")
     print(f"  bare Popen {summary(bare_s)}")
+    print(f"  the waiter's command alone {summary(floor_s)}")
     print(f"  agent threads with {args.tasks} running: {min(threads)}..{max(threads)}")
     print(f"  agent VmRSS with {args.tasks} running: {min(rss):.1f}..{max(rss):.1f}MB")
     ratio = statistics.median(agent_s) / statistics.median(bare_s)
@@ -65,10 +70,12 @@ def run(repeats: int, tasks: int = TASKS) -> list[Figure]:
     agent: list[float] = []
     warm: list[float] = []
     bare_: list[float] = []
+    floor: list[float] = []
     for _ in range(repeats):
         agent.append(1000 * through_agent(tasks)[0])
         bare_.append(1000 * bare(tasks))
         warm.append(1000 * through_agent(tasks, warm=True)[0])
+        floor.append(1000 * bare(tasks, waiter=True))
     met = statistics.median(agent) <= TARGET_RATIO * statistics.median(bare_)
     name = f"{tasks} tasks in one response: assigning response -> all {tasks} running"
     baseline = f"{tasks} x `Popen(['/bin/sh', SCRIPT])` -> all running"
@@ -77,6 +84,7 @@ def run(repeats: int, tasks: int = TASKS) -> list[Figure]:
     return [
         Figure(name, "ms", agent, baseline, bare_, target, met),
         Figure(warm_name, "ms", warm, baseline, bare_),
+        Figure(f"{tasks} x the waiter's command alone (no agent)", "ms", floor, baseline, bare_),
     ]
 
 
@@ -120,23 +128,29 @@ def through_agent(tasks: int, *, warm: bool = False) -> tuple[float, int, float]
     return took, thread_count, rss_mb
 
 
-def bare(tasks: int) -> float:
-    """Seconds from the first of `tasks` Popen(["/bin/sh", SCRIPT]) to the last one running."""
+def bare(tasks: int, *, waiter: bool = False) -> float:
+    """Seconds from the first of `tasks` Popen(["/bin/sh", SCRIPT]) to the last one running;
+    `waiter`: each script through the waiter's command instead, as the agent forks it."""
     with tempfile.TemporaryDirectory(prefix="bench-start64-bare-") as tmp:
         clock = FifoClock(Path(tmp) / "clock")
         gate = Path(tmp) / "gate"
         os.mkfifo(gate)
         gate_fd = os.open(gate, os.O_RDWR)
-        scripts = []
+        go = Path(tmp) / "go"
+        go.write_text("go\n")  # each waiter's go, there at once
+        argvs = []
         for i in range(tasks):
-            script = Path(tmp) / f"b{i}.sh"
-            script.write_text(f"echo b{i} > {clock.path}; read _ < {gate}\n")
-            scripts.append(script)
+            folder = Path(tmp, f"b{i}")
+            folder.mkdir()
+            script = write_script(f"echo b{i} > {clock.path}; read _ < {gate}", folder)
+            waits = waiter_argv(script, folder / "status", [], shell=True)
+            argvs.append(waits if waiter else ["/bin/sh", str(script)])
         try:
             start = time.monotonic()
-            processes = [
-                subprocess.Popen(["/bin/sh", str(s)], stdin=subprocess.DEVNULL) for s in scripts
-            ]
+            processes = []
+            for argv in argvs:
+                with go.open("rb") as stdin:
+                    processes.append(subprocess.Popen(argv, stdin=stdin))
             ran = clock.expect_all({f"b{i}" for i in range(tasks)})
             os.write(gate_fd, b"\n" * tasks)
             for process in processes:
