@@ -13,10 +13,10 @@ nothing and recorded nothing. So a waiter can be forked ahead, while the runnabl
 still runs, and its start is then one write (`ScriptExecution.go`): the fork and the exec of
 the waiter's shell, most of a start's cost, are off the path from one runnable to the next.
 Given its go, the waiter forks and execs PROGRAM, its stdin /dev/null (a shebang picks the
-interpreter; a file without one that
-fails with ENOEXEC is run by the forked shell as a shell script, as execvp would; a script text
-known to have none is given as `/bin/sh PROGRAM`, the same a failed exec sooner) and, when it
-ends, writes `$?` (128+signo for a signal death) to STATUS_FILE. The trap is a handler, not an
+interpreter; a file without one that fails with ENOEXEC is run by the forked shell as a shell
+script, as execvp would; a script text known to have none is given as `/bin/sh PROGRAM`, the
+same a failed exec sooner) and, when it ends, writes `$?` (128+signo for a signal death) to
+STATUS_FILE. The trap is a handler, not an
 ignore, so PROGRAM gets default signal dispositions while the waiter survives a SIGTERM/SIGINT
 to the group and still records the status; only SIGKILL takes the waiter down with it.
 STATUS_FILE is absent (or, for a runnable with a user, empty) until the waiter writes it: both
