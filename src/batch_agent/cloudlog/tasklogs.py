@@ -40,11 +40,21 @@ class Site(NamedTuple):  # a named tuple: a frozen dataclass costs ~1.5 ms of st
 class TaskLog:
     def __init__(self, record: TaskRecord, mode: str) -> None:
         self.record = record
+        self._mode = mode
+
+    @functools.cached_property
+    def _task(self) -> AgentTask | None:
+        """The task, parsed at the first question about it: a task deleted before the writer
+        looked at it, with no output left, is forgotten without (~100 us a task)."""
         from batch_agent.wire import AgentTask, parse_agent_task
 
-        task = parse_agent_task(record.raw)
-        self._task = task if isinstance(task, AgentTask) else None
-        self.enabled = self._task is not None and _wanted(self._task, mode)
+        task = parse_agent_task(self.record.raw)
+        return task if isinstance(task, AgentTask) else None
+
+    @functools.cached_property
+    def enabled(self) -> bool:
+        """Whether its output is shipped at all."""
+        return self._task is not None and _wanted(self._task, self._mode)
 
     @functools.cached_property
     def needs_secrets(self) -> bool:

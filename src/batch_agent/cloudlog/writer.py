@@ -137,7 +137,7 @@ class CloudLogWriter:
         task is forgotten here: its record is never saved by the writer again."""
         task_log = self._task_log(record)
         name = record.task_id
-        if task_log.enabled and not self._caught_up(task_log):
+        if not self._caught_up(task_log) and task_log.enabled:  # sizes first: no parse
             done = self._draining[name] = asyncio.Event()
             self.wake()
             try:
@@ -244,9 +244,9 @@ class CloudLogWriter:
         """Whether every byte of the task's output is in Cloud Logging (or cannot be read)."""
         if task_log.pending():
             return False
-        if not self._may_read(task_log):
-            return True  # its values are unknown to this agent: nothing of it may be sent
-        return all(size <= start for _, _, start, size, _ in streams(task_log, self._workdir))
+        if all(size <= start for _, _, start, size, _ in streams(task_log, self._workdir)):
+            return True  # asked first: most tasks are done then, and need no plan (secrets)
+        return not self._may_read(task_log)  # unknown values: nothing of it may be sent
 
     def _wake_drained(self) -> None:
         for name, done in self._draining.items():
