@@ -13,13 +13,16 @@ from pathlib import Path
 from batch_agent import discovery
 from batch_agent.cloudlog import AgentLog, Site, report_text
 from batch_agent.cloudlog.agentlog import ENTRY_COST
-from batch_agent.cloudlog.body import bodies, request
+from batch_agent.cloudlog.body import bodies
 from batch_agent.cloudlog.entries import (
     MAX_PIECE,
     Destination,
+    Group,
     Segment,
+    encode,
     entries_for,
     format_ns,
+    is_plain,
     segment_lines,
 )
 from batch_agent.cloudlog.reader import TRUNCATED, read_again, read_new
@@ -33,9 +36,24 @@ DEST = Destination(
 )
 
 
-def build(data: bytes, stream: str = "stdout", final: bool = True) -> list[dict]:
+def encoded(data: bytes, stream: str = "stdout", final: bool = True) -> list[Group]:
+    """`data`'s entries as the writer makes them (every line plain: all at once)."""
     segment = Segment(1, stream, 100, 100 + len(data), 1_700_000_000_000_000_000, final)
-    return entries_for(segment_lines(data, segment), segment, DEST)
+    lines = segment_lines(data, segment)
+    return [Group(DEST.members(), entries_for(lines, segment, DEST, plain=is_plain(data)))]
+
+
+def build(data: bytes, stream: str = "stdout", final: bool = True) -> list[dict]:
+    """The entries of `data`, decoded: each a JSON object with its destination's fields."""
+    return decoded(encoded(data, stream, final))
+
+
+def decoded(groups: list[Group]) -> list[dict]:
+    return [
+        {**json.loads(b"{" + group.shared + b"}"), **json.loads(entry)}
+        for group in groups
+        for entry in group.entries
+    ]
 
 
 def accepted(entries: list[dict]) -> bool:
@@ -190,7 +208,8 @@ def test_timestamps_are_rfc3339_with_nanoseconds() -> None:
 def test_a_request_says_what_its_entries_share_once() -> None:
     """One task's entries share logName, resource and labels: the request carries them once
     (the API copies them into each entry); entries of two logs keep their own logName."""
-    one = request(build(b"a\nb\n"))
+    (body,) = bodies(encoded(b"a\nb\n"))
+    one = json.loads(body)
     assert one["logName"] == DEST.log_name and one["resource"] == DEST.resource
     assert one["labels"] == DEST.labels and one["partialSuccess"] is True
     assert all(
@@ -198,23 +217,82 @@ def test_a_request_says_what_its_entries_share_once() -> None:
     )
     other = Destination("projects/p/logs/batch_agent_logs", DEST.resource, DEST.labels, "k2")
     segment = Segment(1, "stdout", 0, 2, 5)
-    mixed = request(build(b"a\n") + entries_for([(0, b"b")], segment, other))
+    (body,) = bodies(
+        [*encoded(b"a\n"), Group(other.members(), entries_for([(0, b"b")], segment, other))]
+    )
+    mixed = json.loads(body)
     assert "logName" not in mixed and [e["logName"] for e in mixed["entries"]] == [
         DEST.log_name,
         other.log_name,
     ]
     store = LogStore()
-    assert store.write(json.dumps(mixed).encode(), "Bearer t").status == 200
+    assert store.write(body, "Bearer t").status == 200
     assert [e["labels"] for e in store.entries()] == [DEST.labels, DEST.labels]
 
 
+def test_plain_lines_and_escaped_ones_make_the_same_entries() -> None:
+    """A line of printable ASCII goes into its entry as it is; any other is decoded and
+    escaped: both ways give the entry json.dumps would, as Cloud Logging reads it."""
+    lines = [
+        b"plain text",
+        b"",
+        b"  {}",
+        b'a "quote"',
+        b"back\\slash",
+        b"tab\there",
+        b"\xc3\xa9t\xc3\xa9",
+    ]
+    lines += [b"bad \xff byte", b"\x7f", b"%d %s %%", b"{not json"]
+    entries = build(b"\n".join(lines) + b"\n")
+    texts = [e.get("textPayload", e.get("jsonPayload")) for e in entries]
+    assert texts == [
+        "plain text",
+        "",
+        {},
+        'a "quote"',
+        "back\\slash",
+        "tab\there",
+        "été",
+        "bad \ufffd byte",
+        "\x7f",
+        "%d %s %%",
+        "{not json",
+    ]
+    assert [e["insertId"] for e in entries][:2] == ["k-1o100", "k-1o111"]
+    assert accepted(entries)
+    first = entries[0]  # byte for byte what the general way (json.dumps) makes
+    own = {k: first[k] for k in ("severity", "insertId", "timestamp", "textPayload")}
+    general = json.dumps(own, separators=(",", ":")).encode()
+    assert encoded(lines[0] + b"\n")[0].entries == [general]  # all at once
+    assert encoded(b"{}\n" + lines[0] + b"\n")[0].entries[1:] == [
+        general.replace(b"k-1o100", b"k-1o103").replace(b"000000000Z", b"000000001Z")
+    ]  # line by line
+    agent = {"logName": "l", "severity": "INFO", "textPayload": "t"}
+    assert decoded([encode(agent)]) == [agent]
+
+
+def test_plain_lines_at_the_end_of_a_second_carry_into_the_next() -> None:
+    """A segment read in the last nanoseconds of a second: its entries' timestamps go on
+    into the next second, all at once or line by line."""
+    segment = Segment(1, "stdout", 0, 6, 1_700_000_000_999_999_999)
+    for plain in (True, False):
+        stamps = [
+            json.loads(entry)["timestamp"]
+            for entry in entries_for([(0, b"a"), (2, b"b"), (4, b"c")], segment, DEST, plain=plain)
+        ]
+        assert stamps == [
+            "2023-11-14T22:13:20.999999999Z",
+            "2023-11-14T22:13:21.000000000Z",
+            "2023-11-14T22:13:21.000000001Z",
+        ]
+
+
 def test_a_write_too_big_for_one_call_goes_as_several_valid_ones() -> None:
-    """Bodies past the limit are cut in halves, each a valid request with the shared fields,
+    """Bodies past the limit are cut, each a valid request with the shared fields,
     every entry in exactly one of them, in order."""
     data = b"".join(b'"quoted" \\ line %d\n' % i for i in range(40))
-    entries = build(data)
-    ids = [e["insertId"] for e in entries]
-    calls = bodies(entries, limit=1500)
+    ids = [e["insertId"] for e in build(data)]
+    calls = bodies(encoded(data), limit=1500)
     assert len(calls) > 1 and all(len(body) <= 1500 for body in calls)
     store = LogStore()
     for body in calls:

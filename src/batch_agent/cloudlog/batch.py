@@ -10,10 +10,16 @@ it changes no record (but a truncated stream's offset, reset to 0). Knows nothin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from batch_agent.cloudlog.body import bodies
-from batch_agent.cloudlog.entries import Destination, Segment, entries_for, segment_lines
+from batch_agent.cloudlog.entries import (
+    Destination,
+    Group,
+    Segment,
+    entries_for,
+    is_plain,
+    segment_lines,
+)
 from batch_agent.cloudlog.reader import TRUNCATED, file_size, read_again, read_new
 from batch_agent.cloudlog.tasklogs import STREAMS, TaskLog
 from batch_agent.tasks.folders import task_dir
@@ -81,9 +87,10 @@ def build(
     entries themselves are not kept); new segments are stamped `now_ns`. Blocks on local
     reads and encodes: call it from a worker thread."""
     write = Write()
-    entries: list[dict[str, Any]] = []
+    groups: list[Group] = []
+    count = 0  # entries in `groups`
     for task_log, chosen, again in picks:
-        if len(entries) >= MAX_ENTRIES:
+        if count >= MAX_ENTRIES:
             write.full = True
             break
         path = output_path(task_dir(workdir, task_log.record.task_id), chosen.k, chosen.stream)
@@ -99,7 +106,7 @@ def build(
                 continue
             segment = Segment(chosen.k, chosen.stream, chosen.start, end, now_ns, chosen.final)
         lines = segment_lines(data, segment)
-        room = MAX_ENTRIES - len(entries)
+        room = MAX_ENTRIES - count
         if not again and len(lines) > room:  # cut the new segment at a line boundary
             write.full = True
             cut = lines[room][0]  # where the first line left out starts
@@ -107,8 +114,12 @@ def build(
             segment = Segment(segment.k, segment.stream, segment.start, cut, now_ns)
         if masker is not None:
             lines = [(offset, masker.mask_bytes(raw)) for offset, raw in lines]
-        entries += entries_for(lines, segment, destinations[task_log])
+        destination = destinations[task_log]
+        plain = masker is None and is_plain(data)
+        groups.append(
+            Group(destination.members(), entries_for(lines, segment, destination, plain=plain))
+        )
+        count += len(groups[-1].entries)
         write.segments.setdefault(task_log, []).append(segment)
-    if entries:
-        write.bodies = bodies(entries)
+    write.bodies = bodies(groups)
     return write

@@ -37,6 +37,7 @@ from batch_agent.cloudlog.batch import (
     streams,
 )
 from batch_agent.cloudlog.body import bodies
+from batch_agent.cloudlog.entries import encode
 from batch_agent.cloudlog.sender import LogClient, Sender
 from batch_agent.cloudlog.tasklogs import Site, TaskLog
 from batch_agent.tasks.masking import Masker
@@ -190,7 +191,7 @@ class CloudLogWriter:
         )
         write.full |= full
         if agent_entries:  # a call of their own: the rest was encoded in a worker thread
-            write.bodies += bodies(agent_entries)
+            write.bodies += bodies([encode(entry) for entry in agent_entries])  # their own
         if not write.bodies:
             await self._sender.save_unsaved()
             self._wake_drained()
