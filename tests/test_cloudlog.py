@@ -267,6 +267,12 @@ def test_plain_lines_and_escaped_ones_make_the_same_entries() -> None:
     assert encoded(b"{}\n" + lines[0] + b"\n")[0].entries[1:] == [
         general.replace(b"k-1o100", b"k-1o103").replace(b"000000000Z", b"000000001Z")
     ]  # line by line
+    quoted = entries[3]  # escaped, as json.dumps escapes
+    own = {k: quoted[k] for k in ("severity", "insertId", "timestamp", "textPayload")}
+    assert (
+        encoded(b"\n".join(lines) + b"\n")[0].entries[3]
+        == json.dumps(own, separators=(",", ":")).encode()
+    )
     agent = {"logName": "l", "severity": "INFO", "textPayload": "t"}
     assert decoded([encode(agent)]) == [agent]
 

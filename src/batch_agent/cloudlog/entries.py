@@ -163,31 +163,34 @@ def entries_for(
     out: list[bytes] = []
     stream_code = "o" if segment.stream == "stdout" else "e"
     default_severity = STREAM_SEVERITY.get(segment.stream, "DEFAULT")
-    # A plain line's entry, its members in the order the general case's JSON has them, its
-    # timestamp's second said once (`last`: the last entry that second holds).
+    # A text line's entry, its members in the order the general case's JSON has them, its
+    # timestamp's second said once (`last`: the last entry that second holds); `plain`
+    # takes the line as it is, `escaped` its JSON string.
     second, nanos = divmod(segment.at_ns, 10**9)
     last = 10**9 - 1 - nanos
-    template = (
-        b'{"severity":"%s","insertId":"%s-%d%s%%d","timestamp":"%s.%%09dZ","textPayload":"%%s"}'
-    )
-    template %= (
+    head = b'{"severity":"%s","insertId":"%s-%d%s%%d","timestamp":"%s.%%09dZ","textPayload":'
+    head %= (
         default_severity.encode(),
         _json(destination.key)[1:-1].replace(b"%", b"%%"),
         segment.k,
         stream_code.encode(),
         format_ns(second * 10**9)[:-11].encode(),  # without its ".000000000Z"
     )
+    as_is, escaped = head + b'"%s"}', head + b"%s}"
     if plain and lines and len(lines) <= last + 1:  # all at once, in C loops
         offsets, raws = zip(*lines, strict=True)
         stamps = range(nanos, nanos + len(lines))
-        return list(map(template.__mod__, zip(offsets, stamps, raws, strict=True)))
+        return list(map(as_is.__mod__, zip(offsets, stamps, raws, strict=True)))
     for offset, raw in lines:
         n = len(out)
         if n <= last and not raw.translate(None, _AS_IS) and raw.lstrip()[:1] != b"{":
-            out.append(template % (offset, nanos + n, raw))  # plain text
+            out.append(as_is % (offset, nanos + n, raw))
             continue
         text = raw.decode("utf-8", errors="replace")
         payload = _json_payload(text)
+        if payload is None and n <= last and len(text) <= _SAFE_LINE:  # text in one piece
+            out.append(escaped % (offset, nanos + n, json.dumps(text).encode()))
+            continue
         severity = default_severity
         if payload is not None:
             severity = _severity(payload.pop("severity", None)) or default_severity
