@@ -191,7 +191,7 @@ class CloudLogWriter:
         )
         write.full |= full
         if agent_entries:  # a call of their own: the rest was encoded in a worker thread
-            write.bodies += bodies([encode(entry) for entry in agent_entries])  # their own
+            write.bodies += bodies([encode(entry) for entry in agent_entries])
         if not write.bodies:
             await self._sender.save_unsaved()
             self._wake_drained()
