@@ -277,6 +277,17 @@ def test_plain_lines_and_escaped_ones_make_the_same_entries() -> None:
     assert decoded([encode(agent)]) == [agent]
 
 
+def test_lines_past_the_most_wanted_come_as_one_piece_where_the_rest_starts() -> None:
+    """A write takes at most so many lines: the rest of what was read is not split, but its
+    offset is the next line's, as when all of it is split."""
+    data = b"one\ntwo\nthree\nfour\n"
+    segment = Segment(1, "stdout", 100, 100 + len(data), 5)
+    every = segment_lines(data, segment)
+    assert segment_lines(data, segment, 2) == [*every[:2], (every[2][0], b"three\nfour\n")]
+    assert segment_lines(data, segment, 4) == every == segment_lines(data, segment, 9)
+    assert segment_lines(b"a\nb", segment, 1) == [(100, b"a"), (102, b"b")]
+
+
 def test_plain_lines_at_the_end_of_a_second_carry_into_the_next() -> None:
     """A segment read in the last nanoseconds of a second: its entries' timestamps go on
     into the next second, all at once or line by line."""

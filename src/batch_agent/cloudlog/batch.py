@@ -105,12 +105,12 @@ def build(
             if end == chosen.start:
                 continue
             segment = Segment(chosen.k, chosen.stream, chosen.start, end, now_ns, chosen.final)
-        lines = segment_lines(data, segment)
         room = MAX_ENTRIES - count
+        lines = segment_lines(data, segment, None if again else room)
         if not again and len(lines) > room:  # cut the new segment at a line boundary
             write.full = True
             cut = lines[room][0]  # where the first line left out starts
-            lines = lines[:room]
+            lines, data = lines[:room], data[: cut - segment.start]
             segment = Segment(segment.k, segment.stream, segment.start, cut, now_ns)
         if masker is not None:
             lines = [(offset, masker.mask_bytes(raw)) for offset, raw in lines]

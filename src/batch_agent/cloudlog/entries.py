@@ -124,14 +124,19 @@ def task_key(task_name: str) -> str:
     return hashlib.sha256(task_name.encode()).hexdigest()[:16]
 
 
-def segment_lines(data: bytes, segment: Segment) -> list[tuple[int, bytes]]:
+def segment_lines(
+    data: bytes, segment: Segment, most: int | None = None
+) -> list[tuple[int, bytes]]:
     """The (offset, bytes) of each line (or piece) of `data`, the bytes of `segment`: whole
     lines without their newline, a last unterminated one only when the segment is final, and
-    any line longer than MAX_PIECE in pieces (a cut never splits a UTF-8 character)."""
-    raws = data.split(b"\n")
+    any line longer than MAX_PIECE in pieces (a cut never splits a UTF-8 character). With
+    `most`, what follows the first `most` lines may come as one more item, unsplit: where
+    the rest starts (a write takes at most MAX_ENTRIES lines of 2 MiB of short ones)."""
+    raws = data.split(b"\n") if most is None else data.split(b"\n", most)
     if not raws[-1]:
         raws.pop()  # `data` ends with a newline (or is empty)
-    if max(map(len, raws), default=0) <= MAX_PIECE:  # no piece to cut: one pass, in C loops
+    lines = raws if most is None else raws[:most]  # past them: the rest, unsplit
+    if max(map(len, lines), default=0) <= MAX_PIECE:  # no piece to cut: one pass, in C loops
         starts = accumulate(map(len, raws), initial=segment.start)  # plus a newline a line
         return list(zip(map(add, starts, range(len(raws))), raws, strict=True))
     out: list[tuple[int, bytes]] = []
