@@ -22,7 +22,6 @@ from batch_agent.cloudlog.entries import (
     encode,
     entries_for,
     format_ns,
-    is_plain,
     segment_lines,
 )
 from batch_agent.cloudlog.reader import TRUNCATED, read_again, read_new
@@ -37,10 +36,10 @@ DEST = Destination(
 
 
 def encoded(data: bytes, stream: str = "stdout", final: bool = True) -> list[Group]:
-    """`data`'s entries as the writer makes them (every line plain: all at once)."""
+    """`data`'s entries as the writer makes them."""
     segment = Segment(1, stream, 100, 100 + len(data), 1_700_000_000_000_000_000, final)
     lines = segment_lines(data, segment)
-    return [Group(DEST.members(), entries_for(lines, segment, DEST, plain=is_plain(data)))]
+    return [Group(DEST.members(), entries_for(lines, segment, DEST))]
 
 
 def build(data: bytes, stream: str = "stdout", final: bool = True) -> list[dict]:
@@ -290,13 +289,10 @@ def test_lines_past_the_most_wanted_come_as_one_piece_where_the_rest_starts() ->
 
 def test_plain_lines_at_the_end_of_a_second_carry_into_the_next() -> None:
     """A segment read in the last nanoseconds of a second: its entries' timestamps go on
-    into the next second, all at once or line by line."""
+    into the next second, plain lines or not."""
     segment = Segment(1, "stdout", 0, 6, 1_700_000_000_999_999_999)
-    for plain in (True, False):
-        stamps = [
-            json.loads(entry)["timestamp"]
-            for entry in entries_for([(0, b"a"), (2, b"b"), (4, b"c")], segment, DEST, plain=plain)
-        ]
+    for lines in ([(0, b"a"), (2, b"b"), (4, b"c")], [(0, b"a"), (2, b"b"), (4, b"{")]):
+        stamps = [json.loads(entry)["timestamp"] for entry in entries_for(lines, segment, DEST)]
         assert stamps == [
             "2023-11-14T22:13:20.999999999Z",
             "2023-11-14T22:13:21.000000000Z",

@@ -17,7 +17,6 @@ from batch_agent.cloudlog.entries import (
     Group,
     Segment,
     entries_for,
-    is_plain,
     segment_lines,
 )
 from batch_agent.cloudlog.reader import TRUNCATED, file_size, read_again, read_new
@@ -110,15 +109,12 @@ def build(
         if not again and len(lines) > room:  # cut the new segment at a line boundary
             write.full = True
             cut = lines[room][0]  # where the first line left out starts
-            lines, data = lines[:room], data[: cut - segment.start]
+            lines = lines[:room]
             segment = Segment(segment.k, segment.stream, segment.start, cut, now_ns)
         if masker is not None:
             lines = [(offset, masker.mask_bytes(raw)) for offset, raw in lines]
         destination = destinations[task_log]
-        plain = masker is None and is_plain(data)
-        groups.append(
-            Group(destination.members(), entries_for(lines, segment, destination, plain=plain))
-        )
+        groups.append(Group(destination.members(), entries_for(lines, segment, destination)))
         count += len(groups[-1].entries)
         write.segments.setdefault(task_log, []).append(segment)
     write.bodies = bodies(groups)

@@ -45,7 +45,7 @@ class TaskLog:
     @functools.cached_property
     def _task(self) -> AgentTask | None:
         """The task, parsed at the first question about it: a task deleted before the writer
-        looked at it, with no output left, is forgotten without (~100 us a task)."""
+        looked at it, with no output left, is forgotten without (~80 us a task)."""
         from batch_agent.wire import AgentTask, parse_agent_task
 
         task = parse_agent_task(self.record.raw)
