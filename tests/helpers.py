@@ -113,6 +113,18 @@ def alive(pid: int) -> bool:
     return found is not None and found.alive
 
 
+def wait_until_shipped_and_saved(state_dir: Path, size: int) -> None:
+    """Until a task's first runnable's stdout offset, as the agent saved it, is `size`: a line
+    shipped but not yet saved is shipped again after a kill -9."""
+    wait_until(
+        lambda: any(
+            r["runnables"].get("1", {}).get("stdout_offset") == size
+            for r in stored_records(state_dir)
+        ),
+        what="the shipped offset persisted",
+    )
+
+
 def stored_records(state_dir: Path) -> list[dict[str, Any]]:
     """The task records an agent persisted in `state_dir` (read while it runs), oldest first."""
     db = state_dir / "state.db"

@@ -8,7 +8,14 @@ import pytest
 
 from tests import docker_support
 from tests.docker_support import BUSYBOX_IMAGE
-from tests.helpers import exit_code, final_event, job, script, stored_records, wait_until
+from tests.helpers import (
+    exit_code,
+    final_event,
+    job,
+    script,
+    wait_until,
+    wait_until_shipped_and_saved,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -163,15 +170,7 @@ def test_kill_9_while_a_container_runs(make_emulator, start_agent, docker_engine
     emu = make_emulator(config)
     first = start_agent(emu, DOCKER_HOST=docker_engine)
     wait_until(lambda: "[task 0 r1 stdout] started" in first.log(), timeout=60, what="running")
-    # A line shipped but not yet saved is shipped again after a kill -9 (the window between
-    # the two is the agent's: docs/choices.md): kill once the offset is on disk.
-    wait_until(
-        lambda: any(
-            r["runnables"].get("1", {}).get("stdout_offset") == len("started\n")
-            for r in stored_records(tmp_path / "state")
-        ),
-        what="the shipped offset persisted",
-    )
+    wait_until_shipped_and_saved(tmp_path / "state", len("started\n"))
     first.kill()
     (before,) = containers_of_task(docker_engine)
     second = start_agent(emu, DOCKER_HOST=docker_engine)

@@ -15,8 +15,8 @@ from tests.helpers import (
     final_event,
     job,
     script,
-    stored_records,
     wait_until,
+    wait_until_shipped_and_saved,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -359,13 +359,7 @@ def test_output_is_shipped_once_across_an_agent_restart(make_emulator, start_age
     emu = make_emulator(job(script(text)))
     first = start_agent(emu)
     wait_until(lambda: "[task 0 r1 stdout] before" in first.log(), what="first line shipped")
-    wait_until(
-        lambda: any(
-            r["runnables"].get("1", {}).get("stdout_offset") == len("before\n")
-            for r in stored_records(tmp_path / "state")
-        ),
-        what="the shipped offset persisted",
-    )
+    wait_until_shipped_and_saved(tmp_path / "state", len("before\n"))
     first.kill()
     second = start_agent(emu, state="state")
     wait_until(lambda: "reattaching" in second.log(), what="reattached")
