@@ -59,6 +59,23 @@ def test_300_lines_through_three_503s_arrive_once_each(make_emulator, start_agen
     assert outs == [f"out-{i}" for i in range(1, 151)]  # in order, by timestamp
 
 
+def test_writes_sent_while_the_next_is_built_keep_every_line_once_in_order(
+    make_emulator, start_agent
+) -> None:
+    """35,000 lines at once: writes of MAX_ENTRIES lines, each sent while the next one is
+    read and built; the second write is refused twice (503), so the one built meanwhile is
+    dropped and made again: every line is in Cloud Logging once, in order."""
+    emu = make_emulator(None)
+    emu.logs.fail_next(2, status=503, after=1)
+    lines = 35_000
+    name = emu.add_task(logged_task(f"seq 1 {lines}"))
+    agent = start_agent(emu, "--once", **logging_env(emu))
+    assert agent.wait(120) == 0, agent.log()
+    assert final_event(emu, name)["taskState"] == "SUCCEEDED"
+    assert payloads(emu.logs.entries("batch_task_logs")) == [str(i) for i in range(1, lines + 1)]
+    assert emu.logs.requests >= 4 + 2  # 4 writes of task output, and the 2 refused
+
+
 def test_kill_9_mid_shipping_loses_and_doubles_nothing(make_emulator, start_agent) -> None:
     """The agent killed with SIGKILL while a task prints, then started again on the same
     state dir: after Cloud Logging's dedup, every line is there exactly once."""

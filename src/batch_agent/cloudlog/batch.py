@@ -1,14 +1,16 @@
 """One `entries.write` request's worth of task output: what to read (`pick`), and the entries
 (`build`), within `REQUEST_BYTES` of output and `MAX_ENTRIES` entries.
 
-`pick` runs on the event loop (a stat per output file, nothing opened): a task with a write
-under way (`pending` segments) sends exactly those again; the others offer what their files
-hold past their offsets. `build` reads, masks and turns that into entries in a worker thread;
+`pick` runs on the event loop (a stat per output file, nothing opened): a task whose last
+write did not land (`pending` segments: it failed, or a crash cut it short) sends exactly
+those again; one whose write is in flight offers what follows it; the others offer what their
+files hold past their offsets. `build` reads, masks and turns that into entries in a worker thread;
 it changes no record (but a truncated stream's offset, reset to 0). Knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from batch_agent.cloudlog.body import bodies
@@ -40,19 +42,27 @@ class Write:  # a plain class: a dataclass's generated methods cost ~1 ms of sta
         self.full = False  # a budget ran out: there is more to send at once
 
 
-def pick(followed: list[TaskLog], workdir: Path) -> tuple[list[Pick], bool]:
+def pick(
+    followed: list[TaskLog], workdir: Path, flying: Mapping[TaskLog, list[Segment]]
+) -> tuple[list[Pick], bool]:
     """What to read, and whether the budget ran out. A new segment's `end` is the most it
-    may take (`read_new` decides where it really ends)."""
+    may take (`read_new` decides where it really ends). `flying`: the segments of the write
+    being sent meanwhile; what follows them is offered (a shorter file waits for its answer)."""
     picks: list[Pick] = []
     budget = REQUEST_BYTES
     for task_log in followed:
-        pending = task_log.pending()
+        ahead = flying.get(task_log)
+        pending = task_log.pending() if ahead is None else []
         if pending:
             picks += [(task_log, s, True) for s in pending]
             budget -= sum(s.end - s.start for s in pending)
         else:
+            ends: dict[tuple[int, str], int] = {}
+            for s in ahead or ():
+                ends[s.k, s.stream] = max(ends.get((s.k, s.stream), 0), s.end)
             for k, stream, start, size, final in streams(task_log, workdir):
-                if size != start:  # grown, or shorter: truncated
+                start = ends.get((k, stream), start)
+                if size != start and not (ahead and size < start):  # grown, or truncated
                     end = start + max(min(budget, size - start), 0)
                     picks.append((task_log, Segment(k, stream, start, end, 0, final), False))
                     budget -= max(size - start, 0)

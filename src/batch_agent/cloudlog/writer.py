@@ -6,9 +6,12 @@ starves the others), takes what is new from each stream's Cloud Logging offset (
 apart from the agent log's) up to one request's worth (`REQUEST_BYTES` of output,
 `MAX_ENTRIES` entries), and reads, masks and encodes it in the writer's thread (`body`: one
 call, or several in order when its JSON would pass the request limit; the agent's own entries
-in a call of their own). The `Sender` (`sender`) then sends that write and commits its
-offsets, or backs off. Healthy, a line is written within about `FLUSH_EVERY` plus one call;
-while there is more than a request's worth, rounds follow each other at once.
+in a call of their own). The `Sender` (`sender`) then sends that write, in a thread of its
+own, and commits its offsets, or backs off. Healthy, a line is written within about
+`FLUSH_EVERY` plus one call; while there is more than a request's worth, rounds follow each
+other at once, each write sent while the next is read and built (from where the one in flight
+ends): its calls wait for that answer, so one write is in flight and calls keep their order,
+and when it fails, the one built meanwhile is dropped (its lines are read again later).
 
 A task being deleted waits in `drain` (at most DRAIN_TIMEOUT) for its last lines; then the
 writer forgets it. A task whose spec reads secrets is shipped only once this agent knows its
@@ -27,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from batch_agent.cloudlog.agentlog import AgentLog
 from batch_agent.cloudlog.batch import (
@@ -37,7 +40,7 @@ from batch_agent.cloudlog.batch import (
     streams,
 )
 from batch_agent.cloudlog.body import bodies
-from batch_agent.cloudlog.entries import encode
+from batch_agent.cloudlog.entries import Segment, encode
 from batch_agent.cloudlog.sender import LogClient, Sender
 from batch_agent.cloudlog.tasklogs import Site, TaskLog
 from batch_agent.tasks.masking import Masker
@@ -81,9 +84,14 @@ class CloudLogWriter:
         self._turn = itertools.count()
         self._kick: asyncio.Event | None = None
         self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudlog")
+        # The calls in a thread of their own: the next write is read and built meanwhile.
+        self._send_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudlog-send")
+        self._sending: asyncio.Future[bool] | None = None  # the write in flight
+        self._flying: dict[TaskLog, list[Segment]] = {}  # its segments
+        self._flying_entries: list[dict[str, Any]] = []  # its agent-log entries
         self._sender = Sender(
             client,
-            in_thread=self._in_thread,
+            in_thread=self._in_send_thread,
             save=save,
             still_ours=self._still_ours,
             on_change=on_change,
@@ -130,8 +138,11 @@ class CloudLogWriter:
                     async with asyncio.timeout(self._every):
                         await self._kick.wait()
         finally:
+            if self._sending is not None:
+                self._sending.cancel()
             self._client.abort()
             self._threads.shutdown(wait=False)
+            self._send_thread.shutdown(wait=False)
 
     async def drain(self, record: TaskRecord, timeout: timedelta = DRAIN_TIMEOUT) -> None:
         """Wait until `record`'s output is all in Cloud Logging (at most `timeout`); then the
@@ -173,40 +184,70 @@ class CloudLogWriter:
 
     async def _round(self) -> str:
         """Pick and prepare one write, and have it sent: "idle" (nothing more now), "more"
-        (send again at once) or "failed" (wait the sender's delay)."""
+        (send again at once) or "failed" (wait the sender's delay). A write that leaves more
+        to send (`full`) is sent while the next round prepares the next write, whose calls
+        wait for its answer: one write in flight at a time, its calls in order."""
         followed = self._followed()
         destinations = {t: t.destination(self._site, self._batch_resource) for t in followed}
         self._agent_log_on |= self._mode == "always" or any(t.enabled for t in self._logs.values())
         agent_log = self._agent_log if self._agent_log_on else None
         agent_entries = agent_log.take(MAX_ENTRIES // 2) if agent_log is not None else []
-        picks, full = pick(followed, self._workdir)
-        if not picks and not agent_entries:
+        picks, full = pick(followed, self._workdir, self._flying)
+        write = None
+        if picks or agent_entries:
+            masker = self._masker if self._masker else None
+            now_ns = time.time_ns()
+            write = await self._in_thread(
+                functools.partial(build, picks, self._workdir, destinations, masker, now_ns)
+            )
+            write.full |= full
+            if agent_entries:  # a call of their own: the rest was encoded in a worker thread
+                write.bodies += bodies([encode(entry) for entry in agent_entries])
+        if not await self._landed(agent_entries):
+            return "failed"
+        if write is None or not write.bodies:
             await self._sender.save_unsaved()
             self._wake_drained()
-            return "idle"
-        masker = self._masker if self._masker else None
-        now_ns = time.time_ns()
-        write = await self._in_thread(
-            functools.partial(build, picks, self._workdir, destinations, masker, now_ns)
-        )
-        write.full |= full
-        if agent_entries:  # a call of their own: the rest was encoded in a worker thread
-            write.bodies += bodies([encode(entry) for entry in agent_entries])
-        if not write.bodies:
-            await self._sender.save_unsaved()
-            self._wake_drained()
-            return "more" if write.segments else "idle"
+            return "more" if write is not None and write.segments else "idle"
+        if write.full:  # more to send at once: sent while the next write is made
+            self._flying, self._flying_entries = write.segments, agent_entries
+            self._sending = asyncio.ensure_future(self._sender.send(write))
+            return "more"
         if not await self._sender.send(write):
-            if self._agent_log is not None:
-                self._agent_log.put_back(agent_entries)
+            self._put_back(agent_entries)
             return "failed"
         self._wake_drained()
-        return "more" if write.full else "idle"
+        return "idle"
+
+    async def _landed(self, newer_entries: list[dict[str, Any]]) -> bool:
+        """Wait for the answer to the write in flight, if any: True when it landed (or none
+        was in flight). If it failed, the agent-log entries of both it and the write made
+        meanwhile (`newer_entries`, never sent) go back to the agent log, the older first."""
+        sending, self._sending = self._sending, None
+        if sending is None:
+            return True
+        try:
+            landed = await sending
+        finally:
+            entries, self._flying, self._flying_entries = self._flying_entries, {}, []
+        if not landed:
+            self._put_back(newer_entries)
+            self._put_back(entries)  # taken again first: put back last
+            return False
+        self._wake_drained()
+        return True
+
+    def _put_back(self, entries: list[dict[str, Any]]) -> None:
+        if entries and self._agent_log is not None:
+            self._agent_log.put_back(entries)
 
     def _in_thread(self, call: Callable[[], T]) -> asyncio.Future[T]:
-        """Run `call` in the writer's own thread (reading, building, sending): its memory
-        stays in one malloc arena, not spread over those of the loop's whole pool."""
+        """Run `call` in the writer's own thread (reading, building): its memory stays in one
+        malloc arena, not spread over those of the loop's whole pool."""
         return asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    def _in_send_thread(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._send_thread, call)
 
     def _followed(self) -> list[TaskLog]:
         """The tasks to ship now, in a rotating order (no task starves the others)."""

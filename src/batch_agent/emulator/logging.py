@@ -58,7 +58,7 @@ class LogStore:
         self._written: list[dict[str, Any]] = []  # every entry stored, defaults applied
         self._unique: list[dict[str, Any]] = []  # the same without duplicates
         self._keys: set[tuple[str, int, str]] = set()  # the dedup keys of `_unique`
-        self._failures: list[int] = []  # statuses to answer the next calls with
+        self._failures: list[int | None] = []  # statuses to answer the next calls with
         self._denied: Literal["permission", "disabled"] | None = None
         self._ids = itertools.count(1)
         self._last_supplied_ns = 0
@@ -71,10 +71,11 @@ class LogStore:
 
     # -- steering (tests) --------------------------------------------------------------------
 
-    def fail_next(self, n: int, status: int = 503) -> None:
-        """Answer the next `n` calls with HTTP `status`, storing nothing."""
+    def fail_next(self, n: int, status: int = 503, *, after: int = 0) -> None:
+        """Answer `n` calls with HTTP `status`, storing nothing: the next ones, or those that
+        follow the next `after` (served as usual)."""
         with self._lock:
-            self._failures.extend([status] * n)
+            self._failures.extend([None] * after + [status] * n)
 
     def clear_faults(self) -> None:
         """Forget the failures `fail_next` scripted that have not been answered yet."""
