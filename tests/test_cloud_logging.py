@@ -76,6 +76,28 @@ def test_writes_sent_while_the_next_is_built_keep_every_line_once_in_order(
     assert emu.logs.requests >= 4 + 2  # 4 writes of task output, and the 2 refused
 
 
+def test_output_of_control_characters_goes_in_writes_bounded_by_their_json(
+    make_emulator, start_agent
+) -> None:
+    """20,000 lines of 150 control characters: 3 MB of output, ~20 MB of JSON (each
+    character is `\\u0001`): the writes are cut by their JSON, not their output bytes, and
+    every line is in Cloud Logging once, in order."""
+    emu = make_emulator(None)
+    lines, width = 20_000, 150
+    script_text = (
+        f'awk \'BEGIN {{ s = sprintf("%{width}s", ""); gsub(/ /, "\\001", s);'
+        f" for (i = 1; i <= {lines}; i++) print i s }}'"
+    )
+    name = emu.add_task(logged_task(script_text))
+    # The task's lines only (no agent log): each call is one write of its output.
+    agent = start_agent(emu, "--once", BATCH_AGENT_CLOUD_LOGGING="tasks", **logging_env(emu))
+    assert agent.wait(120) == 0, agent.log()
+    assert final_event(emu, name)["taskState"] == "SUCCEEDED"
+    want = [f"{i}" + "\x01" * width for i in range(1, lines + 1)]
+    assert payloads(emu.logs.entries("batch_task_logs")) == want
+    assert emu.logs.requests >= 5  # ~20 MB of JSON in writes of ~4 MiB (2 by output bytes)
+
+
 def test_kill_9_mid_shipping_loses_and_doubles_nothing(make_emulator, start_agent) -> None:
     """The agent killed with SIGKILL while a task prints, then started again on the same
     state dir: after Cloud Logging's dedup, every line is there exactly once."""

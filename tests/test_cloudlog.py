@@ -22,6 +22,7 @@ from batch_agent.cloudlog.entries import (
     encode,
     entries_for,
     format_ns,
+    json_room,
     segment_lines,
 )
 from batch_agent.cloudlog.reader import TRUNCATED, read_again, read_new
@@ -116,6 +117,22 @@ def test_read_new_takes_whole_lines_within_the_budget(tmp_path: Path) -> None:
     data, end = read_new(path, 0, 10 * MAX_PIECE, final=False)
     assert data == long[: 3 * MAX_PIECE] and end == 3 * MAX_PIECE
     assert read_again(path, Segment(1, "stdout", 0, end, 0)) == data
+
+
+def test_json_room_keeps_whole_lines_whose_entries_fit() -> None:
+    """Plain text within the bound is taken whole; lines of control characters or random
+    bytes (up to 6 bytes of JSON a byte) are cut at a line's end so that their entries make
+    at most the bound; a first line longer than that is taken all the same."""
+    plain = b"".join(b"%09d %s\n" % (i, b"x" * 90) for i in range(1000))
+    assert json_room(plain, 250_000) == len(plain)
+    random = bytes((i * 7919 + 13) % 256 for i in range(300_000))
+    for heavy in (b"\x01" * 99 + b"\n") * 3000, random:
+        keep = json_room(heavy, 200_000)
+        assert 0 < keep < len(heavy) and heavy[keep - 1 : keep] == b"\n"
+        entries = encoded(heavy[:keep], final=False)[0].entries
+        assert sum(map(len, entries)) <= 200_000
+    first = b"\x01" * 10_000 + b"\nrest\n"
+    assert json_room(first, 1_000) == 10_001
 
 
 def test_reads_never_follow_a_symlink(tmp_path: Path) -> None:

@@ -1,11 +1,13 @@
 """One `entries.write` request's worth of task output: what to read (`pick`), and the entries
-(`build`), within `REQUEST_BYTES` of output and `MAX_ENTRIES` entries.
+(`build`), within `REQUEST_BYTES` of output, `MAX_ENTRIES` entries and about `WRITE_JSON` of
+JSON.
 
 `pick` runs on the event loop (a stat per output file, nothing opened): a task whose last
 write did not land (`pending` segments: it failed, or a crash cut it short) sends exactly
 those again; one whose write is in flight offers what follows it; the others offer what their
-files hold past their offsets. `build` reads, masks and turns that into entries in a worker thread;
-it changes no record (but a truncated stream's offset, reset to 0). Knows nothing of HTTP.
+files hold past their offsets. `build` reads, masks and turns that into entries in a worker
+thread; it changes no record (but a truncated stream's offset, reset to 0). Knows nothing of
+HTTP.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from batch_agent.cloudlog.entries import (
     Group,
     Segment,
     entries_for,
+    json_room,
     segment_lines,
 )
 from batch_agent.cloudlog.reader import TRUNCATED, file_size, read_again, read_new
@@ -29,6 +32,11 @@ from batch_agent.tasks.taskoutput import output_path
 
 REQUEST_BYTES = 2 * 1024 * 1024  # output bytes per write (see `body` for its JSON size)
 MAX_ENTRIES = 10_000  # entries per write
+# About the most JSON a write's entries make (plain text: ~1.1 times its output; control
+# characters, invalid UTF-8 and non-ASCII text up to 6 times): what bounds the writer's memory.
+# Random bytes took the agent 47 MB above idle by output bytes alone, 24-28 MB with this bound
+# (and a write sent while the next is made), measured.
+WRITE_JSON = 4 * 1024 * 1024
 
 Pick = tuple[TaskLog, Segment, bool]  # (task, segment, sent before: send it as it is)
 
@@ -98,8 +106,9 @@ def build(
     write = Write()
     groups: list[Group] = []
     count = 0  # entries in `groups`
+    json_left = WRITE_JSON
     for task_log, chosen, again in picks:
-        if count >= MAX_ENTRIES:
+        if count >= MAX_ENTRIES or json_left <= 0:
             write.full = True
             break
         path = output_path(task_dir(workdir, task_log.record.task_id), chosen.k, chosen.stream)
@@ -113,7 +122,10 @@ def build(
                 continue
             if end == chosen.start:
                 continue
-            segment = Segment(chosen.k, chosen.stream, chosen.start, end, now_ns, chosen.final)
+            final, keep = chosen.final, json_room(data, json_left)
+            if keep < len(data):  # output whose JSON is much larger: the rest goes next
+                data, end, final, write.full = data[:keep], chosen.start + keep, False, True
+            segment = Segment(chosen.k, chosen.stream, chosen.start, end, now_ns, final)
         room = MAX_ENTRIES - count
         lines = segment_lines(data, segment, None if again else room)
         if not again and len(lines) > room:  # cut the new segment at a line boundary
@@ -126,6 +138,7 @@ def build(
         destination = destinations[task_log]
         groups.append(Group(destination.members(), entries_for(lines, segment, destination)))
         count += len(groups[-1].entries)
+        json_left -= sum(map(len, groups[-1].entries))
         write.segments.setdefault(task_log, []).append(segment)
     write.bodies = bodies(groups)
     return write

@@ -112,6 +112,22 @@ def _plain(text: bytes) -> bool:
     return not text.translate(None, _AS_IS_OR_NEWLINE) and b"{" not in text
 
 
+def json_room(data: bytes, most: int) -> int:
+    """How many bytes of `data`, whole lines, make at most about `most` bytes of entries: each
+    byte that needs an escape counted as 6 (a control character, invalid UTF-8, any non-ASCII
+    character: at most `\\uXXXX` a byte), each line `_ENTRY_JSON` more. All of `data` when
+    it fits; its first line at least."""
+    heavy = len(data.translate(None, _AS_IS_OR_NEWLINE))
+    size = len(data) + 5 * heavy + _ENTRY_JSON * data.count(b"\n")
+    if size <= most:
+        return len(data)
+    keep = data.rfind(b"\n", 0, len(data) * most // size) + 1
+    return keep or data.find(b"\n") + 1 or len(data)
+
+
+_ENTRY_JSON = 120  # bytes an entry adds to its line's text: severity, insertId, timestamp
+
+
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 

@@ -11,7 +11,8 @@ own, and commits its offsets, or backs off. Healthy, a line is written within ab
 `FLUSH_EVERY` plus one call; while there is more than a request's worth, rounds follow each
 other at once, each write sent while the next is read and built (from where the one in flight
 ends): its calls wait for that answer, so one write is in flight and calls keep their order,
-and when it fails, the one built meanwhile is dropped (its lines are read again later).
+and when it fails, the one built meanwhile is dropped (its lines are read again later). Two
+writes in memory at once is what `batch.WRITE_JSON` bounds.
 
 A task being deleted waits in `drain` (at most DRAIN_TIMEOUT) for its last lines; then the
 writer forgets it. A task whose spec reads secrets is shipped only once this agent knows its
@@ -209,7 +210,7 @@ class CloudLogWriter:
             await self._sender.save_unsaved()
             self._wake_drained()
             return "more" if write is not None and write.segments else "idle"
-        if write.full:  # more to send at once: sent while the next write is made
+        if write.full:  # more to send at once: this one is sent while the next is made
             self._flying, self._flying_entries = write.segments, agent_entries
             self._sending = asyncio.ensure_future(self._sender.send(write))
             return "more"
