@@ -8,6 +8,8 @@ import json
 import signal
 from typing import Any
 
+import pytest
+
 from batch_agent.emulator import Emulator
 from batch_agent.names import parse_task_name
 from tests.helpers import final_event, script, wait_until
@@ -98,19 +100,30 @@ def test_output_of_control_characters_goes_in_writes_bounded_by_their_json(
     assert emu.logs.requests >= 5  # ~20 MB of JSON in writes of ~4 MiB (2 by output bytes)
 
 
-def test_kill_9_mid_shipping_loses_and_doubles_nothing(make_emulator, start_agent) -> None:
-    """The agent killed with SIGKILL while a task prints, then started again on the same
-    state dir: after Cloud Logging's dedup, every line is there exactly once."""
+@pytest.mark.parametrize(
+    ("text", "lines", "kill_after"),
+    [
+        # a task printing as it goes: writes of what each round finds
+        (
+            "for i in $(seq 1 3000); do echo line-$i;"
+            " [ $((i % 300)) = 0 ] && sleep 0.2; done; true",
+            3000,
+            300,
+        ),
+        # all at once: full writes, each sent while the next is made
+        ("seq -f line-%.0f 1 60000", 60_000, 15_000),
+    ],
+    ids=["as-it-goes", "all-at-once"],
+)
+def test_kill_9_mid_shipping_loses_and_doubles_nothing(
+    make_emulator, start_agent, text: str, lines: int, kill_after: int
+) -> None:
+    """The agent killed with SIGKILL while it ships a task's lines, then started again on
+    the same state dir: after Cloud Logging's dedup, every line is there exactly once."""
     emu = make_emulator(None)
-    lines = 3000
-    name = emu.add_task(
-        logged_task(
-            f"for i in $(seq 1 {lines}); do echo line-$i;"
-            " [ $((i % 300)) = 0 ] && sleep 0.2; done; true"
-        )
-    )
+    name = emu.add_task(logged_task(text))
     first = start_agent(emu, **logging_env(emu))
-    wait_until(lambda: emu.logs.received() >= 300, 60, "the first lines written")
+    wait_until(lambda: emu.logs.received() >= kill_after, 60, "the first lines written")
     first.proc.send_signal(signal.SIGKILL)
     first.wait(10)
     second = start_agent(emu, "--once", **logging_env(emu))
