@@ -293,6 +293,28 @@ def test_plain_lines_and_escaped_ones_make_the_same_entries() -> None:
     assert decoded([encode(agent)]) == [agent]
 
 
+def test_text_lines_that_cannot_be_json_objects_are_made_at_once_as_json_dumps_would() -> None:
+    """A segment of lines that need escapes, none of which may be a JSON object (no `{` with a
+    `}` after it on its line), is made all at once: each entry is byte for byte what json.dumps
+    makes of it, invalid UTF-8 replaced."""
+    lines = [b"plain text", b"", b'a "quote"', b"back\\slash", b"tab\there", b"\xc3\xa9t\xc3\xa9"]
+    lines += [b"bad \xff byte", b"\x7f", b"%d %s %%", b"{not json", b"} {"]
+    data = b"\n".join(lines) + b"\n"
+    at = 1_700_000_000_000_000_000
+    segment = Segment(1, "stdout", 100, 100 + len(data), at, True)
+    want, offset = [], 100
+    for n, raw in enumerate(lines):
+        own = {
+            "severity": "INFO",
+            "insertId": f"k-1o{offset}",
+            "timestamp": format_ns(at + n),
+            "textPayload": raw.decode("utf-8", "replace"),
+        }
+        want.append(json.dumps(own, separators=(",", ":")).encode())
+        offset += len(raw) + 1
+    assert entries_for(segment_lines(data, segment), segment, DEST) == want
+
+
 def test_lines_past_the_most_wanted_come_as_one_piece_where_the_rest_starts() -> None:
     """A write takes at most so many lines: the rest of what was read is not split, but its
     offset is the next line's, as when all of it is split."""
