@@ -10,6 +10,9 @@ import logging
 import os
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from batch_agent import discovery
 from batch_agent.cloudlog import AgentLog, Site, report_text
 from batch_agent.cloudlog.agentlog import ENTRY_COST
@@ -298,7 +301,8 @@ def test_text_lines_that_cannot_be_json_objects_are_made_at_once_as_json_dumps_w
     `}` after it on its line), is made all at once: each entry is byte for byte what json.dumps
     makes of it, invalid UTF-8 replaced."""
     lines = [b"plain text", b"", b'a "quote"', b"back\\slash", b"tab\there", b"\xc3\xa9t\xc3\xa9"]
-    lines += [b"bad \xff byte", b"\x7f", b"%d %s %%", b"{not json", b"} {"]
+    lines += [b"bad \xff byte", b"\x7f", b"%d %s %%", b"{not json", b"} {", b'dict={"a": 1}']
+    lines += [b'{"a": 1} and more', b'x = {"b": 2}']
     data = b"\n".join(lines) + b"\n"
     at = 1_700_000_000_000_000_000
     segment = Segment(1, "stdout", 100, 100 + len(data), at, True)
@@ -313,6 +317,37 @@ def test_text_lines_that_cannot_be_json_objects_are_made_at_once_as_json_dumps_w
         want.append(json.dumps(own, separators=(",", ":")).encode())
         offset += len(raw) + 1
     assert entries_for(segment_lines(data, segment), segment, DEST) == want
+
+
+# Braces, blanks (Unicode's too), quotes, a bad byte, a backslash.
+_PARTS = [b"{", b"}", b" ", b"\t", b"\x1c", b"\xe3\x80\x80", b"\xc2\xa0", b"a", b'"', b":", b"1"]
+_PARTS += [b"\xff", b"\\"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_PARTS), max_size=8), min_size=1))
+def test_each_line_is_text_or_a_json_object_whichever_way_its_segment_is_made(
+    parts: list[list[bytes]],
+) -> None:
+    """Lines of braces, blanks (Unicode's too), quotes and bad bytes: each entry is the line's
+    text, or its JSON object when it is one, byte for byte as json.dumps makes it."""
+    lines = [b"".join(line) for line in parts]
+    groups = encoded(b"\n".join(lines) + b"\n")
+    entries = decoded(groups)
+    assert len(entries) == len(lines)
+    for raw, entry, made in zip(lines, entries, groups[0].entries, strict=True):
+        text = raw.decode("utf-8", "replace")
+        stripped = text.strip()
+        try:
+            value = json.loads(stripped) if stripped[:1] == "{" and stripped[-1:] == "}" else None
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            assert entry["jsonPayload"] == {k: v for k, v in value.items() if k != "severity"}
+        else:
+            assert entry["textPayload"] == text
+            own = {k: entry[k] for k in ("severity", "insertId", "timestamp", "textPayload")}
+            assert made == json.dumps(own, separators=(",", ":")).encode()
 
 
 def test_lines_past_the_most_wanted_come_as_one_piece_where_the_rest_starts() -> None:
