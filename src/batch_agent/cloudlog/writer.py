@@ -36,12 +36,13 @@ from typing import Any, TypeVar
 from batch_agent.cloudlog.agentlog import AgentLog
 from batch_agent.cloudlog.batch import (
     MAX_ENTRIES,
+    Write,
     build,
     pick,
     streams,
 )
 from batch_agent.cloudlog.body import bodies
-from batch_agent.cloudlog.entries import Segment, encode
+from batch_agent.cloudlog.entries import encode
 from batch_agent.cloudlog.sender import LogClient, Sender
 from batch_agent.cloudlog.tasklogs import Site, TaskLog
 from batch_agent.tasks.masking import Masker
@@ -87,9 +88,9 @@ class CloudLogWriter:
         self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudlog")
         # The calls in a thread of their own: the next write is read and built meanwhile.
         self._send_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudlog-send")
-        self._sending: asyncio.Future[bool] | None = None  # the write in flight
-        self._flying: dict[TaskLog, list[Segment]] = {}  # its segments
-        self._flying_entries: list[dict[str, Any]] = []  # its agent-log entries
+        # The write in flight: its answer, the write (the next pick starts after its segments),
+        # its agent-log entries (put back if it fails).
+        self._in_flight: tuple[asyncio.Future[bool], Write, list[dict[str, Any]]] | None = None
         self._sender = Sender(
             client,
             in_thread=self._in_send_thread,
@@ -139,8 +140,8 @@ class CloudLogWriter:
                     async with asyncio.timeout(self._every):
                         await self._kick.wait()
         finally:
-            if self._sending is not None:
-                self._sending.cancel()
+            if self._in_flight is not None:
+                self._in_flight[0].cancel()
             self._client.abort()
             self._threads.shutdown(wait=False)
             self._send_thread.shutdown(wait=False)
@@ -193,7 +194,8 @@ class CloudLogWriter:
         self._agent_log_on |= self._mode == "always" or any(t.enabled for t in self._logs.values())
         agent_log = self._agent_log if self._agent_log_on else None
         agent_entries = agent_log.take(MAX_ENTRIES // 2) if agent_log is not None else []
-        picks, full = pick(followed, self._workdir, self._flying)
+        flying = self._in_flight[1].segments if self._in_flight is not None else {}
+        picks, full = pick(followed, self._workdir, flying)
         write = None
         if picks or agent_entries:
             masker = self._masker if self._masker else None
@@ -211,8 +213,8 @@ class CloudLogWriter:
             self._wake_drained()
             return "more" if write is not None and write.segments else "idle"
         if write.full:  # more to send at once: this one is sent while the next is made
-            self._flying, self._flying_entries = write.segments, agent_entries
-            self._sending = asyncio.ensure_future(self._sender.send(write))
+            sending = asyncio.ensure_future(self._sender.send(write))
+            self._in_flight = (sending, write, agent_entries)
             return "more"
         if not await self._sender.send(write):
             self._put_back(agent_entries)
@@ -224,14 +226,11 @@ class CloudLogWriter:
         """Wait for the answer to the write in flight, if any: True when it landed (or none
         was in flight). If it failed, the agent-log entries of both it and the write made
         meanwhile (`newer_entries`, never sent) go back to the agent log, the older first."""
-        sending, self._sending = self._sending, None
-        if sending is None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
             return True
-        try:
-            landed = await sending
-        finally:
-            entries, self._flying, self._flying_entries = self._flying_entries, {}, []
-        if not landed:
+        sending, _, entries = in_flight
+        if not await sending:
             self._put_back(newer_entries)
             self._put_back(entries)  # taken again first: put back last
             return False
