@@ -32,10 +32,10 @@ from batch_agent.tasks.taskoutput import output_path
 
 REQUEST_BYTES = 2 * 1024 * 1024  # output bytes per write (see `body` for its JSON size)
 MAX_ENTRIES = 10_000  # entries per write
-# About the most JSON a write's entries make (plain text: ~1.1 times its output; control
-# characters, invalid UTF-8 and non-ASCII text up to 6 times): what bounds the writer's memory.
-# Random bytes took the agent 47 MB above idle by output bytes alone, 24-28 MB with this bound
-# (and a write sent while the next is made), measured.
+# About the most JSON a write's entries make (1000-byte lines of plain text: 1.12 times their
+# output, each entry adding 120 bytes; control characters, invalid UTF-8 and non-ASCII text up
+# to 6 times): what bounds the writer's memory. Random bytes took the agent 47 MB above idle
+# by output bytes alone, 21-29 MB with this bound (and a write sent while the next is made).
 WRITE_JSON = 4 * 1024 * 1024
 
 Pick = tuple[TaskLog, Segment, bool]  # (task, segment, sent before: send it as it is)
