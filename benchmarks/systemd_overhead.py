@@ -1,5 +1,5 @@
 """Per runnable on a real systemd: 100 runnables of `true` through the agent installed as on a
-Batch VM, each runnable in a transient scope of its own, vs 100 bare `sh -c true` in the same
+Batch VM, the task's runnables in one transient scope, vs 100 bare `sh -c true` in the same
 machine.
 
 The machine is `tests/systemd_support.py`'s: Debian bookworm booted by systemd as PID 1 in a
@@ -9,9 +9,9 @@ this process. Each repeat, interleaved, in that machine:
 - through the agent: a task of 100 `true` runnables; its RUNNING -> SUCCEEDED span (the agent's
   own event times) over 100;
 - bare: 100 sequential `subprocess.run(["sh", "-c", "true"])` by the machine's python3;
-- a scope alone: 100 sequential `systemd-run --scope --quiet --collect true`, what each
-  runnable's scope costs where none of it is done ahead (the agent forks a runnable's waiter,
-  scope and all, while the runnable before it runs).
+- a scope alone: 100 sequential `systemd-run --scope --quiet --collect true`, what a scope
+  costs where none of it is done ahead: what each runnable paid when each had a scope of its
+  own (now a task's first makes the scope and the others join it).
 Skipped where the machine cannot boot systemd in a container. Takes a minute or two to set up
 (the wheelhouse, the boot, the install). Run: `.venv/bin/python benchmarks/systemd_overhead.py`
 (`--repeats N`).
@@ -61,7 +61,7 @@ def run(repeats: int) -> list[Figure]:
     baseline = "`sh -c true`, sequential, in the same machine"
     return [
         Figure(
-            f"per runnable under systemd, a task of {RUNNABLES} x `true` (each in a scope)",
+            f"per runnable under systemd, a task of {RUNNABLES} x `true` (one scope)",
             "ms",
             agent,
             baseline,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from batch_agent.tasks.scope import cgroup_of, systemd_booted, unit_name, usage
+from batch_agent.tasks.scope import (
+    cgroup_of,
+    join,
+    procs_files,
+    systemd_booted,
+    unit_name,
+    usage,
+)
 
 SCOPE = "/batch.slice/batch-tasks.slice/batch-task-0123456789ab-r1-c0ffee.scope"
 
@@ -64,3 +71,65 @@ def test_usage_reads_cgroup_v2_then_v1_figures(tmp_path: Path) -> None:
     assert (figures["memory_bytes"], figures["cpu_seconds"]) == (8192, 1.5)
     gone = usage(SCOPE, tmp_path / "none")
     assert (gone["memory_bytes"], gone["cpu_seconds"]) == (None, None)
+
+
+HYBRID_MOUNTS = """\
+93 85 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec - tmpfs tmpfs ro,size=4096k,mode=755
+94 93 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
+97 93 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+102 93 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+103 93 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+"""
+
+
+def test_procs_files_are_the_scopes_cgroup_in_every_hierarchy(tmp_path: Path) -> None:
+    """A waiter's scope is joined through the cgroup.procs of its cgroup in each hierarchy it
+    is in: one on cgroup v2 (under the mount's own root cgroup, as in a cgroup namespace), one
+    a v1 controller (`cpu,cpuacct` mounted together, `name=systemd` by its name, the cgroup v2
+    beside them) on a hybrid one, its path in full there as a container without a namespace
+    sees it."""
+    v2 = tmp_path / "v2-mounts"
+    v2.write_text("30 23 0:26 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n")
+    write_cgroup(tmp_path, 1, f"0::/docker/abc{SCOPE}\n")
+    assert procs_files(1, tmp_path, v2) == (Path(f"/sys/fs/cgroup{SCOPE}/cgroup.procs"),)
+
+    hybrid = tmp_path / "hybrid-mounts"
+    hybrid.write_text(HYBRID_MOUNTS)
+    write_cgroup(
+        tmp_path,
+        2,
+        f"9:name=systemd:/docker/abc{SCOPE}\n4:memory:/docker/abc{SCOPE}\n"
+        f"2:cpu,cpuacct:/docker/abc\n0::/docker/abc{SCOPE}\n",
+    )
+    assert procs_files(2, tmp_path, hybrid) == (
+        Path(f"/sys/fs/cgroup/systemd/docker/abc{SCOPE}/cgroup.procs"),
+        Path(f"/sys/fs/cgroup/memory/docker/abc{SCOPE}/cgroup.procs"),
+        Path("/sys/fs/cgroup/cpu,cpuacct/docker/abc/cgroup.procs"),
+        Path(f"/sys/fs/cgroup/unified/docker/abc{SCOPE}/cgroup.procs"),
+    )
+
+
+def test_procs_files_are_none_where_a_scope_cannot_be_joined(tmp_path: Path) -> None:
+    """No join for a process in no task scope, one gone, one in a hierarchy mounted nowhere
+    here, or one whose cgroup is outside what the mount shows."""
+    mounts = tmp_path / "mounts"
+    mounts.write_text(HYBRID_MOUNTS)
+    write_cgroup(tmp_path, 1, "0::/system.slice/batch-agent.service\n")
+    write_cgroup(tmp_path, 2, f"0::{SCOPE}\n5:pids:{SCOPE}\n")
+    assert procs_files(1, tmp_path, mounts) is None
+    assert procs_files(3, tmp_path, mounts) is None
+    assert procs_files(2, tmp_path, mounts) is None
+    inside = tmp_path / "inside-mounts"
+    inside.write_text("30 23 0:26 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+    assert procs_files(2, tmp_path, inside) is None
+
+
+def test_join_writes_the_pid_to_each_file_and_fails_when_one_is_gone(tmp_path: Path) -> None:
+    """Joining writes the pid into every cgroup.procs given; a scope gone meanwhile (its
+    cgroup removed) makes it False rather than raise."""
+    files = [tmp_path / "a", tmp_path / "b"]
+    for path in files:
+        path.write_text("")
+    assert join(files, 4242)
+    assert [path.read_text() for path in files] == ["4242", "4242"]
+    assert not join([tmp_path / "a", tmp_path / "gone" / "cgroup.procs"], 4243)

@@ -139,6 +139,37 @@ def test_task_runs_in_a_scope_of_its_own(installed: Machine, emulator: Emulator)
     )
 
 
+def test_a_tasks_runnables_share_one_scope_gone_with_the_task(
+    installed: Machine, emulator: Emulator
+):
+    """Each runnable after a task's first joins the scope its first made (a scope costs a
+    runnable more than the rest of its start), a background one too; the scope ends with the
+    task's last process."""
+    shown = "cat /proc/self/cgroup > /var/tmp/scopes/{}; sleep 0.3"
+    runnables = [
+        script(shown.format(0)),
+        script(shown.format(1)),
+        script(shown.format("background"), background=True),
+        script(shown.format(2)),
+    ]
+    installed.check("mkdir", "-p", "/var/tmp/scopes")
+    spec = {"runnables": runnables}
+    name = emulator.add_task({"agentTaskSpec": spec, "taskSource": "USER"})
+    wait_until(lambda: emulator.task_state(name) == "SUCCEEDED", timeout=60, what="SUCCEEDED")
+    scopes = {
+        k: installed.check("cat", f"/var/tmp/scopes/{k}").splitlines()
+        for k in ("0", "1", "background", "2")
+    }
+    assert any("/batch-tasks.slice/batch-task-" in line for line in scopes["0"]), scopes
+    assert all(lines == scopes["0"] for lines in scopes.values()), scopes
+    unit = next(line for line in scopes["0"] if "batch-task-" in line).rsplit("/", 1)[-1]
+    wait_until(
+        lambda: installed.run("systemctl", "is-active", unit)[1].strip() != "active",
+        timeout=30,
+        what=f"{unit} to end with the task",
+    )
+
+
 def test_watchdog_restarts_a_stopped_agent(installed: Machine, emulator: Emulator):
     """An agent that stops pinging the watchdog (SIGSTOP: a wedged loop) is killed and restarted
     by systemd after WatchdogSec, and the restarted agent reports the task still running."""

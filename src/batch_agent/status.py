@@ -7,7 +7,7 @@ outcome and error, and the task records without their specs, which hold secrets)
 that while its process lives. Once the agent is gone (stopped, or killed) we read the db
 itself, opened `mode=ro`, where it left the same facts (`AGENT_FACT`, `REPORT_FACT`) and the
 records. Task output files are only stat'ed; the agent's lock is never taken. Under systemd a
-running script runnable's CPU and memory are read from its scope's cgroup (`tasks/scope.py`).
+running script runnable's task's CPU and memory are read from its scope's cgroup (`tasks/scope.py`).
 Builds a JSON-able dict (`read_status`) and its terminal form (`render`). Must not import the
 report loop.
 """

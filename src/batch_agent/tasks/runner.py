@@ -191,8 +191,11 @@ class TaskRun:
             if isinstance(runnable.action, BarrierSpec):
                 await self._wait_barrier(runnable)
             else:
-                if position < len(self.plan.runnables):  # the next, while this one starts and runs
-                    self._runnables.ahead(self.plan.runnables[position], hooks_done=True)
+                # The next two, while this one starts and runs: under systemd a waiter joins
+                # its task's scope through one still alive, as the next one's is, waiting for
+                # its go, even when this one is as short as `true` (scope.py).
+                for following in self.plan.runnables[position : position + 2]:
+                    self._runnables.ahead(following, hooks_done=True)
                 started = await self._runnables.start(runnable)
                 if isinstance(started, ExitResult):
                     failure = failure or started

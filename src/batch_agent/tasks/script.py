@@ -23,9 +23,10 @@ STATUS_FILE is absent (or, for a runnable with a user, empty) until the waiter w
 mean "not ended yet". The waiter's variables are not exported, so nothing of this machinery
 leaks into PROGRAM's environment.
 Output goes to files opened in append mode, never to a pipe the agent reads.
-When systemd is PID 1 the waiter's command is prefixed with `systemd-run --scope` (and, with a
-user, `setpriv`), which put it in a transient scope of its own and exec it in place: the pid
-started is still the waiter's, with its start time and command line (see `scope.py`).
+When systemd is PID 1 the waiter goes into its task's scope: its command is prefixed with
+`systemd-run --scope` (and, with a user, `setpriv`), which make the scope and exec it in place,
+so that the pid started is still the waiter's, with its start time and command line; or, when
+the task has a waiter alive in a scope already, it joins that one before its go (`scope.py`).
 
 This module starts runnables in two steps, `open_files` (the checks and file work, for a worker
 thread) and `spawn_opened` (the fork, cheap enough for the event loop's thread: see there), or
@@ -126,7 +127,10 @@ async def start_script(
     )
     if isinstance(files, ExitResult):
         return files
-    return spawn_opened(files, env=env, cwd=cwd, user=user, leftover_grace=leftover_grace)
+    launch = scope.launcher(status_path, user)  # a scope of its own, under systemd
+    return spawn_opened(
+        files, env=env, cwd=cwd, user=user, leftover_grace=leftover_grace, launch=launch
+    )
 
 
 @dataclass
@@ -205,6 +209,7 @@ def spawn_opened(
     user: tuple[int, int] | None = None,
     leftover_grace: timedelta = LEFTOVER_GRACE,
     go: bool = True,
+    launch: scope.Launch | None = None,
 ) -> ScriptExecution | ExitResult:
     """Start the waiter in a new session on the files `open_files` opened, and close them.
 
@@ -215,7 +220,9 @@ def spawn_opened(
     `open_files`); failures the waiter only meets at exec time (e.g. unreadable by `user`)
     look like the program exiting 126/127 with the shell's message in stderr.
     `leftover_grace` is the execution's grace before SIGKILL for what the program leaves
-    running when it ends (see `ScriptExecution`).
+    running when it ends (see `ScriptExecution`). `launch` (`scope.launcher`) puts the waiter
+    in a scope, under systemd: its prefix goes in front of the waiter's command; a scope it is
+    to join is the caller's to join (`scope.join`, which may wait), before the go.
 
     Forks in the calling thread, which must be the event loop's, where every waiter is forked
     (see `write_script`). Python forks with vfork unless it must switch to a `user` itself
@@ -223,15 +230,17 @@ def spawn_opened(
     is exec'd, a fraction of a millisecond. A full fork, for a `user` without systemd, stalls
     the loop ~1 ms.
     """
-    launcher = scope.launcher(files.status_path, user)
+    if go and launch is not None and launch.join:
+        raise ValueError("a waiter that joins a scope gets its go once it has joined")
     extra: dict[str, Any] = {}
-    if user is not None and launcher is None:  # in a scope, setpriv drops to the user
+    if user is not None and launch is None:  # in a scope, setpriv drops to the user
         extra = {"user": user[0], "group": user[1], "extra_groups": []}
+    prefix = launch.prefix if launch is not None else []
     waits, go_end = os.pipe()  # the waiter's stdin; only we hold the other end
     try:
         started = time.monotonic()  # before the waiter's pid is handed out
         process = subprocess.Popen(  # on the loop's thread: see write_script
-            waiter_argv(files.program, files.status_path, launcher or [], shell=files.shell),
+            waiter_argv(files.program, files.status_path, prefix, shell=files.shell),
             stdin=waits,
             stdout=files.stdout,
             stderr=files.stderr,

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import pwd
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch_agent.tasks import events
+from batch_agent.tasks import events, scope
 from batch_agent.tasks.driver import Finished, Started, TaskContext
 from batch_agent.tasks.env import runnable_environment
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult, Handle
@@ -41,6 +43,9 @@ from batch_agent.tasks.script import (
     write_script,
 )
 
+SCOPE_WAIT = 1.0  # seconds an ahead fork waits at most for the scope it is to join
+SCOPE_POLL = 0.005
+
 # What `ahead` makes ready: the program's path (its files made), its waiter (forked, waiting
 # for its go), or why not (the start then tries again).
 Ahead = Path | ScriptExecution | ExitResult
@@ -54,6 +59,7 @@ class ScriptDriver:
         self._ahead: dict[int, asyncio.Future[Ahead]] = {}
         self._waiting: dict[int, ScriptExecution] = {}  # waiters forked ahead, not yet started
         self._asked_ahead = False  # the first ask may come before the TaskFolder hook
+        self._members = Members(self._waiting)  # under systemd: the task's scope, shared
 
     def prepare(self, runnable: RunnablePlan) -> PreparedScript | ExitResult:
         """Check that the script's path exists; a text is written to its file at the start
@@ -66,7 +72,7 @@ class ScriptDriver:
                 missing = events.missing_script(runnable.index, str(program))
                 return ExitResult.not_started(missing)
         made = self._ahead.pop(runnable.index, None)
-        return PreparedScript(self._context, runnable, spec, made, self._waiting)
+        return PreparedScript(self._context, runnable, spec, made, self._waiting, self._members)
 
     def ahead(self, runnable: RunnablePlan, *, hooks_done: bool = False) -> None:
         """Make the script file and output files of `runnable`, a `text` one, now (in the
@@ -102,19 +108,18 @@ class ScriptDriver:
         program = await made
         if not isinstance(program, Path):
             return program
+        # Under systemd, the runnable before may still be in systemd-run, its scope not made:
+        # forked now, this one would make a scope of its own rather than join that one.
+        waited = 0.0
+        while waited < SCOPE_WAIT and scope.being_made(self._members.beside()):
+            await asyncio.sleep(SCOPE_POLL)
+            waited += SCOPE_POLL
         spec, context = runnable.action, self._context
         assert isinstance(spec, ScriptSpec)
         files = _open(context, runnable.index, spec, program)
         if isinstance(files, ExitResult):
             return files
-        waiter = spawn_opened(
-            files,
-            env=_environment(context, runnable),
-            cwd=context.work,
-            user=context.plan.user,
-            leftover_grace=context.kill_grace,
-            go=False,
-        )
+        waiter = await _spawn(context, runnable, files, self._members, go=False)
         if isinstance(waiter, ScriptExecution):
             self._waiting[runnable.index] = waiter
         return waiter
@@ -124,7 +129,8 @@ class ScriptDriver:
         for pending in self._ahead.values():
             pending.cancel()  # a fork not made yet is not made
         self._ahead.clear()
-        waiting, self._waiting = list(self._waiting.values()), {}
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
         for waiter in waiting:
             await waiter.dismiss()
 
@@ -173,6 +179,7 @@ class PreparedScript:
     spec: ScriptSpec
     made: asyncio.Future[Ahead] | None  # what `ScriptDriver.ahead` made ready
     waiting: dict[int, ScriptExecution]  # the driver's waiters forked ahead
+    members: Members  # the driver's
 
     @property
     def handle(self) -> Handle:
@@ -183,6 +190,7 @@ class PreparedScript:
         made = await self.made if self.made is not None else None
         if isinstance(made, ScriptExecution):  # its waiter forked ahead: it only needs its go
             self.waiting.pop(k, None)
+            await self.members.settled(made)
             made.go()
             return Started(made, Handle(pid=made.pid, start_time=made.start_time))
         if isinstance(made, Path):  # our own script, its files made: only opened, here
@@ -196,18 +204,90 @@ class PreparedScript:
             return files
         # At once, the intent's save under way: an agent that dies before it lands leaves the
         # run's status file or its waiter, which the next one finds (`ScriptDriver.find`).
-        # The fork on the loop's thread: see spawn_opened.
-        env = _environment(context, self.runnable)
-        started = spawn_opened(
-            files,
-            env=env,
-            cwd=context.work,
-            user=context.plan.user,
-            leftover_grace=context.kill_grace,
-        )
+        started = await _spawn(context, self.runnable, files, self.members, go=True)
         if isinstance(started, ExitResult):
             return started
         return Started(started, Handle(pid=started.pid, start_time=started.start_time))
+
+
+class Members:
+    """Under systemd, what a task's waiters need to share its scope (scope.py): its newest
+    waiters, the first of them alive to join the scope of (those waiting for their go first:
+    they cannot end before it), and the joins under way by that waiter, whose go waits for them
+    (`settled`), so that its scope cannot end before they land: a runnable as short as `true`
+    would be gone long before. A few waiters are enough: the one running, those forked ahead
+    and background ones beside them."""
+
+    KEPT = 4
+
+    def __init__(self, waiting: dict[int, ScriptExecution]) -> None:
+        self._newest: deque[ScriptExecution] = deque(maxlen=self.KEPT)
+        self._waiting = waiting  # the driver's waiters forked ahead, not started
+        self._joins: dict[int, list[asyncio.Future[bool]]] = {}  # by the pid joined beside
+
+    def add(self, waiter: ScriptExecution) -> None:
+        self._newest.append(waiter)
+
+    def beside(self) -> Iterator[tuple[int, int]]:
+        """The (pid, start time) of the waiters to join beside, in that order: those waiting
+        for their go, newest first, then the others."""
+        waiting = list(self._waiting.values())
+        others = (w for w in reversed(self._newest) if w not in waiting)
+        return ((w.pid, w.start_time) for w in (*reversed(waiting), *others))
+
+    async def join(self, launch: scope.Launch, pid: int) -> bool:
+        """Put `pid` in the scope `launch` joins, in a worker thread (a write to cgroup.procs
+        may wait for the kernel's RCU grace period: 6-10 ms measured, where no write came just
+        before); False if that scope is gone."""
+        joining = asyncio.ensure_future(asyncio.to_thread(scope.join, launch.join, pid))
+        anchor = self._joins.setdefault(launch.beside or 0, [])
+        anchor.append(joining)
+        try:
+            return await joining
+        finally:
+            anchor.remove(joining)
+
+    async def settled(self, waiter: ScriptExecution) -> None:
+        """Before `waiter`'s go: the joins beside it have landed."""
+        pending = self._joins.pop(waiter.pid, [])
+        if pending:
+            await asyncio.wait(pending)
+
+
+async def _spawn(
+    context: TaskContext, runnable: RunnablePlan, files: OpenedFiles, members: Members, *, go: bool
+) -> ScriptExecution | ExitResult:
+    """`runnable`'s waiter forked on `files` (with its go if `go`), on the loop's thread (see
+    spawn_opened); under systemd in its task's scope: joining the scope of one of `members`,
+    else, or if that scope is gone by then, in a scope of its own."""
+    user, beside = context.plan.user, members.beside()
+    while True:
+        launch = scope.launcher(files.status_path, user, beside)
+        joining = launch is not None and bool(launch.join)
+        waiter = spawn_opened(
+            files,
+            env=_environment(context, runnable),
+            cwd=context.work,
+            user=user,
+            leftover_grace=context.kill_grace,
+            go=go and not joining,
+            launch=launch,
+        )
+        if isinstance(waiter, ExitResult):
+            return waiter
+        if launch is None or not joining or await members.join(launch, waiter.pid):
+            break
+        await waiter.dismiss()  # it ends having run nothing; the next makes a scope
+        spec = runnable.action
+        assert isinstance(spec, ScriptSpec)
+        reopened = _open(context, runnable.index, spec, files.program)
+        if isinstance(reopened, ExitResult):
+            return reopened
+        files, beside = reopened, iter(())
+    if go and joining:
+        waiter.go()
+    members.add(waiter)
+    return waiter
 
 
 def _write_and_open(context: TaskContext, k: int, spec: ScriptSpec) -> OpenedFiles | ExitResult:
