@@ -170,6 +170,25 @@ def test_a_tasks_runnables_share_one_scope_gone_with_the_task(
     )
 
 
+def test_a_user_tasks_runnables_join_its_scope_as_that_user(installed: Machine, emulator: Emulator):
+    """A runnable of a task with a userAccount that joins the task's scope (setpriv alone before
+    its waiter, no systemd-run) runs as that uid, like the one that made the scope."""
+    shown = "{{ id -u; cat /proc/self/cgroup; }} > /var/tmp/scopes-user/{}; sleep 0.3"
+    installed.check("install", "-d", "-m", "1777", "/var/tmp/scopes-user")
+    spec = {
+        "runnables": [script(shown.format(0)), script(shown.format(1))],
+        "userAccount": {"uid": "65534", "gid": "65534"},
+    }
+    name = emulator.add_task({"agentTaskSpec": spec, "taskSource": "USER"})
+    wait_until(lambda: emulator.task_state(name) == "SUCCEEDED", timeout=60, what="SUCCEEDED")
+    first, second = (
+        installed.check("cat", f"/var/tmp/scopes-user/{k}").splitlines() for k in (0, 1)
+    )
+    assert first[0] == second[0] == "65534", (first, second)
+    assert any("/batch-tasks.slice/batch-task-" in line for line in first), first
+    assert first == second, (first, second)
+
+
 def test_watchdog_restarts_a_stopped_agent(installed: Machine, emulator: Emulator):
     """An agent that stops pinging the watchdog (SIGSTOP: a wedged loop) is killed and restarted
     by systemd after WatchdogSec, and the restarted agent reports the task still running."""
