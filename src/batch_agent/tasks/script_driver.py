@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batch_agent.tasks import events, scope
 from batch_agent.tasks.driver import Finished, Started, TaskContext
@@ -99,9 +100,12 @@ class ScriptDriver:
             return files.program
 
         made = context.files.submit(make)
-        self._ahead[runnable.index] = (
-            asyncio.ensure_future(self._fork(runnable, made)) if hooks_done else made
-        )
+        if hooks_done:
+            forked = asyncio.ensure_future(self._fork(runnable, made))
+            self._members.forking(forked)
+            self._ahead[runnable.index] = forked
+        else:
+            self._ahead[runnable.index] = made
 
     async def _fork(self, runnable: RunnablePlan, made: asyncio.Future[Ahead]) -> Ahead:
         """Once `runnable`'s files are made, its waiter, forked to wait for its go."""
@@ -213,10 +217,10 @@ class PreparedScript:
 class Members:
     """Under systemd, what a task's waiters need to share its scope (scope.py): its newest
     waiters, the first of them alive to join the scope of (those waiting for their go first:
-    they cannot end before it), and the joins under way by that waiter, whose go waits for them
-    (`settled`), so that its scope cannot end before they land: a runnable as short as `true`
-    would be gone long before. A few waiters are enough: the one running, those forked ahead
-    and background ones beside them."""
+    they cannot end before it), the joins under way by that waiter and the forks ahead under
+    way (which may join beside it), which its go waits for (`settled`), so that its scope
+    cannot end before they land: a runnable as short as `true` would be gone long before. A few
+    waiters are enough: the one running, those forked ahead and background ones beside them."""
 
     KEPT = 4
 
@@ -224,6 +228,7 @@ class Members:
         self._newest: deque[ScriptExecution] = deque(maxlen=self.KEPT)
         self._waiting = waiting  # the driver's waiters forked ahead, not started
         self._joins: dict[int, list[asyncio.Future[bool]]] = {}  # by the pid joined beside
+        self._forks: set[asyncio.Future[Ahead]] = set()  # the forks ahead under way
 
     def add(self, waiter: ScriptExecution) -> None:
         self._newest.append(waiter)
@@ -247,9 +252,17 @@ class Members:
         finally:
             anchor.remove(joining)
 
+    def forking(self, fork: asyncio.Future[Ahead]) -> None:
+        """A waiter is being forked ahead (`ScriptDriver.ahead`): it may join beside one."""
+        self._forks.add(fork)
+        fork.add_done_callback(self._forks.discard)
+
     async def settled(self, waiter: ScriptExecution) -> None:
-        """Before `waiter`'s go: the joins beside it have landed."""
-        pending = self._joins.pop(waiter.pid, [])
+        """Before `waiter`'s go: the joins beside it have landed and, under systemd, the forks
+        ahead under way are done (one may be about to join beside it)."""
+        pending: list[asyncio.Future[Any]] = [*self._joins.pop(waiter.pid, [])]
+        if self._forks and scope.in_use():
+            pending += self._forks
         if pending:
             await asyncio.wait(pending)
 
