@@ -101,9 +101,9 @@ def launcher(
 ) -> Launch | None:
     """How to put a runnable's waiter in a scope when systemd is PID 1, we are root and the tools
     it needs are installed; None otherwise (the waiter then runs in a plain session). `beside`:
-    the (pid, start time) of the task's other waiters, newest first: the scope of the first one
-    alive is joined, else a scope is made. Blocks on a stat, a PATH lookup and a few /proc
-    reads."""
+    the (pid, start time) of the task's other waiters, in the order to try: the scope of the
+    first one alive in one is joined, else a scope is made. Blocks on a stat, a PATH lookup
+    and a few /proc reads."""
     if not in_use():
         return None
     systemd_run = shutil.which("systemd-run")
