@@ -56,9 +56,10 @@ def systemd_booted(marker: Path = SYSTEMD_BOOTED) -> bool:
     return marker.is_dir()
 
 
+@functools.cache
 def in_use() -> bool:
-    """Whether runnables go in scopes here: systemd is PID 1 and we are root. Blocks on a
-    stat."""
+    """Whether runnables go in scopes here: systemd is PID 1 and we are root. Looked up once
+    (a stat): neither changes while the agent runs, and it is asked a few times a runnable."""
     return os.geteuid() == 0 and systemd_booted()
 
 
@@ -102,8 +103,8 @@ def launcher(
     """How to put a runnable's waiter in a scope when systemd is PID 1, we are root and the tools
     it needs are installed; None otherwise (the waiter then runs in a plain session). `beside`:
     the (pid, start time) of the task's other waiters, in the order to try: the scope of the
-    first one alive in one is joined, else a scope is made. Blocks on a stat, a PATH lookup
-    and a few /proc reads."""
+    first one alive in one is joined, else a scope is made. Blocks on a PATH lookup and a few
+    /proc reads under systemd."""
     if not in_use():
         return None
     systemd_run = shutil.which("systemd-run")
@@ -122,7 +123,7 @@ def being_made(beside: Iterable[tuple[int, int]]) -> bool:
     """Whether the first live waiter of `beside` ((pid, start time), as for `launcher`) is still
     systemd-run making its scope (the process is systemd-run's until it execs the waiter): a
     waiter forked now would find no scope to join and make one more. Blocks on a few /proc
-    reads under systemd, a stat otherwise."""
+    reads under systemd, nothing otherwise."""
     if not in_use():
         return False
     for pid, start_time in beside:
