@@ -94,7 +94,7 @@ class Launch:
 
     prefix: list[str]
     join: tuple[Path, ...] = ()
-    beside: int | None = None  # the pid whose scope `join` is
+    beside: int = 0  # the pid whose scope `join` is (0: none joined)
 
 
 def launcher(
@@ -103,12 +103,12 @@ def launcher(
     """How to put a runnable's waiter in a scope when systemd is PID 1, we are root and the tools
     it needs are installed; None otherwise (the waiter then runs in a plain session). `beside`:
     the (pid, start time) of the task's other waiters, in the order to try: the scope of the
-    first one alive in one is joined, else a scope is made. Blocks on a PATH lookup and a few
-    /proc reads under systemd."""
+    first one alive in one is joined, else a scope is made. Blocks on a few /proc reads under
+    systemd."""
     if not in_use():
         return None
-    systemd_run = shutil.which("systemd-run")
-    setpriv = shutil.which("setpriv") if user is not None else None
+    systemd_run = _tool("systemd-run")
+    setpriv = _tool("setpriv") if user is not None else None
     if systemd_run is None or (user is not None and setpriv is None):
         return None
     for pid, start_time in beside:
@@ -117,6 +117,12 @@ def launcher(
             return Launch(_drop_to(user, setpriv), files, pid)
     unit = unit_name(status_path)
     return Launch(scope_argv(unit, systemd_run=systemd_run, user=user, setpriv=setpriv))
+
+
+@functools.cache
+def _tool(name: str) -> str | None:
+    """Where `name` is on PATH, looked up once: it was a PATH search a runnable."""
+    return shutil.which(name)
 
 
 def being_made(beside: Iterable[tuple[int, int]]) -> bool:

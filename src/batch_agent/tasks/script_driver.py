@@ -235,17 +235,21 @@ class Members:
 
     def beside(self) -> Iterator[tuple[int, int]]:
         """The (pid, start time) of the waiters to join beside, in that order: those waiting
-        for their go, newest first, then the others."""
+        for their go, newest first, then the others. Lazy: nothing is done unless systemd is
+        in use (scope.py reads it only then)."""
         waiting = list(self._waiting.values())
-        others = (w for w in reversed(self._newest) if w not in waiting)
-        return ((w.pid, w.start_time) for w in (*reversed(waiting), *others))
+        for waiter in reversed(waiting):
+            yield waiter.pid, waiter.start_time
+        for waiter in reversed(self._newest):
+            if waiter not in waiting:
+                yield waiter.pid, waiter.start_time
 
     async def join(self, launch: scope.Launch, pid: int) -> bool:
         """Put `pid` in the scope `launch` joins, in a worker thread (a write to cgroup.procs
         may wait for the kernel's RCU grace period: 6-10 ms measured, where no write came just
         before); False if that scope is gone."""
         joining = asyncio.ensure_future(asyncio.to_thread(scope.join, launch.join, pid))
-        anchor = self._joins.setdefault(launch.beside or 0, [])
+        anchor = self._joins.setdefault(launch.beside, [])
         anchor.append(joining)
         try:
             return await joining
@@ -276,19 +280,19 @@ async def _spawn(
     user, beside = context.plan.user, members.beside()
     while True:
         launch = scope.launcher(files.status_path, user, beside)
-        joining = launch is not None and bool(launch.join)
+        joining = launch if launch is not None and launch.join else None
         waiter = spawn_opened(
             files,
             env=_environment(context, runnable),
             cwd=context.work,
             user=user,
             leftover_grace=context.kill_grace,
-            go=go and not joining,
+            go=go and joining is None,
             launch=launch,
         )
         if isinstance(waiter, ExitResult):
             return waiter
-        if launch is None or not joining or await members.join(launch, waiter.pid):
+        if joining is None or await members.join(joining, waiter.pid):
             break
         await waiter.dismiss()  # it ends having run nothing; the next makes a scope
         spec = runnable.action
@@ -297,7 +301,7 @@ async def _spawn(
         if isinstance(reopened, ExitResult):
             return reopened
         files, beside = reopened, iter(())
-    if go and joining:
+    if go and joining is not None:
         waiter.go()
     members.add(waiter)
     return waiter
