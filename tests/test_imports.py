@@ -39,6 +39,7 @@ DRIVERS += ["batch_agent.tasks.container_driver"]
 ABOVE_TASKS = ["batch_agent.cli", "batch_agent.reporter", "batch_agent.local"]
 ABOVE_TASKS += ["batch_agent.emulator", "batch_agent.control", "batch_agent.config"]
 ABOVE_TASKS += ["batch_agent.wiring"]  # the reporter's start-up: builds what the tasks get
+ABOVE_TASKS += ["batch_agent.clients", "batch_agent.firstreport"]  # the start-up's too
 ABOVE_TASKS += ["batch_agent.cloudlog"]  # ships the tasks' output: reads and saves their records
 
 # (modules, what they must not import)

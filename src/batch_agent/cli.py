@@ -171,6 +171,16 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
     # Importing the agent allocates much and frees next to nothing: the cycle collector's passes
     # over it are wasted start-up time (about 8 % of its CPU, measured). What the imports built
     # is then frozen, so that no later collection scans it again.
+    import signal
+    from datetime import UTC, datetime
+
+    started = datetime.now(UTC)  # the report's agent_startup_time
+    # A SIGTERM or SIGINT before the event loop takes them over (the first report may be on
+    # its way already) is kept, and the loop stops at once: a clean exit, not death by signal.
+    stop_asked: list[int] = []
+    for signo in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signo, lambda signo, _: stop_asked.append(signo))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     gc.disable()
     try:
         from batch_agent.config import ConfigError, load_config
@@ -198,13 +208,23 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
         from batch_agent.logformat import setup_logging
 
         setup_logging(config.log_format)
-        # And the state dir's lock taken, its database opened in the store's thread: the disk's
-        # waits (a new database's fsyncs: 6-22 ms) pass while the rest is imported.
-        state = _claim_state(config.state_dir)
+        # The state dir's lock taken. If its database is new, it holds no task: the first
+        # report goes as soon as the Google client stack is imported, in a thread, while the
+        # rest is imported (firstreport.py).
+        lock = _lock_state_dir(config.state_dir)
+        database = config.state_dir / "state.db"
+        first = None
+        fresh = not isinstance(lock, Exception) and not database.exists()
+        if fresh and config.credentials_file is None:
+            from batch_agent.firstreport import FirstReport
+
+            first = FirstReport(config, early, started=started, once=args.once)
+        # And its database opened in the store's thread: the disk's waits (a new database's
+        # fsyncs: 6-22 ms) pass while the rest is imported.
+        state = _open_store(lock, database)
 
         import asyncio
         import logging
-        import signal
 
         from batch_agent.reporter import Rejected, Reporter, Unreachable
         from batch_agent.statedir import StateDirBusy
@@ -222,10 +242,14 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
             loop.add_signal_handler(signo, stop.set)
         # A hangup (a closed terminal, a careless `kill -HUP`) must not end the agent.
         loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP ignored"))
+        if stop_asked:
+            stop.set()
         try:
             if isinstance(state, Exception):  # raised here, as the reporter would have
                 raise state
-            reporter = Reporter(config, stop=stop, early=early, state=state)
+            reporter = Reporter(
+                config, stop=stop, started=started, early=early, state=state, first=first
+            )
             if args.exit_with_parent:
                 _watch_parent(reporter.abandon)
             outcome = await reporter.run(once=args.once)
@@ -256,19 +280,28 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
     return status
 
 
-def _claim_state(state_dir: Path) -> tuple[StateDirLock, TaskStore] | Exception:
-    """The state dir's lock and its store, the database opening (not waited for); or what
-    went wrong (StateDirBusy: another agent has it), for `_run` to raise once it can log.
-    Nothing is touched but the lock file when the lock is not ours."""
+def _lock_state_dir(state_dir: Path) -> StateDirLock | Exception:
+    """The state dir's lock, or what went wrong (StateDirBusy: another agent has it), for
+    `_run` to raise once it can log. Nothing is touched but the lock file."""
     from batch_agent.statedir import claim_state_dir
+
+    try:
+        return claim_state_dir(state_dir)
+    except Exception as error:
+        return error
+
+
+def _open_store(
+    lock: StateDirLock | Exception, database: Path
+) -> tuple[StateDirLock, TaskStore] | Exception:
+    """The lock and the store of the `database` it guards (opening, not waited for); or what
+    went wrong, the lock's first."""
+    if isinstance(lock, Exception):
+        return lock
     from batch_agent.store import TaskStore
 
     try:
-        lock = claim_state_dir(state_dir)
-    except Exception as error:
-        return error
-    try:
-        return lock, TaskStore(state_dir / "state.db", wait=False)
+        return lock, TaskStore(database, wait=False)
     except Exception as error:
         lock.release()
         return error

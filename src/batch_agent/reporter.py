@@ -21,22 +21,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from batch_agent import wiring
+from batch_agent import clients, wiring
 from batch_agent.burst import Burst
 from batch_agent.cloudlog import AgentLog, CloudLogWriter, report_text
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlaneError
+from batch_agent.firstreport import FirstReport, Sent, report_request
 from batch_agent.statedir import StateDirLock, claim_state_dir
 from batch_agent.store import TaskStore
 from batch_agent.tasks.assembly import preload_task_side
 from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.taskset import TaskSet
 from batch_agent.telemetry import Telemetry
-from batch_agent.vm import EarlyAnswers, MetadataServer, watch_preemption
+from batch_agent.vm import EarlyAnswers, Machine, MetadataServer, watch_preemption
 from batch_agent.wire import (
-    AgentInfo,
     AgentState,
-    AgentTimingInfo,
     ReportAgentStateRequest,
     ReportAgentStateResponse,
     format_time,
@@ -70,22 +69,27 @@ class Reporter:
         config: Config,
         *,
         stop: asyncio.Event,
+        started: datetime,
         early: EarlyAnswers | None = None,
         state: tuple[StateDirLock, TaskStore] | None = None,
+        first: FirstReport | None = None,
     ) -> None:
-        # `early`, `state`: the metadata's answers and the state dir's lock and store, which
-        # the CLI took before its imports. The lock before anything: a second agent must touch
-        # nothing (raises StateDirBusy). Held for the life of the process, never released.
+        # `early`, `state`, `first`: the metadata's answers, the state dir's lock and store and
+        # the first report under way, which the CLI set going before its imports. The lock
+        # before anything: a second agent must touch nothing (raises StateDirBusy). Held for
+        # the life of the process, never released.
         if state is None:
             state = claim_state_dir(config.state_dir), TaskStore(config.state_dir / "state.db")
         self._state_lock, self._store = state
         self._config = config
         self._stop = stop
         self._stopping: asyncio.Task[Literal[True]] | None = None  # see _stopped
-        self._control = wiring.control_plane(config, early)
+        self._first = first
+        self._sent: Sent | None = None  # the first report, once start-up found it went
+        self._control = first.control if first is not None else clients.control_plane(config, early)
         self._early = early
-        self._secrets = wiring.secrets_client(config)
-        self._logging = wiring.logging_client(config)
+        self._secrets = clients.secrets_client(config)
+        self._logging = clients.logging_client(config)
         self._log_writer: CloudLogWriter | None = None  # made at start-up
         self._writing: asyncio.Task[None] | None = None
         self._once = False  # run's: an agent that ends after its tasks loads nothing ahead
@@ -102,10 +106,10 @@ class Reporter:
         self._urgent = asyncio.Event()  # report now, even before minReportInterval
         self._default_interval = config.default_report_interval
         self._min_interval = config.min_report_interval
-        self._started = datetime.now(UTC)
+        self._started = started
         self._last_success = self._started
         self._state = AgentState.AGENT_STARTING
-        self._machine: wiring.Machine | None = None  # read in start-up
+        self._machine: Machine | None = None  # read in start-up
         self._last_report = float("-inf")  # loop time of the last answer (or failure)
         self._telemetry = Telemetry(config, self._store, started=self._started)
         self._abandoned = False  # see abandon()
@@ -145,13 +149,20 @@ class Reporter:
     async def _start_up(self, *, once: bool) -> TaskSet:
         # One budget for the whole start-up, counted from the agent's start.
         give_up_at = self._started + self._config.unreachable_timeout if once else None
+        if self._first is not None:  # its machine is ours; its answer, the first report's
+            self._sent = await asyncio.wrap_future(self._first.sent)
+            self._first = None
         try:
-            self._machine = machine = await wiring.read_machine(
-                self._config,
-                self._metadata,
-                sleep=self._sleep,
-                give_up_at=give_up_at,
-                early=self._early,
+            self._machine = machine = (
+                self._sent.machine
+                if self._sent is not None
+                else await wiring.wait_for_machine(
+                    self._config,
+                    self._metadata,
+                    sleep=self._sleep,
+                    give_up_at=give_up_at,
+                    early=self._early,
+                )
             )
         except wiring.MetadataUnanswered as error:
             raise Unreachable(str(error)) from error
@@ -264,25 +275,35 @@ class Reporter:
         self, state: AgentState, *, deadline: timedelta | None = None
     ) -> ReportAgentStateResponse:
         assert self._machine is not None
-        request = self._request(state, self._machine).to_wire()  # once: the call and the log
-        await self._store.settled()  # persist before report: every change it holds is on disk
-        parent, loop = self._machine.identity.parent, asyncio.get_running_loop()
-        began = loop.time()
-        # In a worker thread from now on: the log's text is made while the call waits.
-        call = loop.run_in_executor(
-            None, functools.partial(self._control.report, parent, request, deadline=deadline)
-        )
+        loop = asyncio.get_running_loop()
+        sent, self._sent = self._sent, None
+        call: asyncio.Future[ReportAgentStateResponse]
+        if sent is not None:  # the first report, sent at start-up (firstreport.py)
+            request, call = sent.request, asyncio.wrap_future(sent.answer)
+        else:
+            request = self._request(state, self._machine).to_wire()  # once: call and log
+            await self._store.settled()  # persist before report: every change it holds is on disk
+            began = time.monotonic()
+            # In a worker thread from now on: the log's text is made while the call waits.
+            call = loop.run_in_executor(
+                None,
+                functools.partial(
+                    self._control.report, self._machine.identity.parent, request, deadline=deadline
+                ),
+            )
         if self._agent_log is not None:
             self._agent_log.report(report_text(request))
+        error: ControlPlaneError | None = None
         try:
             response = await call
-        except ControlPlaneError as error:
-            await self._reported(began, error)
-            raise
+        except ControlPlaneError as failed:
+            error = failed
         finally:
             self._last_report = loop.time()  # from the answer: never two closer than the min
             self._after_first_call()
-        await self._reported(began, None)
+        await self._reported(sent.seconds if sent is not None else time.monotonic() - began, error)
+        if error is not None:
+            raise error
         if self._log_writer is not None:
             self._log_writer.use_batch_resource(response.use_batch_monitored_resource)
         if response.default_report_interval is not None:
@@ -291,23 +312,15 @@ class Reporter:
             self._min_interval = max(response.min_report_interval, timedelta(0))
         return response
 
-    def _request(self, state: AgentState, machine: wiring.Machine) -> ReportAgentStateRequest:
+    def _request(self, state: AgentState, machine: Machine) -> ReportAgentStateRequest:
         tasks = self._tasks
-        job_id, group_id = tasks.job_and_group() if tasks is not None else (None, None)
-        return ReportAgentStateRequest(
-            agent_info=AgentInfo(
-                state=state,
-                report_time=datetime.now(UTC),
-                job_id=job_id,
-                task_group_id=group_id,
-                tasks=tasks.snapshot() if tasks is not None else [],
-            ),
-            agent_timing_info=AgentTimingInfo(
-                boot_time=machine.boot_time,
-                agent_startup_time=self._started,
-                script_startup_time=self._config.script_startup_time,
-            ),
-            metadata=machine.metadata,
+        return report_request(
+            state,
+            machine,
+            started=self._started,
+            config=self._config,
+            job=tasks.job_and_group() if tasks is not None else (None, None),
+            tasks=tasks.snapshot() if tasks is not None else None,
         )
 
     async def _shut_down(self) -> None:
@@ -342,11 +355,10 @@ class Reporter:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    async def _reported(self, began: float, error: ControlPlaneError | None) -> None:
+    async def _reported(self, seconds: float, error: ControlPlaneError | None) -> None:
         """Tell systemd, the metrics and `batch-agent status` how the report went."""
         if error is None:
             self._last_success = datetime.now(UTC)
-        seconds = asyncio.get_running_loop().time() - began
         await self._telemetry.reported(seconds, error, last_success=self._last_success)
 
     def _healthy(self) -> bool:

@@ -1,9 +1,9 @@
-"""What the agent is made of: its clients, this VM's facts, the task settings, the output sink.
+"""What the agent is made of: this VM's facts, the task settings, the output sink.
 
-The report loop (reporter.py) builds its parts here at start-up: the Batch API and the Secret
-Manager/KMS clients from the config, the facts of this VM (the metadata server's reads retried
-until it answers), `TaskSettings` (folders, environment, mounts, secrets, masking, where output
-goes), control's `SecretsClient` adapted to the tasks' `SecretSource` (so that tasks never see
+The report loop (reporter.py) builds its parts here at start-up (its Google API clients come
+from clients.py): the facts of this VM (the metadata server's reads retried until it
+answers), `TaskSettings` (folders, environment, mounts, secrets, masking, where output goes),
+control's `SecretsClient` adapted to the tasks' `SecretSource` (so that tasks never see
 control), and the masking of the agent's own log. Everything here builds and returns; it must
 not report, hold loop state, or decide anything about tasks.
 """
@@ -15,11 +15,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import TypeVar
 
 from batch_agent.cloudlog import AgentLog, CloudLogWriter, Site
 from batch_agent.config import Config
-from batch_agent.control import Backoff, CloudLogging, ControlPlane, SecretError, SecretsClient
+from batch_agent.control import Backoff, CloudLogging, SecretError, SecretsClient
 from batch_agent.journal import JournalOutput
 from batch_agent.outputlog import OutputLog
 from batch_agent.runtimedir import allows_exec, tasks_root
@@ -31,55 +31,17 @@ from batch_agent.tasks.taskoutput import Sink
 from batch_agent.tasks.taskset import TaskSettings
 from batch_agent.telemetry import Telemetry
 from batch_agent.vm import (
-    TOKEN_KEY,
     EarlyAnswers,
+    Machine,
     MetadataError,
     MetadataServer,
     VmIdentity,
-    read_boot_time,
+    read_machine,
     read_os_release,
-    read_vm,
 )
-from batch_agent.wire import AgentMetadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def _google_access(config: Config) -> dict[str, Any]:
-    """How every Google API client reaches its API: the same credentials and socket timeout."""
-    return {
-        "timeout": config.request_timeout,
-        "application_default": config.credentials_file is not None,
-        "metadata_host": config.metadata_host,
-    }
-
-
-def control_plane(config: Config, early: EarlyAnswers | None = None) -> ControlPlane:
-    """The Batch API client (no call made yet); its first token from `early` if asked there."""
-    return ControlPlane(
-        config.endpoint,
-        early_token=early.first(TOKEN_KEY) if early is not None else None,
-        **_google_access(config),
-    )
-
-
-def secrets_client(config: Config) -> SecretsClient:
-    """The Secret Manager and KMS client (no call made yet)."""
-    return SecretsClient(
-        secretmanager_endpoint=config.secretmanager_endpoint,
-        kms_endpoint=config.kms_endpoint,
-        budget=config.secret_timeout,
-        **_google_access(config),
-    )
-
-
-def logging_client(config: Config) -> CloudLogging:
-    """The Cloud Logging client (no call made yet)."""
-    return CloudLogging(
-        config.logging_endpoint,
-        **_google_access(config),
-    )
 
 
 def log_writer(
@@ -113,20 +75,7 @@ class MetadataUnanswered(Exception):
     """The metadata server did not answer within the budget, or the agent was told to stop."""
 
 
-class Machine(NamedTuple):  # not a dataclass: its generated methods cost ~1.5 ms at start-up
-    """This VM as the reports describe it."""
-
-    identity: VmIdentity
-    metadata: AgentMetadata  # read once at start-up; only a preemption notice changes it
-    boot_time: datetime
-
-    def preempted(self) -> Machine:
-        """This machine, its metadata saying that a preemption notice came."""
-        metadata = self.metadata._replace(instance_preemption_notice_received=True)
-        return self._replace(metadata=metadata)
-
-
-async def read_machine(
+async def wait_for_machine(
     config: Config,
     server: MetadataServer,
     *,
@@ -134,9 +83,8 @@ async def read_machine(
     give_up_at: datetime | None,
     early: EarlyAnswers | None = None,
 ) -> Machine:
-    """The VM's identity and metadata from the metadata server (every key at once; the first
-    try takes the `early` answers when given), retried with backoff until it answers (in
-    worker threads); os-release and the boot time from their files.
+    """This VM (`vm.read_machine`; the first try takes the `early` answers when given), tried
+    again with backoff until the metadata server answers (in worker threads).
 
     `sleep(seconds)` waits between tries and returns True once the agent is told to stop.
     Raises MetadataUnanswered past `give_up_at` (None: never) or when told to stop.
@@ -144,12 +92,16 @@ async def read_machine(
     os_release = read_os_release(config.os_release)
     tries = [early] if early is not None else []
 
-    def read() -> tuple[VmIdentity, AgentMetadata]:
+    def read() -> Machine:
         answers = tries.pop() if tries else server
-        return read_vm(answers, version=config.reported_version, os_release=os_release)
+        return read_machine(
+            answers,
+            version=config.reported_version,
+            os_release=os_release,
+            proc_stat=config.proc_stat,
+        )
 
-    identity, metadata = await _retried(read, sleep=sleep, give_up_at=give_up_at)
-    return Machine(identity, metadata, read_boot_time(config.proc_stat))
+    return await _retried(read, sleep=sleep, give_up_at=give_up_at)
 
 
 async def _retried(
@@ -158,7 +110,7 @@ async def _retried(
     sleep: Callable[[float], Awaitable[bool]],
     give_up_at: datetime | None,
 ) -> T:
-    """A blocking metadata read, retried with backoff; `read_machine` says when it gives up."""
+    """A blocking metadata read, retried with backoff; `wait_for_machine` says when it gives up."""
     backoff = Backoff()
     while True:
         try:

@@ -8,6 +8,11 @@ password credentials need. Each is put in `sys.modules` as a stand-in module tha
 real one the first time one of its attributes is read, so nothing changes for a caller that
 does use them.
 
+`google.auth.credentials` imports `google.auth._regional_access_boundary_utils` for the
+regional access boundaries of service-account and workload-identity credentials, and through it
+`asyncio` (~25 ms): our metadata-server credentials have none. The agent imports asyncio all
+the same, but after its first report went (firstreport.py), not before.
+
 `googleapiclient.discovery` also imports `google.api_core.client_options`, and with it the
 package `google.api_core`, whose `__init__` checks the versions of Python and of its own
 dependencies (through `importlib.metadata`, reading installed packages' metadata) to warn about
@@ -27,7 +32,11 @@ import sys
 import types
 from typing import Any
 
-DEFERRED = ("google.oauth2.service_account", "httplib2.auth")
+DEFERRED = (
+    "google.oauth2.service_account",
+    "httplib2.auth",
+    "google.auth._regional_access_boundary_utils",
+)
 DEFERRED_INITS = ("google.api_core",)  # packages: their submodules load without it
 
 

@@ -1,0 +1,49 @@
+"""Which path a first report takes (firstreport.py): a new agent sends it from the thread its
+start-up starts, before the report loop exists; an agent whose state dir existed sends it from
+the loop, with what its store holds. Seen in real agent processes by an audit hook (Python's
+`http.client.send` event) that notes the thread each `state:report` request goes from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.helpers import final_event, job, script
+
+PROBE = """\
+import os, sys, threading
+
+def _note_report_thread(event, args):
+    if event == "http.client.send" and b"state:report" in bytes(args[1][:400]):
+        with open(os.environ["REPORT_THREADS"], "a") as notes:
+            notes.write(threading.current_thread().name + "\\n")
+
+sys.addaudithook(_note_report_thread)
+"""
+
+
+def report_threads(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment that loads the probe into an agent, and the file it writes to."""
+    probe = tmp_path / "probe"
+    probe.mkdir(exist_ok=True)
+    (probe / "sitecustomize.py").write_text(PROBE)
+    notes = tmp_path / "report-threads"
+    return {"PYTHONPATH": str(probe), "REPORT_THREADS": str(notes)}, notes
+
+
+def test_a_new_agent_reports_from_its_start_up_a_restarted_one_from_its_loop(
+    make_emulator, start_agent, tmp_path
+):
+    emu = make_emulator(job(script("true")))
+    env, notes = report_threads(tmp_path)
+    assert start_agent(emu, "--once", **env).wait() == 0
+    threads = notes.read_text().splitlines()
+    assert threads[0] == "first-report", threads
+    assert "first-report" not in threads[1:]  # the loop's own reports after it
+    # Its answer was the loop's first: the task it brought ran and was reported.
+    assert final_event(emu, emu.task_names()[0])["taskState"] == "SUCCEEDED"
+    assert emu.reports[0].body["agentInfo"]["state"] == "AGENT_STARTING"
+
+    notes.unlink()
+    assert start_agent(emu, "--once", **env).wait() == 0  # the same state dir, now not new
+    threads = notes.read_text().splitlines()
+    assert threads and "first-report" not in threads, threads
