@@ -168,9 +168,6 @@ def _reported_version() -> str:
 
 
 def _run(args: argparse.Namespace | SimpleNamespace) -> int:
-    # Importing the agent allocates much and frees next to nothing: the cycle collector's passes
-    # over it are wasted start-up time (about 8 % of its CPU, measured). What the imports built
-    # is then frozen, so that no later collection scans it again.
     import signal
     from datetime import UTC, datetime
 
@@ -181,6 +178,9 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda signo, _: stop_asked.append(signo))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Importing the agent allocates much and frees next to nothing: the cycle collector's passes
+    # over it are wasted start-up time (about 8 % of its CPU, measured). What the imports built
+    # is then frozen, so that no later collection scans it again.
     gc.disable()
     try:
         from batch_agent.config import ConfigError, load_config
