@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import final_event, job, script
+from tests.faults.rawserver import LateServer
+from tests.helpers import final_event, job, script, wait_until
 
 PROBE = """\
 import os, sys, threading
@@ -47,3 +48,21 @@ def test_a_new_agent_reports_from_its_start_up_a_restarted_one_from_its_loop(
     assert start_agent(emu, "--once", **env).wait() == 0  # the same state dir, now not new
     threads = notes.read_text().splitlines()
     assert threads and "first-report" not in threads, threads
+
+
+def test_a_new_agent_whose_metadata_server_is_not_up_yet_reports_from_its_loop(
+    make_emulator, start_agent, tmp_path
+):
+    """The first report's thread finds no usable answer (503s): it sends nothing, and the
+    loop reads the metadata server again, with backoff, and reports once it answers."""
+    emu = make_emulator(job(script("true")))
+    env, notes = report_threads(tmp_path)
+    with LateServer(emu.vms[0].metadata_host) as metadata:
+        agent = start_agent(emu, "--once", GCE_METADATA_HOST=f"127.0.0.1:{metadata.port}", **env)
+        wait_until(lambda: "metadata server" in agent.log(), what="the loop's retry")
+        assert not emu.reports
+        metadata.up.set()
+        assert agent.wait() == 0, agent.log()
+    threads = notes.read_text().splitlines()
+    assert threads and "first-report" not in threads, threads
+    assert final_event(emu, emu.task_names()[0])["taskState"] == "SUCCEEDED"

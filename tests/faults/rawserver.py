@@ -1,7 +1,8 @@
 """Raw-socket servers on 127.0.0.1 that misbehave on purpose, for the fault suite.
 
 `RawServer` reads one HTTP request per connection and hands the socket to a scripted answer
-(garbage, a short body, a reset, a trickle); `TunnelProxy` is a minimal HTTP CONNECT proxy
+(garbage, a short body, a reset, a trickle); `LateServer` answers 503 until it is told it is
+up, then relays to a real server; `TunnelProxy` is a minimal HTTP CONNECT proxy
 that records what it was asked to reach. Both run in daemon threads, serve only loopback
 clients, and stop (closing every socket) on `stop()`; nothing here knows batch_agent.
 """
@@ -132,6 +133,31 @@ class RawServer(_Server):
             except OSError:
                 if not self.stopping.is_set():
                     self.cut_off.set()
+
+
+class LateServer(_Server):
+    """A server that is not up yet: every request is answered 503 until `up` is set, then
+    relayed as it came to `target` (host:port, a server that closes each connection after its
+    answer, as the emulator does), its answer relayed back."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.up = threading.Event()
+        self._target = target
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            request = read_request(conn)
+            if not request:
+                return
+            if not self.up.is_set():
+                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                return
+            host, _, port = self._target.rpartition(":")
+            with self.track(socket.create_connection((host, int(port)), timeout=30)) as upstream:
+                upstream.sendall(request)
+                while chunk := upstream.recv(65536):
+                    conn.sendall(chunk)
 
 
 class TunnelProxy(_Server):
