@@ -217,9 +217,10 @@ class PreparedScript:
 class Members:
     """Under systemd, what a task's waiters need to share its scope (scope.py): its newest
     waiters, the first of them alive to join the scope of (those waiting for their go first:
-    they cannot end before it), the joins under way by that waiter and the forks ahead under
-    way (which may join beside it), which its go waits for (`settled`), so that its scope
-    cannot end before they land: a runnable as short as `true` would be gone long before. A few
+    they cannot end before it), the joins under way beside that waiter and the forks ahead under
+    way (which may join beside it when no other waiter waits), which its go waits for
+    (`settled`), so that its scope cannot end before they land: a runnable as short as `true`
+    would be gone long before. A few
     waiters are enough: the one running, those forked ahead and background ones beside them."""
 
     KEPT = 4
@@ -262,10 +263,13 @@ class Members:
         fork.add_done_callback(self._forks.discard)
 
     async def settled(self, waiter: ScriptExecution) -> None:
-        """Before `waiter`'s go: the joins beside it have landed and, under systemd, the forks
-        ahead under way are done (one may be about to join beside it)."""
+        """Before `waiter`'s go (it has left the waiting ones): the joins beside it have landed
+        and, under systemd, if no other waiter waits for its go, the forks ahead under way are
+        done: one would join beside a running waiter. A fork joins beside the newest waiter
+        waiting when it gets there, and a join is registered in the same step of the loop as
+        that choice, so a go that another waiter waits behind need not wait for any fork."""
         pending: list[asyncio.Future[Any]] = [*self._joins.pop(waiter.pid, [])]
-        if self._forks and scope.in_use():
+        if self._forks and not self._waiting and scope.in_use():
             pending += self._forks
         if pending:
             await asyncio.wait(pending)
