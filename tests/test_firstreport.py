@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from batch_agent.wire import parse_time
 from tests.faults.rawserver import LateServer
 from tests.helpers import final_event, job, script, wait_until
 
@@ -42,7 +43,12 @@ def test_a_new_agent_reports_from_its_start_up_a_restarted_one_from_its_loop(
     assert "first-report" not in threads[1:]  # the loop's own reports after it
     # Its answer was the loop's first: the task it brought ran and was reported.
     assert final_event(emu, emu.task_names()[0])["taskState"] == "SUCCEEDED"
-    assert emu.reports[0].body["agentInfo"]["state"] == "AGENT_STARTING"
+    first = emu.reports[0].body
+    assert first["agentInfo"]["state"] == "AGENT_STARTING"
+    # One start, one agentStartupTime: the thread's report and the loop's say the same.
+    started = {r.body["agentTimingInfo"]["agentStartupTime"] for r in emu.reports}
+    assert started == {first["agentTimingInfo"]["agentStartupTime"]}, started
+    assert parse_time(started.pop()) <= parse_time(first["agentInfo"]["reportTime"])
 
     notes.unlink()
     assert start_agent(emu, "--once", **env).wait() == 0  # the same state dir, now not new

@@ -3,7 +3,7 @@
 `RawServer` reads one HTTP request per connection and hands the socket to a scripted answer
 (garbage, a short body, a reset, a trickle); `LateServer` answers 503 until it is told it is
 up, then relays to a real server; `TunnelProxy` is a minimal HTTP CONNECT proxy
-that records what it was asked to reach. Both run in daemon threads, serve only loopback
+that records what it was asked to reach. All run in daemon threads, serve only loopback
 clients, and stop (closing every socket) on `stop()`; nothing here knows batch_agent.
 """
 
