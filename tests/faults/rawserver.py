@@ -146,7 +146,8 @@ class LateServer(_Server):
         self._target = target
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
+        # A client gone before its answer (a long poll at the agent's exit) ends the relay.
+        with conn, contextlib.suppress(OSError):
             request = read_request(conn)
             if not request:
                 return
