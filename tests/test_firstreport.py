@@ -10,6 +10,7 @@ from pathlib import Path
 from batch_agent.wire import parse_time
 from tests.faults.rawserver import LateServer
 from tests.helpers import final_event, job, script, wait_until
+from tests.test_cloud_logging import logged_task
 
 PROBE = """\
 import os, sys, threading
@@ -72,3 +73,20 @@ def test_a_new_agent_whose_metadata_server_is_not_up_yet_reports_from_its_loop(
     threads = notes.read_text().splitlines()
     assert threads and "first-report" not in threads, threads
     assert final_event(emu, emu.task_names()[0])["taskState"] == "SUCCEEDED"
+
+
+def test_what_the_first_reports_thread_logs_reaches_cloud_logging(make_emulator, start_agent):
+    """Records logged before the agent's Cloud Logging handler exists (here the thread's note
+    of a missing os-release) are held and handed over to it: batch_agent_logs has them."""
+    emu = make_emulator(None)
+    emu.add_task(logged_task("echo hello; sleep 1"))  # it asks for Cloud Logging: our log too
+    agent = start_agent(
+        emu,
+        "--once",
+        BATCH_AGENT_LOGGING_ENDPOINT=emu.url,
+        BATCH_AGENT_OS_RELEASE="/nonexistent/os-release",
+    )
+    assert agent.wait() == 0, agent.log()
+    assert "no os-release at /nonexistent/os-release" in agent.log()
+    texts = [e.get("textPayload", "") for e in emu.logs.entries("batch_agent_logs")]
+    assert any("no os-release at /nonexistent/os-release" in t for t in texts), texts

@@ -205,9 +205,10 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
         from batch_agent.vm import ask_early
 
         early = ask_early(config.metadata_host, token=config.credentials_file is None)
-        from batch_agent.logformat import setup_logging
+        from batch_agent.logformat import HeldRecords, setup_logging
 
         setup_logging(config.log_format)
+        held = HeldRecords()  # until the agent's Cloud Logging handler takes them over
         # The state dir's lock taken. If its database is new, it holds no task: the first
         # report goes as soon as the Google client stack is imported, in a thread, while the
         # rest is imported (firstreport.py).
@@ -248,7 +249,13 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
             if isinstance(state, Exception):  # raised here, as the reporter would have
                 raise state
             reporter = Reporter(
-                config, stop=stop, started=started, early=early, state=state, first=first
+                config,
+                stop=stop,
+                started=started,
+                early=early,
+                state=state,
+                first=first,
+                held=held,
             )
             if args.exit_with_parent:
                 _watch_parent(reporter.abandon)

@@ -1,5 +1,6 @@
 """The agent's own log lines on stderr: `text` (escaped, one line per message), `json` (one
-object per line, with the task and runnable a line is about) and `journal` (journal.py).
+object per line, with the task and runnable a line is about) and `journal` (journal.py); and
+`HeldRecords`, which keeps what is logged before the agent's Cloud Logging handler exists.
 
 Apart from cli.py so that the commands that log nothing (`version`, `status`) never load the
 logging machinery.
@@ -13,6 +14,7 @@ import logging
 import re
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from batch_agent.journal import ESCAPES, JournalFormatter
@@ -83,3 +85,31 @@ def setup_logging(log_format: str) -> None:
     root.setLevel(logging.INFO)
     for noisy in ("googleapiclient", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class HeldRecords(logging.Handler):
+    """The records logged before the agent's Cloud Logging handler (`cloudlog.AgentLog`) is
+    in place, handed over to it then: the first report's thread (firstreport.py) logs while the
+    rest of the agent is still imported. The newest `LIMIT` are kept. Thread-safe."""
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._records: deque[logging.LogRecord] = deque(maxlen=self.LIMIT)
+        logging.getLogger().addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._records.append(record)
+
+    def hand_over(self, handler: logging.Handler | None) -> None:
+        """Stop holding; what was held goes to `handler` (None: nowhere), oldest first."""
+        logging.getLogger().removeHandler(self)
+        self.acquire()
+        try:
+            held, self._records = list(self._records), deque()
+        finally:
+            self.release()
+        if handler is not None:
+            for record in held:
+                handler.handle(record)

@@ -27,6 +27,7 @@ from batch_agent.cloudlog import AgentLog, CloudLogWriter, report_text
 from batch_agent.config import Config
 from batch_agent.control import Backoff, ControlPlaneError
 from batch_agent.firstreport import FirstReport, Sent, report_request
+from batch_agent.logformat import HeldRecords
 from batch_agent.statedir import StateDirLock, claim_state_dir
 from batch_agent.store import TaskStore
 from batch_agent.tasks.assembly import preload_task_side
@@ -73,11 +74,12 @@ class Reporter:
         early: EarlyAnswers | None = None,
         state: tuple[StateDirLock, TaskStore] | None = None,
         first: FirstReport | None = None,
+        held: HeldRecords | None = None,
     ) -> None:
-        # `early`, `state`, `first`: the metadata's answers, the state dir's lock and store and
-        # the first report under way, which the CLI set going before its imports. The lock
-        # before anything: a second agent must touch nothing (raises StateDirBusy). Held for
-        # the life of the process, never released.
+        # `early`, `state`, `first`, `held`: the metadata's answers, the state dir's lock and
+        # store, the first report under way and the log records so far, which the CLI set going
+        # before its imports. The lock before anything: a second agent must touch nothing
+        # (raises StateDirBusy). Held for the life of the process, never released.
         if state is None:
             state = claim_state_dir(config.state_dir), TaskStore(config.state_dir / "state.db")
         self._state_lock, self._store = state
@@ -85,6 +87,7 @@ class Reporter:
         self._stop = stop
         self._stopping: asyncio.Task[Literal[True]] | None = None  # see _stopped
         self._first = first
+        self._held = held
         self._sent: Sent | None = None  # the first report, once start-up found it went
         self._control = first.control if first is not None else clients.control_plane(config, early)
         self._early = early
@@ -128,6 +131,8 @@ class Reporter:
         if self._agent_log is not None:  # before masked_log: its filter goes on this one too
             logging.getLogger().addHandler(self._agent_log)
         with wiring.masked_log(self._masker):
+            if self._held is not None:
+                self._held.hand_over(self._agent_log)
             try:
                 tasks = await self._start_up(once=once)
                 while not self._stop.is_set():
