@@ -93,6 +93,10 @@ class AgentLog(logging.Handler):
             taken.insert(0, self._entry(notice, "WARNING", time.time_ns()))
         return [{**self._common, **entry} for entry in taken]
 
+    def waiting(self) -> bool:
+        """Whether entries wait to be taken (none can be before `configure`)."""
+        return self._common is not None and bool(self._queue)
+
     def put_back(self, entries: list[dict[str, Any]]) -> None:
         """Entries of a write that failed, to be taken again first (as room allows)."""
         with self._guard:

@@ -98,9 +98,9 @@ class CloudLogWriter:
             still_ours=self._still_ours,
             on_change=on_change,
         )
-        # The agent's log is shipped once a task of this agent ships its output (auto) or
-        # always: on a VM whose jobs do not log to Cloud Logging, it is not either.
-        self._agent_log_on = False
+        # The agent's log is shipped once a task of this agent ships its output (auto; see
+        # _task_log) or always: on a VM whose jobs do not log to Cloud Logging, it is not either.
+        self._agent_log_on = mode == "always"
 
     def follow(self, records: Callable[[], list[TaskRecord]]) -> None:
         """Ship the output of the tasks `records()` gives (called each round, on the loop),
@@ -170,17 +170,20 @@ class CloudLogWriter:
         self._logs.pop(name, None)
 
     async def flush(self, timeout: timedelta) -> bool:
-        """Wait (at most `timeout`) until the output of every ended task is written; True if
-        it was. For the agent's exit: running tasks outlive the agent, and what is left of any
-        task is sent by the next agent, from the offsets."""
+        """Wait (at most `timeout`) until the output of every ended task is written, and the
+        agent's log queued so far when it is shipped; True if they were. For the agent's exit:
+        running tasks outlive the agent, and what is left of any task is sent by the next
+        agent, from the offsets."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout.total_seconds()
-        while not all(self._caught_up(t) for t in self._followed() if t.record.state.is_terminal):
+        while True:
+            ended = [t for t in self._followed() if t.record.state.is_terminal]
+            if all(self._caught_up(t) for t in ended) and not self._agent_log_waits():
+                return True
             if loop.time() >= end:
                 return False
             self.wake()
             await asyncio.sleep(0.05)
-        return True
 
     # -- one round ---------------------------------------------------------------------------
 
@@ -191,7 +194,6 @@ class CloudLogWriter:
         wait for its answer: one write in flight at a time, its calls in order."""
         followed = self._followed()
         destinations = {t: t.destination(self._site, self._batch_resource) for t in followed}
-        self._agent_log_on |= self._mode == "always" or any(t.enabled for t in self._logs.values())
         agent_log = self._agent_log if self._agent_log_on else None
         agent_entries = agent_log.take(MAX_ENTRIES // 2) if agent_log is not None else []
         flying = self._in_flight[1].segments if self._in_flight is not None else {}
@@ -277,7 +279,13 @@ class CloudLogWriter:
         task_log = self._logs.get(record.task_id)
         if task_log is None or task_log.record is not record:
             task_log = self._logs[record.task_id] = TaskLog(record, self._mode)
+            # Every task is seen here first (a round, a drain, the exit's flush): one that
+            # ships turns the agent's log on, even if it is deleted before the next round.
+            self._agent_log_on |= task_log.enabled
         return task_log
+
+    def _agent_log_waits(self) -> bool:
+        return self._agent_log_on and self._agent_log is not None and self._agent_log.waiting()
 
     def _may_read(self, task_log: TaskLog) -> bool:
         return not task_log.needs_secrets or self._masker.knows(task_log.record.task_id)
