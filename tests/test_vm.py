@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from batch_agent.emulator import Emulator
+from batch_agent.osrelease import read_os_release
 from batch_agent.vm import (
     IDENTITY_KEYS,
     METADATA_KEYS,
@@ -21,7 +22,6 @@ from batch_agent.vm import (
     MetadataServer,
     VmIdentity,
     read_boot_time,
-    read_os_release,
     read_vm,
     region_of,
     watch_preemption,

@@ -24,7 +24,8 @@ from typing import Any
 
 from batch_agent.clients import control_plane
 from batch_agent.config import Config
-from batch_agent.vm import EarlyAnswers, Machine, read_machine, read_os_release
+from batch_agent.osrelease import read_os_release
+from batch_agent.vm import EarlyAnswers, Machine, read_machine
 from batch_agent.wire import (
     AgentInfo,
     AgentState,

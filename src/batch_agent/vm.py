@@ -1,4 +1,5 @@
-"""Facts about this VM for the report: metadata server reads, identity, boot time, os-release.
+"""Facts about this VM for the report: metadata server reads, identity, boot time (its
+os-release: osrelease.py).
 
 Metadata reads use only the standard library (http.client: no proxy, as the metadata server
 answers only on the VM itself): httplib2 and the Google client libraries belong to control/.
@@ -353,54 +354,6 @@ def read_boot_time(proc_stat: Path = Path("/proc/stat")) -> datetime:
         if name == "btime":
             return datetime.fromtimestamp(int(value.strip()), tz=UTC)
     raise ValueError(f"{proc_stat} has no btime line")
-
-
-def read_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:
-    """`/etc/os-release` as a map (`ID`, `VERSION_ID`, `VERSION_CODENAME`, ...), quotes removed.
-
-    Every assignment is kept: the server decides what it wants. A missing or unreadable file
-    gives {}; a line that is not `KEY=value` is skipped. Never raises.
-    """
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as error:
-        log.info("vm: no os-release at %s: %s", path, error)
-        return {}
-    release: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, equals, raw = line.partition("=")
-        if not equals or not key.isidentifier():
-            continue
-        release[key] = _unquote(raw)
-    return release
-
-
-def _unquote(raw: str) -> str:
-    """Undo os-release's shell quoting: '...' literal, "..." with backslash escapes of
-    $ " \\ ` (os-release(5)), bare words with backslash escapes. The raw text if unbalanced.
-    """
-    out: list[str] = []
-    quote = ""  # "", "'" or '"': the quote we are inside
-    chars = iter(raw)
-    for char in chars:
-        if quote == "'":
-            if char == "'":
-                quote = ""
-            else:
-                out.append(char)
-        elif char == "\\":
-            following = next(chars, "")
-            if quote == '"' and following not in '$"\\`':
-                out.append(char)  # inside "...", other backslashes are literal
-            out.append(following)
-        elif char in "'\"" and (not quote or char == quote):
-            quote = "" if quote else char
-        else:
-            out.append(char)
-    return raw if quote else "".join(out)
 
 
 def watch_preemption(server: MetadataServer, on_notice: Callable[[], None]) -> None:

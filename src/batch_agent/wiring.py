@@ -21,6 +21,7 @@ from batch_agent.cloudlog import AgentLog, CloudLogWriter, Site
 from batch_agent.config import Config
 from batch_agent.control import Backoff, CloudLogging, SecretError, SecretsClient
 from batch_agent.journal import JournalOutput
+from batch_agent.osrelease import read_os_release
 from batch_agent.outputlog import OutputLog
 from batch_agent.runtimedir import allows_exec, tasks_root
 from batch_agent.tasks.env import base_environment
@@ -37,7 +38,6 @@ from batch_agent.vm import (
     MetadataServer,
     VmIdentity,
     read_machine,
-    read_os_release,
 )
 
 log = logging.getLogger(__name__)
