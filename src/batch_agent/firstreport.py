@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_agent.clients import control_plane
 from batch_agent.config import Config
@@ -29,11 +29,13 @@ from batch_agent.vm import EarlyAnswers, Machine, read_machine
 from batch_agent.wire import (
     AgentInfo,
     AgentState,
-    AgentTaskInfo,
     AgentTimingInfo,
     ReportAgentStateRequest,
     ReportAgentStateResponse,
 )
+
+if TYPE_CHECKING:  # the task side is imported after the first report
+    from batch_agent.tasks.taskset import TaskSet
 
 
 def report_request(
@@ -42,19 +44,18 @@ def report_request(
     *,
     started: datetime,
     config: Config,
-    job: tuple[str | None, str | None] = (None, None),
-    tasks: list[AgentTaskInfo] | None = None,
+    tasks: TaskSet | None = None,
 ) -> ReportAgentStateRequest:
     """The request of a report (every report's, the first's too) from this agent, started at
-    `started`, on `machine`, with `tasks` of `job` (its job id and task group id)."""
-    job_id, group_id = job
+    `started`, on `machine`, with what `tasks` hold (None: none yet)."""
+    job_id, group_id = tasks.job_and_group() if tasks is not None else (None, None)
     return ReportAgentStateRequest(
         agent_info=AgentInfo(
             state=state,
             report_time=datetime.now(UTC),
             job_id=job_id,
             task_group_id=group_id,
-            tasks=tasks or [],
+            tasks=tasks.snapshot() if tasks is not None else [],
         ),
         agent_timing_info=AgentTimingInfo(
             boot_time=machine.boot_time,

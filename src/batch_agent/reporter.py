@@ -37,7 +37,6 @@ from batch_agent.telemetry import Telemetry
 from batch_agent.vm import EarlyAnswers, Machine, MetadataServer, watch_preemption
 from batch_agent.wire import (
     AgentState,
-    ReportAgentStateRequest,
     ReportAgentStateResponse,
     format_time,
 )
@@ -286,7 +285,9 @@ class Reporter:
         if sent is not None:  # the first report, sent at start-up (firstreport.py)
             request, call = sent.request, asyncio.wrap_future(sent.answer)
         else:
-            request = self._request(state, self._machine).to_wire()  # once: call and log
+            request = report_request(  # made once: for the call and the log
+                state, self._machine, started=self._started, config=self._config, tasks=self._tasks
+            ).to_wire()
             await self._store.settled()  # persist before report: every change it holds is on disk
             began = time.monotonic()
             # In a worker thread from now on: the log's text is made while the call waits.
@@ -316,17 +317,6 @@ class Reporter:
         if response.min_report_interval is not None:
             self._min_interval = max(response.min_report_interval, timedelta(0))
         return response
-
-    def _request(self, state: AgentState, machine: Machine) -> ReportAgentStateRequest:
-        tasks = self._tasks
-        return report_request(
-            state,
-            machine,
-            started=self._started,
-            config=self._config,
-            job=tasks.job_and_group() if tasks is not None else (None, None),
-            tasks=tasks.snapshot() if tasks is not None else None,
-        )
 
     async def _shut_down(self) -> None:
         """Leave tasks running (they outlive the agent), send AGENT_STOPPED once, close."""
