@@ -7,8 +7,9 @@ between idle reports, an early report after a task changed, never two reports cl
 of changes to pause (`Burst`: a task's end and the next one's start go in one report). A
 failed call is retried with capped, jittered backoff (at least the server's Retry-After) while
 tasks keep running; a call the server rejects for good (a 400, say) ends the loop (`Rejected`),
-as does `--once` after `unreachable_timeout` without an answer (`Unreachable`). Blocking calls
-run in worker threads; the loop never blocks."""
+as does `--once` after `unreachable_timeout` without an answer (`Unreachable`). Its waits end
+at a stop and ping systemd's watchdog (waits.py). Blocking calls run in worker threads; the
+loop never blocks."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from batch_agent import clients, wiring
 from batch_agent.burst import Burst
@@ -35,6 +35,7 @@ from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.taskset import TaskSet
 from batch_agent.telemetry import Telemetry
 from batch_agent.vm import EarlyAnswers, Machine, MetadataServer, watch_preemption
+from batch_agent.waits import Waits
 from batch_agent.wire import (
     AgentState,
     ReportAgentStateResponse,
@@ -84,7 +85,6 @@ class Reporter:
         self._state_lock, self._store = state
         self._config = config
         self._stop = stop
-        self._stopping: asyncio.Task[Literal[True]] | None = None  # see _stopped
         self._first = first
         self._held = held
         self._sent: Sent | None = None  # the first report, once start-up found it went
@@ -114,6 +114,9 @@ class Reporter:
         self._machine: Machine | None = None  # read in start-up
         self._last_report = float("-inf")  # loop time of the last answer (or failure)
         self._telemetry = Telemetry(config, self._store, started=self._started)
+        self._waits = Waits(
+            stop, ping_every=self._telemetry.watchdog_interval, ping=self._telemetry.watchdog
+        )
         self._abandoned = False  # see abandon()
 
     def abandon(self) -> None:
@@ -163,7 +166,7 @@ class Reporter:
                 else await wiring.wait_for_machine(
                     self._config,
                     self._metadata,
-                    sleep=self._sleep,
+                    sleep=self._waits.sleep,
                     give_up_at=give_up_at,
                     early=self._early,
                 )
@@ -217,11 +220,11 @@ class Reporter:
     async def _wait_for_cadence(self) -> bool:
         """Wait until the next report is due; True if told to stop meanwhile."""
         if not self._changed.is_set() and not self._urgent.is_set():
-            await self._sleep(self._default_interval.total_seconds(), wake=self._changed)
-        if not self._urgent.is_set() and await self._sleep(self._until_min_interval()):
+            await self._waits.sleep(self._default_interval.total_seconds(), wake=self._changed)
+        if not self._urgent.is_set() and await self._waits.sleep(self._until_min_interval()):
             return True
         while not self._urgent.is_set() and (left := self._burst.wait(time.monotonic())) > 0:
-            if await self._sleep(left):
+            if await self._waits.sleep(left):
                 return True
         self._burst.reported()
         self._urgent.clear()
@@ -254,7 +257,7 @@ class Reporter:
                 backoff = backoff or Backoff()
                 delay = max(backoff.next_delay(), error.retry_after or timedelta(0))
                 log.warning("report failed (%s); retrying in %.1fs", error, delay.total_seconds())
-                if await self._sleep(delay.total_seconds()):
+                if await self._waits.sleep(delay.total_seconds()):
                     return None
                 continue
             self._last_success = datetime.now(UTC)
@@ -267,7 +270,7 @@ class Reporter:
         """A report, or None if told to stop first: the call in flight is then abandoned, so
         that a hanging server never holds up the exit (systemd waits 30 s, not a deadline)."""
         call = asyncio.ensure_future(self._report(state, deadline=deadline))
-        await asyncio.wait({call, self._stopped()}, return_when="FIRST_COMPLETED")
+        await asyncio.wait({call, self._waits.stopped()}, return_when="FIRST_COMPLETED")
         if call.done():
             return call.result()
         self._control.abort()
@@ -341,8 +344,7 @@ class Reporter:
             await asyncio.gather(self._writing, return_exceptions=True)
         if self._agent_log is not None:
             logging.getLogger().removeHandler(self._agent_log)
-        if self._stopping is not None:
-            self._stopping.cancel()
+        self._waits.close()
         self._logging.close()
         self._control.close()
         self._secrets.close()
@@ -373,35 +375,3 @@ class Reporter:
         """Seconds to wait so that no report follows the last sooner than minReportInterval."""
         elapsed = asyncio.get_running_loop().time() - self._last_report
         return max(self._min_interval.total_seconds() - elapsed, 0.0)
-
-    def _stopped(self) -> asyncio.Task[Literal[True]]:
-        """The task that ends when the agent is told to stop, shared by every wait (one made
-        per wait cost the loop more than the report's own step)."""
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._stop.wait())
-        return self._stopping
-
-    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
-        """Sleep, waking early on stop (returns True) or on `wake`."""
-        if seconds <= 0 and wake is None:
-            return self._stop.is_set()
-        woken = asyncio.ensure_future(wake.wait()) if wake is not None else None
-        waits = [self._stopped(), *([woken] if woken is not None else [])]
-        # The loop pings systemd's watchdog while it waits, at least every half WatchdogSec:
-        # a loop wedged anywhere else stops the pings and systemd restarts us.
-        ping = self._telemetry.watchdog_interval
-        slice_ = ping.total_seconds() if ping is not None else float("inf")
-        end = asyncio.get_running_loop().time() + max(seconds, 0)
-        try:
-            while True:
-                left = end - asyncio.get_running_loop().time()
-                done, _ = await asyncio.wait(
-                    waits, timeout=max(min(left, slice_), 0), return_when="FIRST_COMPLETED"
-                )
-                if done or left <= slice_:
-                    break
-                self._telemetry.watchdog()
-        finally:
-            if woken is not None:
-                woken.cancel()
-        return self._stop.is_set()
