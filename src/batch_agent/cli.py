@@ -7,7 +7,6 @@ and systemd restarts us.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,6 @@ from batch_agent import REPORTED_VERSION, __version__
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable
 
     from batch_agent.statedir import StateDirLock
     from batch_agent.store import TaskStore
@@ -233,7 +231,9 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
         gc.freeze()
         gc.enable()
 
-    _watch_children_by_pidfd()
+    from batch_agent.pidwatch import watch_children_by_pidfd, watch_parent
+
+    watch_children_by_pidfd()
     log = logging.getLogger("batch_agent")
 
     async def go() -> int:
@@ -258,7 +258,7 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
                 held=held,
             )
             if args.exit_with_parent:
-                _watch_parent(reporter.abandon)
+                watch_parent(reporter.abandon)
             outcome = await reporter.run(once=args.once)
         except Unreachable as error:
             if stop.is_set():  # told to stop while still looking for the servers
@@ -312,53 +312,6 @@ def _open_store(
     except Exception as error:
         lock.release()
         return error
-
-
-def _watch_parent(gone: Callable[[], None]) -> None:
-    """Call `gone` on the event loop once our parent process has ended (at once if it has
-    already: we were reparented), by a pidfd: nothing polls."""
-    import asyncio
-    import logging
-
-    parent = os.getppid()
-    try:
-        pidfd = os.pidfd_open(parent)
-    except ProcessLookupError:  # it has ended already
-        gone()
-        return
-    except OSError as error:  # no pidfd_open (Linux < 5.3, seccomp): run on unwatched
-        logging.getLogger(__name__).warning("cannot watch the parent process: %s", error)
-        return
-    if os.getppid() != parent:  # it ended before we looked: this pidfd may be another's
-        os.close(pidfd)
-        gone()
-        return
-    loop = asyncio.get_running_loop()
-
-    def ended() -> None:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        gone()
-
-    loop.add_reader(pidfd, ended)
-
-
-def _watch_children_by_pidfd() -> None:
-    """Python 3.11's asyncio waits for each child process in a thread of its own (64 tasks, 64
-    threads); a pidfd watcher waits on the loop instead. 3.12 and later do so by themselves;
-    where the kernel has no pidfd_open the default stays."""
-    import asyncio
-    import warnings
-
-    if sys.version_info >= (3, 12):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return
-    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
-    # Tasks outlive the agent: their waiters are still being watched when the loop closes.
-    warnings.filterwarnings("ignore", "A loop is being detached from a child watcher")
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
