@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch_agent.tasks.filework import FileWork
-from batch_agent.tasks.folders import task_dir
+from batch_agent.tasks.folders import TaskFolders, task_dir
 from batch_agent.tasks.lifecycle import Lifecycle
 from batch_agent.tasks.masking import MaskedEvents, Masker
 from batch_agent.tasks.mounts import MountSettings, container_volumes
@@ -123,6 +123,7 @@ def make_run(
     if plan.mounts:  # which disks are existing ones (read-only in containers) the VM tells
         plan = replace(plan, volumes=container_volumes(plan.mounts, settings.mounts))
     secrets = SecretValues()  # filled by the Secrets hook, read by the drivers
+    folders = TaskFolders(folder, plan.user, runtime)
     context = TaskContext(
         plan=plan,
         folder=folder,
@@ -131,6 +132,7 @@ def make_run(
         task_id=record.task_id,
         instance=settings.where,
         base_env=settings.base_env,
+        folders=folders,
         kill_grace=settings.kill_grace,
         secrets=secrets,
         files=settings.files,
@@ -143,7 +145,7 @@ def make_run(
         lifecycle=MaskedEvents(lifecycle, settings.masker),
         drivers=drivers,
         hooks=[
-            TaskFolder(folder, plan.user, runtime, settings.files),
+            TaskFolder(folder, plan.user, folders, settings.files),
             Secrets(plan, secrets, settings.secrets, settings.masker),
             Volumes(settings.mount_table, record.task_id, plan.mounts, plan.user),
             *([ContainerNetwork(containers)] if _blocks_networks(plan) else []),

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from batch_agent.tasks.execution import Execution, ExitResult, Handle
 from batch_agent.tasks.filework import FileWork
-from batch_agent.tasks.folders import status_path, work_dir
+from batch_agent.tasks.folders import TaskFolders, status_path, work_dir
 from batch_agent.tasks.plan import RunnablePlan, TaskPlan
 from batch_agent.tasks.taskoutput import output_path
 
@@ -102,6 +102,7 @@ class TaskContext:
     task_id: str
     instance: str  # `zones/<zone>/instances/<id>`, a container label
     base_env: Mapping[str, str]
+    folders: TaskFolders  # makes folder, its work/ and runtime, once
     kill_grace: timedelta = timedelta(seconds=10)
     secrets: SecretValues = field(default_factory=SecretValues)
     files: FileWork = field(default_factory=FileWork)  # the agent's, for its own folders

@@ -76,6 +76,22 @@ def make_task_folder(
         _own_directory(runtime, agent, 0o711)
 
 
+class TaskFolders:
+    """One task's folders (`make_task_folder`), made once for its run: the script driver's
+    first file work and the TaskFolder hook both need them, whichever comes first. Called in
+    the tasks' one file thread (filework.py) only, so without a lock; a failed make is tried
+    again at the next call."""
+
+    def __init__(self, folder: Path, user: tuple[int, int] | None, runtime: Path) -> None:
+        self._args = folder, user, runtime
+        self._made = False
+
+    def make(self) -> None:
+        if not self._made:
+            make_task_folder(*self._args)
+            self._made = True
+
+
 def _own_directory(path: Path, owner: tuple[int, int], mode: int) -> None:
     """Make `path` a directory with that owner and mode, through an fd that is not a symlink's."""
     with contextlib.suppress(FileExistsError):

@@ -21,7 +21,7 @@ from batch_agent.tasks import events
 from batch_agent.tasks.container_driver import ContainerDriver
 from batch_agent.tasks.driver import SecretValues
 from batch_agent.tasks.filework import FileWork
-from batch_agent.tasks.folders import make_task_folder
+from batch_agent.tasks.folders import TaskFolders
 from batch_agent.tasks.masking import Masker
 from batch_agent.tasks.plan import ContainerSpec, SecretRefs, TaskPlan, is_secret_path
 
@@ -44,11 +44,11 @@ class TaskFolder:
     scripts), `runtime`, when that is elsewhere."""
 
     def __init__(
-        self, folder: Path, user: tuple[int, int] | None, runtime: Path, files: FileWork
+        self, folder: Path, user: tuple[int, int] | None, folders: TaskFolders, files: FileWork
     ) -> None:
         self._folder = folder
         self._user = user
-        self._runtime = runtime
+        self._folders = folders
         self._files = files
 
     async def prestart(self) -> str | None:
@@ -59,8 +59,7 @@ class TaskFolder:
             except KeyError:
                 return events.unknown_user(uid)
         try:  # a new directory costs a disk's journal: off the event loop
-            folder, user, runtime = self._folder, self._user, self._runtime
-            await self._files.run(lambda: make_task_folder(folder, user, runtime))
+            await self._files.run(self._folders.make)
         except OSError as error:
             return events.task_folder_failed(str(self._folder), error.strerror or str(error))
         return None

@@ -32,7 +32,6 @@ from batch_agent.tasks import events, scope
 from batch_agent.tasks.driver import Finished, Started, TaskContext
 from batch_agent.tasks.env import runnable_environment
 from batch_agent.tasks.execution import EXIT_CODE_UNKNOWN, Execution, ExitResult, Handle
-from batch_agent.tasks.folders import make_task_folder
 from batch_agent.tasks.plan import RunnablePlan, ScriptSpec
 from batch_agent.tasks.script import (
     OpenedFiles,
@@ -59,7 +58,6 @@ class ScriptDriver:
         # once made (or why not), or its waiter, forked and waiting for its go.
         self._ahead: dict[int, asyncio.Future[Ahead]] = {}
         self._waiting: dict[int, ScriptExecution] = {}  # waiters forked ahead, not yet started
-        self._asked_ahead = False  # the first ask may come before the TaskFolder hook
         self._members = Members(self._waiting)  # under systemd: the task's scope, shared
 
     def prepare(self, runnable: RunnablePlan) -> PreparedScript | ExitResult:
@@ -83,14 +81,10 @@ class ScriptDriver:
         if not isinstance(spec, ScriptSpec) or spec.text is None or runnable.index in self._ahead:
             return
         context = self._context
-        first, self._asked_ahead = not self._asked_ahead, True
 
         def make() -> Ahead:
-            # The first ask may come before the TaskFolder hook: the same folders, made the
-            # same way (a no-op once they exist); later ones come after it.
-            try:
-                if first:
-                    make_task_folder(context.folder, context.plan.user, context.runtime)
+            try:  # the first ask may come before the TaskFolder hook
+                context.folders.make()
             except OSError as error:  # the hook says so, in its event; the start tries again
                 return ExitResult.not_started(str(error))
             files = _write_and_open(context, runnable.index, spec)
