@@ -12,6 +12,14 @@ its agents, their shells; user + system, from the children's rusage) against the
 xargs, split into the agents with their shells (the summary's `cpu`) and `local` (the rest,
 its start-up included), and the `state:report` calls per task (the summary's `reports`).
 
+Two more figures, in the same repeats, split the CPU per task into what this design cannot go
+below and what the agents add: the floor, 400 starts of the waiter's own command
+(`script.waiter_argv` on a script of `true`, its go given at once, status files in a temporary
+folder), 8 at a time, with no agent around (its tasks/s, and the CPU of its shells per task);
+and the fixed cost, a `local` run of the same job with 8 tasks (one per slot: `local`'s and
+both agents' start-up and stop, 8 tasks' work), whose CPU is spread over the 400 tasks of the
+full run.
+
 `--against SRC` compares instead with another checkout's code (its `src`, e.g. `main`'s in a
 worktree): the same run alternately with ours and with SRC's (on `PYTHONPATH`, so its agents
 run it too), ours first in even pairs and SRC's first in odd ones, the way changes are judged
@@ -37,21 +45,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import Figure, print_figures
 
 import batch_agent
+from batch_agent.tasks.script import waiter_argv, write_script
 
 TASKS, PARALLELISM, PER_VM = 400, 8, 4
 TARGET = 400.0  # tasks per second
 TIMEOUT = 600.0
 
 
-def job() -> dict[str, object]:
+def job(tasks: int = TASKS) -> dict[str, object]:
     spec = {"runnables": [{"script": {"text": "true"}}]}
     group = {
-        "taskCount": TASKS,
+        "taskCount": tasks,
         "parallelism": PARALLELISM,
         "taskCountPerNode": PER_VM,
         "taskSpec": spec,
@@ -102,6 +112,27 @@ def through_local(
     return *rates, cpu * 1000 / TASKS, agents * 1000 / TASKS, reports
 
 
+def waiters(tmp: Path) -> tuple[float, float]:
+    """Tasks per second of the waiter's own command on a script of `true`, TASKS times,
+    PARALLELISM at a time, and the CPU ms per task of its shells (the floor of the design)."""
+    script = write_script("true", tmp)
+    go = Path(tmp, "go")
+    go.write_text("go\n")
+    statuses = Path(tempfile.mkdtemp(dir=tmp))
+
+    def one(i: int) -> None:
+        with go.open("rb") as stdin:
+            argv = waiter_argv(script, statuses / f"status-{i}", [], shell=True)
+            subprocess.run(argv, stdin=stdin, check=True, start_new_session=True)
+
+    cpu = _children_cpu()
+    began = time.perf_counter()
+    with ThreadPoolExecutor(PARALLELISM) as pool:
+        list(pool.map(one, range(TASKS)))
+    rate = TASKS / (time.perf_counter() - began)
+    return rate, (_children_cpu() - cpu) * 1000 / TASKS
+
+
 def xargs() -> tuple[float, float]:
     """Tasks per second of `seq 400 | xargs -P 8 -n 1 sh -c true`, and its CPU ms per task."""
     cpu = _children_cpu()
@@ -121,11 +152,20 @@ def run(repeats: int) -> list[Figure]:
     fixed: list[float] = []
     baseline: list[float] = []
     baseline_cpu: list[float] = []
+    floor: list[float] = []
+    floor_cpu: list[float] = []
+    fixed_cpu: list[float] = []
     compileall.compile_dir(Path(batch_agent.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         config = Path(tmp, "many-small-tasks.json")
         config.write_text(json.dumps(job()))
+        small = Path(tmp, "one-round.json")
+        small.write_text(json.dumps(job(PARALLELISM)))
         for _ in range(repeats):
+            rate, waiters_cpu = waiters(Path(tmp))
+            floor.append(rate)
+            floor_cpu.append(waiters_cpu)
+            fixed_cpu.append(through_local(small)[2])  # its CPU spread over TASKS tasks
             whole, running, used, agents, calls = through_local(config)
             end_to_end.append(whole)
             steady.append(running)
@@ -166,6 +206,26 @@ def run(repeats: int) -> list[Figure]:
             [whole - agents for whole, agents in zip(cpu, agents_cpu, strict=True)],
         ),
         Figure(f"{name}: `state:report` calls per task", "calls", reports),
+        Figure(
+            f"{TASKS} x the waiter's command alone on `true`, {PARALLELISM} at a time (no agent)",
+            "tasks/s",
+            floor,
+            base,
+            baseline,
+        ),
+        Figure(
+            f"{TASKS} x the waiter's command alone: CPU per task of its shells",
+            "ms",
+            floor_cpu,
+            base,
+            baseline_cpu,
+        ),
+        Figure(
+            f"{name}: fixed CPU (a run of {PARALLELISM} tasks: start-ups, stops), per task of"
+            f" {TASKS}",
+            "ms",
+            fixed_cpu,
+        ),
     ]
 
 
