@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from batch_agent.journal import JournalOutput
 from batch_agent.notify import Notifier
+from batch_agent.tasks.output import Lines
 from tests.helpers import job, script, wait_until
 
 
@@ -109,6 +112,50 @@ def test_journal_format_is_detected_from_journal_stream(make_emulator, start_age
     assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines)  # journald stamps
     assert "<6>[task 0 r1 stdout] out" in lines
     assert "<3>[task 0 r1 stderr] err" in lines
+
+
+def test_journal_copy_of_output_stops_at_its_limit_and_says_so():
+    """At most `copied` output lines a window go to the journal; the first left out brings a
+    warning, and the next window's first write says how many were left out."""
+    raw = io.BytesIO()
+    now = [100.0]
+    sink = JournalOutput(io.TextIOWrapper(raw), copied=5, window=30.0, clock=lambda: now[0])
+    sink.write("task 0 r1", "stdout", Lines(b"1\n2\n3"))
+    sink.write("task 0 r1", "stderr", Lines(b"4\n5\n6\n7"))  # 2 fit, 2 left out
+    sink.write("task 1 r1", "stdout", Lines(b"8"))  # left out, no second warning
+    now[0] += 30.0
+    sink.write("task 1 r1", "stdout", Lines(b"9"))
+    lines = raw.getvalue().decode().splitlines()
+    output = [line for line in lines if "] " in line and "batch_agent" not in line]
+    assert output == [
+        "<6>[task 0 r1 stdout] 1",
+        "<6>[task 0 r1 stdout] 2",
+        "<6>[task 0 r1 stdout] 3",
+        "<3>[task 0 r1 stderr] 4",
+        "<3>[task 0 r1 stderr] 5",
+        "<6>[task 1 r1 stdout] 9",
+    ]
+    warnings = [line for line in lines if line.startswith("<4>batch_agent.journal: ")]
+    assert len(warnings) == 2, lines
+    assert "more than 5 lines" in warnings[0] and lines.index(warnings[0]) == 5  # after 4, 5
+    assert warnings[1].startswith("<4>batch_agent.journal: 3 lines of runnables' output")
+    assert lines[-2:] == [warnings[1], "<6>[task 1 r1 stdout] 9"]
+
+
+def test_journal_copy_of_a_flood_keeps_the_agents_own_lines(make_emulator, start_agent, tmp_path):
+    """A task printing more than the journal's share of output: the first 5,000 lines are
+    copied, a warning says the rest are not, and the agent's own lines are all there."""
+    emu = make_emulator(job(script("seq 1 12000")))
+    log_path = tmp_path / "state-agent.log"  # where start_agent sends the agent's stderr
+    log_path.touch()
+    found = log_path.stat()
+    agent = start_agent(emu, "--once", JOURNAL_STREAM=f"{found.st_dev}:{found.st_ino}")
+    assert agent.wait() == 0, agent.log()[-3000:]
+    lines = agent.log().splitlines()
+    copied = [line for line in lines if line.startswith("<6>[task 0 r1 stdout] ")]
+    assert copied == [f"<6>[task 0 r1 stdout] {n}" for n in range(1, 5001)]
+    assert any("more than 5000 lines of runnables' output" in line for line in lines)
+    assert any("from RUNNING to SUCCEEDED" in line for line in lines), lines[-20:]
 
 
 def test_journal_stream_of_another_file_keeps_text(make_emulator, start_agent):

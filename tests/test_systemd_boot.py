@@ -7,6 +7,7 @@ engine that refuses to boot systemd in a container).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -187,6 +188,34 @@ def test_a_user_tasks_runnables_join_its_scope_as_that_user(installed: Machine, 
     assert first[0] == second[0] == "65534", (first, second)
     assert any("/batch-tasks.slice/batch-task-" in line for line in first), first
     assert first == second, (first, second)
+
+
+def test_a_flood_of_output_leaves_the_agents_own_lines_in_the_journal(
+    installed: Machine, emulator: Emulator
+):
+    """journald drops what a unit logs beyond its rate limit at a priority, the agent's own
+    lines with a task's: the agent copies only part of a flood into the journal, says so, and
+    its lines about the task are all there."""
+
+    def journal() -> list[str]:
+        text = installed.check("journalctl", "--no-pager", "-o", "cat", "-u", UNIT)
+        return text.splitlines()
+
+    ended = sum("from RUNNING to SUCCEEDED" in line for line in journal())
+    spec = {"runnables": [script("seq 1 50000; echo flood-done")]}
+    name = emulator.add_task({"agentTaskSpec": spec, "taskSource": "USER"})
+    wait_until(lambda: emulator.task_state(name) == "SUCCEEDED", timeout=120, what="SUCCEEDED")
+    wait_until(
+        lambda: sum("from RUNNING to SUCCEEDED" in line for line in journal()) == ended + 1,
+        timeout=10,
+        what="the agent's line about the flooding task's end in the journal",
+    )
+    lines = journal()
+    assert any("more than 5000 lines of runnables' output" in line for line in lines)
+    copied = [line for line in lines if re.fullmatch(r"\[task \d+ r1 stdout\] \d+", line)]
+    assert len(copied) == 5000, copied[-3:]  # the only task of this module printing numbers
+    everything = installed.check("journalctl", "--no-pager", "-o", "cat").splitlines()
+    assert not [line for line in everything if "Suppressed" in line and UNIT in line]
 
 
 def test_watchdog_restarts_a_stopped_agent(installed: Machine, emulator: Emulator):

@@ -13,7 +13,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # the agent's `version` and `--help` import this module: keep it light
@@ -53,23 +54,90 @@ class JournalFormatter(logging.Formatter):
         return text
 
 
+# What of the runnables' output is copied into the journal: at most COPIED lines a WINDOW.
+# journald keeps RateLimitBurst (10,000 by default, more with free disk) messages of a unit
+# and priority every RateLimitIntervalSec (30 s) and drops the rest, the agent's own lines at
+# that priority with them; and it parses every line it gets, dropped or not (~170,000 lines a
+# second measured, while the agent's copy waits for it). Half the default burst leaves the
+# agent's own lines room however journald scales it.
+COPIED = 5000
+WINDOW = 30.0  # seconds
+
+
 class JournalOutput:
     """Runnables' output lines for journald: `<6>[task 3 r1 stdout] line`; thread-safe. Like
     `outputlog.OutputLog`, a batch is formatted as a whole, on bytes (decoded only when it is
-    not ASCII), and goes to the stream's `buffer` in one write."""
+    not ASCII), and goes to the stream's `buffer` in one write. At most `copied` lines go in
+    a `window` (all tasks together): beyond, lines are counted, not written, and a warning says
+    so when the first is left out and how many were once the window has passed (every line
+    is still in its task's output files, and in Cloud Logging when shipped there)."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        copied: int = COPIED,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._copied, self._window, self._clock = copied, window, clock
+        self._began = float("-inf")  # the current window's start
+        self._written = 0  # lines written in it
+        self._left_out = 0  # lines counted in it, not written
 
     def write(self, tag: str, stream: str, lines: Lines) -> None:
         piece = f" part {lines.part}{' end' if lines.last else ''}" if lines.part else ""
         priority = PRIORITY["INFO"] if stream == "stdout" else PRIORITY["ERROR"]
         head = f"<{priority}>[{tag} {stream}{piece}] ".encode()
         data = lines.data if lines.data.isascii() else lines.text().encode()
-        text = b"".join((head, data.replace(b"\n", b"\n" + head), b"\n"))
-        out = self._stream or sys.stderr
         with self._lock:
+            parts, kept, paused = self._within_limit(data)
+            if kept is not None:
+                parts += [head, kept.replace(b"\n", b"\n" + head), b"\n"]
+            parts += paused
+            if not parts:
+                return
+            text = b"".join(parts)
+            out = self._stream or sys.stderr
             out.flush()  # whatever the logging module wrote to the text layer goes first
             out.buffer.write(text)
             out.buffer.flush()
+
+    def _within_limit(self, data: bytes) -> tuple[list[bytes], bytes | None, list[bytes]]:
+        """What to write before the lines, the lines of `data` to write (None: none), and what
+        to write after them."""
+        before: list[bytes] = []
+        after: list[bytes] = []
+        now = self._clock()
+        if now - self._began >= self._window:
+            if self._left_out:
+                before.append(_warning(LEFT_OUT.format(self._left_out, self._window)))
+            self._began, self._written, self._left_out = now, 0, 0
+        count = data.count(b"\n") + 1
+        room = self._copied - self._written
+        if count <= room:
+            self._written += count
+            return before, data, after
+        if not self._left_out:
+            after.append(_warning(PAUSED.format(self._copied, self._window)))
+        self._written = self._copied
+        self._left_out += count - room
+        kept = b"\n".join(data.split(b"\n", room)[:room]) if room else None
+        return before, kept, after
+
+
+LEFT_OUT = (
+    "{} lines of runnables' output were not copied to the journal in {:g} s; they are in the"
+    " tasks' output files"
+)
+PAUSED = (
+    "more than {} lines of runnables' output in {:g} s: the rest of them are not copied to the"
+    " journal, which would drop them and the agent's own lines with them; they are in the"
+    " tasks' output files"
+)
+
+
+def _warning(message: str) -> bytes:
+    return f"<{PRIORITY['WARNING']}>batch_agent.journal: {message}\n".encode()
