@@ -91,10 +91,10 @@ class JournalOutput:
         piece = f" part {lines.part}{' end' if lines.last else ''}" if lines.part else ""
         priority = PRIORITY["INFO"] if stream == "stdout" else PRIORITY["ERROR"]
         head = f"<{priority}>[{tag} {stream}{piece}] ".encode()
-        data = lines.data if lines.data.isascii() else lines.text().encode()
         with self._lock:
-            parts, kept, paused = self._within_limit(data)
-            if kept is not None:
+            parts, kept, paused = self._within_limit(lines.data)
+            if kept is not None:  # invalid UTF-8 replaced only in what is written
+                kept = kept if kept.isascii() else kept.decode(errors="replace").encode()
                 parts += [head, kept.replace(b"\n", b"\n" + head), b"\n"]
             parts += paused
             if not parts:
