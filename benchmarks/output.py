@@ -136,7 +136,8 @@ def measure(
         agent_wall, cpu, idle_rss, peak_rss, live = through_agent(command, size, shipped)
         bare_wall = bare(command)
         if journal:
-            rows[JOURNAL].append(through_agent(command, size, False, journal=True)[0] / bare_wall)
+            journal_wall = through_agent(command, size, shipped=False, journal=True)[0]
+            rows[JOURNAL].append(journal_wall / bare_wall)
         figures = {
             "agent s": agent_wall,
             "bare s": bare_wall,
