@@ -115,8 +115,11 @@ class FirstReport:
         try:
             response = self.control.report(machine.identity.parent, request, deadline=deadline)
         except BaseException as error:  # a ControlPlaneError: report() raises nothing else
-            sent.seconds = time.monotonic() - began
-            sent.answer.set_exception(error)
+            failed: BaseException | None = error
         else:
-            sent.seconds = time.monotonic() - began
+            failed = None
+        sent.seconds = time.monotonic() - began  # before the answer: its reader reads this
+        if failed is not None:
+            sent.answer.set_exception(failed)
+        else:
             sent.answer.set_result(response)

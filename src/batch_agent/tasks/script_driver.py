@@ -214,8 +214,8 @@ class Members:
     they cannot end before it), the joins under way beside that waiter and the forks ahead under
     way (which may join beside it when no other waiter waits), which its go waits for
     (`settled`), so that its scope cannot end before they land: a runnable as short as `true`
-    would be gone long before. A few
-    waiters are enough: the one running, those forked ahead and background ones beside them."""
+    would be gone long before. A few waiters are enough: the one running, those forked ahead
+    and background ones beside them."""
 
     KEPT = 4
 
