@@ -213,9 +213,9 @@ def test_a_flood_of_output_leaves_the_agents_own_lines_in_the_journal(
     lines = journal()
     assert any("more than 5000 lines of runnables' output" in line for line in lines)
     copied = [line for line in lines if re.fullmatch(r"\[task \d+ r1 stdout\] \d+", line)]
+    # (journald says "Suppressed N messages" only once its 30 s window has passed: not a check
+    # this test could wait for; the agent's line about the task's end above is the one)
     assert len(copied) == 5000, copied[-3:]  # the only task of this module printing numbers
-    everything = installed.check("journalctl", "--no-pager", "-o", "cat").splitlines()
-    assert not [line for line in everything if "Suppressed" in line and UNIT in line]
 
 
 def test_watchdog_restarts_a_stopped_agent(installed: Machine, emulator: Emulator):
